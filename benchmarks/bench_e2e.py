@@ -1,0 +1,165 @@
+"""Whole experiments, end to end: wall time and peak memory of ``perturbd run``.
+
+Each experiment runs as a fresh ``python -m perturbd run … --force`` child process (imports,
+data loading from the warm cache, trigger, poisoning, clean twin and backdoored training,
+evaluation, run directory), timed with ``time.perf_counter`` around the child. Its peak resident
+memory is the child's ``ru_maxrss`` from ``os.wait4`` (Linux: KiB; reported in MiB). The data
+cache is filled once before any timing (decoding JPEGs is a one-off cost, not part of a run).
+
+Experiments (each only when its data is there):
+
+- ``demo``: the README demo, ``perturbd run`` with every default (mnist5k, grid c = 10, 5 %).
+- ``mnist``: full MNIST (60,000 + 10,000), grid c = 10, 1 % poison, ``--mnist-epochs`` epochs
+  (needs ``--data-root`` holding ``MNIST/raw``). Targets: < 3 min on 2 cores, peak < 2 GiB.
+- ``cifar10``: CIFAR-10 (JPEG), grid c = 10, 1 % poison (needs ``--data-root`` holding
+  ``cifar10-jpeg``; ``--cifar``). fastnet32 with its recipe on a GPU, ``--cifar-epochs`` of
+  cnn32 on a CPU. Targets: peak < 4 GiB; on one H100 < 60 s.
+
+    python -m benchmarks.bench_e2e --data-root DIR --repeat 3
+    python -m benchmarks.bench_e2e --data-root DIR --cifar --only cifar10 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._common import Series, load_split, machine, parser, pick_device, print_table, write_result
+from perturbd.models.fastnet import RECIPE
+
+NAME = "bench_e2e"
+TARGETS = {"mnist": {"seconds": 180.0, "peak_mib": 2048.0}, "cifar10": {"peak_mib": 4096.0}, "cifar10_gpu": {"seconds": 60.0, "peak_mib": 4096.0}}
+
+
+def experiments(args: argparse.Namespace, device: torch.device) -> dict[str, list[str]]:
+    """``--set`` overrides of each experiment that can run with the given options."""
+    dev = [f"train.device={device}"]
+    out: dict[str, list[str]] = {"demo": [*dev]}
+    if args.quick:
+        out["demo"] += ["data.train_limit=500", "data.test_limit=200", "train.epochs=1"]
+    if args.data_root is not None and (args.data_root / "MNIST" / "raw").is_dir():
+        mnist = ["data.name=mnist", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
+        out["mnist"] = [*mnist, f"train.epochs={args.mnist_epochs}", *dev]
+    if args.cifar and args.data_root is not None and (args.data_root / "cifar10-jpeg").is_dir():
+        cifar = [f"data.name=imagefolder:{args.data_root / 'cifar10-jpeg'}", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
+        if device.type == "cuda":
+            cifar += ["model.name=fastnet32", *(f"train.{k}={v}" for k, v in RECIPE.items())]
+        else:
+            cifar += ["model.name=cnn32", f"train.epochs={args.cifar_epochs}"]
+        out["cifar10"] = [*cifar, *dev]
+    return {k: v for k, v in out.items() if k in args.only}
+
+
+def warm_cache(name: str, args: argparse.Namespace) -> None:
+    """Decode the data once (cached by perturbd), so the timed runs all start from the cache."""
+    if name == "mnist":
+        load_split("mnist", args.data_root, None, None, 0)
+    elif name == "cifar10":
+        load_split("cifar10-jpeg", args.data_root, None, None, 0)
+
+
+def run_child(overrides: list[str], out: Path, log: Path) -> tuple[float, float, int]:
+    """``(wall seconds, peak RSS MiB, exit code)`` of one ``perturbd run`` child process."""
+    cmd = [sys.executable, "-m", "perturbd", "run", "--out", str(out), "--force"]
+    for item in overrides:
+        cmd += ["--set", item]
+    with log.open("w") as sink:
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
+    return seconds, usage.ru_maxrss / 1024.0, child.returncode
+
+
+def run_metrics(out: Path) -> dict[str, Any]:
+    """Accuracy, ASR and per-stage seconds of the (single) run directory under ``out``."""
+    found = sorted(p for p in out.iterdir() if (p / "metrics.json").is_file())
+    if not found:
+        return {}
+    metrics = json.loads((found[0] / "metrics.json").read_text())
+    keys = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "injection_rate")
+    return {**{k: metrics.get(k) for k in keys}, "timing": json.loads((found[0] / "timing.json").read_text())}
+
+
+def options(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding MNIST/raw and cifar10-jpeg")
+    p.add_argument("--mnist-epochs", type=int, default=3, help="training epochs of the full-MNIST experiment (cnn28: 99 %% in 3)")
+    p.add_argument("--cifar", action="store_true", help="also run the CIFAR-10 (JPEG) experiment")
+    p.add_argument("--cifar-epochs", type=int, default=1, help="CPU only: cnn32 epochs of the CIFAR-10 experiment")
+    p.add_argument("--only", nargs="+", choices=["demo", "mnist", "cifar10"], default=["demo", "mnist", "cifar10"])
+    p.add_argument("--keep", type=Path, default=None, help="keep run directories and logs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    args.data_root = args.data_root.expanduser() if args.data_root else None
+    if args.quick:
+        args.only, args.repeat = ["demo"], 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = options(argv)
+    device = pick_device(args.device)
+    todo = experiments(args, device)
+    series = {name: Series(name, "s") for name in todo}
+    peaks = {name: Series(name, "MiB") for name in todo}
+    failures: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="perturbd-e2e-") as tmp:
+        base = args.keep or Path(tmp)
+        for name in todo:
+            warm_cache(name, args)
+        for r in range(args.repeat):
+            for name, overrides in todo.items():
+                out = base / f"{name}-{r}"
+                out.mkdir(parents=True, exist_ok=True)
+                seconds, peak, code = run_child(overrides, out, out / "stdout.log")
+                if code != 0:
+                    failures[name] = f"exit {code}; see {out / 'stdout.log'}" + ("" if args.keep else " (deleted: rerun with --keep)")
+                    print((out / "stdout.log").read_text()[-2000:], file=sys.stderr)
+                    continue
+                series[name].values.append(seconds)
+                peaks[name].values.append(peak)
+                series[name].extra = {"overrides": overrides, **run_metrics(out)}
+    kind = "_gpu" if device.type == "cuda" else ""
+    met: dict[str, bool] = {}
+    for name, s in series.items():
+        target = TARGETS.get(name + kind if name == "cifar10" else name, {})
+        if s.values and target:
+            met[name] = s.mean < target.get("seconds", float("inf")) and max(peaks[name].values) < target["peak_mib"]
+    print_table(
+        f"{NAME}: perturbd run, {device}",
+        ["experiment", "wall s (mean ± std)", "peak RSS MiB (max)", "clean acc", "ASR"],
+        [
+            [n, s.cell(1), f"{max(peaks[n].values):,.0f}", f"{s.extra.get('clean_accuracy', float('nan')):.4f}", f"{s.extra.get('attack_success_rate', float('nan')):.4f}"]
+            for n, s in series.items()
+            if s.values
+        ],
+    )
+    for name, why in failures.items():
+        print(f"FAILED {name}: {why}")
+    payload = {
+        "benchmark": NAME,
+        "machine": machine(device),
+        "args": vars(args),
+        "wall_seconds": {k: s.as_json() for k, s in series.items()},
+        "peak_rss_mib": {k: s.as_json() for k, s in peaks.items()},
+        "targets": TARGETS,
+        "met": met,
+        "failures": failures,
+    }
+    print(f"wrote {write_result(args.out, NAME, payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from perturbd.cli import main
+
+main()

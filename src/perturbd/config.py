@@ -1,0 +1,208 @@
+"""Typed experiment configuration: one pydantic model per YAML section.
+
+Units are stated in every field's description. Amplitudes and budgets are in pixel units of the
+0–255 scale; rates are fractions in [0, 1]. Every key can be set from the CLI with
+``--set section.key=value`` (the value is parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from perturbd.errors import ConfigError
+from perturbd.registry import suggest
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: str = Field("mnist5k", description="data source: see `perturbd datasets`")
+    root: Path = Field(Path("~/.cache/perturbd/data"), description="folder holding downloaded data")
+    download: bool = Field(False, description="download torchvision data sets that are missing")
+    train_limit: int | None = Field(None, ge=10, description="keep a seeded stratified subset of N training images")
+    test_limit: int | None = Field(None, ge=10, description="keep a seeded stratified subset of N test images")
+
+
+class ModelConfig(Section):
+    name: str = Field("auto", description="architecture: see `perturbd models`; auto picks by image shape")
+
+
+class TriggerConfig(Section):
+    kind: str = Field("grid", description="grid, chessboard, ring, random, patch, image or adaptive")
+    amplitude: float = Field(10.0, gt=0, le=255, description="static mask amplitude c, pixel units 0–255")
+    path: Path | None = Field(None, description="mask file for kind=image (PNG/NPY, pixel units, or a .safetensors trigger)")
+    size: int = Field(3, ge=1, description="patch side in pixels for kind=patch")
+    # adaptive masks
+    method: Literal["deepfool", "gradient"] = Field("deepfool", description="adaptive mask algorithm")
+    norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
+    budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)")
+    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
+    max_steps: int = Field(10, ge=1, description="DeepFool steps per sample and pass")
+    passes: int = Field(5, ge=1, description="passes over the sample images")
+    fooling_rate: float = Field(0.9, gt=0, le=1, description="stop when this fraction of samples goes to the target")
+    samples: int = Field(1000, ge=1, description="images the adversary uses to compute the mask")
+    lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
+    batch_size: int = Field(64, ge=1, description="adaptive masks: samples per vectorised update")
+
+
+class PoisonConfig(Section):
+    rate: float = Field(0.05, gt=0, le=1, description="injection rate: poisoned / samples of the set")
+    target: int = Field(0, ge=0, description="target label t")
+    sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
+    quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
+
+
+class AttackConfig(Section):
+    setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
+    knowledge: Literal["full", "data", "model", "none"] = Field("full", description="what the adversary knows")
+    surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
+    aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data (knowledge model/none)")
+    holdout_fraction: float = Field(0.1, gt=0, lt=1, description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate")
+    update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
+    update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
+    update_lr: float = Field(0.01, gt=0, description="update setting: fine-tuning learning rate")
+    checkpoint: Path | None = Field(None, description="update setting: clean model to start from (.safetensors)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    schedule: Literal["cosine", "step", "constant", "linear"] = Field("cosine", description="lr decay after warm-up; linear: to 0")
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the optimiser steps over which lr rises linearly to train.lr")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing ε (0: none)")
+    augment: Literal["auto", "none", "crop_flip", "crop"] = Field("auto", description="auto: crop+flip for colour, none for grey")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
+
+
+class DefenseSpec(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExperimentConfig(Section):
+    name: str | None = Field(None, description="run name; default: <data>-<trigger>")
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    poison: PoisonConfig = PoisonConfig()
+    attack: AttackConfig = AttackConfig()
+    train: TrainConfig = TrainConfig()
+    defenses: list[DefenseSpec] = Field(default_factory=list)
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _names_as_specs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.data.name.split(':')[0]}-{self.trigger.kind}"
+
+    def hash(self) -> str:
+        """First 8 hex digits of the SHA-256 of the canonical JSON of this config."""
+        return config_hash(self)
+
+
+def config_hash(cfg: BaseModel) -> str:
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc`` (the parent of an unknown key), for suggestions."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    where = ".".join(str(p) for p in loc) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'{suggest(str(loc[-1]), _field_names(model, loc[:-1]))}"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"config '{where}': {first['msg']}, got {first.get('input')!r}{more}"
+
+
+def validate(data: dict[str, Any], model: type[BaseModel] = ExperimentConfig) -> Any:
+    """Build ``model`` from ``data``; a :class:`ConfigError` with one line on any mistake."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, model)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (safe loader: nothing is executed)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{at}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of sections, got a {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    out = json.loads(json.dumps(data, default=str))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes section.key=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The experiment config from an optional YAML file plus CLI overrides."""
+    data = read_yaml(path) if path is not None else {}
+    return validate(apply_overrides(data, overrides or []))
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

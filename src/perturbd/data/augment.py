@@ -1,0 +1,48 @@
+"""Batched augmentation on the training device: one random draw per batch, no per-image Python.
+
+Inputs are float ``(N, C, H, W)``; randomness comes from an explicit ``torch.Generator`` so a run is
+reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _draw(shape: tuple[int, ...], high: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randint(0, high, shape, generator=gen, device=gen.device).to(device)
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``pad`` pixels and crop back at a random offset per image (a random translation)."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = _draw((n, 1), 2 * pad + 1, gen, x.device)
+    dx = _draw((n, 1), 2 * pad + 1, gen, x.device)
+    rows = (torch.arange(h, device=x.device) + dy)[:, None, :, None]
+    cols = (torch.arange(w, device=x.device) + dx)[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror each image left–right with probability 1/2."""
+    flip = _draw((x.shape[0],), 2, gen, x.device).bool()
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Apply ``kind``: ``none``, ``crop`` or ``crop_flip``."""
+    if kind == "none":
+        return x
+    x = random_crop(x, pad, gen)
+    return random_flip(x, gen) if kind == "crop_flip" else x
+
+
+def resolve_augment(kind: str, channels: int) -> str:
+    """``auto`` → ``crop_flip`` for colour images, ``none`` for grey (digits must not be mirrored)."""
+    if kind != "auto":
+        return kind
+    return "crop_flip" if channels == 3 else "none"

@@ -1,0 +1,63 @@
+"""Adversarial training (Madry et al., 2018) as a backdoor mitigation: fine-tune on PGD examples.
+
+The backdoored model is fine-tuned on clean images replaced by their L∞ PGD adversarial examples
+(radius ``epsilon`` in pixel units of 0–255, ``steps`` signed-gradient steps of ``step_size``,
+random start). An invisible trigger is itself a small L∞ perturbation, so robustness at a radius
+at least as large as its amplitude is expected to undo it; a 255-amplitude patch is far outside.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from perturbd.data.dataset import ImageDataset
+from perturbd.defenses.base import Defense, fresh_copy, register_defense, take
+from perturbd.defenses.fine_tuning import TuningParams
+from perturbd.defenses.tuning import tune
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float, gen: torch.Generator) -> torch.Tensor:
+    """Untargeted L∞ PGD: ``x`` float [0, 1]; ``eps`` and ``step`` in [0, 1] units. Model left in eval."""
+    model.eval()
+    noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * eps
+    adv = (x + noise).clamp(0, 1).detach()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = F.cross_entropy(model(adv), y)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = (adv.detach() + step * grad.sign()).clamp(x - eps, x + eps).clamp(0, 1)
+    return adv.detach()
+
+
+@register_defense
+class AdversarialTraining(Defense):
+    name = "adversarial_training"
+    kind = "mitigation"
+
+    class Params(TuningParams):
+        epsilon: float = Field(16.0, gt=0, le=255, description="L∞ radius, pixel units 0–255")
+        steps: int = Field(5, ge=1, le=1000, description="PGD steps per batch")
+        step_size: float | None = Field(None, gt=0, le=255, description="PGD step, pixel units (default 2.5 ε / steps)")
+        clean_weight: float = Field(0.0, ge=0, le=1, description="weight of the clean loss beside the adversarial one")
+
+    def fit(self, model: nn.Module, data: ImageDataset) -> AdversarialTraining:
+        clean = take(data, self.n_clean)
+        self.clean_used_ = len(clean)
+        self.model_ = fresh_copy(model)
+        eps = self.epsilon / 255.0
+        step = (self.step_size or 2.5 * self.epsilon / self.steps) / 255.0
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            adv = pgd_linf(net, x, y, eps, self.steps, step, gen)
+            net.train()
+            loss = F.cross_entropy(net(adv), y)
+            if self.clean_weight:
+                loss = (1 - self.clean_weight) * loss + self.clean_weight * F.cross_entropy(net(x), y)
+            return loss
+
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn)
+        return self

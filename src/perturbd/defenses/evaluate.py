@@ -1,0 +1,245 @@
+"""Run defences on a trained model and measure them with the metrics of DESIGN.md.
+
+One evaluator per defence *kind* (a dict, not a chain of names):
+
+- ``dataset``: fit on the training set as trained on; AUROC of ``scores_`` and TPR / FPR of
+  ``flagged_`` (the method's own threshold) against the saved poison indices.
+- ``input``: fit on the defender's clean images; AUROC, and TPR at the threshold set for
+  ``fpr`` on clean held-out images, on clean versus triggered test images (true label ≠ target).
+- ``model``: fit on the defender's clean images, for the backdoored model and the clean twin;
+  flagged labels, anomaly indices, the recovered trigger as PNG.
+- ``mitigation``: fit on the defender's clean images; clean accuracy and ASR on the test set
+  before and after, and the clean images used.
+
+The defender's clean images never overlap the test images used to measure: they come from the
+training split's clean (not poisoned) images (see :func:`defender_clean_set`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from perturbd.config import DefenseSpec
+from perturbd.data.dataset import ImageDataset
+from perturbd.defenses.base import Defense, build_defense
+from perturbd.defenses.figures import mask_norms_png, recovered_trigger_png
+from perturbd.errors import ConfigError
+from perturbd.metrics import attack_success_rate, clean_accuracy
+from perturbd.rundir import write_json
+from perturbd.triggers import Trigger
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DefenseInputs:
+    """What defences are run on and measured with.
+
+    Attributes:
+        model: the model under test (backdoored, or suspected to be).
+        test: test images, for ASR, clean accuracy and input screening.
+        clean: the defender's clean images, disjoint from ``test``, pre-shuffled (each defence
+            takes the first ``n_clean``).
+        clean_source: one line saying where ``clean`` came from, written to ``defenses.json``.
+        train: the training set as trained on (with the poison), for dataset screening.
+        poison_indices: positions of the poisoned images in ``train`` (ground truth).
+        trigger, target: the attack's trigger and target label (ground truth).
+        clean_model: the clean twin, for the false-positive baseline of model inspection.
+    """
+
+    model: nn.Module
+    test: ImageDataset
+    clean: ImageDataset
+    clean_source: str = "given"
+    train: ImageDataset | None = None
+    poison_indices: torch.Tensor | None = None
+    trigger: Trigger | None = None
+    target: int | None = None
+    clean_model: nn.Module | None = None
+
+
+@dataclass
+class DefenseReport:
+    """One defence's numbers, its matrix cell and its figures (written by :func:`write_defenses`)."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    seconds: float
+    clean_used: int
+    metrics: dict[str, Any]
+    cell: dict[str, Any]
+    figures: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "params": self.params, "seconds": self.seconds,
+            "clean_images_used": self.clean_used, "metrics": self.metrics, "cell": self.cell, "figures": sorted(self.figures),
+        }  # fmt: skip
+
+
+def defender_clean_set(train: ImageDataset, poison_indices: torch.Tensor | None, seed: int) -> ImageDataset:
+    """The defender's clean images: the training split minus the poisoned positions, in a seeded
+    random order (so the first ``n`` are a random sample). Disjoint from the test split."""
+    keep = torch.ones(len(train), dtype=torch.bool)
+    if poison_indices is not None and len(poison_indices):
+        keep[poison_indices] = False
+    idx = torch.nonzero(keep).flatten()
+    order = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + 7919))
+    return train.subset(idx[order])
+
+
+def _auroc(positive: torch.Tensor, scores: torch.Tensor) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    y = positive.numpy().astype(bool)
+    if y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, scores.double().numpy()))
+
+
+def _need(value: Any, what: str, name: str) -> Any:
+    if value is None:
+        raise ConfigError(f"defense '{name}' needs {what}; give it (e.g. --trigger FILE --target T, or a run directory)")
+    return value
+
+
+def _eval_dataset(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    train = _need(inp.train, "the training set (run it from an experiment or on a run directory)", d.name)
+    d.fit(inp.model, train)
+    flagged = d.flagged_  # type: ignore[attr-defined]
+    m: dict[str, Any] = {"samples": len(train), "flagged": int(flagged.sum())}
+    if inp.poison_indices is None or not len(inp.poison_indices):
+        return m, {"value": None, "text": f"{m['flagged']} flagged (no ground truth)"}, {}
+    truth = torch.zeros(len(train), dtype=torch.bool)
+    truth[inp.poison_indices] = True
+    m.update(
+        poisoned=int(truth.sum()),
+        auroc=_auroc(truth, d.scores_),  # type: ignore[attr-defined]
+        tpr=float(flagged[truth].float().mean()),
+        fpr=float(flagged[~truth].float().mean()),
+    )
+    return m, {"value": m["auroc"], "text": f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f}, FPR {m['fpr']:.2f})"}, {}
+
+
+def _triggered_pair(inp: DefenseInputs, name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    trigger = _need(inp.trigger, "the trigger", name)
+    target = _need(inp.target, "the target label", name)
+    keep = torch.nonzero(inp.test.labels != target).flatten()[:limit]
+    clean = inp.test.images[keep]
+    return clean, trigger.apply(clean)
+
+
+def _eval_input(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    clean, triggered = _triggered_pair(inp, d.name, limit)
+
+    def measure(model: nn.Module) -> dict[str, Any]:
+        d.fit(model, inp.clean)
+        s_clean, s_trig = d.score(clean), d.score(triggered)  # type: ignore[attr-defined]
+        truth = torch.cat([torch.zeros(len(s_clean)), torch.ones(len(s_trig))]).bool()
+        return {
+            "auroc": _auroc(truth, torch.cat([s_clean, s_trig])),
+            "tpr_at_fpr": float(d.flag(triggered).float().mean()),  # type: ignore[attr-defined]
+            "fpr_on_test": float(d.flag(clean).float().mean()),  # type: ignore[attr-defined]
+            "threshold": d.threshold_,  # type: ignore[attr-defined]
+        }
+
+    m: dict[str, Any] = {"test_images": len(clean), "fpr_target": d.fpr}  # type: ignore[attr-defined]
+    if inp.clean_model is not None:
+        m["clean_model"] = measure(inp.clean_model)
+    m.update(measure(inp.model))
+    text = f"AUROC {m['auroc']:.3f} (TPR {m['tpr_at_fpr']:.2f} at {100 * d.fpr:g} % FPR)"  # type: ignore[attr-defined]
+    return m, {"value": m["auroc"], "text": text}, {}
+
+
+def _eval_model(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    def inspect(model: nn.Module) -> dict[str, Any]:
+        d.fit(model, inp.clean)
+        return {
+            "flagged_labels": list(d.flagged_labels_),  # type: ignore[attr-defined]
+            "anomaly_index": [round(float(v), 4) for v in d.scores_],  # type: ignore[attr-defined]
+            "mask_l1": [round(float(v), 3) for v in d.norms_],  # type: ignore[attr-defined]
+            "reached": [bool(v) for v in d.reached_],  # type: ignore[attr-defined]
+            "seconds": d.seconds_,  # type: ignore[attr-defined]
+        }
+
+    m: dict[str, Any] = {}
+    if inp.clean_model is not None:
+        m["clean_model"] = inspect(inp.clean_model)
+    m.update(inspect(inp.model))
+    top = int(torch.argmax(d.scores_))  # type: ignore[attr-defined]
+    mask, pattern = d.trigger_of(top)  # type: ignore[attr-defined]
+    norms, scores, thr = d.norms_.clone(), d.scores_.clone(), d.anomaly_threshold  # type: ignore[attr-defined]
+    state = "flagged" if top in m["flagged_labels"] else "not flagged"
+    figures = {
+        f"{d.name}_trigger.png": lambda p: recovered_trigger_png(mask, pattern, p, f"label {top} ({state}, anomaly index {float(scores[top]):.2f})"),
+        f"{d.name}_norms.png": lambda p: mask_norms_png(norms, scores, p, threshold=thr),
+    }
+    if inp.target is not None:
+        t = inp.target
+        m["target"] = t
+        m["target_flagged"] = t in m["flagged_labels"]
+        m["target_anomaly_index"] = m["anomaly_index"][t]
+        verdict = f"flags {m['flagged_labels'] or 'none'}; t={t} index {m['target_anomaly_index']:.2f}"
+        return m, {"value": m["target_anomaly_index"], "text": verdict}, figures
+    return m, {"value": max(m["anomaly_index"]), "text": f"flags {m['flagged_labels'] or 'none'}"}, figures
+
+
+def _eval_mitigation(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    def asr(model: nn.Module) -> float | None:
+        if inp.trigger is None or inp.target is None:
+            return None
+        return attack_success_rate(model, inp.test, inp.trigger, inp.target)
+
+    m: dict[str, Any] = {"clean_accuracy_before": clean_accuracy(inp.model, inp.test), "asr_before": asr(inp.model)}
+    d.fit(inp.model, inp.clean)
+    m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)  # type: ignore[attr-defined]
+    m["asr_after"] = asr(d.model_)  # type: ignore[attr-defined]
+    m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
+    cost = f"acc {-100 * m['accuracy_cost']:+.2f} pt, {d.clean_used_} clean"
+    if m["asr_after"] is None:
+        return m, {"value": None, "text": cost}, {}
+    text = f"ASR {100 * m['asr_before']:.1f}→{100 * m['asr_after']:.1f} %, {cost}"
+    return m, {"value": m["asr_after"], "accuracy_cost": m["accuracy_cost"], "text": text}, {}
+
+
+_EVALUATORS = {"dataset": _eval_dataset, "input": _eval_input, "model": _eval_model, "mitigation": _eval_mitigation}
+
+
+def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 2000) -> DefenseReport:
+    """Fit ``defense`` and measure it (see the module docstring for what each kind reports).
+
+    ``eval_limit`` caps the clean and the triggered test images screened by input detectors.
+    """
+    started = time.perf_counter()
+    metrics, cell, figures = _EVALUATORS[defense.kind](defense, inp, eval_limit)
+    seconds = time.perf_counter() - started
+    return DefenseReport(defense.name, defense.kind, defense.get_params(), seconds, defense.clean_used_, metrics, cell, figures)
+
+
+def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
+    """Build every defence first (so a bad parameter fails before any work), then run each."""
+    defenses = [build_defense(s.name, **s.params) for s in specs]
+    reports = []
+    for d in defenses:
+        report = evaluate_defense(d, inp, eval_limit=eval_limit)
+        if log:
+            log(f"defense {d.name}: {report.cell['text']} ({report.seconds:.1f} s)")
+        reports.append(report)
+    return reports
+
+
+def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:
+    """Write ``defenses.json`` and every report's figures into ``folder``."""
+    folder = Path(folder)
+    write_json(folder / "defenses.json", {"clean_source": clean_source, "defenses": [r.to_json() for r in reports]})
+    for r in reports:
+        for filename, draw in r.figures.items():
+            draw(folder / filename)

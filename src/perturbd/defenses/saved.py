@@ -1,0 +1,107 @@
+"""Defence inputs for a saved model: a ``.safetensors`` file or a run directory.
+
+A run directory gives everything: ``model.safetensors`` (under test), ``clean_model.safetensors``
+(the clean twin, for baselines), ``trigger.safetensors``, and from ``config.yaml`` the data, the
+target and the seed. The poisoned training set is rebuilt from the config (the poison choice is
+seeded) and used only if its indices equal the saved ``poison_indices.json`` (a run whose victim
+data is not the whole training split, e.g. knowledge ``model``/``none`` or the update setting,
+then has no dataset screening here: run the defence from the experiment config instead).
+
+A bare model file needs ``data``; ``trigger`` and ``target`` are optional (without them, STRIP and
+the ASR of mitigations cannot be measured). Its training split is taken as the defender's data:
+all of it may be screened, and its images are the clean set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from perturbd.config import DataConfig, ExperimentConfig, read_yaml, validate
+from perturbd.data import load_data
+from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set
+from perturbd.errors import CheckpointError, ConfigError
+from perturbd.models import build_from_checkpoint
+from perturbd.poison import poison_dataset
+from perturbd.rundir import read_json
+from perturbd.triggers import Trigger
+
+CLEAN_SOURCE = "training split minus the poisoned images, seeded random order (disjoint from the test split)"
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """Paths and config of a saved model (``config`` is ``None`` for a bare model file)."""
+
+    model: Path
+    config: ExperimentConfig | None = None
+    folder: Path | None = None
+
+
+def locate(path: Path) -> SavedRun:
+    """A run directory (holding ``model.safetensors``) or a model file; a CheckpointError if neither."""
+    path = Path(path).expanduser()
+    if path.name == "model.safetensors" and (path.parent / "config.yaml").is_file():
+        path = path.parent  # a run directory's model: use the whole run
+    if path.is_dir():
+        model = path / "model.safetensors"
+        if not model.is_file():
+            raise CheckpointError(f"{path} is a folder without model.safetensors; give a run directory or a .safetensors model")
+        cfg = validate(read_yaml(path / "config.yaml")) if (path / "config.yaml").is_file() else None
+        return SavedRun(model, cfg, path)
+    if not path.is_file():
+        raise CheckpointError(f"model not found: {path}; give a run directory or a .safetensors model")
+    return SavedRun(path)
+
+
+def _data_config(saved: SavedRun, data: str | None, data_root: Path | None) -> DataConfig:
+    base = saved.config.data if saved.config is not None else None
+    if base is None and data is None:
+        raise ConfigError(f"{saved.model} comes with no run config; say which data it was trained on with --data NAME (or pass its run directory)")
+    fields = (base.model_dump() if base is not None else {}) | ({"name": data} if data else {}) | ({"root": data_root} if data_root else {})
+    return DataConfig(**fields)
+
+
+def load_inputs(
+    path: Path,
+    *,
+    data: str | None = None,
+    data_root: Path | None = None,
+    trigger: Path | None = None,
+    target: int | None = None,
+    seed: int | None = None,
+) -> DefenseInputs:
+    """Everything :func:`~perturbd.defenses.evaluate.run_defenses` needs for a saved model."""
+    saved = locate(path)
+    cfg = saved.config
+    seed = seed if seed is not None else (cfg.seed if cfg is not None else 0)
+    split = load_data(_data_config(saved, data, data_root), seed)
+    model = build_from_checkpoint(saved.model)
+    if tuple(model.image_shape) != split.train.image_shape or model.num_classes != split.train.num_classes:
+        raise ConfigError(
+            f"{saved.model} takes {model.num_classes} classes of shape {tuple(model.image_shape)} but data "
+            f"'{split.train.name}' has {split.train.num_classes} of shape {split.train.image_shape}; pass the data it was trained on"
+        )
+    folder = saved.folder
+    if trigger is None and folder is not None and (folder / "trigger.safetensors").is_file():
+        trigger = folder / "trigger.safetensors"
+    trig = Trigger.load(trigger) if trigger is not None else None
+    if target is None and cfg is not None:
+        target = cfg.poison.target
+    if target is not None and not 0 <= target < split.train.num_classes:
+        raise ConfigError(f"--target must be in [0, {split.train.num_classes - 1}], got {target}")
+    clean_model = None
+    if folder is not None and (folder / "clean_model.safetensors").is_file():
+        clean_model = build_from_checkpoint(folder / "clean_model.safetensors")
+    train, indices = split.train, None
+    if folder is not None and cfg is not None and trig is not None and (folder / "poison_indices.json").is_file():
+        saved_idx = torch.tensor(read_json(folder / "poison_indices.json")["indices"], dtype=torch.long)
+        train = None
+        if cfg.attack.setting == "before_training" and saved_idx.numel() and int(saved_idx.max()) < len(split.train):
+            rebuilt = poison_dataset(split.train, trig, cfg.poison, cfg.seed)
+            if torch.equal(rebuilt.indices, saved_idx):
+                train, indices = rebuilt.dataset, saved_idx
+    clean = defender_clean_set(train if train is not None else split.train, indices, seed)
+    return DefenseInputs(model, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model)

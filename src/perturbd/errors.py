@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad config value, an unknown name, missing or corrupt data, a
+checkpoint of another model) raises a :class:`PerturbdError`. The CLI prints its message as one
+line and exits with code 2; nothing else in the package catches it. The message says what is
+wrong, the value received, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class PerturbdError(ValueError):
+    """A user mistake. ``str(err)`` is one line: what is wrong, the value received, the fix."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+class ConfigError(PerturbdError):
+    """A config value, CLI option or name is invalid."""
+
+
+class DataError(PerturbdError):
+    """A data set is missing, corrupt or has the wrong shape."""
+
+
+class CheckpointError(PerturbdError):
+    """A weights or trigger file is missing, corrupt, unsafe or belongs to another model."""

@@ -1,0 +1,75 @@
+"""The metrics of DESIGN.md, one definition each.
+
+- ``clean_accuracy``: top-1 accuracy on the clean test set.
+- ``attack_success_rate``: over test images whose true label ≠ t, the fraction classified t
+  after the trigger is applied (uint8 images: applied and rounded, as in a shipped file).
+- ``clean_model_asr``: the same ASR measured on the clean twin.
+- ``accuracy_loss``: clean_accuracy(clean twin) − clean_accuracy(backdoored).
+- stealth, per poisoned image in 0–255 pixel units: L∞, L2, PSNR (dB), SSIM; mean and worst.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from perturbd.data.dataset import ImageDataset, to_float01
+from perturbd.errors import DataError
+from perturbd.train import predict
+from perturbd.triggers import Trigger
+
+
+def clean_accuracy(model: nn.Module, test: ImageDataset) -> float:
+    """Top-1 accuracy of ``model`` on ``test``, in [0, 1]."""
+    return float((predict(model, test.images) == test.labels).float().mean())
+
+
+def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int) -> float:
+    """Fraction of non-target test images sent to ``target`` once triggered, in [0, 1]."""
+    keep = test.labels != target
+    if not bool(keep.any()):
+        raise DataError(f"the test set has no image outside the target class {target}; ASR is undefined")
+    triggered = trigger.apply(test.images[keep])
+    return float((predict(model, triggered) == target).float().mean())
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images as float64 in 0–255 pixel units (uint8 exactly; float [0, 1] scaled by 255)."""
+    if images.dtype == torch.uint8:
+        return images.double()
+    return to_float01(images).double() * 255.0
+
+
+def stealth(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
+    """Distortion of each poisoned image against its clean original, in 0–255 pixel units.
+
+    Returns mean and worst over images of L∞, L2 (over all pixels and channels), PSNR (dB; peak
+    255) and SSIM (11×11 Gaussian window, data range 255). "Worst" is the largest norm and the
+    smallest PSNR / SSIM. An image left unchanged (by clipping) has infinite PSNR and is left out
+    of the mean PSNR.
+    """
+    if clean.shape != poisoned.shape or len(clean) == 0:
+        raise DataError(f"stealth needs matching non-empty batches, got {tuple(clean.shape)} and {tuple(poisoned.shape)}")
+    a, b = _pixels(clean), _pixels(poisoned)
+    diff = (b - a).flatten(1)
+    linf = diff.abs().amax(1)
+    l2 = diff.norm(dim=1)
+    mse = diff.pow(2).mean(1)
+    psnr = 10 * torch.log10(255.0**2 / mse)
+    side = min(clean.shape[-2:])
+    kernel = 11 if side >= 11 else (side if side % 2 else side - 1)
+    ssim = structural_similarity_index_measure(b.float(), a.float(), data_range=255.0, kernel_size=kernel, reduction="none")
+    finite = psnr[torch.isfinite(psnr)]
+    return {
+        "linf_mean": float(linf.mean()),
+        "linf_max": float(linf.max()),
+        "l2_mean": float(l2.mean()),
+        "l2_max": float(l2.max()),
+        "psnr_mean": float(finite.mean()) if len(finite) else math.inf,
+        "psnr_min": float(psnr.min()),
+        "ssim_mean": float(ssim.mean()),
+        "ssim_min": float(ssim.min()),
+    }

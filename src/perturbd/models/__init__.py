@@ -1,0 +1,47 @@
+"""Model registry: small CNNs for 28×28 and 32×32 images, PreAct-ResNet-18, torchvision models.
+
+Every model is a :class:`Classifier` taking float images in [0, 1] (normalised inside), with a
+``features`` (penultimate activations) / ``head`` (logits) split for defences.
+
+Example::
+
+    import torch
+    from perturbd.models import build_from_checkpoint, get_model, list_models, save_model
+
+    list_models()  # ['cnn28', 'cnn32', 'cnn32_small', 'lenet5', 'preact_resnet18']
+    torch.manual_seed(0)  # same seed, same initial weights
+    model = get_model("auto", image_shape=(1, 28, 28), num_classes=10)  # cnn28
+    save_model(model, "model.safetensors", {"seed": "0"})
+    same = build_from_checkpoint("model.safetensors")
+
+A new architecture is one file in this package with a builder registered by ``@register_model``
+and one import line below.
+"""
+
+from perturbd.models.base import (
+    MODELS,
+    Classifier,
+    default_model_name,
+    get_model,
+    list_models,
+    register_model,
+    register_prefix,
+)
+from perturbd.models.checkpoint import build_from_checkpoint, checkpoint_metadata, load_model_weights, save_model
+
+# Architectures register themselves on import.
+from perturbd.models import fastnet, lenet, preact_resnet, small, tv, vgg  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "MODELS",
+    "Classifier",
+    "build_from_checkpoint",
+    "checkpoint_metadata",
+    "default_model_name",
+    "get_model",
+    "list_models",
+    "load_model_weights",
+    "register_model",
+    "register_prefix",
+    "save_model",
+]

@@ -1,0 +1,214 @@
+"""The model contract and the model registry.
+
+Every architecture is a :class:`Classifier`: it takes float images in [0, 1], normalises them
+itself, and splits into :meth:`~Classifier.features` (penultimate activations, for defences) and
+:meth:`~Classifier.head` (logits). Architectures register a builder
+``fn(image_shape, num_classes) -> Classifier`` with :func:`register_model`; a family of names
+resolved at run time (``tv:<torchvision name>``) registers a resolver with :func:`register_prefix`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import overload
+
+import torch
+from torch import Tensor, nn
+
+from perturbd.errors import ConfigError
+from perturbd.registry import Registry, suggest
+
+ImageShape = tuple[int, int, int]
+Builder = Callable[[ImageShape, int], "Classifier"]
+
+MODELS: Registry[Builder] = Registry("model")
+_PREFIXES: dict[str, Callable[[str], Builder]] = {}
+
+# Exact shapes with a tuned default; any other shape falls back by channel count and size.
+_DEFAULTS: dict[ImageShape, str] = {(1, 28, 28): "cnn28", (3, 32, 32): "cnn32"}
+
+
+class Classifier(nn.Module):
+    """Base of every registered model.
+
+    Input: float ``(N, C, H, W)`` in [0, 1]; normalisation ``(x - mean) / std`` happens inside.
+    ``forward(x) == head(features(x))``.
+
+    Subclasses set ``self.body`` (normalised images → ``(N, D)`` features) and ``self.fc`` (the
+    final ``nn.Linear``, ``D → num_classes``), or override :meth:`features` / :meth:`head`.
+
+    Attributes:
+        arch: registry name (``"cnn28"``, ``"tv:resnet18"``); set by :func:`get_model` and
+            written into checkpoints.
+        image_shape: ``(C, H, W)`` the model was built for.
+        num_classes: number of logits.
+    """
+
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __init__(self, image_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.arch = ""
+        self.image_shape: ImageShape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
+        self.num_classes = int(num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the width of :meth:`features`."""
+        return int(self.fc.in_features)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` for float input in [0, 1]."""
+        if not x.is_floating_point():
+            raise TypeError(f"model input must be float in [0, 1], got {x.dtype}; convert uint8 images with to_float01")
+        return (x - self.mean) / self.std
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate activations ``(N, D)`` of images ``x`` in [0, 1]."""
+        return self.body(self.normalize(x))
+
+    def head(self, f: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)`` from features ``(N, D)``."""
+        return self.fc(f)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@overload
+def register_model(fn: Builder) -> Builder: ...
+@overload
+def register_model(fn: str | None = None) -> Callable[[Builder], Builder]: ...
+def register_model(fn=None):  # type: ignore[no-untyped-def]
+    """Register a builder ``fn(image_shape, num_classes) -> Classifier``.
+
+    Use bare (``@register_model``: the name is the function's) or with a name
+    (``@register_model("cnn28")``). A duplicate name raises ``ValueError``.
+    """
+    if callable(fn):
+        return register_model(None)(fn)
+    name = fn
+
+    def add(builder: Builder) -> Builder:
+        key = name or builder.__name__
+        if ":" in key or key == "auto":
+            raise ValueError(f"model name '{key}' is reserved: 'auto' and names with ':' are resolved by get_model")
+        return MODELS.register(key)(builder)
+
+    return add
+
+
+def register_prefix(prefix: str, resolver: Callable[[str], Builder]) -> None:
+    """Resolve names ``"<prefix>:<rest>"`` with ``resolver(rest)`` (which raises ConfigError if unknown)."""
+    if prefix in _PREFIXES:
+        raise ValueError(f"model prefix '{prefix}:' is already registered")
+    _PREFIXES[prefix] = resolver
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the shell-style ``pattern``, sorted.
+
+    Prefixed families (``tv:<name>``) are not listed; see ``torchvision.models.list_models()``.
+    """
+    return MODELS.names(pattern)
+
+
+def default_model_name(image_shape: Sequence[int]) -> str:
+    """The architecture ``model.name: auto`` picks for images of shape ``(C, H, W)``.
+
+    1×28×28 → ``cnn28``; 3×32×32 → ``cnn32``; other grey images of 16 to 32 pixels a side →
+    ``cnn28``; anything else → ``cnn32`` (global pooling: any size of at least 8×8, any channel
+    count).
+    """
+    shape = _check_shape(image_shape)
+    if shape in _DEFAULTS:
+        return _DEFAULTS[shape]
+    c, h, w = shape
+    return "cnn28" if c == 1 and min(h, w) >= 16 and max(h, w) <= 32 else "cnn32"
+
+
+def get_model(name: str, image_shape: Sequence[int], num_classes: int) -> Classifier:
+    """Build the architecture ``name`` for images of ``image_shape`` and ``num_classes`` classes.
+
+    Weights are initialised from torch's global RNG: the same ``torch.manual_seed`` gives the
+    same weights. The model is returned in training mode on the CPU.
+
+    Args:
+        name: a registered name (see :func:`list_models`), ``"auto"`` (see
+            :func:`default_model_name`) or ``"tv:<torchvision name>"``.
+        image_shape: ``(C, H, W)``.
+        num_classes: number of logits, at least 2.
+
+    Raises:
+        ConfigError: unknown name (with a suggestion), bad shape or class count, or an
+            architecture that cannot take images of this shape.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> model = get_model("auto", (1, 28, 28), 10)  # cnn28
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    shape = _check_shape(image_shape)
+    try:
+        classes = -1 if isinstance(num_classes, bool) else operator.index(num_classes)
+    except TypeError:
+        classes = -1
+    if classes < 2:
+        raise ConfigError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    key = str(name).strip()
+    if key == "auto":
+        key = default_model_name(shape)
+    model = _builder(key)(shape, classes)
+    model.arch = key
+    _check_fits(model, shape)
+    return model
+
+
+def _builder(name: str) -> Builder:
+    prefix, sep, rest = name.partition(":")
+    if sep:
+        if prefix not in _PREFIXES:
+            raise ConfigError(f"unknown model prefix '{prefix}:' in '{name}'{suggest(prefix, list(_PREFIXES))}")
+        return _PREFIXES[prefix](rest)
+    if name not in MODELS:
+        close = suggest(name, [*list_models(), "auto"])
+        hint = "" if close.startswith("; did you mean") else ", or tv:<name> for a torchvision model"
+        raise ConfigError(f"unknown model '{name}'{close}{hint}")
+    return MODELS.get(name)
+
+
+def _check_shape(image_shape: Sequence[int]) -> ImageShape:
+    try:
+        shape = tuple(int(s) for s in image_shape)
+        ok = len(shape) == 3 and all(s >= 1 and s == t for s, t in zip(shape, image_shape))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"image_shape must be three positive integers (C, H, W), got {image_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _check_fits(model: Classifier, shape: ImageShape) -> None:
+    """One eval-mode forward of a blank image: a clear error now instead of a shape error mid-run."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            f = model.features(torch.zeros(1, *shape))
+            logits = model.head(f)
+    except (RuntimeError, ValueError, AssertionError) as err:  # torchvision asserts fixed input sizes
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        c, h, w = shape
+        other = default_model_name(shape)
+        fix = f"use larger images or another model, e.g. {other}" if other != model.arch else "use larger images"
+        raise ConfigError(f"model '{model.arch}' cannot take images of shape {c}x{h}x{w} ({reason}); {fix}") from None
+    finally:
+        model.train(was_training)
+    if f.ndim != 2 or tuple(logits.shape) != (1, model.num_classes):
+        raise ConfigError(
+            f"model '{model.arch}' gives features {tuple(f.shape)} and logits {tuple(logits.shape)}; "
+            f"expected (1, D) and (1, {model.num_classes}): its features/head split is broken"
+        )

@@ -1,0 +1,240 @@
+"""Collect run directories into one table: mean and 95 % interval over seeds per config.
+
+A run directory is any folder holding ``metrics.json`` and ``config.yaml`` (hidden folders such as
+``.twins`` and ``.tmp-*`` are skipped). Runs are grouped by their config without ``seed``; each
+group gets, for every metric, the mean over its seeds and the half-width of the two-sided 95 %
+confidence interval of the mean (Student's t, ``n - 1`` degrees of freedom; blank for one seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from perturbd.rundir import read_json
+
+# metric column → (path in metrics.json, label, format); "pct" values are fractions shown in %
+METRICS: dict[str, tuple[str, str, str]] = {
+    "clean_accuracy": ("clean_accuracy", "clean acc. %", "pct"),
+    "accuracy_loss": ("accuracy_loss", "acc. loss (points)", "pct"),
+    "attack_success_rate": ("attack_success_rate", "ASR %", "pct"),
+    "clean_model_asr": ("clean_model_asr", "clean-model ASR %", "pct"),
+    "injection_rate": ("injection_rate", "injection %", "pct"),
+    "poisoned_count": ("poisoned_count", "poisoned", "int"),
+    "trigger_linf": ("trigger.linf", "L∞", "num"),
+    "trigger_l2": ("trigger.l2", "L2", "num"),
+    "psnr_mean": ("stealth.psnr_mean", "PSNR dB", "num"),
+    "ssim_mean": ("stealth.ssim_mean", "SSIM", "num3"),
+}
+TABLE_METRICS = ["clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate", "psnr_mean", "ssim_mean"]
+
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (table to 30, then a
+    Cornish–Fisher expansion, error < 1e-3)."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % t-interval (NaN half-width for fewer than 2 values)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    n = len(vals)
+    mean = sum(vals) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    return mean, t975(n - 1) * sd / math.sqrt(n)
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def flat_config(self) -> dict[str, Any]:
+        return flatten(self.config)
+
+    def metric(self, name: str) -> float | None:
+        node: Any = self.metrics
+        for part in METRICS[name][0].split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become their YAML flow text."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = yaml.safe_dump(value, default_flow_style=True).strip()
+        else:
+            out[name] = value
+    return out
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "metrics.json").is_file() and (path / "config.yaml").is_file()
+
+
+def collect_runs(root: Path) -> list[RunRecord]:
+    """Every run directory at or below ``root``, sorted by path."""
+    root = Path(root).expanduser()
+    found = [root] if is_run_dir(root) else []
+    if not found:
+        for metrics in sorted(root.rglob("metrics.json")):
+            rel = metrics.parent.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or not is_run_dir(metrics.parent):
+                continue
+            found.append(metrics.parent)
+    return [RunRecord(p, yaml.safe_load((p / "config.yaml").read_text()) or {}, read_json(p / "metrics.json")) for p in found]
+
+
+def trigger_label(flat: dict[str, Any]) -> str:
+    """``grid c=10`` for a static mask, ``adaptive deepfool linf ξ=10`` for an adaptive one."""
+    kind = flat.get("trigger.kind", "?")
+    if kind == "adaptive":
+        return f"adaptive {flat.get('trigger.method', '')} {flat.get('trigger.norm', '')} ξ={flat.get('trigger.budget', 0):g}".replace("  ", " ")
+    if kind == "image":
+        return f"image {Path(str(flat.get('trigger.path', ''))).name}"
+    if kind == "patch":
+        return f"patch {flat.get('trigger.size')}px c={flat.get('trigger.amplitude', 0):g}"
+    return f"{kind} c={flat.get('trigger.amplitude', 0):g}"
+
+
+def trigger_strength(flat: dict[str, Any]) -> float:
+    """The configured strength: the budget ξ of an adaptive mask, else the amplitude c."""
+    return float(flat.get("trigger.budget" if flat.get("trigger.kind") == "adaptive" else "trigger.amplitude", math.nan))
+
+
+@dataclass
+class Group:
+    """Runs sharing a config except the seed."""
+
+    keys: dict[str, Any]
+    runs: list[RunRecord] = field(default_factory=list)
+    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(int(r.config.get("seed", 0)) for r in self.runs)
+
+    @property
+    def flat(self) -> dict[str, Any]:
+        return self.runs[0].flat_config
+
+
+IGNORED = {"seed", "data.root", "data.download", "train.device", "train.threads"}
+
+
+def varying_keys(records: list[RunRecord]) -> list[str]:
+    """Config keys (flattened, without seed) whose value differs between runs, in config order."""
+    flats = [r.flat_config for r in records]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if k not in IGNORED and len({repr(f.get(k, "<unset>")) for f in flats}) > 1]
+
+
+def group_columns(records: list[RunRecord]) -> list[str]:
+    """The columns that tell groups apart: ``trigger`` (one label) if any trigger key varies,
+    then every other varying key."""
+    vary = varying_keys(records)
+    cols = ["trigger"] if any(k.startswith("trigger.") for k in vary) else []
+    return cols + [k for k in vary if not k.startswith("trigger.")]
+
+
+def group_values(flat: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    return {c: trigger_label(flat) if c == "trigger" else flat.get(c) for c in columns}
+
+
+def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
+    """Group runs by config minus seed; returns the distinguishing columns and the groups with
+    ``stats[metric] = (mean, ci95 half-width)``."""
+    columns = group_columns(records)
+    groups: dict[str, Group] = {}
+    for r in records:
+        flat = {k: v for k, v in r.flat_config.items() if k not in IGNORED}
+        key = repr(sorted(flat.items(), key=lambda kv: kv[0]))
+        groups.setdefault(key, Group(group_values(r.flat_config, columns))).runs.append(r)
+    out = list(groups.values())
+    for g in out:
+        for m in METRICS:
+            g.stats[m] = mean_ci([v for v in (r.metric(m) for r in g.runs) if v is not None])
+    out.sort(key=lambda g: [(_family_key(g.flat), trigger_strength(g.flat)) if c == "trigger" else _sortable(g.keys[c]) for c in columns])
+    return columns, out
+
+
+def _family_key(flat: dict[str, Any]) -> str:
+    return trigger_label(flat).split("=")[0]
+
+
+def _sortable(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
+
+
+def _fmt(value: float, kind: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "–" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
+    return {"pct": f"{100 * value:.2f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(kind, f"{value:.2f}")
+
+
+def cell(stat: tuple[float, float], kind: str) -> str:
+    """``mean ± ci`` as text (no ± for one seed)."""
+    mean, ci = stat
+    if not math.isfinite(ci):
+        return _fmt(mean, kind)
+    return f"{_fmt(mean, kind)} ± {_fmt(ci, kind)}"
+
+
+def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TABLE_METRICS) -> str:
+    """A Markdown table: distinguishing columns, seeds, then mean ± 95 % CI per metric."""
+    head = [*columns, "seeds", *(METRICS[m][1] for m in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(columns) else "---:" for i in range(len(head))) + "|"]
+    for g in groups:
+        row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m][2]) for m in metrics]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\nMean ± half-width of the 95 % t-interval over seeds; % of test images, accuracy loss in points.\n"
+
+
+def to_csv(columns: list[str], groups: list[Group]) -> str:
+    """One row per group: distinguishing columns, n, seeds, ``<metric>_mean`` and ``<metric>_ci95``
+    for every metric (fractions, not %)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*columns, "n", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "ci95"))])
+    for g in groups:
+        stats = [x for m in METRICS for x in g.stats[m]]
+        w.writerow([*(g.keys[c] for c in columns), len(g.runs), " ".join(map(str, g.seeds)), *("" if not math.isfinite(x) else f"{x:.6g}" for x in stats)])
+    return buf.getvalue()
+
+
+def runs_csv(records: list[RunRecord]) -> str:
+    """One row per run: its directory, varying config keys, seed and every metric."""
+    vary = varying_keys(records)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run_dir", *vary, "seed", *METRICS])
+    for r in records:
+        flat = r.flat_config
+        vals = [r.metric(m) for m in METRICS]
+        w.writerow([r.path.name, *(flat.get(k) for k in vary), flat.get("seed"), *("" if v is None else f"{v:.6g}" for v in vals)])
+    return buf.getvalue()

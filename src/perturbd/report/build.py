@@ -1,0 +1,61 @@
+"""``perturbd report PATH``: a run directory → its ``report.html``; a folder of runs → the
+aggregated table (``aggregate.csv``, ``aggregate.md``, ``runs.csv``), ``figures/*.png``, a
+``report.html`` for every run and one for the whole folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perturbd.errors import ConfigError
+from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, runs_csv, to_csv, to_markdown
+from perturbd.report.html import run_html, sweep_html
+from perturbd.report.plots import write_figures
+from perturbd.rundir import read_json
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote."""
+
+    root: Path
+    html: Path
+    records: list[RunRecord] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    markdown: str = ""
+
+    @property
+    def single_run(self) -> bool:
+        return is_run_dir(self.root)
+
+
+def build_report(path: Path) -> Report:
+    """Write the reports for ``path`` (a run directory or any folder holding run directories)."""
+    from perturbd.sweep import read_failures
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"no such folder: {root}; give a run directory or a folder of runs (e.g. runs/)")
+    if is_run_dir(root):
+        return Report(root, run_html(root), collect_runs(root))
+    records = collect_runs(root)
+    failures = read_failures(root)
+    if not records and not failures:
+        raise ConfigError(f"no run directories (with metrics.json and config.yaml) under {root}; run `perturbd run` or `perturbd sweep` first")
+    for r in records:
+        run_html(r.path)
+    columns, groups = aggregate(records)
+    files = []
+    for name, text in (("aggregate.csv", to_csv(columns, groups)), ("aggregate.md", to_markdown(columns, groups)), ("runs.csv", runs_csv(records))):
+        (root / name).write_text(text)
+        files.append(root / name)
+    figures = write_figures(columns, groups, root / "figures")
+    files += [p for _, p in figures]
+    expected = None
+    if (root / "sweep.json").is_file():
+        expected = len(read_json(root / "sweep.json").get("runs", [])) or None
+    html = sweep_html(root, records, columns, groups, figures, failures, expected)
+    return Report(root, html, records, columns, groups, [*files, html], failures, to_markdown(columns, groups))

@@ -1,0 +1,109 @@
+"""The attack × defence matrix: rows are runs (trigger, setting, knowledge, rate), columns are
+defences, cells are detection AUROC (screening), the target's anomaly index (Neural Cleanse) or
+the ASR after mitigation with its clean-accuracy cost. Written as Markdown and CSV.
+
+Example:
+    >>> from perturbd.report.matrix import matrix_rows, write_matrix
+    >>> rows = matrix_rows(["runs/mnist-grid-1a2b3c4d", "runs/mnist-patch-5e6f7a8b"])  # doctest: +SKIP
+    >>> write_matrix(rows, "reports")  # doctest: +SKIP  (reports/matrix.md, reports/matrix.csv)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from perturbd.errors import DataError
+from perturbd.rundir import read_json
+
+
+def _row_label(cfg: dict[str, Any]) -> str:
+    trig = cfg.get("trigger", {})
+    kind = trig.get("kind", "?")
+    size = f"budget {trig.get('budget'):g} {trig.get('norm')}" if kind == "adaptive" else f"c={trig.get('amplitude', 0):g}"
+    if kind == "patch":
+        size += f", {trig.get('size')}×{trig.get('size')}"
+    attack = cfg.get("attack", {})
+    rate = cfg.get("poison", {}).get("rate", 0)
+    return f"{kind} ({size}), {attack.get('setting', '?')}/{attack.get('knowledge', '?')}, rate {100 * rate:g} %"
+
+
+def matrix_row(run_dir: Path | str) -> dict[str, Any]:
+    """One matrix row from a run directory holding ``defenses.json``."""
+    folder = Path(run_dir)
+    if not (folder / "defenses.json").is_file():
+        raise DataError(f"{folder} has no defenses.json; run it with `defenses: [...]` in its config")
+    cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    metrics = read_json(folder / "metrics.json")
+    reports = read_json(folder / "defenses.json")["defenses"]
+    return {
+        "run": folder.name,
+        "label": _row_label(cfg),
+        "seed": metrics.get("seed"),
+        "clean_accuracy": metrics.get("clean_accuracy"),
+        "asr": metrics.get("attack_success_rate"),
+        "cells": {r["name"]: r["cell"] for r in reports},
+    }
+
+
+def matrix_rows(run_dirs: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """Rows for several run directories, in the order given."""
+    return [matrix_row(d) for d in run_dirs]
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for row in rows:
+        cols += [c for c in row["cells"] if c not in cols]
+    return cols
+
+
+def matrix_markdown(rows: list[dict[str, Any]]) -> str:
+    """The matrix as a Markdown table (cell texts; a blank where a run lacks that defence)."""
+    cols = _columns(rows)
+    head = ["run", "clean acc", "ASR", *cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        base = [f"{r['label']} (seed {r['seed']})", f"{100 * r['clean_accuracy']:.2f} %", f"{100 * r['asr']:.1f} %"]
+        cells = [r["cells"].get(c, {}).get("text", "") for c in cols]
+        lines.append("| " + " | ".join(base + cells) + " |")
+    legend = (
+        "\nCells: dataset/input screening → AUROC (TPR, FPR at the method's threshold); neural_cleanse → "
+        "flagged labels and the target's anomaly index (> 2 flags); mitigations → ASR before→after, clean-accuracy "
+        "change and clean images used."
+    )
+    return "\n".join(lines) + "\n" + legend + "\n"
+
+
+def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = "matrix") -> tuple[Path, Path]:
+    """Write ``<stem>.md`` and ``<stem>.csv`` into ``folder``; returns both paths.
+
+    CSV columns per defence: ``<name>`` (the cell value: AUROC, anomaly index or ASR after) and,
+    for mitigations, ``<name>_accuracy_cost`` (clean accuracy before − after).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, csv_path = folder / f"{stem}.md", folder / f"{stem}.csv"
+    md.write_text(matrix_markdown(rows))
+    cols = _columns(rows)
+    header = ["run", "label", "seed", "clean_accuracy", "asr"]
+    for c in cols:
+        header.append(c)
+        if any("accuracy_cost" in r["cells"].get(c, {}) for r in rows):
+            header.append(f"{c}_accuracy_cost")
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        for r in rows:
+            out: dict[str, Any] = {k: r[k] for k in ("run", "label", "seed", "clean_accuracy", "asr")}
+            for c in cols:
+                cell = r["cells"].get(c, {})
+                out[c] = cell.get("value")
+                if f"{c}_accuracy_cost" in header:
+                    out[f"{c}_accuracy_cost"] = cell.get("accuracy_cost")
+            writer.writerow(out)
+    return md, csv_path

@@ -1,0 +1,109 @@
+"""Run directories: written to a temporary folder and renamed when complete.
+
+A run directory ``<out>/<name>-<confighash8>/`` is either all there or not there: readers and
+sweeps treat an existing directory as complete. Partial work lives in ``<out>/.tmp-*`` folders,
+removed on failure and swept away when their process is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> None:
+    """Delete ``.tmp-*`` folders left by processes that no longer run (killed runs)."""
+    if not out.is_dir():
+        return
+    for tmp in out.glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[-1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``final``; rename it to ``final`` when the block succeeds.
+
+    On any exception (or a signal turned into one) the temporary folder is removed and ``final``
+    is untouched. With ``replace`` an existing ``final`` is swapped out only at the very end.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final.parent)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists() and replace:
+            old = final.parent / f"{TMP_PREFIX}{final.name}-old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def git_commit() -> str | None:
+    """The commit of the perturbd checkout this code runs from, if it is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, device and commit that made a run."""
+    import torch
+    import torchvision
+
+    from perturbd import __version__
+
+    info: dict[str, Any] = {
+        "perturbd": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info

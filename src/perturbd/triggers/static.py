@@ -1,0 +1,141 @@
+"""Static (hand-designed) perturbation masks of amplitude ``c`` in pixel units (0–255).
+
+Each pattern is a pure function ``(shape, c, …) -> δ``; the registered factories only read the
+config. All masks are 1-channel (broadcast over colour) except ``image`` masks with colour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perturbd.config import TriggerConfig
+from perturbd.errors import ConfigError
+from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
+
+
+def grid_pattern(height: int, width: int, amplitude: float) -> torch.Tensor:
+    """``+c`` on every other row and every other column (the pixels (2i, 2j)); a quarter of the image."""
+    delta = torch.zeros(1, height, width)
+    delta[:, ::2, ::2] = amplitude
+    return delta
+
+
+def chessboard_pattern(height: int, width: int, amplitude: float) -> torch.Tensor:
+    """``+c`` where row + column is even, ``−c`` where it is odd: every pixel moves by ``c``."""
+    rows = torch.arange(height).view(-1, 1)
+    cols = torch.arange(width).view(1, -1)
+    sign = 1.0 - 2.0 * ((rows + cols) % 2).float()
+    return (amplitude * sign).unsqueeze(0)
+
+
+def ring_pattern(height: int, width: int, amplitude: float, radius: float | None = None) -> torch.Tensor:
+    """``+c`` on a one-pixel-wide circle centred in the image (radius 0.4 × the shorter side)."""
+    radius = 0.4 * min(height, width) if radius is None else radius
+    ys = torch.arange(height).view(-1, 1) - (height - 1) / 2
+    xs = torch.arange(width).view(1, -1) - (width - 1) / 2
+    on = ((ys**2 + xs**2).sqrt() - radius).abs() <= 0.5
+    return (amplitude * on.float()).unsqueeze(0)
+
+
+def random_pattern(height: int, width: int, amplitude: float, seed: int) -> torch.Tensor:
+    """``±c`` drawn independently per pixel from ``seed`` (same seed ⇒ same mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, (1, height, width), generator=gen).float() * 2 - 1
+    return amplitude * sign
+
+
+def patch_pattern(height: int, width: int, amplitude: float, size: int) -> torch.Tensor:
+    """``+c`` on a ``size × size`` square one pixel from the bottom-right corner (BadNets style
+    when ``c = 255``: a visible white patch, the classic defences' sanity case)."""
+    if size + 1 > min(height, width):
+        raise ConfigError(f"trigger.size {size} does not fit {height}×{width} images; use a smaller patch")
+    delta = torch.zeros(1, height, width)
+    delta[:, height - 1 - size : height - 1, width - 1 - size : width - 1] = amplitude
+    return delta
+
+
+def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
+    """A user's mask: ``.npy`` holds δ in pixel units as ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``;
+    an image file (PNG, …) is read as intensity ``m`` in 0–255 and scaled to ``δ = c · m / 255``;
+    a ``.safetensors`` file is a saved perturbd trigger."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"trigger mask file not found: {path}; set trigger.path to an existing file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return Trigger.load(path).delta
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"cannot read mask {path}: {err}; save it with numpy.save") from None
+        if not np.issubdtype(arr.dtype, np.number):
+            raise ConfigError(f"mask {path} must hold numbers, got dtype {arr.dtype}")
+        delta = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ConfigError(f"cannot read mask image {path}: {err}; use a PNG or a .npy file") from None
+        delta = torch.from_numpy(arr.astype(np.float32)) * (amplitude / 255.0)
+    if delta.ndim == 2:
+        delta = delta.unsqueeze(0)
+    elif delta.ndim == 3 and delta.shape[-1] in (1, 3) and delta.shape[0] not in (1, 3):
+        delta = delta.permute(2, 0, 1)
+    if delta.ndim != 3:
+        raise ConfigError(f"mask {path} must be (H, W), (C, H, W) or (H, W, C), got shape {tuple(delta.shape)}")
+    return delta
+
+
+def _check_shape(delta: torch.Tensor, shape: tuple[int, int, int], source: str) -> torch.Tensor:
+    channels, height, width = shape
+    if tuple(delta.shape[-2:]) != (height, width) or delta.shape[0] not in (1, channels):
+        raise ConfigError(
+            f"mask {source} is {delta.shape[0]}×{delta.shape[1]}×{delta.shape[2]} but the images are "
+            f"{channels}×{height}×{width}; resize the mask to {height}×{width}"
+        )
+    return delta
+
+
+@register_trigger("grid")
+def grid(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    return Trigger(grid_pattern(h, w, cfg.amplitude), "grid", {"amplitude": cfg.amplitude})
+
+
+@register_trigger("chessboard")
+def chessboard(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    return Trigger(chessboard_pattern(h, w, cfg.amplitude), "chessboard", {"amplitude": cfg.amplitude})
+
+
+@register_trigger("ring")
+def ring(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    return Trigger(ring_pattern(h, w, cfg.amplitude), "ring", {"amplitude": cfg.amplitude})
+
+
+@register_trigger("random")
+def random(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    return Trigger(random_pattern(h, w, cfg.amplitude, ctx.seed), "random", {"amplitude": cfg.amplitude, "seed": ctx.seed})
+
+
+@register_trigger("patch")
+def patch(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    return Trigger(patch_pattern(h, w, cfg.amplitude, cfg.size), "patch", {"amplitude": cfg.amplitude, "size": cfg.size})
+
+
+@register_trigger("image")
+def image(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    if cfg.path is None:
+        raise ConfigError("trigger kind 'image' needs trigger.path=FILE (a PNG, .npy or .safetensors mask)")
+    delta = _check_shape(read_mask_file(cfg.path, cfg.amplitude), ctx.image_shape, str(cfg.path))
+    return Trigger(delta, "image", {"path": str(cfg.path), "amplitude": cfg.amplitude})

@@ -1,0 +1,103 @@
+"""Tiny planted backdoors for defence and audit tests: a 2-conv net on the synthetic bars.
+
+Everything trains in seconds on one CPU thread. :func:`planted_patch` holds a model backdoored with an obvious trigger (a 3×3 white patch, BadNets style,
+3 % of the training set relabelled to 0), its clean twin (same seed, no poison), the poisoned
+training set with its indices, the test set and the defender's clean images (training images
+that were not poisoned). :func:`updated` and :func:`update_batches` make the two updates of the
+audit tests: one on a clean update batch, one on the same batch with poison.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from perturbd.config import DataConfig, PoisonConfig, TrainConfig, TriggerConfig
+from perturbd.data import load_data
+from perturbd.data.dataset import ImageDataset
+from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set
+from perturbd.metrics import attack_success_rate, clean_accuracy
+from perturbd.models import Classifier
+from perturbd.poison import poison_dataset
+from perturbd.train import fit
+from perturbd.triggers import Trigger, TriggerContext, build_trigger
+
+TARGET = 0
+_CACHE: dict[str, "Planted"] = {}
+TRAIN = TrainConfig(epochs=4, batch_size=64, lr=0.05, device="cpu", threads=1)
+
+
+class TinyNet(Classifier):
+    """conv3×3(8) → BN → ReLU → pool, conv3×3(16) → BN → ReLU → pool, fc 32 (features), fc (head)."""
+
+    def __init__(self, image_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__(image_shape, num_classes)
+        c = self.image_shape[0]
+        self.body = nn.Sequential(
+            nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 32), nn.ReLU(),
+        )  # fmt: skip
+        self.fc = nn.Linear(32, num_classes)
+
+
+def tiny_model(shape: tuple[int, int, int], seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet(shape, 10)
+
+
+@dataclass(frozen=True)
+class Planted:
+    model: nn.Module
+    clean_model: nn.Module
+    trigger: Trigger
+    train: ImageDataset
+    indices: torch.Tensor
+    test: ImageDataset
+    clean: ImageDataset
+
+    def inputs(self, model: nn.Module | None = None) -> DefenseInputs:
+        return DefenseInputs(model or self.model, self.test, self.clean, "train minus poison", self.train, self.indices, self.trigger, TARGET, self.clean_model)
+
+
+def _plant(kind: str, amplitude: float, rate: float) -> Planted:
+    torch.set_num_threads(1)
+    split = load_data(DataConfig(name="synthetic"), 0)
+    trig = build_trigger(TriggerConfig(kind=kind, amplitude=amplitude), TriggerContext(split.train.image_shape, 0, TARGET))
+    p = poison_dataset(split.train, trig, PoisonConfig(rate=rate, target=TARGET), 0)
+    bad = tiny_model(split.train.image_shape)
+    fit(bad, p.dataset, TRAIN, 0)
+    good = tiny_model(split.train.image_shape)
+    fit(good, split.train, TRAIN, 0)
+    clean = defender_clean_set(p.dataset, p.indices, 0)
+    return Planted(bad, good, trig, p.dataset, p.indices, split.test, clean)
+
+
+def planted_patch() -> Planted:
+    """An obvious backdoor: 3×3 white patch, 3 % poison, target 0 (cached per process)."""
+    if "patch" in _CACHE:
+        return _CACHE["patch"]
+    out = _plant("patch", 255, 0.03)
+    assert attack_success_rate(out.model, out.test, out.trigger, TARGET) > 0.95
+    assert attack_success_rate(out.clean_model, out.test, out.trigger, TARGET) < 0.2
+    assert clean_accuracy(out.model, out.test) > 0.9
+    _CACHE["patch"] = out
+    return out
+
+
+def updated(model: nn.Module, batch: ImageDataset, seed: int = 1) -> nn.Module:
+    """``model`` fine-tuned on an update batch (2 epochs, lr 0.01), as in the update setting."""
+    new = copy.deepcopy(model)
+    fit(new, batch, TRAIN, seed, epochs=2, lr=0.01)
+    return new
+
+
+def update_batches(trigger: Trigger, size: int = 1000, rate: float = 0.1) -> tuple[ImageDataset, ImageDataset]:
+    """A clean update batch and the same batch with ``rate`` of it poisoned toward the target."""
+    split = load_data(DataConfig(name="synthetic"), 0)
+    batch = split.train.subset(torch.randperm(len(split.train), generator=torch.Generator().manual_seed(5))[:size])
+    return batch, poison_dataset(batch, trigger, PoisonConfig(rate=rate, target=TARGET), 1).dataset

@@ -1,0 +1,51 @@
+"""Fake run directories (no training): the files a run writes, with chosen metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from perturbd.config import ExperimentConfig, dump_yaml
+from perturbd.report.figures import samples_png, trigger_png
+from perturbd.rundir import write_json
+
+
+def fake_run(out: Path, seed: int, rate: float, amplitude: float, asr: float, acc: float = 0.98, images: bool = False) -> Path:
+    cfg = ExperimentConfig.model_validate({"name": "fake", "seed": seed, "poison": {"rate": rate}, "trigger": {"kind": "grid", "amplitude": amplitude}})
+    run = out / f"{cfg.run_name}-{cfg.hash()}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    write_json(run / "metrics.json", {
+        "config_hash": cfg.hash(), "seed": seed, "setting": "before_training", "knowledge": "full", "target": 0,
+        "clean_accuracy": acc, "clean_twin_accuracy": 0.99, "accuracy_loss": 0.99 - acc, "attack_success_rate": asr,
+        "clean_model_asr": 0.01, "injection_rate": rate, "poisoned_count": int(rate * 1000), "poison_set_size": 1000, "test_size": 500,
+        "trigger": {"kind": "grid", "linf": amplitude, "l2": amplitude * 14},
+        "stealth": {"linf_mean": amplitude, "linf_max": amplitude, "l2_mean": 1.0, "l2_max": 1.0, "psnr_mean": 50 - amplitude, "psnr_min": 40 - amplitude, "ssim_mean": 0.9, "ssim_min": 0.8},
+    })
+    write_json(run / "environment.json", {"perturbd": "0.1.0", "torch": torch.__version__, "device": "cpu", "git_commit": None})
+    write_json(run / "timing.json", {"total": 3.0})
+    (run / "log.txt").write_text("[00:00:00] a <b>log</b> line\n")
+    if images:
+        delta = torch.zeros(1, 28, 28)
+        delta[:, ::2, ::2] = amplitude
+        trigger_png(delta, run / "trigger.png", "grid")
+        clean = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+        samples_png(clean, (clean.int() + 8).clamp(0, 255).to(torch.uint8), run / "samples.png")
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """2 amplitudes × 3 rates × 2 seeds of fake runs, plus the litter a sweep leaves (twins, tmp)."""
+    out = tmp_path / "sweep"
+    for seed in (0, 1):
+        for amp in (6, 10):
+            for rate in (0.01, 0.03, 0.1):
+                fake_run(out, seed, rate, amp, asr=min(1.0, rate * amp + 0.01 * seed), images=(seed == 0 and amp == 6 and rate == 0.01))
+    (out / ".twins" / "abc").mkdir(parents=True)
+    (out / ".twins" / "abc" / "metrics.json").write_text("{}")
+    (out / ".tmp-partial-123").mkdir()
+    (out / ".tmp-partial-123" / "metrics.json").write_text("{}")
+    return out

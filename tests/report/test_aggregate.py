@@ -1,0 +1,52 @@
+"""Grouping runs by config minus seed; mean and 95 % t-interval; CSV and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+
+from perturbd.report.aggregate import aggregate, collect_runs, mean_ci, t975, to_csv, to_markdown
+
+
+def test_t_quantiles():
+    assert t975(1) == pytest.approx(12.706)
+    assert t975(30) == pytest.approx(2.042)
+    assert t975(60) == pytest.approx(2.000, abs=1e-3)
+    assert t975(10_000) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_mean_ci():
+    mean, ci = mean_ci([0.9, 1.0])
+    assert mean == pytest.approx(0.95)
+    assert ci == pytest.approx(12.706 * math.sqrt(0.005) / math.sqrt(2))
+    assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5])[0] == 0.5
+
+
+def test_collects_runs_and_skips_hidden_folders(runs):
+    records = collect_runs(runs)
+    assert len(records) == 12
+    assert not any(part.startswith(".") for r in records for part in r.path.relative_to(runs).parts)
+    assert len(collect_runs(records[0].path)) == 1  # a run directory itself
+
+
+def test_groups_by_config_minus_seed(runs):
+    columns, groups = aggregate(collect_runs(runs))
+    assert columns == ["trigger", "poison.rate"]
+    assert len(groups) == 6 and all(g.seeds == [0, 1] for g in groups)
+    assert [g.keys["trigger"] for g in groups[:3]] == ["grid c=6"] * 3  # c sorts numerically: 6 before 10
+    g = next(g for g in groups if g.keys == {"trigger": "grid c=6", "poison.rate": 0.03})
+    mean, ci = g.stats["attack_success_rate"]  # seeds give 0.18 and 0.19: sd 0.01/√2, n = 2
+    assert mean == pytest.approx(0.185) and ci == pytest.approx(12.706 * 0.005)
+
+
+def test_csv_and_markdown(runs):
+    columns, groups = aggregate(collect_runs(runs))
+    rows = list(csv.DictReader(io.StringIO(to_csv(columns, groups))))
+    assert len(rows) == 6 and rows[0]["n"] == "2" and rows[0]["seeds"] == "0 1"
+    assert float(rows[0]["attack_success_rate_mean"]) == pytest.approx(groups[0].stats["attack_success_rate"][0], rel=1e-5)
+    md = to_markdown(columns, groups)
+    assert md.startswith("| trigger | poison.rate | seeds | clean acc. %")
+    assert "18.50 ± 6.35" in md  # c=6, rate 0.03: ASR 18 % and 19 %

@@ -1,0 +1,32 @@
+"""Every benchmark script imports and runs its quick mode on tiny data (timings are not checked)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# benchmark module → (perturbd module it measures, extra arguments that make --quick tiny)
+CASES = {
+    "bench_train": ("perturbd.train", ["--limit", "256", "--workers", "0"]),
+    "bench_adaptive": ("perturbd.triggers.adaptive", ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "gradient", "reference"]),
+    "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--steps", "3", "--n-clean", "32", "--train-limit", "200"]),
+    "bench_e2e": ("perturbd.experiment", []),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dependency, extra = CASES[name]
+    pytest.importorskip(dependency)
+    monkeypatch.syspath_prepend(str(ROOT))
+    bench = importlib.import_module(f"benchmarks.{name}")
+    payload = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), *extra])
+    written = json.loads((tmp_path / f"{name}.json").read_text())
+    assert written["benchmark"] == name == payload["benchmark"]
+    assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]
+    assert "met" in written

@@ -1,0 +1,79 @@
+"""The command line: every user mistake is one line on stderr and exit code 2, nothing on disk."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from perturbd.cli import main
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["perturbd", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD = [
+    (["run", "--set", "poison.rat=0.1"], "did you mean 'rate'"),
+    (["run", "--set", "data.name=mnsit"], "did you mean 'mnist'"),
+    (["run", "--set", "model.name=cnn29"], "did you mean 'cnn"),
+    (["run", "--set", "trigger.kind=chesboard"], "did you mean 'chessboard'"),
+    (["run", "--set", "poison.rate=1.5"], "poison.rate"),
+    (["run", "--set", "poison.rate=-0.1"], "poison.rate"),
+    (["run", "--set", "poison.target=10"], "poison.target must be in [0, 9], got 10"),
+    (["run", "--set", "trigger.amplitude=-5"], "trigger.amplitude"),
+    (["run", "--set", "trigger.amplitude=500"], "trigger.amplitude"),
+    (["run", "--set", "trigger.kind=image", "--set", "trigger.path=/nonexistent.png"], "not found"),
+    (["run", "--set", "data.name=mnist", "--set", "data.root=/nonexistent"], "data.download=true"),
+    (["run", "--set", "data.name=npz:/nonexistent.npz"], "nonexistent.npz"),
+    (["run", "/nonexistent.yaml"], "config file not found"),
+    (["run", "--set", "train.device=cuda:7"] if "torch" in sys.modules and not __import__("torch").cuda.is_available() else ["run", "--set", "train.device=tpu"], "train.device"),
+    (["trigger", "show", "gird"], "did you mean 'grid'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_user_mistakes_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, message) -> None:
+    code, out, err = _cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path)] if args[0] == "run" else []))
+    assert code == 2, (out, err)
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.iterdir()), "no partial output"
+
+
+def test_yaml_that_is_not_a_mapping(monkeypatch, capsys, tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("[1, 2, 3]\n")
+    code, _, err = _cli(monkeypatch, capsys, "run", str(cfg), "--out", str(tmp_path / "runs"))
+    assert code == 2 and "must hold a YAML mapping" in err and not (tmp_path / "runs").exists()
+
+
+def test_datasets_and_models_list(monkeypatch, capsys) -> None:
+    code, out, _ = _cli(monkeypatch, capsys, "datasets")
+    assert code == 0 and "mnist5k" in out and "imagefolder:PATH" in out
+    code, out, _ = _cli(monkeypatch, capsys, "models")
+    assert code == 0 and "cnn28" in out and "preact_resnet18" in out
+
+
+def test_trigger_show_writes_png(monkeypatch, capsys, tmp_path) -> None:
+    png = tmp_path / "grid.png"
+    code, out, err = _cli(monkeypatch, capsys, "trigger", "show", "grid", "--set", "trigger.amplitude=10", "-o", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_prints_summary(monkeypatch, capsys, tmp_path, tiny_overrides) -> None:
+    args = [a for s in tiny_overrides for a in ("--set", s)]
+    code, out, err = _cli(monkeypatch, capsys, "run", *args, "--set", "train.epochs=1", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "attack success rate" in out and "clean-model ASR" in out
+    (run_dir,) = [p for p in tmp_path.iterdir()]
+    assert (run_dir / "metrics.json").is_file()

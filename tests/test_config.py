@@ -1,0 +1,74 @@
+"""Config: defaults, overrides, one-line errors with suggestions, stable hashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from perturbd.config import ExperimentConfig, load_config
+from perturbd.errors import ConfigError
+
+
+def test_defaults_match_the_design() -> None:
+    cfg = load_config()
+    assert cfg.data.name == "mnist5k" and cfg.model.name == "auto"
+    assert cfg.trigger.kind == "grid" and cfg.trigger.amplitude == 10
+    assert cfg.poison.rate == 0.05 and cfg.poison.target == 0 and cfg.poison.quantize
+    assert cfg.attack.setting == "before_training" and cfg.attack.knowledge == "full"
+
+
+def test_overrides_parse_yaml_values(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("poison: {rate: 0.01}\ntrain: {epochs: 3}\n")
+    cfg = load_config(path, ["poison.target=3", "poison.sources=[1, 2]", "trigger.kind=chessboard", "train.lr=1e-2"])
+    assert cfg.poison.rate == 0.01 and cfg.poison.target == 3 and cfg.poison.sources == [1, 2]
+    assert cfg.trigger.kind == "chessboard" and cfg.train.epochs == 3 and cfg.train.lr == 0.01
+
+
+def test_defenses_accept_names_and_mappings() -> None:
+    cfg = load_config(overrides=["defenses=[strip, {name: neural_cleanse, params: {steps: 5}}]"])
+    assert [d.name for d in cfg.defenses] == ["strip", "neural_cleanse"]
+    assert cfg.defenses[1].params == {"steps": 5}
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["poison.rat=0.1"], r"unknown config key 'poison.rat'; did you mean 'rate'\?"),
+        (["trainn.epochs=1"], r"unknown config key 'trainn'; did you mean 'train'\?"),
+        (["poison.rate=1.5"], r"config 'poison.rate': Input should be less than or equal to 1, got 1.5"),
+        (["poison.rate=0"], r"config 'poison.rate'"),
+        (["trigger.amplitude=-3"], r"config 'trigger.amplitude'"),
+        (["trigger.amplitude=1000"], r"config 'trigger.amplitude'"),
+        (["train.epochs=many"], r"config 'train.epochs'"),
+        (["attack.knowledge=some"], r"config 'attack.knowledge'"),
+        (["poison.rate"], r"--set takes section.key=value"),
+        (["seed.x=1"], r"config 'seed': Input should be a valid integer"),
+    ],
+)
+def test_bad_values_are_one_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(overrides=overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_must_be_a_mapping(tmp_path) -> None:
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a YAML mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("data: {name: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_loader_executes_nothing(tmp_path) -> None:
+    (tmp_path / "evil.yaml").write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "evil.yaml")
+
+
+def test_hash_is_stable_and_sensitive() -> None:
+    a = ExperimentConfig()
+    assert a.hash() == ExperimentConfig().hash() and len(a.hash()) == 8
+    assert a.hash() != load_config(overrides=["seed=1"]).hash()

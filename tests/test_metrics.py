@@ -1,0 +1,65 @@
+"""Metrics: ASR excludes the target class; stealth numbers in pixel units."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from perturbd.data.dataset import ImageDataset
+from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
+from perturbd.triggers import Trigger
+
+
+class Brightness(nn.Module):
+    """Predicts class 1 when the mean pixel is above a threshold, else the label encoded in pixel 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        label = (x[:, 0, 0, 0] * 255).round().long().clamp(0, 2)
+        label = torch.where(x.mean((1, 2, 3)) > 0.5, torch.ones_like(label), label)
+        return nn.functional.one_hot(label, 3).float() + 0 * self.w
+
+
+def _data() -> ImageDataset:
+    images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    images[:, 0, 0, 0] = labels.to(torch.uint8)
+    return ImageDataset(images, labels, ("a", "b", "c"), "toy")
+
+
+def test_clean_accuracy_and_asr_exclude_target() -> None:
+    data = _data()
+    model = Brightness()
+    assert clean_accuracy(model, data) == 1.0
+    trigger = Trigger(torch.full((1, 4, 4), 200.0), "test")
+    # every triggered image is sent to 1; the two images of class 1 are excluded: 4/4, not 6/6
+    assert attack_success_rate(model, data, trigger, target=1) == 1.0
+    weak = Trigger(torch.full((1, 4, 4), 10.0), "test")
+    assert attack_success_rate(model, data, weak, target=1) == 0.0
+
+
+def test_asr_counts_only_non_target_images() -> None:
+    data = _data()
+    trigger = Trigger(torch.zeros(1, 4, 4), "none")
+    # with no trigger the model predicts the true label: class-1 images would count as successes if included
+    assert attack_success_rate(Brightness(), data, trigger, target=1) == 0.0
+
+
+def test_stealth_in_pixel_units() -> None:
+    clean = torch.full((2, 1, 16, 16), 100, dtype=torch.uint8)
+    poisoned = clean.clone()
+    poisoned[0, 0, 0, 0] += 10
+    poisoned[1] += 2
+    s = stealth(clean, poisoned)
+    assert s["linf_max"] == 10 and s["linf_mean"] == 6
+    assert math.isclose(s["l2_max"], 32.0) and math.isclose(s["l2_mean"], 21.0)
+    psnr1 = 10 * math.log10(255**2 / (100 / 256))
+    psnr2 = 10 * math.log10(255**2 / 4)
+    assert math.isclose(s["psnr_min"], min(psnr1, psnr2), rel_tol=1e-9)
+    assert math.isclose(s["psnr_mean"], (psnr1 + psnr2) / 2, rel_tol=1e-9)
+    assert 0 < s["ssim_min"] <= s["ssim_mean"] <= 1

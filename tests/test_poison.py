@@ -1,0 +1,73 @@
+"""Poisoning: exact injection counts, target class never touched, clean copy untouched, seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perturbd.config import PoisonConfig, TriggerConfig
+from perturbd.data.dataset import ImageDataset
+from perturbd.errors import ConfigError
+from perturbd.poison import choose_indices, poison_dataset
+from perturbd.triggers import TriggerContext, build_trigger
+
+
+@pytest.fixture
+def data() -> ImageDataset:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 200, (1000, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(1000) % 10
+    return ImageDataset(images, labels, tuple(str(i) for i in range(10)), "toy")
+
+
+@pytest.fixture
+def grid():
+    return build_trigger(TriggerConfig(kind="grid", amplitude=10), TriggerContext((1, 8, 8), 0))
+
+
+@pytest.mark.parametrize("rate,count", [(0.01, 10), (0.05, 50), (0.0105, 10), (0.9, 900)])
+def test_exact_injection_count(data, grid, rate, count) -> None:
+    p = poison_dataset(data, grid, PoisonConfig(rate=rate, target=3), seed=0)
+    assert len(p.indices) == count
+    assert p.injection_rate == count / 1000
+    assert bool((data.labels[p.indices] != 3).all()), "target-class images are never poisoned"
+    assert bool((p.dataset.labels[p.indices] == 3).all())
+
+
+def test_only_chosen_images_change_and_clean_set_untouched(data, grid) -> None:
+    before = data.images.clone()
+    p = poison_dataset(data, grid, PoisonConfig(rate=0.1, target=0), seed=1)
+    assert torch.equal(data.images, before)
+    changed = (p.dataset.images != data.images).flatten(1).any(1)
+    assert set(torch.nonzero(changed).flatten().tolist()) <= set(p.indices.tolist())
+    assert torch.equal(p.dataset.images[p.indices], grid.apply(data.images[p.indices]))
+    keep = torch.ones(1000, dtype=torch.bool)
+    keep[p.indices] = False
+    assert torch.equal(p.dataset.labels[keep], data.labels[keep])
+
+
+def test_sources_restrict_the_choice(data) -> None:
+    idx = choose_indices(data.labels, PoisonConfig(rate=0.05, target=0, sources=[1, 2]), seed=0)
+    assert set(data.labels[idx].tolist()) <= {1, 2}
+
+
+def test_same_seed_same_indices(data) -> None:
+    cfg = PoisonConfig(rate=0.03)
+    assert torch.equal(choose_indices(data.labels, cfg, 5), choose_indices(data.labels, cfg, 5))
+    assert not torch.equal(choose_indices(data.labels, cfg, 5), choose_indices(data.labels, cfg, 6))
+
+
+def test_unquantized_poison_is_float(data, grid) -> None:
+    p = poison_dataset(data, grid, PoisonConfig(rate=0.01, quantize=False), seed=0)
+    assert p.dataset.images.dtype == torch.float32 and float(p.dataset.images.max()) <= 1.0
+
+
+def test_errors_are_clear(data, grid) -> None:
+    with pytest.raises(ConfigError, match=r"poison.target must be in \[0, 9\], got 12"):
+        poison_dataset(data, grid, PoisonConfig(target=12), seed=0)
+    with pytest.raises(ConfigError, match="poisons no image"):
+        poison_dataset(data, grid, PoisonConfig(rate=0.0001), seed=0)
+    with pytest.raises(ConfigError, match="lower poison.rate"):
+        poison_dataset(data, grid, PoisonConfig(rate=0.95), seed=0)
+    with pytest.raises(ConfigError, match="no class other than the target"):
+        poison_dataset(data, grid, PoisonConfig(sources=[0], target=0), seed=0)

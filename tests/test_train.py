@@ -1,0 +1,103 @@
+"""Training: learns, is reproducible from the seed, rejects bad devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from perturbd.config import TrainConfig
+from perturbd.data.dataset import ImageDataset
+from perturbd.errors import ConfigError
+from perturbd.train import fit, logits, lr_factor, predict, resolve_device, resolve_precision
+
+
+def _blobs(n: int = 400) -> ImageDataset:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    images = torch.randint(0, 60, (n, 1, 6, 6), generator=gen, dtype=torch.uint8)
+    images[labels == 1, :, :3] += 150  # class 1: bright top half
+    return ImageDataset(images, labels, ("dark", "bright"), "blobs")
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_fit_learns_and_is_reproducible() -> None:
+    data = _blobs()
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, device="cpu")
+    a, b = _net(), _net()
+    ra = fit(a, data, cfg, seed=7)
+    rb = fit(b, data, cfg, seed=7)
+    assert ra.losses == rb.losses
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert float((predict(a, data.images) == data.labels).float().mean()) > 0.95
+    assert ra.losses[-1] < ra.losses[0]
+
+
+def test_other_seed_other_weights() -> None:
+    data = _blobs()
+    cfg = TrainConfig(epochs=1, batch_size=32, device="cpu")
+    a, b = _net(), _net()
+    fit(a, data, cfg, seed=1)
+    fit(b, data, cfg, seed=2)
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_schedules() -> None:
+    assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 10, 10) == pytest.approx(0.0)
+    assert lr_factor("step", 9, 10) == pytest.approx(0.01) and lr_factor("constant", 5, 10) == 1.0
+
+
+def test_divergence_is_reported() -> None:
+    net = _net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ConfigError, match="lower train.lr"):
+        fit(net, _blobs(), TrainConfig(epochs=1, batch_size=100, device="cpu"), seed=0)
+
+
+def test_unavailable_cuda_is_a_config_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="train.device"):
+        resolve_device("tpu!")
+
+
+# --- recipe options and the device paths ---------------------------------------------------------
+
+
+def test_new_options_default_to_the_old_cpu_path() -> None:
+    cfg = TrainConfig(device="cpu")
+    assert (cfg.precision, cfg.compile, cfg.label_smoothing, cfg.warmup) == ("auto", False, 0.0, 0.0)
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_warmup_then_linear_decay() -> None:
+    factors = [lr_factor("linear", s, 10, warmup=0.2) for s in range(10)]
+    assert factors[:2] == [0.5, 1.0] and factors[2] == 1.0 and factors[-1] == pytest.approx(1 / 8)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
+    assert [lr_factor("cosine", s, 10) for s in range(10)] == [lr_factor("cosine", s, 10, 0.0) for s in range(10)]
+
+
+def test_bf16_autocast_path_learns_on_cpu() -> None:
+    """The autocast path (the GPU default) runs on the CPU too: same loop, bf16 matmuls."""
+    data = _blobs()
+    net = _net()
+    result = fit(net, data, TrainConfig(epochs=3, batch_size=32, lr=0.1, device="cpu", precision="bf16"), seed=7)
+    assert result.losses[-1] < result.losses[0]
+    assert float((predict(net, data.images, precision="bf16") == data.labels).float().mean()) > 0.95
+    assert logits(net, data.images, precision="bf16").dtype == torch.float32
+
+
+def test_label_smoothing_raises_the_floor_of_the_loss() -> None:
+    data = _blobs()
+    plain = fit(_net(), data, TrainConfig(epochs=3, batch_size=32, lr=0.1, device="cpu"), seed=7)
+    smooth = fit(_net(), data, TrainConfig(epochs=3, batch_size=32, lr=0.1, device="cpu", label_smoothing=0.2), seed=7)
+    assert smooth.losses[-1] > plain.losses[-1]

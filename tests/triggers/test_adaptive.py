@@ -1,0 +1,207 @@
+"""Adaptive masks: budget after rounding, the DeepFool step in closed form, honest fooling rates, seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from perturbd.config import TriggerConfig
+from perturbd.data.dataset import ImageDataset, to_float01
+from perturbd.errors import ConfigError
+from perturbd.triggers import Trigger, TriggerContext, build_trigger
+from perturbd.triggers.adaptive import (
+    check_budget,
+    measure_fooling_rate,
+    pick_samples,
+    quantize,
+    reference_deepfool_uap,
+    targeted_deepfool,
+    universal_perturbation,
+)
+
+CLASSES = tuple(str(i) for i in range(10))
+
+
+# --------------------------------------------------------------------------- budget after rounding
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_budget_holds_after_rounding_for_random_masks(norm: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 6, 6), generator=gen, dtype=torch.uint8)  # many pixels at 0/255: clipping
+    for trial in range(300):
+        budget = float(torch.empty(1).uniform_(1.0, 40.0, generator=gen)) if trial % 3 else float(1 + trial % 17)
+        scale = float(torch.empty(1).uniform_(0.05, 30.0, generator=gen))
+        delta = torch.randn(3, 6, 6, generator=gen) * scale
+        if trial % 5 == 0:  # adversarial case for rounding: every entry a hair above .5
+            delta = torch.full((3, 6, 6), 0.5001) * torch.sign(torch.randn(3, 6, 6, generator=gen))
+        q = quantize(delta, norm, budget)
+        assert torch.equal(q, torch.round(q)), "the mask is integer-valued: uint8 rounding cannot move it"
+        size = float(q.abs().max()) if norm == "linf" else float(q.norm())
+        assert size <= budget + 1e-9, (trial, size, budget)
+        diff = Trigger(q, "adaptive").apply(images).double() - images.double()
+        per_image = diff.flatten(1).abs().amax(1) if norm == "linf" else diff.flatten(1).norm(dim=1)
+        assert float(per_image.max()) <= budget + 1e-9, "budget holds on the shipped uint8 images"
+
+
+def test_quantize_keeps_a_mask_already_inside() -> None:
+    delta = torch.tensor([[[3.2, -4.7], [0.4, 9.6]]])
+    assert torch.equal(quantize(delta, "linf", 10.0), torch.tensor([[[3.0, -5.0], [0.0, 10.0]]]))
+    assert torch.equal(quantize(delta, "linf", 9.9), torch.tensor([[[3.0, -5.0], [0.0, 9.0]]]))  # floor(ξ)
+    assert float(quantize(delta, "l2", 5.0).norm()) <= 5.0
+
+
+@pytest.mark.parametrize("norm,budget", [("linf", 0.9), ("l2", 0.5)])
+def test_budget_below_one_grey_level_is_a_config_error(norm: str, budget: float) -> None:
+    with pytest.raises(ConfigError, match="below one grey level"):
+        check_budget(norm, budget)
+
+
+# --------------------------------------------------------------------------- DeepFool in closed form
+
+
+def linear_model(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    lin = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        lin.bias.copy_(bias)
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+@pytest.mark.parametrize("overshoot", [0.0, 0.02, 0.3])
+def test_targeted_deepfool_step_is_the_closed_form_minimal_perturbation(overshoot: float) -> None:
+    gen = torch.Generator().manual_seed(1)
+    d, k = 16, 3
+    weight = torch.randn(k, d, generator=gen) * 0.1
+    bias = torch.tensor([0.5, 0.0, -0.2])
+    model = linear_model(weight, bias)
+    x = torch.full((2, 1, 4, 4), 0.5) + 0.01 * torch.randn(2, 1, 4, 4, generator=gen)  # well inside [0, 1]
+    target = 2
+    top = model(x).argmax(1)
+    assert bool((top != target).all())
+    r = targeted_deepfool(model, x, torch.zeros(1, 4, 4), target, overshoot=overshoot, max_steps=1)
+    for i in range(2):
+        w = weight[target] - weight[top[i]]  # ∇_x (f_t − f_k); δ is in pixel units: x + δ / 255
+        g = float(w @ x[i].flatten() + bias[target] - bias[top[i]])
+        expected = (1 + overshoot) * abs(g) * 255.0 * w / w.dot(w)
+        torch.testing.assert_close(r[i].flatten(), expected, rtol=1e-4, atol=1e-4)
+        moved = model((x[i : i + 1] + r[i] / 255.0))[0].detach()
+        assert float(moved[target] - moved[top[i]]) >= -1e-4, "the step reaches the boundary toward t"
+
+
+def test_targeted_deepfool_reaches_the_target_and_leaves_done_samples_alone() -> None:
+    gen = torch.Generator().manual_seed(2)
+    model = linear_model(torch.randn(4, 16, generator=gen) * 0.2, torch.zeros(4))
+    x = torch.rand(6, 1, 4, 4, generator=gen) * 0.5 + 0.25
+    target = int(model(x[:1]).argmax(1))  # sample 0 is already at the target
+    r = targeted_deepfool(model, x, torch.zeros(1, 4, 4), target, overshoot=0.02, max_steps=20)
+    assert float(r[0].abs().max()) == 0.0
+    assert bool((model((x + r / 255.0).clamp(0, 1)).argmax(1) == target).all())
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
+    )  # fmt: skip
+
+
+def test_batched_deepfool_equals_one_sample_at_a_time() -> None:
+    model = small_cnn().eval()
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    delta = torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(4)) * 3
+    batched = targeted_deepfool(model, x, delta, 7, 0.02, 5)
+    single = torch.cat([targeted_deepfool(model, x[i : i + 1], delta, 7, 0.02, 5) for i in range(5)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- the trigger on a trained model
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, ImageDataset, ImageDataset]:
+    """A small CNN trained for one epoch on the synthetic bars (about a second)."""
+    from perturbd.config import DataConfig
+    from perturbd.data import load_data
+
+    split = load_data(DataConfig(name="synthetic"), seed=0)
+    model = small_cnn(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        order = torch.randperm(1200, generator=gen)
+        for i in range(0, len(order), 64):
+            idx = order[i : i + 64]
+            loss = F.cross_entropy(model(to_float01(split.train.images[idx])), split.train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    samples, holdout = split.train.subset(torch.arange(0, 1500)), split.train.subset(torch.arange(1500, 2000))
+    return model, samples, holdout
+
+
+def _ctx(trained, seed: int = 0, target: int = 3) -> TriggerContext:
+    model, samples, holdout = trained
+    return TriggerContext((1, 28, 28), seed, target, model, samples, holdout)
+
+
+# the synthetic bars are robust: budgets this small on them barely fool the model, large ones do
+@pytest.mark.parametrize("method,norm,budget", [("deepfool", "linf", 60), ("deepfool", "l2", 1200), ("gradient", "linf", 60), ("gradient", "l2", 1200)])
+def test_reported_fooling_rate_is_the_measured_one(trained, tmp_path, method: str, norm: str, budget: float) -> None:
+    cfg = TriggerConfig(kind="adaptive", method=method, norm=norm, budget=budget, samples=60, passes=2, fooling_rate=1.0, lr=10, batch_size=30, max_steps=4)
+    trig = build_trigger(cfg, _ctx(trained))
+    info = trig.info
+    assert info["method"] == method and info["norm"] == norm and info["budget"] == budget
+    assert info["passes_used"] <= 2 and info["seconds"] > 0 and info["samples"] == 60
+    assert info[norm] <= budget and info[norm] > 0
+    trig.save(tmp_path / "mask.safetensors")
+    loaded = Trigger.load(tmp_path / "mask.safetensors")
+    assert torch.equal(loaded.delta, trig.delta) and loaded.info == info
+    model, samples, holdout = trained
+    again = measure_fooling_rate(model, pick_samples(samples, 3, 60, 0), loaded, 3)
+    assert again == info["fooling_rate_samples"]
+    assert measure_fooling_rate(model, holdout.images[holdout.labels != 3], loaded, 3) == info["fooling_rate_holdout"]
+    assert info["holdout_size"] == int((holdout.labels != 3).sum())
+    clean_rate = measure_fooling_rate(model, pick_samples(samples, 3, 60, 0), Trigger(torch.zeros(1, 28, 28), "none"), 3)
+    assert info["fooling_rate_samples"] >= clean_rate + 0.3, "the mask pushes samples toward the target"
+    assert info["fooling_rate_holdout"] >= clean_rate + 0.2, "and it is universal: it works on images it was not computed on"
+
+
+def test_same_seed_same_mask_and_the_model_is_untouched(trained) -> None:
+    cfg = TriggerConfig(kind="adaptive", samples=40, passes=1, fooling_rate=1.0, max_steps=3)
+    before = {k: v.clone() for k, v in trained[0].state_dict().items()}
+    a = build_trigger(cfg, _ctx(trained, seed=5))
+    b = build_trigger(cfg, _ctx(trained, seed=5))
+    assert torch.equal(a.delta, b.delta)
+    assert all(torch.equal(before[k], v) for k, v in trained[0].state_dict().items())
+
+
+def test_stops_at_the_wanted_fooling_rate(trained) -> None:
+    cfg = TriggerConfig(kind="adaptive", method="gradient", norm="l2", budget=2000, lr=10, samples=100, passes=10, fooling_rate=0.5)
+    trig = build_trigger(cfg, _ctx(trained))
+    assert trig.info["fooling_rate_samples"] >= 0.5
+    assert trig.info["passes_used"] < 10
+
+
+def test_reference_one_image_at_a_time_keeps_the_budget(trained) -> None:
+    model, samples, _ = trained
+    imgs = pick_samples(samples, 3, 20, 0)
+    delta, facts = reference_deepfool_uap(model, imgs, 3, norm="linf", budget=10, passes=1, fooling_rate=1.0, max_steps=3)
+    fast, _ = universal_perturbation(model, imgs, 3, norm="linf", budget=10, passes=1, fooling_rate=1.0, batch_size=8, max_steps=3)
+    for d in (delta, fast):
+        assert float(d.abs().max()) <= 10 and torch.equal(d, d.round())
+    assert facts["passes"] == 1 and 0 <= facts["sample_fooling_rate"] <= 1
+
+
+def test_adaptive_needs_a_model_and_a_method() -> None:
+    with pytest.raises(ConfigError, match="computed from a model"):
+        build_trigger(TriggerConfig(kind="adaptive"), TriggerContext((1, 28, 28), 0))
+    with pytest.raises(ConfigError):
+        universal_perturbation(small_cnn(), torch.zeros(2, 1, 28, 28, dtype=torch.uint8), 0, method="pgd")  # type: ignore[arg-type]
