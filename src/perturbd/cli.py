@@ -11,11 +11,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from perturbd.config import load_config
 from perturbd.errors import PerturbdError
+from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, defense_table, make_progress, pct, summary_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 trigger_app = typer.Typer(no_args_is_help=True, help="Build and look at triggers.")
@@ -27,73 +27,11 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="overri
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="folder holding downloaded data sets (sets data.root)")]
 
 
-class RichMonitor:
-    """Training progress as a rich bar: steps, epoch, loss and images per second."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: Any = None
-
-    def start(self, description: str, total_steps: int) -> None:
-        self.task = self.progress.add_task(description, total=total_steps, info="")
-
-    def step(self, images: int) -> None:
-        self.progress.advance(self.task)
-
-    def epoch(self, epoch: int, loss: float, images_per_s: float) -> None:
-        self.progress.update(self.task, info=f"epoch {epoch} · loss {loss:.3f} · {images_per_s:,.0f} img/s")
-
-    def stop(self) -> None:
-        self.progress.update(self.task, completed=self.progress.tasks[-1].total)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def _overrides(sets: list[str] | None, data_root: Path | None) -> list[str]:
     out = list(sets or [])
     if data_root is not None:
         out.append(f"data.root={data_root}")
     return out
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
-
-
-def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
-    """The headline numbers of one run."""
-    t = Table(title=f"perturbd run · {run_dir}", show_header=True, header_style="bold")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    s = metrics["stealth"]
-    rows = [
-        ("clean accuracy (backdoored)", _pct(metrics["clean_accuracy"])),
-        ("clean accuracy (clean twin)", _pct(metrics["clean_twin_accuracy"])),
-        ("accuracy loss", f"{100 * metrics['accuracy_loss']:+.2f} points"),
-        ("attack success rate", _pct(metrics["attack_success_rate"])),
-        ("clean-model ASR", _pct(metrics["clean_model_asr"])),
-        ("injection rate", f"{_pct(metrics['injection_rate'])} ({metrics['poisoned_count']} images)"),
-        ("trigger L∞ / L2 (0–255)", f"{metrics['trigger']['linf']:.1f} / {metrics['trigger']['l2']:.1f}"),
-        ("PSNR mean / worst", f"{s['psnr_mean']:.1f} / {s['psnr_min']:.1f} dB"),
-        ("SSIM mean / worst", f"{s['ssim_mean']:.4f} / {s['ssim_min']:.4f}"),
-        ("seed", str(metrics["seed"])),
-    ]
-    if "before_update" in metrics:  # attack.setting=update: the model before fine-tuning
-        b = metrics["before_update"]
-        rows[:0] = [("before update: accuracy / ASR", f"{_pct(b['clean_accuracy'])} / {_pct(b['attack_success_rate'])}")]
-    for key, value in rows:
-        t.add_row(key, value)
-    return t
 
 
 @app.command()
@@ -108,7 +46,7 @@ def run(
     from perturbd.experiment import run as run_experiment
 
     cfg = load_config(config, _overrides(sets, data_root))
-    with _progress() as progress:
+    with make_progress(console) as progress:
         result = run_experiment(cfg, out, monitor=RichMonitor(progress), log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
     if result.skipped:
         console.print(f"[yellow]already complete, not rerun (use --force to redo): {result.run_dir}")
@@ -184,7 +122,7 @@ def trigger_make(
 
     base = [] if config is not None else ["trigger.kind=adaptive"]
     cfg = load_config(config, [*base, *_overrides(sets, data_root)])
-    with _progress() as progress:
+    with make_progress(console) as progress:
         plan = make_trigger(cfg, RichMonitor(progress), output)
     written = write_trigger(plan, output)
     t = Table(title=f"perturbd trigger make · {output}", header_style="bold")
@@ -196,36 +134,12 @@ def trigger_make(
     if "fooling_rate_samples" in info:
         t.add_row("method · norm · budget", f"{info['method']} · {info['norm']} · {info['budget']:g}")
         hold = info["fooling_rate_holdout"]
-        t.add_row("fooling rate samples / held-out", f"{_pct(info['fooling_rate_samples'])} / {_pct(hold) if hold is not None else '–'}")
+        t.add_row("fooling rate samples / held-out", f"{pct(info['fooling_rate_samples'])} / {pct(hold) if hold is not None else '–'}")
         t.add_row("passes · seconds", f"{info['passes_used']} · {info['seconds']:.1f} s")
         m = plan.info["model"]
-        t.add_row("adversary model", f"{m['arch']}{' (surrogate)' if m['surrogate'] else ''}, held-out accuracy {_pct(m['holdout_accuracy'])}")
+        t.add_row("adversary model", f"{m['arch']}{' (surrogate)' if m['surrogate'] else ''}, held-out accuracy {pct(m['holdout_accuracy'])}")
     t.add_row("files", ", ".join(str(p) for p in written))
     out_console.print(t)
-
-
-class SweepMonitor(RichMonitor):
-    """One training bar reused by every run of an in-process sweep."""
-
-    def start(self, description: str, total_steps: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(description, total=total_steps, info="")
-        else:
-            self.progress.reset(self.task, total=total_steps, description=description, info="")
-
-
-def aggregate_table(report: Any, title: str) -> Table:
-    """The aggregated sweep table: distinguishing config columns, seeds, mean ± 95 % CI."""
-    from perturbd.report.aggregate import METRICS, TABLE_METRICS, cell
-
-    t = Table(title=title, header_style="bold")
-    for c in [*report.columns, "seeds"]:
-        t.add_column(c, no_wrap=True)
-    for m in TABLE_METRICS:
-        t.add_column(METRICS[m][1], justify="right")
-    for g in report.groups:
-        t.add_row(*(str(g.keys[c]) for c in report.columns), ",".join(map(str, g.seeds)), *(cell(g.stats[m], METRICS[m][2]) for m in TABLE_METRICS))
-    return t
 
 
 @app.command()
@@ -253,7 +167,7 @@ def sweep(
         for cfg, assigned in zip(sw.runs, sw.assignments):
             out_console.print(f"{state.get(cfg.hash(), 'todo'):>6}  {run_dir(cfg, sw.out).name}  " + " ".join(f"{k}={v}" for k, v in assigned.items()), highlight=False)
         return
-    with _progress() as progress:
+    with make_progress(console) as progress:
         overall = progress.add_task("sweep", total=len(sw.runs), completed=len(st.done), info="")
         in_process = sw.spec.executor == "local"
 
@@ -261,7 +175,7 @@ def sweep(
             progress.advance(overall)
             if o.ok:
                 m = o.metrics
-                progress.console.print(f"[green]✓[/] {o.run_dir.name}  ASR {_pct(m['attack_success_rate'])} · clean acc {_pct(m['clean_accuracy'])} · {o.seconds:.0f} s", highlight=False)
+                progress.console.print(f"[green]✓[/] {o.run_dir.name}  ASR {pct(m['attack_success_rate'])} · clean acc {pct(m['clean_accuracy'])} · {o.seconds:.0f} s", highlight=False)
             else:
                 progress.console.print(f"[red]✗[/] {o.cfg.run_name}-{o.cfg.hash()}: {o.error}", highlight=False)
 
@@ -307,16 +221,6 @@ def _params(items: list[str] | None) -> dict[str, Any]:
             raise PerturbdError(f"--param takes key=value, got '{item}'")
         out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
     return out
-
-
-def defense_table(reports: list[Any], title: str) -> Table:
-    """One row per defence: kind, the matrix cell, clean images used, seconds."""
-    t = Table(title=title, header_style="bold")
-    for col in ("defense", "kind", "result", "clean images", "seconds"):
-        t.add_column(col, justify="right" if col in ("clean images", "seconds") else "left")
-    for r in reports:
-        t.add_row(r.name, r.kind, r.cell["text"], str(r.clean_used), f"{r.seconds:.1f}")
-    return t
 
 
 @app.command()

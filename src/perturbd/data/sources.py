@@ -25,7 +25,7 @@ import torch
 
 from perturbd.config import DataConfig
 from perturbd.data.dataset import DataSplit, ImageDataset
-from perturbd.errors import ConfigError, DataError
+from perturbd.errors import ConfigError
 from perturbd.registry import Registry
 
 log = logging.getLogger(__name__)

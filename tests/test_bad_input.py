@@ -1,0 +1,165 @@
+"""The bad-input suite: one table of user mistakes across config, CLI, data, triggers,
+checkpoints and sweeps. Each must end in one line naming the problem, exit code 2, nothing
+partial on disk, and no other run harmed."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from perturbd.cli import main
+
+
+def _cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["perturbd", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    _, err = capsys.readouterr()
+    return code, err
+
+
+def _npz(path: Path, **overrides: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+        "y_train": np.arange(40) % 4,
+        "x_test": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        "y_test": np.arange(20) % 4,
+    }
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return path
+
+
+def _folder(root: Path, corrupt: bool = False, mixed: bool = False) -> Path:
+    for part in ("train", "test"):
+        for cls in ("a", "b"):
+            d = root / part / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                size = (20, 20) if mixed and part == "train" and cls == "b" and i == 0 else (16, 16)
+                Image.fromarray(np.full(size, 40 * i, dtype=np.uint8)).save(d / f"{i}.png")
+    if corrupt:
+        (root / "train" / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+def _checkpoint(tmp: Path, kind: str) -> Path:
+    from perturbd.models import get_model, save_model
+
+    path = tmp / f"{kind}.safetensors"
+    if kind == "other_arch":
+        save_model(get_model("lenet5", (1, 28, 28), 10), path, {})
+    elif kind == "truncated":
+        save_model(get_model("cnn28", (1, 28, 28), 10), path, {})
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "pickle":
+        path = tmp / "weights.pt"
+        path.write_bytes(pickle.dumps({"__reduce__": "os.system"}))
+    return path
+
+
+def _sweep(tmp: Path, body: str) -> Path:
+    path = tmp / "sweep.yaml"
+    path.write_text(body)
+    return path
+
+
+RUN = ["run", "--set", "data.train_limit=200", "--set", "data.test_limit=100", "--set", "train.epochs=1"]
+Case = Callable[[Path], tuple[list[str], str]]
+
+CASES: dict[str, Case] = {
+    # config and CLI
+    "unknown key": lambda t: ([*RUN, "--set", "poison.rat=0.1"], "did you mean 'rate'"),
+    "unknown section": lambda t: ([*RUN, "--set", "posion.rate=0.1"], "did you mean 'poison'"),
+    "rate above 1": lambda t: ([*RUN, "--set", "poison.rate=1.5"], "poison.rate"),
+    "rate zero": lambda t: ([*RUN, "--set", "poison.rate=0"], "poison.rate"),
+    "rate of a string": lambda t: ([*RUN, "--set", "poison.rate=lots"], "poison.rate"),
+    "negative amplitude": lambda t: ([*RUN, "--set", "trigger.amplitude=-1"], "trigger.amplitude"),
+    "absurd amplitude": lambda t: ([*RUN, "--set", "trigger.amplitude=1e6"], "trigger.amplitude"),
+    "negative seed": lambda t: ([*RUN, "--set", "seed=-1"], "config 'seed'"),
+    "epochs zero": lambda t: ([*RUN, "--set", "train.epochs=0"], "train.epochs"),
+    "unknown optimizer": lambda t: ([*RUN, "--set", "train.optimizer=rmsprop"], "train.optimizer"),
+    "set without value": lambda t: ([*RUN, "--set", "poison.rate"], "section.key=value"),
+    "yaml list": lambda t: ([*RUN[:1], str(_write(t / "c.yaml", "[1, 2]")), *RUN[1:]], "YAML mapping"),
+    "yaml syntax": lambda t: ([*RUN[:1], str(_write(t / "c.yaml", "data: {name: [")), *RUN[1:]], "not valid YAML"),
+    "target out of range": lambda t: ([*RUN, "--set", "poison.target=10"], "poison.target must be in [0, 9], got 10"),
+    "sources only target": lambda t: ([*RUN, "--set", "poison.sources=[0]"], "no class other than the target"),
+    "rate too small": lambda t: ([*RUN, "--set", "poison.rate=0.0001"], "poisons no image"),
+    # names
+    "unknown data set": lambda t: ([*RUN, "--set", "data.name=mnsit"], "did you mean 'mnist'"),
+    "unknown model": lambda t: ([*RUN, "--set", "model.name=lenet"], "did you mean 'lenet5'"),
+    "unknown trigger": lambda t: ([*RUN, "--set", "trigger.kind=gird"], "did you mean 'grid'"),
+    "unknown defense": lambda t: ([*RUN, "--set", "defenses=[strp]"], "did you mean 'strip'"),
+    # data
+    "data not found": lambda t: ([*RUN, "--set", "data.name=mnist", "--set", f"data.root={t}/none"], "data.download=true"),
+    "npz missing": lambda t: ([*RUN, "--set", f"data.name=npz:{t}/no.npz"], "no.npz"),
+    "npz missing key": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_test=None)}"], "y_test"),
+    "npz NaN": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.full((40, 28, 28), np.nan))}"], "NaN"),
+    "npz out of range": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_test=np.full((20, 28, 28), 2.5))}"], "x_test"),
+    "npz one class": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_train=np.zeros(40, int), y_test=np.zeros(20, int))}"], "at least 2 classes"),
+    "npz empty": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, int))}"], "x_train"),
+    "npz target without images": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_test=np.zeros(20, int))}"], "target class 0"),
+    "imagefolder corrupt file": lambda t: ([*RUN, "--set", f"data.name=imagefolder:{_folder(t / 'f', corrupt=True)}"], "1.png"),
+    "imagefolder mixed sizes": lambda t: ([*RUN, "--set", f"data.name=imagefolder:{_folder(t / 'f', mixed=True)}"], "0.png"),
+    "imagefolder without path": lambda t: ([*RUN, "--set", "data.name=imagefolder"], "imagefolder:PATH"),
+    # triggers
+    "mask missing": lambda t: ([*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={t}/m.png"], "not found"),
+    "mask wrong size": lambda t: ([*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_png(t / 'm.png', 32)}"], "resize the mask to 28×28"),
+    "mask not an image": lambda t: ([*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_write(t / 'm.png', 'hello')}"], "cannot read mask"),
+    "image kind without path": lambda t: ([*RUN, "--set", "trigger.kind=image"], "trigger.path"),
+    "patch too large": lambda t: ([*RUN, "--set", "trigger.kind=patch", "--set", "trigger.size=40"], "does not fit"),
+    # checkpoints
+    "checkpoint of another architecture": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'other_arch')}"], "lenet5"),
+    "truncated safetensors": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'truncated')}"], "truncated"),
+    "pickle where weights are expected": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'pickle')}"], "weights.pt"),
+    # sweeps
+    "sweep axis over unknown key": lambda t: (["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rat: [0.1]}\nseeds: [0]\n"))], "poison.rat"),
+    "sweep axis bad value": lambda t: (["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rate: [0.1, 7]}\nseeds: [0]\n"))], "poison.rate"),
+    "sweep file not a mapping": lambda t: (["sweep", str(_sweep(t, "- 1\n"))], "mapping"),
+}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _png(path: Path, side: int) -> Path:
+    Image.fromarray(np.zeros((side, side), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2_nothing_on_disk(name: str, monkeypatch, capsys, tmp_path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    out = tmp_path / "runs"
+    # a finished run that must not be harmed
+    done = out / "earlier-run-00000000"
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    args, message = CASES[name](inputs)
+    args = [*args, "--out", str(out)]
+    code, err = _cli(monkeypatch, capsys, args)
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["earlier-run-00000000"], "nothing partial, nothing harmed"
+    assert (done / "metrics.json").read_text() == "{}"
+
+
+def test_the_suite_is_large() -> None:
+    assert len(CASES) >= 30
