@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,24 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Decoded data sets are cached per test session, never in the user's home."""
     if "PERTURBD_CACHE" not in os.environ:
         os.environ["PERTURBD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run the ``perturbd`` console entry point in-process: ``cli("run", ...) -> (exit code, stdout, stderr)``."""
+    from perturbd.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["perturbd", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as stop:
+            code = int(stop.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
 
 
 @pytest.fixture

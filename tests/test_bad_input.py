@@ -5,7 +5,6 @@ partial on disk, and no other run harmed."""
 from __future__ import annotations
 
 import pickle
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,18 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perturbd.cli import main
-
-
-def _cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["perturbd", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    _, err = capsys.readouterr()
-    return code, err
 
 
 def _npz(path: Path, **overrides: np.ndarray) -> Path:
@@ -141,7 +128,7 @@ def _png(path: Path, side: int) -> Path:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_line_exit_2_nothing_on_disk(name: str, monkeypatch, capsys, tmp_path) -> None:
+def test_bad_input_is_one_line_exit_2_nothing_on_disk(name: str, cli, monkeypatch, tmp_path) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     out = tmp_path / "runs"
@@ -152,7 +139,7 @@ def test_bad_input_is_one_line_exit_2_nothing_on_disk(name: str, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     args, message = CASES[name](inputs)
     args = [*args, "--out", str(out)]
-    code, err = _cli(monkeypatch, capsys, args)
+    code, _, err = cli(*args)
     assert code == 2, err
     assert message in err, err
     assert len(err.strip().splitlines()) == 1, err

@@ -6,18 +6,6 @@ import sys
 
 import pytest
 
-from perturbd.cli import main
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["perturbd", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 BAD = [
@@ -40,8 +28,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_user_mistakes_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, message) -> None:
-    code, out, err = _cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path)] if args[0] == "run" else []))
+def test_user_mistakes_exit_2_with_one_line(cli, tmp_path, args, message) -> None:
+    code, out, err = cli(*args, *(["--out", str(tmp_path)] if args[0] == "run" else []))
     assert code == 2, (out, err)
     assert message in err
     assert len(err.strip().splitlines()) == 1, err
@@ -49,30 +37,30 @@ def test_user_mistakes_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args,
     assert not list(tmp_path.iterdir()), "no partial output"
 
 
-def test_yaml_that_is_not_a_mapping(monkeypatch, capsys, tmp_path) -> None:
+def test_yaml_that_is_not_a_mapping(cli, tmp_path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("[1, 2, 3]\n")
-    code, _, err = _cli(monkeypatch, capsys, "run", str(cfg), "--out", str(tmp_path / "runs"))
+    code, _, err = cli("run", str(cfg), "--out", str(tmp_path / "runs"))
     assert code == 2 and "must hold a YAML mapping" in err and not (tmp_path / "runs").exists()
 
 
-def test_datasets_and_models_list(monkeypatch, capsys) -> None:
-    code, out, _ = _cli(monkeypatch, capsys, "datasets")
+def test_datasets_and_models_list(cli) -> None:
+    code, out, _ = cli("datasets")
     assert code == 0 and "mnist5k" in out and "imagefolder:PATH" in out
-    code, out, _ = _cli(monkeypatch, capsys, "models")
+    code, out, _ = cli("models")
     assert code == 0 and "cnn28" in out and "preact_resnet18" in out
 
 
-def test_trigger_show_writes_png(monkeypatch, capsys, tmp_path) -> None:
+def test_trigger_show_writes_png(cli, tmp_path) -> None:
     png = tmp_path / "grid.png"
-    code, out, err = _cli(monkeypatch, capsys, "trigger", "show", "grid", "--set", "trigger.amplitude=10", "-o", str(png))
+    code, out, err = cli("trigger", "show", "grid", "--set", "trigger.amplitude=10", "-o", str(png))
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_run_prints_summary(monkeypatch, capsys, tmp_path, tiny_overrides) -> None:
+def test_run_prints_summary(cli, tmp_path, tiny_overrides) -> None:
     args = [a for s in tiny_overrides for a in ("--set", s)]
-    code, out, err = _cli(monkeypatch, capsys, "run", *args, "--set", "train.epochs=1", "--out", str(tmp_path))
+    code, out, err = cli("run", *args, "--set", "train.epochs=1", "--out", str(tmp_path))
     assert code == 0, err
     assert "attack success rate" in out and "clean-model ASR" in out
     (run_dir,) = [p for p in tmp_path.iterdir()]

@@ -107,29 +107,14 @@ def test_data_knowledge_trains_a_surrogate_on_the_victims_data(split) -> None:
     assert plan.info["data"]["size"] == 500 and len(plan.victim_train) == 500
 
 
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    import sys
-
-    from perturbd.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["perturbd", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_trigger_make_writes_a_mask_whose_reported_rate_is_real(monkeypatch, capsys, tmp_path) -> None:
+def test_cli_trigger_make_writes_a_mask_whose_reported_rate_is_real(cli, tmp_path) -> None:
     import json
 
     from perturbd.triggers import Trigger
 
     out = tmp_path / "m" / "mask.safetensors"
     sets = [a for s in [*FAST, "attack.knowledge=none"] for a in ("--set", s)]
-    code, stdout, err = _cli(monkeypatch, capsys, "trigger", "make", *sets, "-o", str(out))
+    code, stdout, err = cli("trigger", "make", *sets, "-o", str(out))
     assert code == 0, err
     assert out.is_file() and out.with_suffix(".png").is_file() and out.with_suffix(".json").is_file()
     saved = Trigger.load(out)
@@ -147,9 +132,9 @@ def test_cli_trigger_make_writes_a_mask_whose_reported_rate_is_real(monkeypatch,
         (["-o", "mask.png"], "must end in .safetensors"),
     ],
 )
-def test_cli_trigger_make_mistakes_are_one_line_exit_2(monkeypatch, capsys, tmp_path, extra, message) -> None:
+def test_cli_trigger_make_mistakes_are_one_line_exit_2(cli, monkeypatch, tmp_path, extra, message) -> None:
     monkeypatch.chdir(tmp_path)
     sets = [a for s in FAST for a in ("--set", s)]
-    code, _, err = _cli(monkeypatch, capsys, "trigger", "make", *sets, *extra)
+    code, _, err = cli("trigger", "make", *sets, *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir()), "no partial output"
