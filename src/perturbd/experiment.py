@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from perturbd import settings
+from perturbd import settings, update  # noqa: F401  (update registers its setting and its check)
 from perturbd.attack import AttackPlan, plan_attack
 from perturbd.config import ExperimentConfig, dump_yaml
 from perturbd.data import load_data
@@ -22,16 +22,14 @@ from perturbd.defenses import build_defense
 from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.defenses.saved import CLEAN_SOURCE
 from perturbd.errors import DataError
-from perturbd.knowledge import victim_train
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
 from perturbd.models import get_model, save_model
-from perturbd.poison import check_target, choose_indices
+from perturbd.poison import check_target
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.rundir import atomic_dir, environment, read_json, write_json
 from perturbd.settings import Context, Log, Trained
 from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
-from perturbd.update import load_checkpoint
 
 @dataclass
 class RunResult:
@@ -84,11 +82,8 @@ def preflight(cfg: ExperimentConfig) -> tuple[torch.device, settings.Setting, Da
     check_target(cfg.poison, split.train.num_classes)
     if not bool((split.test.labels != cfg.poison.target).any()):
         raise DataError(f"the test set has no image outside the target class {cfg.poison.target}; ASR is undefined: use other test data")
-    if cfg.attack.setting == "before_training":  # the update setting checks its own batch
-        choose_indices(victim_train(cfg, split).labels, cfg.poison, cfg.seed)
     get_model(cfg.model.name, split.train.image_shape, split.train.num_classes)
-    if cfg.attack.checkpoint is not None and cfg.attack.setting == "update":
-        load_checkpoint(cfg, split.train.image_shape, split.train.num_classes)
+    settings.check_setting(cfg, split)
     for spec in cfg.defenses:
         build_defense(spec.name, **spec.params)
     return device, setting, split

@@ -18,7 +18,7 @@ from perturbd.attack import AttackPlan
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.models import get_model
-from perturbd.poison import PoisonedSet, poison_dataset
+from perturbd.poison import PoisonedSet, choose_indices, poison_dataset
 from perturbd.registry import Registry
 from perturbd.train import Monitor, fit
 from perturbd.twins import shared_twin
@@ -100,3 +100,32 @@ def clean_twin(ctx: Context) -> tuple[nn.Module, float]:
 
 def get_setting(name: str) -> Setting:
     return _SETTINGS.get(name)
+
+
+Check = Callable[[ExperimentConfig, DataSplit], None]
+_CHECKS: dict[str, Check] = {}
+
+
+def register_check(name: str) -> Callable[[Check], Check]:
+    """Register the up-front check of setting ``name``: it raises a one-line error before any work."""
+
+    def add(fn: Check) -> Check:
+        _CHECKS[name] = fn
+        return fn
+
+    return add
+
+
+def check_setting(cfg: ExperimentConfig, split: DataSplit) -> None:
+    """Run the check of ``cfg.attack.setting`` (if it has one) on the loaded data."""
+    check = _CHECKS.get(cfg.attack.setting)
+    if check is not None:
+        check(cfg, split)
+
+
+@register_check("before_training")
+def _check_before_training(cfg: ExperimentConfig, split: DataSplit) -> None:
+    """The poison fits the victim's training set (what is left of it after any auxiliary data)."""
+    from perturbd.knowledge import victim_train
+
+    choose_indices(victim_train(cfg, split).labels, cfg.poison, cfg.seed)

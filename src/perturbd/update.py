@@ -22,12 +22,12 @@ import torch
 import torch.nn as nn
 
 from perturbd.config import ExperimentConfig
-from perturbd.data.dataset import ImageDataset
+from perturbd.data.dataset import DataSplit, ImageDataset
 from perturbd.data.sources import stratified_indices
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.metrics import attack_success_rate, clean_accuracy
-from perturbd.poison import poison_dataset
-from perturbd.settings import Context, Trained, new_model, register_setting
+from perturbd.poison import choose_indices, poison_dataset
+from perturbd.settings import Context, Trained, new_model, register_check, register_setting
 from perturbd.train import fit
 
 MIN_INITIAL_PER_CLASS = 5  # images per class the initial training must keep, at least
@@ -73,6 +73,19 @@ def load_checkpoint(cfg: ExperimentConfig, image_shape: tuple[int, int, int], nu
     model = get_model(cfg.model.name, image_shape, num_classes)
     load_model_weights(model, path)
     return model.eval()
+
+
+@register_check("update")
+def check_update(cfg: ExperimentConfig, split: DataSplit) -> None:
+    """Before any work: the update batch fits the victim's data, the poison fits the batch, and
+    the checkpoint (if any) is this architecture's."""
+    from perturbd.knowledge import victim_train
+
+    pool = victim_train(cfg, split)
+    _, batch = split_update(pool, cfg)
+    choose_indices(pool.labels[batch], cfg.poison, cfg.seed)
+    if cfg.attack.checkpoint is not None:
+        load_checkpoint(cfg, pool.image_shape, pool.num_classes)
 
 
 @register_setting("update")
