@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "met": met,
         "failures": failures,
     }
-    print(f"wrote {write_result(args.out, NAME, payload)}")
+    name = "-".join([NAME, *todo, device.type])  # the experiments that ran: one file per combination
+    print(f"wrote {write_result(args.out, name, payload)}")
     return payload
 
 

@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "targets": {k: v for k, v in targets.items() if k in ratios},
         "met": {k: ratios[k] >= v for k, v in targets.items() if k in ratios},
     }
-    print(f"wrote {write_result(args.out, NAME, payload)}")
+    print(f"wrote {write_result(args.out, f'{NAME}-{args.data}-{device.type}', payload)}")
     return payload
 
 

@@ -1,8 +1,12 @@
 """Smallest injection rate that keeps ASR ≥ 90 %: adaptive masks vs the static grid, knowledge none.
 
 The adversary (a surrogate of another architecture trained on auxiliary data the victim never
-sees) is trained once; on it, two adaptive masks are computed: L∞ ≤ 10 (the grid's L∞ at c = 10)
-and L2 ≤ 140 (the grid's L2 on 28×28: 10·√196). The victim's clean twin is trained once. For each
+sees) is trained once; on it, three adaptive masks are computed: L∞ ≤ 10 (the grid's L∞ at
+c = 10), L2 ≤ 140 (the grid's L2 on 28×28: 10·√196), and an L2 mask whose budget is set so that
+its poisoned images have the grid's mean PSNR (``adaptive-l2-psnr``). Equal mask L2 is not equal
+visibility: uint8 clipping removes the part of a mask that pushes black background below 0 or
+white strokes above 255, which the all-positive grid on a black background never loses; the
+PSNR-matched mask compares the two at equal distortion of the images actually poisoned. The victim's clean twin is trained once. For each
 trigger, a search over the rate grid (sorted; binary search, assuming ASR grows with the rate)
 trains one backdoored model per rate tried. Every row has ASR, clean accuracy, accuracy loss,
 clean-model ASR, and the stealth of the poisoned images (L∞, L2, PSNR, SSIM).
@@ -39,6 +43,27 @@ from perturbd.triggers import Trigger, TriggerContext, build_trigger
 GOAL = 0.9
 
 
+def mean_psnr(trigger: Trigger, images: torch.Tensor) -> float:
+    return stealth(images, trigger.apply(images))["psnr_mean"]
+
+
+def psnr_matched_mask(base: list[str], adversary: Any, device: torch.device, goal: float, budget: float) -> Trigger:
+    """The adaptive L2 mask whose mean PSNR on the adversary's own images is ``goal`` (± 0.1 dB).
+
+    PSNR falls by 20·log10 of the delivered L2, which grows about in proportion to the budget,
+    so each step rescales the budget by 10^((PSNR − goal) / 20); three steps at most.
+    """
+    images = adversary.samples.images
+    for _ in range(3):
+        trig = adaptive_trigger(load_config(overrides=[*base, "trigger.norm=l2", f"trigger.budget={budget:.2f}"]), adversary, device)
+        got = mean_psnr(trig, images)
+        trig.info.update(l2_budget=round(budget, 2), psnr_on_adversary_images=got, psnr_goal=goal)
+        if abs(got - goal) <= 0.1:
+            break
+        budget *= 10 ** ((got - goal) / 20)
+    return trig
+
+
 def victim(cfg: ExperimentConfig, data: ImageDataset) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)  # the same initial weights for the twin and every backdoored model
     model = get_model(cfg.model.name, data.image_shape, data.num_classes)
@@ -63,7 +88,7 @@ def main() -> None:
     state: dict[str, Any] = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
     rows: dict[str, dict[str, Any]] = {f"{r['trigger']}@{r['rate']}": r for r in state.get("rows", [])}
 
-    base = [f"data.name=mnist", f"data.root={args.data_root}", "attack.knowledge=none", f"train.epochs={args.epochs}",
+    base = ["data.name=mnist", f"data.root={args.data_root}", "attack.knowledge=none", f"train.epochs={args.epochs}",
             f"seed={args.seed}", "trigger.kind=adaptive", *args.set]  # fmt: skip
     cfg = load_config(overrides=base)
     device = resolve_device(cfg.train.device)
@@ -78,10 +103,12 @@ def main() -> None:
         if ran.model_dump(exclude={"name"}) != same.model_dump(exclude={"name"}):
             raise SystemExit(f"{reuse} is not a run of this setup; drop --reuse-run")
     linf_cfg = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10"])
+    grid = build_trigger(load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger, TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target))
     triggers: dict[str, Trigger] = {
         "adaptive-linf10": Trigger.load(reuse / "trigger.safetensors") if reuse else adaptive_trigger(linf_cfg, adversary, device),
         "adaptive-l2-140": adaptive_trigger(load_config(overrides=[*base, "trigger.norm=l2", "trigger.budget=140"]), adversary, device),
-        "grid-c10": build_trigger(load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger, TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target)),
+        "adaptive-l2-psnr": psnr_matched_mask(base, adversary, device, mean_psnr(grid, adversary.samples.images), 140.0),
+        "grid-c10": grid,
     }
     for name, trig in triggers.items():
         trig.save(out.parent / f"{out.name}-{name}.safetensors")
@@ -175,6 +202,10 @@ def markdown(data: dict[str, Any]) -> str:
             f"{100 * r['asr']:.2f} % | {100 * r['clean_model_asr']:.2f} % | {100 * r['clean_accuracy']:.2f} % | "
             f"{100 * r['accuracy_loss']:+.2f} | {st['psnr_mean']:.2f} | {st['ssim_mean']:.4f} |"
         )
+    psnr = s["triggers"].get("adaptive-l2-psnr", {})
+    if psnr:
+        lines += ["", f"adaptive-l2-psnr: L2 budget {psnr['l2_budget']:g}, chosen so that its mean PSNR on the adversary's images "
+                  f"({psnr['psnr_on_adversary_images']:.2f} dB) matches the grid's ({psnr['psnr_goal']:.2f} dB)."]
     lines += ["", "Smallest rate reaching the goal (within the grid " + ", ".join(f"{100 * r:g} %" for r in s["rates"]) + "):", ""]
     for name in s["triggers"]:
         b = data["smallest_rate"].get(name)

@@ -40,7 +40,14 @@ def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     saved = json.loads((result.run_dir / "poison_indices.json").read_text())
     assert len(saved["indices"]) == 100 and 0 not in saved["original_labels"]
     again = run(tiny_config, tmp_path)
-    assert again.skipped and again.metrics == m
+    assert again.skipped and again.metrics == m and again.stale is None
+    # a run made by other code is still reused, but says so
+    env = json.loads((result.run_dir / "environment.json").read_text())
+    (result.run_dir / "environment.json").write_text(json.dumps({**env, "perturbd": "0.0.1", "git_commit": "0123456789abcdef"}))
+    said: list[str] = []
+    old = run(tiny_config, tmp_path, log=said.append)
+    assert old.skipped and old.metrics == m
+    assert old.stale == said[0] and "was made by perturbd 0.0.1 at 0123456789, this is perturbd" in old.stale and "--force" in old.stale
 
 
 def test_bad_input_leaves_no_run_directory(tiny_overrides, tmp_path) -> None:

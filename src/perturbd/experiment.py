@@ -26,18 +26,20 @@ from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
 from perturbd.models import get_model, save_model
 from perturbd.poison import check_target
 from perturbd.report.figures import samples_png, trigger_png
-from perturbd.rundir import atomic_dir, environment, read_json, write_json
+from perturbd.rundir import atomic_dir, environment, made_elsewhere, read_json, write_json
 from perturbd.settings import Context, Log, Trained
 from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
 
 @dataclass
 class RunResult:
-    """A finished run: its directory, metrics and whether it was already there."""
+    """A finished run: its directory, metrics and whether it was already there (``stale``: if
+    so and another perturbd version or commit made it, the line that says which)."""
 
     run_dir: Path
     metrics: dict[str, Any]
     skipped: bool = False
+    stale: str | None = None
 
 
 def run_dir_for(cfg: ExperimentConfig, out: Path) -> Path:
@@ -121,7 +123,10 @@ def run(
     """
     final = run_dir_for(cfg, out)
     if final.is_dir() and not force:
-        return RunResult(final, read_json(final / "metrics.json"), skipped=True)
+        stale = made_elsewhere(final)
+        if stale and log:
+            log(stale)
+        return RunResult(final, read_json(final / "metrics.json"), skipped=True, stale=stale)
     lines: list[str] = []
 
     def say(msg: str) -> None:

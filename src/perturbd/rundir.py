@@ -87,6 +87,23 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def made_elsewhere(folder: Path) -> str | None:
+    """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise one
+    line saying which code made it (a reused run measures what *that* code did)."""
+    from perturbd import __version__
+
+    try:
+        env = read_json(folder / "environment.json")
+    except (OSError, ValueError):
+        return f"{folder} has no readable environment.json: which code made it is unknown; --force redoes it"
+    then = (env.get("perturbd"), env.get("git_commit"))
+    now = (__version__, git_commit())
+    if then == now:
+        return None
+    name = lambda v, c: f"perturbd {v}" + (f" at {c[:10]}" if c else "")  # noqa: E731
+    return f"{folder} was made by {name(*then)}, this is {name(*now)}; --force redoes it with this code"
+
+
 def environment(device: str) -> dict[str, Any]:
     """Versions, device and commit that made a run."""
     import torch

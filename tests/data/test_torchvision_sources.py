@@ -170,3 +170,48 @@ def test_real_mnist_loads_converts_and_caches(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(torchvision.datasets, "MNIST", Unreachable)
     again = load_data(DataConfig(name="mnist", root=root, train_limit=1000), seed=0)
     assert again.train.counts().sum() == 1000 and torch.equal(again.test.images, split.test.images)
+
+
+class _Payload:
+    """Unpickling this runs ``Path(marker).touch()``: what a hostile data file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_tampered_cifar_batch_is_refused_and_never_executed(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "executed"
+    batches = tmp_path / "root" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for rel in next(s for s in SPECS if s.name == "cifar10").files:
+        with open(tmp_path / "root" / rel, "wb") as fh:
+            pickle.dump({"data": _Payload(marker), "labels": [0]}, fh)
+    with pytest.raises(DataError, match=r"cifar10 files under .* are corrupt or incomplete") as info:
+        load_data(DataConfig(name="cifar10", root=tmp_path / "root"))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_extraction_refuses_members_outside_the_folder(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from perturbd.data.torchvision_sources import safe_extraction
+    from torchvision.datasets.utils import extract_archive
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("../escaped.txt", "inside.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    (tmp_path / "to").mkdir()
+    with safe_extraction(), pytest.raises(tarfile.OutsideDestinationError):
+        extract_archive(str(archive), str(tmp_path / "to"))
+    assert not (tmp_path / "escaped.txt").exists()
+    assert tarfile.TarFile.extraction_filter is None  # restored after the block

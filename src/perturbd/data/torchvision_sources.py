@@ -7,13 +7,21 @@ to 32×32) to uint8 ``(N, C, H, W)`` in pixel units 0–255, and cached as a ``.
 cache folder (see :func:`perturbd.data.sources.cache_dir`), keyed by the source name, the
 resolved root and the size and mtime of the data files. The root itself is never written to
 unless downloading.
+
+Nothing found under the root is trusted: torchvision checks the MD5 of every CIFAR-10 batch before
+unpickling it (a tampered batch is a corrupt-data error, never executed), downloaded archives are
+checked against their MD5 before extraction, and extraction itself runs under tarfile's ``data``
+filter (:func:`safe_extraction`), which refuses members that would land outside the root, links
+pointing out of it and device files. ``zipfile`` already strips ``..`` and absolute paths.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -175,6 +183,18 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
+@contextmanager
+def safe_extraction() -> Iterator[None]:
+    """Extract tar archives only under tarfile's ``data`` filter while inside (torchvision calls
+    ``extractall`` without a filter, which Python 3.11–3.13 take as "trust everything")."""
+    before = tarfile.TarFile.extraction_filter
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)
+    try:
+        yield
+    finally:
+        tarfile.TarFile.extraction_filter = before
+
+
 def _read(spec: TorchvisionSpec, root: Path, download: bool, name: str) -> DataSplit:
     """Construct the torchvision data sets and convert them; DataError on any file problem."""
     import torchvision.datasets
@@ -183,8 +203,9 @@ def _read(spec: TorchvisionSpec, root: Path, download: bool, name: str) -> DataS
         raise DataError(_missing_message(spec, root))
     cls = getattr(torchvision.datasets, spec.cls)
     try:
-        train = cls(root=str(root), download=download, **spec.split(True))
-        test = cls(root=str(root), download=download, **spec.split(False))
+        with safe_extraction():
+            train = cls(root=str(root), download=download, **spec.split(True))
+            test = cls(root=str(root), download=download, **spec.split(False))
         (x_train, y_train), (x_test, y_test) = spec.arrays(train), spec.arrays(test)
     except READ_ERRORS as err:
         if download and not _present(spec, root):
