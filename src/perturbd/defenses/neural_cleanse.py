@@ -149,7 +149,7 @@ class NeuralCleanse(Defense):
     kind = "model"
 
     class Params(DefenseParams):
-        steps: int = Field(300, ge=1, le=100_000, description="optimisation steps (each sees one clean batch)")
+        steps: int = Field(1000, ge=1, le=100_000, description="optimisation steps (each sees one clean batch)")
         batch_size: int = Field(32, ge=1, le=4096, description="clean images per step, blended with every label's trigger")
         lr: float = Field(0.1, gt=0, le=10, description="Adam step size on the tanh-parametrised mask and pattern")
         init_cost: float = Field(1e-3, gt=0, le=10, description="initial weight λ of the mask L1 norm")

@@ -63,10 +63,18 @@ def _series(groups: list[Group], name: Callable[[Group], str], x: Callable[[Grou
 
 
 def _legend(ax: plt.Axes, n: int) -> None:
-    if n > 8:
+    if n > 4:  # beside the axes, never over the data (figures are saved with bbox_inches="tight")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     elif n > 1:
         ax.legend(frameon=False)
+
+
+def _bars(ys: list[float], es: list[float], bounded: bool) -> list[list[float]]:
+    """Lower and upper error-bar lengths; for a rate (``bounded``) cut at 0 and 100 %, where a
+    t-interval over two seeds would otherwise reach far outside what a rate can be."""
+    if not bounded:
+        return [es, es]
+    return [[min(e, y) for y, e in zip(ys, es)], [min(e, 100 - y) for y, e in zip(ys, es)]]
 
 
 def _line_panel(ax: plt.Axes, series: dict[str, list[tuple[float, Group]]], metric: str, scale: float = 100.0) -> None:
@@ -74,7 +82,7 @@ def _line_panel(ax: plt.Axes, series: dict[str, list[tuple[float, Group]]], metr
         xs = [p[0] for p in pts]
         ys = [scale * p[1].stats[metric][0] for p in pts]
         es = [scale * _ci(p[1].stats[metric]) for p in pts]
-        ax.errorbar(xs, ys, yerr=es, marker=MARKERS[i % len(MARKERS)], capsize=4, label=label)
+        ax.errorbar(xs, ys, yerr=_bars(ys, es, metric == "attack_success_rate"), marker=MARKERS[i % len(MARKERS)], capsize=4, label=label)
 
 
 def asr_vs_rate(columns: list[str], groups: list[Group], path: Path) -> Path | None:
@@ -92,7 +100,7 @@ def asr_vs_rate(columns: list[str], groups: list[Group], path: Path) -> Path | N
         b.set(xlabel="injection rate (%)", ylabel="clean-accuracy loss (points)", title="Accuracy loss (dashed: 1 point)")
         _legend(b, len(series))
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
     return path
 
@@ -100,7 +108,8 @@ def asr_vs_rate(columns: list[str], groups: list[Group], path: Path) -> Path | N
 def asr_vs_strength(columns: list[str], groups: list[Group], path: Path) -> Path | None:
     """ASR (%) versus amplitude c (static masks) or budget ξ (adaptive), one line per family."""
     series = _series(groups, lambda g: ", ".join(filter(None, [_family(g.flat), _label(g.keys, {"trigger"}) if len(g.keys) > 1 else ""])), lambda g: trigger_strength(g.flat))
-    if not any(len({x for x, _ in pts}) > 1 for pts in series.values()):
+    series = {k: pts for k, pts in series.items() if len({x for x, _ in pts}) > 1}  # a line, not a lone point
+    if not series:
         return None
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=150)
@@ -108,7 +117,7 @@ def asr_vs_strength(columns: list[str], groups: list[Group], path: Path) -> Path
         ax.set(xlabel="amplitude c / budget ξ (pixel units, 0–255)", ylabel="attack success rate (%)", title="Attack success vs. perturbation size", ylim=(-2, 102))
         _legend(ax, len(series))
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
     return path
 
@@ -126,13 +135,14 @@ def stealth_vs_asr(columns: list[str], groups: list[Group], path: Path) -> Path 
         for i, (label, gs) in enumerate(by_trigger.items()):
             ax.errorbar(
                 [g.stats["psnr_mean"][0] for g in gs], [100 * g.stats["attack_success_rate"][0] for g in gs],
-                xerr=[_ci(g.stats["psnr_mean"]) for g in gs], yerr=[100 * _ci(g.stats["attack_success_rate"]) for g in gs],
+                xerr=[_ci(g.stats["psnr_mean"]) for g in gs],
+                yerr=_bars([100 * g.stats["attack_success_rate"][0] for g in gs], [100 * _ci(g.stats["attack_success_rate"]) for g in gs], True),
                 marker=MARKERS[i % len(MARKERS)], linestyle="none", capsize=4, label=label,
             )
         ax.set(xlabel="PSNR of poisoned images (dB, higher = less visible)", ylabel="attack success rate (%)", title="Stealth vs. attack success", ylim=(-2, 102))
         _legend(ax, len(by_trigger))
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
     return path
 
