@@ -17,7 +17,11 @@ Every contestant stops at the wanted fooling rate (on the samples, after uint8 r
 both reached the wanted rate; otherwise the JSON says which did not. Fooling rates are also
 measured on held-out test images (none of the target class).
 
-    python -m benchmarks.bench_adaptive --samples 500 --budget 24 --fooling-rate 0.6
+    python -m benchmarks.bench_adaptive --samples 500 --budget 80 --fooling-rate 0.15
+
+A *targeted* universal perturbation is hard to find for cnn28 on MNIST: within 5 passes the
+batched DeepFool fools 0 % of the samples at L∞ 24, 2 % at 48 and 19 % at 80 (measured on the
+2-core CPU machine), hence the defaults: 15 % wanted at L∞ 80.
 """
 
 from __future__ import annotations
@@ -112,8 +116,8 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=500, help="adversary sample images")
     p.add_argument("--target", type=int, default=0)
     p.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    p.add_argument("--budget", type=float, default=24.0, help="budget ξ, pixel units 0–255")
-    p.add_argument("--fooling-rate", type=float, default=0.6, help="wanted fooling rate on the samples")
+    p.add_argument("--budget", type=float, default=80.0, help="budget ξ, pixel units 0–255")
+    p.add_argument("--fooling-rate", type=float, default=0.15, help="wanted fooling rate on the samples")
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=10, help="DeepFool steps per sample")
     p.add_argument("--step", type=float, default=2.0, help="gradient/ART step, pixel units")

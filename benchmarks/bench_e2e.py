@@ -48,7 +48,7 @@ def experiments(args: argparse.Namespace, device: torch.device) -> dict[str, lis
     if args.quick:
         out["demo"] += ["data.train_limit=500", "data.test_limit=200", "train.epochs=1"]
     if args.data_root is not None and (args.data_root / "MNIST" / "raw").is_dir():
-        mnist = ["data.name=mnist", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
+        mnist = ["data.name=mnist", f"data.root={args.data_root}", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
         out["mnist"] = [*mnist, f"train.epochs={args.mnist_epochs}", *dev]
     if args.cifar and args.data_root is not None and (args.data_root / "cifar10-jpeg").is_dir():
         cifar = [f"data.name=imagefolder:{args.data_root / 'cifar10-jpeg'}", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
