@@ -32,3 +32,16 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     assert written["benchmark"] == name == payload["benchmark"]
     assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]
     assert "met" in written
+
+
+def test_e2e_children_are_told_where_the_data_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    bench = importlib.import_module("benchmarks.bench_e2e")
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "cifar10-jpeg").mkdir()
+    import torch
+
+    todo = bench.experiments(bench.options(["--data-root", str(tmp_path), "--cifar"]), torch.device("cpu"))
+    assert set(todo) == {"demo", "mnist", "cifar10"}
+    assert f"data.root={tmp_path}" in todo["mnist"]
+    assert f"data.name=imagefolder:{tmp_path / 'cifar10-jpeg'}" in todo["cifar10"]
