@@ -100,7 +100,10 @@ def made_elsewhere(folder: Path) -> str | None:
     now = (__version__, git_commit())
     if then == now:
         return None
-    name = lambda v, c: f"perturbd {v}" + (f" at {c[:10]}" if c else "")  # noqa: E731
+
+    def name(version: str | None, commit: str | None) -> str:
+        return f"perturbd {version}" + (f" at {commit[:10]}" if commit else "")
+
     return f"{folder} was made by {name(*then)}, this is {name(*now)}; --force redoes it with this code"
 
 

@@ -74,7 +74,7 @@ def _bars(ys: list[float], es: list[float], bounded: bool) -> list[list[float]]:
     t-interval over two seeds would otherwise reach far outside what a rate can be."""
     if not bounded:
         return [es, es]
-    return [[min(e, y) for y, e in zip(ys, es)], [min(e, 100 - y) for y, e in zip(ys, es)]]
+    return [[max(0.0, min(e, y)) for y, e in zip(ys, es)], [max(0.0, min(e, 100 - y)) for y, e in zip(ys, es)]]
 
 
 def _line_panel(ax: plt.Axes, series: dict[str, list[tuple[float, Group]]], metric: str, scale: float = 100.0) -> None:
