@@ -182,6 +182,22 @@ def test_clean_twin_is_trained_once_per_seed(interrupted_sweep):
     assert all(len(v) == 1 for v in twins.values())
 
 
+def test_finished_runs_made_by_other_code_are_named(interrupted_sweep, tmp_path):
+    import json
+    import shutil
+
+    from perturbd.sweep import made_elsewhere_runs, status
+
+    copy = tmp_path / "out"
+    shutil.copytree(interrupted_sweep.out, copy)
+    sw = load_sweep(write_sweep(tmp_path, copy))
+    st = status(sw)
+    assert len(st.done) == 12 and made_elsewhere_runs(sw, st) == []
+    one = sorted(copy.glob("*/environment.json"))[0]
+    one.write_text(json.dumps({**json.loads(one.read_text()), "git_commit": "0" * 40}))
+    assert made_elsewhere_runs(sw, st) == [one.parent]
+
+
 @pytest.mark.slow
 def test_sigkilled_sweep_resumes(tmp_path, monkeypatch):
     """A real SIGKILL (no cleanup at all) in the middle of a run: the partial folder is swept away."""

@@ -153,7 +153,7 @@ def sweep(
 ) -> None:
     """Run a grid of experiments × seeds; finished runs are kept and never rerun, failed ones retried."""
     from perturbd.report.build import build_report
-    from perturbd.sweep import load_sweep, run_dir, run_sweep, status
+    from perturbd.sweep import load_sweep, made_elsewhere_runs, run_dir, run_sweep, status
 
     sw = load_sweep(spec, {"out": str(out) if out else None, "executor": executor, "workers": int(workers) if workers and workers.isdigit() else workers}, sets)
     st = status(sw)
@@ -162,6 +162,13 @@ def sweep(
         f"  {len(st.done)} already done, {len(st.failed)} failed before (retried), {len(st.pending)} to run · executor {sw.spec.executor}",
         highlight=False,
     )
+    stale = made_elsewhere_runs(sw, st)
+    if stale:
+        console.print(
+            f"[yellow]  {len(stale)} of the finished runs were made by another perturbd version or commit (e.g. {stale[0].name}); "
+            "they are kept, not rerun: delete them to redo them with this code",
+            highlight=False,
+        )
     if dry_run:
         state = {c.hash(): "done" for c in st.done} | {c.hash(): "failed" for c in st.failed}
         for cfg, assigned in zip(sw.runs, sw.assignments):

@@ -7,6 +7,7 @@ removed on failure and swept away when their process is gone.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -77,6 +78,7 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the perturbd checkout this code runs from, if it is one."""
     here = Path(__file__).resolve().parent

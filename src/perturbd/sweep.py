@@ -252,6 +252,14 @@ def read_failures(out: Path) -> list[dict[str, Any]]:
     return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
+def made_elsewhere_runs(sweep: Sweep, state: Status) -> list[Path]:
+    """The finished run directories of ``sweep`` that another perturbd version or commit made:
+    they are kept and not rerun (their config hash matches), so the user is told."""
+    from perturbd.rundir import made_elsewhere
+
+    return [run_dir(c, sweep.out) for c in state.done if made_elsewhere(run_dir(c, sweep.out))]
+
+
 # --------------------------------------------------------------------------- running
 
 
