@@ -257,7 +257,7 @@ def made_elsewhere_runs(sweep: Sweep, state: Status) -> list[Path]:
     they are kept and not rerun (their config hash matches), so the user is told."""
     from perturbd.rundir import made_elsewhere
 
-    return [run_dir(c, sweep.out) for c in state.done if made_elsewhere(run_dir(c, sweep.out))]
+    return [folder for folder in (run_dir(c, sweep.out) for c in state.done) if made_elsewhere(folder)]
 
 
 # --------------------------------------------------------------------------- running
