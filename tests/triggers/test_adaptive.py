@@ -14,6 +14,7 @@ from perturbd.errors import ConfigError
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.triggers.adaptive import (
     check_budget,
+    deepfool_one,
     measure_fooling_rate,
     pick_samples,
     quantize,
@@ -116,8 +117,33 @@ def test_batched_deepfool_equals_one_sample_at_a_time() -> None:
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     delta = torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(4)) * 3
     batched = targeted_deepfool(model, x, delta, 7, 0.02, 5)
-    single = torch.cat([targeted_deepfool(model, x[i : i + 1], delta, 7, 0.02, 5) for i in range(5)])
+    single = torch.cat([deepfool_one(model, x[i : i + 1], delta, 7, 0.02, 5) for i in range(5)])
+    assert float(single.abs().max()) > 1, "the samples do move"
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
+
+
+def test_batched_update_adds_every_samples_perturbation_in_full() -> None:
+    # The paper adds each sample's DeepFool perturbation to δ in full; the batched update adds the
+    # batch's perturbations (all computed at the same δ), so one batch moves δ by their sum.
+    model = small_cnn(1).eval()
+    images = torch.randint(0, 256, (6, 1, 28, 28), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    x = to_float01(images)
+    budget = 1e4  # never reached: no projection
+    expected = sum(deepfool_one(model, x[i : i + 1], torch.zeros(1, 28, 28), 2, 0.02, 3)[0] for i in range(6))
+    delta, _ = universal_perturbation(model, images, 2, norm="l2", budget=budget, passes=1, fooling_rate=1.0, batch_size=6, max_steps=3)
+    assert float(expected.norm()) < budget
+    assert torch.equal(delta, quantize(expected, "l2", budget))
+
+
+def test_batch_of_one_is_the_reference_algorithm() -> None:
+    model = small_cnn(2).eval()
+    images = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    kw = dict(norm="linf", budget=20, passes=2, fooling_rate=1.0, max_steps=3, seed=4)
+    ref, ref_facts = reference_deepfool_uap(model, images, 5, **kw)
+    fast, fast_facts = universal_perturbation(model, images, 5, batch_size=1, **kw)
+    assert float(ref.abs().max()) > 0
+    assert (ref != fast).float().mean() <= 0.01, "float rounding may move a pixel by one grey level, no more"
+    assert (ref - fast).abs().max() <= 1 and ref_facts == fast_facts
 
 
 # --------------------------------------------------------------------------- the trigger on a trained model

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from perturbd.models.base import Classifier, register_model
+from perturbd.models.base import Classifier, PoolTo, register_model
 
 
 class LeNet5(Classifier):
@@ -30,7 +30,7 @@ class LeNet5(Classifier):
             nn.Conv2d(6, 16, 5),
             nn.MaxPool2d(2),
             nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(5),
+            PoolTo(5),
             nn.Flatten(),
             nn.Linear(16 * 25, 120),
             nn.ReLU(inplace=True),

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from perturbd.models.base import Classifier, register_model
+from perturbd.models.base import Classifier, PoolTo, register_model
 
 
 def _conv_block(cin: int, cout: int) -> list[nn.Module]:
@@ -47,7 +47,7 @@ class SmallCNN(Classifier):
         self.body = nn.Sequential(
             *_conv_block(self.image_shape[0], c1),
             *_conv_block(c1, c2),
-            nn.AdaptiveAvgPool2d(7),
+            PoolTo(7),
             nn.Flatten(),
             nn.Linear(c2 * 49, hidden),
             nn.ReLU(inplace=True),
