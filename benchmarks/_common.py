@@ -92,6 +92,35 @@ class Series:
         return {"unit": self.unit, "mean": self.mean, "std": self.std, "n": len(self.values), "values": self.values, **self.extra}
 
 
+def seconds_per_image(model: torch.nn.Module, image_shape: Sequence[int], batch: int, device: torch.device, images: int = 512) -> float:
+    """Wall seconds per image of one forward and one input-gradient backward of ``model`` at ``batch``.
+
+    The unit of work of DeepFool and Neural Cleanse. ``seconds_per_image(small) /
+    seconds_per_image(large)`` bounds what running ``large`` images at once instead of ``small``
+    can gain for equal work on this machine: batching removes per-call overhead, not arithmetic.
+    The median of five timed blocks of about ``images`` images each, after one warm-up block.
+    """
+    model.eval()
+    x = torch.rand(batch, *image_shape, device=device)
+    calls = max(1, images // batch)
+
+    def block() -> None:
+        for _ in range(calls):
+            xr = x.clone().requires_grad_(True)
+            torch.autograd.grad(model(xr)[:, 0].sum(), xr)
+
+    block()
+    return statistics.median(timed(block, device)[0] for _ in range(5)) / (calls * batch)
+
+
+def batching_ceiling(
+    model: torch.nn.Module, image_shape: Sequence[int], small: int, large: int, device: torch.device, images: int = 512
+) -> dict[str, float]:
+    """Per-image seconds at batch ``small`` and ``large`` and their ratio (see :func:`seconds_per_image`)."""
+    a, b = (seconds_per_image(model, image_shape, n, device, images) for n in (small, large))
+    return {"batch_small": small, "batch_large": large, "seconds_per_image_small": a, "seconds_per_image_large": b, "ceiling": a / b}
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     """Versions, device, CPU, date and load: the header of every result file."""
     info = environment(str(device))

@@ -32,6 +32,10 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     assert written["benchmark"] == name == payload["benchmark"]
     assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]
     assert "met" in written
+    if name in ("bench_adaptive", "bench_neural_cleanse"):
+        ceiling = written["batching_ceiling"]
+        assert ceiling["batch_large"] > ceiling["batch_small"] >= 1
+        assert ceiling["seconds_per_image_small"] > 0 and ceiling["seconds_per_image_large"] > 0 and ceiling["ceiling"] > 0
 
 
 def test_e2e_children_are_told_where_the_data_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
