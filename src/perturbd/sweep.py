@@ -40,7 +40,7 @@ from perturbd.axes import axis_values, check_key, deep_merge, flat_keys, set_dot
 from perturbd.config import ExperimentConfig, Section, apply_overrides, read_yaml, validate
 from perturbd.errors import ConfigError
 from perturbd.registry import suggest
-from perturbd.rundir import read_json, write_json
+from perturbd.rundir import made_elsewhere, read_json, write_json
 
 FAILURES = "failures"
 TWINS = ".twins"
@@ -255,8 +255,6 @@ def read_failures(out: Path) -> list[dict[str, Any]]:
 def made_elsewhere_runs(sweep: Sweep, state: Status) -> list[Path]:
     """The finished run directories of ``sweep`` that another perturbd version or commit made:
     they are kept and not rerun (their config hash matches), so the user is told."""
-    from perturbd.rundir import made_elsewhere
-
     return [folder for folder in (run_dir(c, sweep.out) for c in state.done) if made_elsewhere(folder)]
 
 

@@ -133,10 +133,11 @@ def stealth_vs_asr(columns: list[str], groups: list[Group], path: Path) -> Path 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=150)
         for i, (label, gs) in enumerate(by_trigger.items()):
+            asr = [100 * g.stats["attack_success_rate"][0] for g in gs]
             ax.errorbar(
-                [g.stats["psnr_mean"][0] for g in gs], [100 * g.stats["attack_success_rate"][0] for g in gs],
+                [g.stats["psnr_mean"][0] for g in gs], asr,
                 xerr=[_ci(g.stats["psnr_mean"]) for g in gs],
-                yerr=_bars([100 * g.stats["attack_success_rate"][0] for g in gs], [100 * _ci(g.stats["attack_success_rate"]) for g in gs], True),
+                yerr=_bars(asr, [100 * _ci(g.stats["attack_success_rate"]) for g in gs], True),
                 marker=MARKERS[i % len(MARKERS)], linestyle="none", capsize=4, label=label,
             )
         ax.set(xlabel="PSNR of poisoned images (dB, higher = less visible)", ylabel="attack success rate (%)", title="Stealth vs. attack success", ylim=(-2, 102))

@@ -208,6 +208,14 @@ def universal_perturbation(
         update = _gradient_update(norm, lr, target)
     else:
         raise ConfigError(f"trigger.method must be deepfool or gradient, got '{method}'")
+    return _passes(model, images, target, update, norm, budget, passes, fooling_rate, batch_size, seed)
+
+
+def _passes(
+    model: nn.Module, images: torch.Tensor, target: int, update: Update, norm: str, budget: float, passes: int, fooling_rate: float, batch_size: int, seed: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Passes over ``images`` in a seeded order, ``batch_size`` at a time: ``δ ← project(update(δ))``;
+    after each pass the quantized mask's fooling rate, stopping once it reaches ``fooling_rate``."""
     device = next(model.parameters()).device
     model.eval()
     x_all = to_float01(images).to(device)
@@ -215,9 +223,9 @@ def universal_perturbation(
     gen = torch.Generator().manual_seed(seed)
     rate, used = 0.0, 0
     for used in range(1, passes + 1):
-        order = torch.randperm(len(images), generator=gen)
+        order = torch.randperm(len(images), generator=gen).tolist()
         for i in range(0, len(order), batch_size):
-            delta = project(update(model, x_all[order[i : i + batch_size].to(device)], delta), norm, budget).detach()
+            delta = project(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
         rate = measure_fooling_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive"), target)
         if rate >= fooling_rate:
             break
@@ -244,20 +252,11 @@ def reference_deepfool_uap(
     quantized mask and the same facts as :func:`universal_perturbation`.
     """
     check_budget(norm, budget)
-    device = next(model.parameters()).device
-    model.eval()
-    x_all = to_float01(images).to(device)
-    delta = torch.zeros(images.shape[1:], device=device)
-    gen = torch.Generator().manual_seed(seed)
-    rate, used = 0.0, 0
-    for used in range(1, passes + 1):
-        for i in torch.randperm(len(images), generator=gen).tolist():
-            r = deepfool_one(model, x_all[i : i + 1], delta, target, overshoot, max_steps)[0]  # 0 if x + δ is at t
-            delta = project(delta + r, norm, budget).detach()
-        rate = measure_fooling_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive"), target)
-        if rate >= fooling_rate:
-            break
-    return quantize(delta.cpu(), norm, budget), {"passes": used, "sample_fooling_rate": rate}
+
+    def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return delta + deepfool_one(model, x, delta, target, overshoot, max_steps)[0]  # + 0 if x + δ is at t
+
+    return _passes(model, images, target, update, norm, budget, passes, fooling_rate, 1, seed)
 
 
 # --------------------------------------------------------------------------- the registered trigger
