@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.models.base import Classifier, get_model
+from perturbd.tensorfile import save_tensors
 
 FORMAT = "perturbd.model"
 _RESERVED = ("format", "arch", "image_shape", "num_classes")
@@ -36,7 +36,8 @@ _CONVERT = (
 def save_model(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
     """Write ``model``'s state dict to ``path`` as safetensors, with its architecture in the metadata.
 
-    The file is written next to ``path`` and renamed into place, so it is either whole or absent.
+    The file is written next to ``path`` and renamed into place, so it is either whole or absent;
+    the same weights and metadata give the same bytes (:mod:`perturbd.tensorfile`).
 
     Args:
         model: a :class:`Classifier` built by :func:`~perturbd.models.get_model` (it knows its
@@ -60,15 +61,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], metadata: dict[st
     if clash:
         raise ValueError(f"metadata keys {clash} are reserved and filled from the model; rename them")
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={**extra, **meta})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_tensors(Path(path), tensors, {**extra, **meta})
 
 
 def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.registry import Registry
+from perturbd.tensorfile import save_tensors
 
 if TYPE_CHECKING:
     from perturbd.config import TriggerConfig
@@ -82,9 +83,9 @@ class Trigger:
         return {"linf": float(applied.abs().max()), "l2": float(applied.norm())}
 
     def save(self, path: Path) -> None:
-        """Write the mask as safetensors with ``kind`` and ``info`` in the metadata."""
+        """Write the mask as safetensors with ``kind`` and ``info`` in the metadata (reproducible bytes)."""
         meta = {"kind": self.kind, "info": json.dumps(self.info, sort_keys=True)}
-        save_file({"delta": self.delta}, str(path), metadata=meta)
+        save_tensors(Path(path), {"delta": self.delta}, meta)
 
     @classmethod
     def load(cls, path: Path) -> Trigger:
