@@ -43,7 +43,8 @@ from perturbd.config import TrainConfig
 from perturbd.data.dataset import DataSplit, to_float01
 from perturbd.models import build_from_checkpoint, get_model
 from perturbd.train import fit, set_threads
-from perturbd.triggers.adaptive import measure_fooling_rate, non_target, pick_samples, reference_deepfool_uap, universal_perturbation
+from perturbd.metrics import outside, target_rate
+from perturbd.triggers.adaptive import pick_samples, reference_deepfool_uap, universal_perturbation
 from perturbd.triggers.base import Trigger
 
 NAME = "bench_adaptive"
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     split = load_split(args.data, args.data_root, args.train_limit, None, args.seed)
     model = victim(args, split, device)
     samples = pick_samples(split.train, args.target, args.samples, args.seed)
-    held_out = non_target(split.test, args.target)
+    held_out = outside(split.test, args.target)
     makers: dict[str, Maker] = {"deepfool": ours("deepfool"), "gradient": ours("gradient"), "reference": reference}
     skipped: dict[str, str] = {}
     if "art" in args.only:
@@ -165,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             trigger = Trigger(delta, "adaptive")
             series[name].values.append(seconds)
             series[name].extra = {
-                "fooling_rate_samples": measure_fooling_rate(model, samples, trigger, args.target),
-                "fooling_rate_held_out": measure_fooling_rate(model, held_out, trigger, args.target),
+                "fooling_rate_samples": target_rate(model, samples, trigger.apply, args.target),
+                "fooling_rate_held_out": target_rate(model, held_out, trigger.apply, args.target),
                 **trigger.norms(),
             }
     series = {n: s for n, s in series.items() if s.values and n not in skipped}

@@ -54,6 +54,27 @@ class TriggerConfig(Section):
     lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
     batch_size: int = Field(64, ge=1, description="adaptive masks: samples per vectorised update")
 
+    @property
+    def family(self) -> str:
+        """The kind of mask, without its size: ``grid``, ``adaptive deepfool linf``."""
+        return f"adaptive {self.method} {self.norm}" if self.kind == "adaptive" else self.kind
+
+    @property
+    def label(self) -> str:
+        """The one display label of this trigger: ``grid c=10``, ``patch 3px c=255``,
+        ``image mask.png``, ``adaptive deepfool linf ξ=10``."""
+        if self.kind == "adaptive":
+            return f"{self.family} ξ={self.budget:g}"
+        if self.kind == "image":
+            return f"image {self.path.name if self.path else '?'}"
+        size = f"{self.size}px " if self.kind == "patch" else ""
+        return f"{self.kind} {size}c={self.amplitude:g}"
+
+    @property
+    def strength(self) -> float:
+        """The size the label names: the budget ξ of an adaptive mask, else the amplitude c."""
+        return self.budget if self.kind == "adaptive" else self.amplitude
+
 
 class PoisonConfig(Section):
     rate: float = Field(0.05, gt=0, le=1, description="injection rate: poisoned / samples of the set")

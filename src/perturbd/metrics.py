@@ -1,6 +1,9 @@
 """The metrics of DESIGN.md, one definition each.
 
 - ``clean_accuracy``: top-1 accuracy on the clean test set.
+- ``target_rate``: the fraction of images (none of them of class t) a model sends to t once a
+  perturbation is applied: the one definition behind the ASR, an adaptive mask's fooling rate and
+  the audit's universal-perturbation shift.
 - ``attack_success_rate``: over test images whose true label ≠ t, the fraction classified t
   after the trigger is applied (uint8 images: applied and rounded, as in a shipped file).
 - ``clean_model_asr``: the same ASR measured on the clean twin.
@@ -11,6 +14,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -19,7 +24,9 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import DataError
 from perturbd.train import predict
-from perturbd.triggers import Trigger
+
+if TYPE_CHECKING:
+    from perturbd.triggers import Trigger
 
 
 def clean_accuracy(model: nn.Module, test: ImageDataset) -> float:
@@ -27,13 +34,26 @@ def clean_accuracy(model: nn.Module, test: ImageDataset) -> float:
     return float((predict(model, test.images) == test.labels).float().mean())
 
 
+def outside(data: ImageDataset, target: int) -> torch.Tensor:
+    """The images of ``data`` whose label is not ``target``."""
+    return data.images[data.labels != target]
+
+
+def target_rate(model: nn.Module, images: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor], target: int) -> float:
+    """Fraction of ``images`` (none of class ``target``) that ``model`` sends to ``target`` once
+    ``apply`` has perturbed them, in [0, 1].
+
+    ``apply`` maps a batch to its perturbed copy in the same dtype (for uint8 images
+    :meth:`Trigger.apply` adds, clips and rounds, as a shipped image file would be).
+    """
+    if len(images) == 0:
+        raise DataError(f"no image outside the target class {target} to perturb: the rate toward {target} is undefined; give more images")
+    return float((predict(model, apply(images)) == target).float().mean())
+
+
 def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int) -> float:
     """Fraction of non-target test images sent to ``target`` once triggered, in [0, 1]."""
-    keep = test.labels != target
-    if not bool(keep.any()):
-        raise DataError(f"the test set has no image outside the target class {target}; ASR is undefined")
-    triggered = trigger.apply(test.images[keep])
-    return float((predict(model, triggered) == target).float().mean())
+    return target_rate(model, outside(test, target), trigger.apply, target)
 
 
 def _pixels(images: torch.Tensor) -> torch.Tensor:

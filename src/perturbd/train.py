@@ -22,7 +22,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +34,9 @@ from perturbd.config import TrainConfig
 from perturbd.data.augment import augment, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Monitor(Protocol):
@@ -155,10 +158,14 @@ def fit(
     *,
     epochs: int | None = None,
     lr: float | None = None,
+    loss_fn: LossFn | None = None,
     monitor: Monitor | None = None,
     description: str = "train",
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (``epochs``/``lr`` override the config, for fine-tuning).
+
+    The one training loop of perturbd: the victims, the adversary's models and the mitigations
+    (which pass their own ``loss_fn``) all train here.
 
     Args:
         model: takes float ``(N, C, H, W)`` in [0, 1]; moved to the configured device (and to
@@ -168,6 +175,10 @@ def fit(
             ``device``, ``threads``, ``precision`` and ``compile``.
         seed: seeds shuffling and augmentation (same seed, same numbers on the CPU; on CUDA the
             draws come from a CUDA generator, so they differ from the CPU's).
+        loss_fn: ``loss_fn(net, x, y) -> loss`` for a batch (float ``x`` in [0, 1], augmented);
+            default: cross-entropy with ``cfg.label_smoothing``. It runs under the autocast of
+            ``cfg.precision``; the model is in training mode when it is called, and a loss
+            that switches it (to eval, for an attack on the batch) switches it back.
     """
     monitor = monitor or SilentMonitor()
     device = resolve_device(cfg.device)
@@ -189,6 +200,7 @@ def fit(
     total = steps_per_epoch * epochs
     base_lr = lr or cfg.lr
     opt = make_optimizer(model, cfg, base_lr)
+    loss_of = loss_fn or _cross_entropy(cfg.label_smoothing)
     result = FitResult()
     monitor.start(description, total)
     started = time.perf_counter()
@@ -202,8 +214,7 @@ def fit(
                 idx = order[b * batch : (b + 1) * batch]
                 x = as_device_input(augment(to_float01(images[idx]), aug, gen), device)
                 with autocast(device, amp):
-                    out = net(x)
-                loss = F.cross_entropy(out.float(), labels[idx], label_smoothing=cfg.label_smoothing)
+                    loss = loss_of(net, x, labels[idx])
                 for group in opt.param_groups:
                     group["lr"] = base_lr * lr_factor(cfg.schedule, step, total, cfg.warmup)
                 opt.zero_grad(set_to_none=True)
@@ -223,6 +234,13 @@ def fit(
     monitor.stop()
     model.eval()
     return result
+
+
+def _cross_entropy(label_smoothing: float) -> LossFn:
+    def loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(x).float(), y, label_smoothing=label_smoothing)
+
+    return loss
 
 
 @torch.no_grad()

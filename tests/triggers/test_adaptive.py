@@ -11,17 +11,16 @@ import torch.nn.functional as F
 from perturbd.config import TriggerConfig
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.metrics import target_rate
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.triggers.adaptive import (
     check_budget,
-    deepfool_one,
-    measure_fooling_rate,
     pick_samples,
     quantize,
     reference_deepfool_uap,
-    targeted_deepfool,
     universal_perturbation,
 )
+from perturbd.triggers.deepfool import deepfool_one, targeted_deepfool
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -190,11 +189,11 @@ def test_reported_fooling_rate_is_the_measured_one(trained, tmp_path, method: st
     loaded = Trigger.load(tmp_path / "mask.safetensors")
     assert torch.equal(loaded.delta, trig.delta) and loaded.info == info
     model, samples, holdout = trained
-    again = measure_fooling_rate(model, pick_samples(samples, 3, 60, 0), loaded, 3)
+    again = target_rate(model, pick_samples(samples, 3, 60, 0), loaded.apply, 3)
     assert again == info["fooling_rate_samples"]
-    assert measure_fooling_rate(model, holdout.images[holdout.labels != 3], loaded, 3) == info["fooling_rate_holdout"]
+    assert target_rate(model, holdout.images[holdout.labels != 3], loaded.apply, 3) == info["fooling_rate_holdout"]
     assert info["holdout_size"] == int((holdout.labels != 3).sum())
-    clean_rate = measure_fooling_rate(model, pick_samples(samples, 3, 60, 0), Trigger(torch.zeros(1, 28, 28), "none"), 3)
+    clean_rate = target_rate(model, pick_samples(samples, 3, 60, 0), Trigger(torch.zeros(1, 28, 28), "none").apply, 3)
     assert info["fooling_rate_samples"] >= clean_rate + 0.3, "the mask pushes samples toward the target"
     assert info["fooling_rate_holdout"] >= clean_rate + 0.2, "and it is universal: it works on images it was not computed on"
 

@@ -27,6 +27,7 @@ from perturbd.config import DataConfig
 from perturbd.data.dataset import DataSplit, ImageDataset
 from perturbd.errors import ConfigError
 from perturbd.registry import Registry
+from perturbd.seeding import derived_generator
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +158,9 @@ def load_data(cfg: DataConfig, seed: int = 0) -> DataSplit:
     """
     source, arg = get_source(cfg.name)
     split = source.load(SourceRequest(cfg.name, arg, Path(cfg.root).expanduser(), cfg.download))
-    train = _limit(split.train, cfg.train_limit, _generator(seed, "train"))
-    test = _limit(split.test, cfg.test_limit, _generator(seed, "test"))
+    train = _limit(split.train, cfg.train_limit, derived_generator(seed, "train", namespace="limit"))
+    test = _limit(split.test, cfg.test_limit, derived_generator(seed, "test", namespace="limit"))
     return split if (train is split.train and test is split.test) else DataSplit(train, test)
-
-
-def _generator(seed: int, part: str) -> torch.Generator:
-    """A CPU generator for ``part`` of the data, independent of the other parts."""
-    digest = hashlib.sha256(f"perturbd-limit:{seed}:{part}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _limit(data: ImageDataset, limit: int | None, generator: torch.Generator) -> ImageDataset:

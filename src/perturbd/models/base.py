@@ -10,7 +10,8 @@ resolved at run time (``tv:<torchvision name>``) registers a resolver with :func
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import overload
 
 import torch
@@ -90,6 +91,31 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with its parameters' gradients off (attacks and reverse-engineering
+    differentiate only through the input); both restored on exit."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
 @overload
 def register_model(fn: Builder) -> Builder: ...
 @overload
@@ -142,25 +168,27 @@ def default_model_name(image_shape: Sequence[int]) -> str:
     return "cnn28" if c == 1 and min(h, w) >= 16 and max(h, w) <= 32 else "cnn32"
 
 
-def get_model(name: str, image_shape: Sequence[int], num_classes: int) -> Classifier:
+def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: int | None = None) -> Classifier:
     """Build the architecture ``name`` for images of ``image_shape`` and ``num_classes`` classes.
 
-    Weights are initialised from torch's global RNG: the same ``torch.manual_seed`` gives the
-    same weights. The model is returned in training mode on the CPU.
+    Weights are initialised from torch's global RNG. With ``seed`` that RNG is first seeded
+    (``torch.manual_seed(seed)``), so the same seed gives the same weights, and whatever draws
+    from the global RNG next (dropout during training) follows from the seed too. The model is
+    returned in training mode on the CPU.
 
     Args:
         name: a registered name (see :func:`list_models`), ``"auto"`` (see
             :func:`default_model_name`) or ``"tv:<torchvision name>"``.
         image_shape: ``(C, H, W)``.
         num_classes: number of logits, at least 2.
+        seed: seeds torch's global RNG before the weights are drawn (None: use it as it is).
 
     Raises:
         ConfigError: unknown name (with a suggestion), bad shape or class count, or an
             architecture that cannot take images of this shape.
 
     Example:
-        >>> _ = torch.manual_seed(0)
-        >>> model = get_model("auto", (1, 28, 28), 10)  # cnn28
+        >>> model = get_model("auto", (1, 28, 28), 10, seed=0)  # cnn28
         >>> model(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
@@ -174,7 +202,10 @@ def get_model(name: str, image_shape: Sequence[int], num_classes: int) -> Classi
     key = str(name).strip()
     if key == "auto":
         key = default_model_name(shape)
-    model = _builder(key)(shape, classes)
+    builder = _builder(key)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = builder(shape, classes)
     model.arch = key
     _check_fits(model, shape)
     return model

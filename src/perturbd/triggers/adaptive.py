@@ -17,7 +17,11 @@
 Both stop once the quantized mask reaches ``fooling_rate`` on the samples, or after ``passes``.
 The returned δ is integer-valued (:func:`quantize`), so the budget holds after the uint8 rounding
 of :meth:`Trigger.apply`. :func:`reference_deepfool_uap` is the one-image-at-a-time algorithm of
-the paper, kept as a reference for tests and benchmarks.
+the paper, kept as a reference for tests and benchmarks. :func:`targeted_uaps` computes one
+signed-gradient universal perturbation per label, all labels at once (the update audit's).
+
+This module holds kernels only: which model and which images the adversary has is decided by
+:mod:`perturbd.attack`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ import torch.nn.functional as F
 from perturbd.config import TriggerConfig
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError, DataError
-from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
+from perturbd.metrics import outside, target_rate
+from perturbd.models import frozen, model_device
+from perturbd.triggers.base import Trigger, TriggerContext, add_delta, register_trigger
+from perturbd.triggers.deepfool import deepfool_one, perturbed, targeted_deepfool
 
 Update = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,80 +86,18 @@ def quantize(delta: torch.Tensor, norm: str, budget: float) -> torch.Tensor:
     return q if float(q.norm()) <= budget else torch.trunc(scaled)
 
 
-# --------------------------------------------------------------------------- model helpers
+# --------------------------------------------------------------------------- steps
 
 
-def _perturbed(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Model input ``clip(x + δ / 255)``; ``x`` float in [0, 1], ``δ`` pixel units (broadcast)."""
-    return (x + delta / 255.0).clamp(0.0, 1.0)
-
-
-@torch.no_grad()
-def measure_fooling_rate(model: nn.Module, images: torch.Tensor, trigger: Trigger, target: int, batch: int = 512) -> float:
-    """Fraction of ``images`` (uint8, none of class ``target``) that ``model`` sends to ``target``
-    once ``trigger`` is applied with :meth:`Trigger.apply` (clip + uint8 rounding)."""
-    if len(images) == 0:
-        raise DataError("fooling rate of an empty image set is undefined; give the adversary more images")
-    device = next(model.parameters()).device
-    model.eval()
-    hit = 0
-    for i in range(0, len(images), batch):
-        x = to_float01(trigger.apply(images[i : i + batch]).to(device))
-        hit += int((model(x).argmax(1) == target).sum())
-    return hit / len(images)
-
-
-# --------------------------------------------------------------------------- DeepFool
-
-
-def targeted_deepfool(
-    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, target: int, overshoot: float = 0.02, max_steps: int = 10
-) -> torch.Tensor:
-    """Per-sample targeted DeepFool perturbations ``r`` (pixel units) toward ``target``, batched.
-
-    For each sample of ``x`` (float ``(B, C, H, W)`` in [0, 1]) at ``x + δ``: while its top class
-    ``k`` is not ``target`` (at most ``max_steps``), linearise ``g = f_t − f_k`` and step to the
-    linearised boundary ``g = 0`` with the minimal L2 step ``|g| / ‖∇g‖² · ∇g``. Returns the
-    accumulated steps times ``1 + overshoot``, ``(B, C, H, W)``; zero for samples already at
-    ``target``. All samples still on their way move at once (one forward and one backward per
-    step); a sample that reached ``target`` leaves the batch.
-    """
-    model.eval()
-    r = torch.zeros_like(x)
-    todo = torch.arange(len(x), device=x.device)
-    for _ in range(max_steps):
-        xr = _perturbed(x[todo], delta + (1 + overshoot) * r[todo]).detach().requires_grad_(True)
-        out = model(xr)
-        top = out.argmax(1)
-        active = top != target
-        if not bool(active.any()):
-            break
-        g = out[:, target] - out.gather(1, top[:, None]).squeeze(1)  # ≤ 0 where active
-        (grad,) = torch.autograd.grad(g[active].sum(), xr)
-        grad = grad[active] / 255.0  # d g / d δ, δ in pixel units
-        sq = grad.flatten(1).pow(2).sum(1).clamp_min(1e-12)
-        todo = todo[active]
-        r[todo] += (g.detach()[active].abs() / sq).view(-1, 1, 1, 1) * grad
-    return (1 + overshoot) * r
-
-
-def deepfool_one(
-    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, target: int, overshoot: float = 0.02, max_steps: int = 10
-) -> torch.Tensor:
-    """:func:`targeted_deepfool` for one sample ``x`` ``(1, C, H, W)``, written plainly (the reference)."""
-    model.eval()
-    r = torch.zeros_like(x)
-    for _ in range(max_steps):
-        xr = _perturbed(x, delta + (1 + overshoot) * r).detach().requires_grad_(True)
-        out = model(xr)[0]
-        top = int(out.argmax())
-        if top == target:
-            break
-        g = out[target] - out[top]
-        (grad,) = torch.autograd.grad(g, xr)
-        grad = grad / 255.0
-        r = r + float(g.detach().abs()) / max(float(grad.pow(2).sum()), 1e-12) * grad
-    return (1 + overshoot) * r
+def target_gradient(model: nn.Module, x: torch.Tensor, deltas: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Gradient, with respect to each of the ``K`` perturbations ``deltas`` ``(K, C, H, W)``
+    (pixel units), of the cross-entropy toward ``targets[k]`` of every ``clip(x + deltas[k])``,
+    summed over the batch ``x`` ``(B, C, H, W)``: one forward pass over ``K × B`` images."""
+    d = deltas.detach().requires_grad_(True)
+    inputs = perturbed(x[None], d[:, None]).flatten(0, 1)
+    loss = F.cross_entropy(model(inputs).float(), targets.repeat_interleave(len(x)), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, d)
+    return grad
 
 
 def _deepfool_update(overshoot: float, max_steps: int, target: int) -> Update:
@@ -164,10 +109,7 @@ def _deepfool_update(overshoot: float, max_steps: int, target: int) -> Update:
 
 def _gradient_update(norm: str, lr: float, target: int) -> Update:
     def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        d = delta.detach().requires_grad_(True)
-        labels = torch.full((len(x),), target, dtype=torch.long, device=x.device)
-        loss = F.cross_entropy(model(_perturbed(x, d)), labels)
-        (grad,) = torch.autograd.grad(loss, d)
+        grad = target_gradient(model, x, delta[None], torch.tensor([target], device=x.device))[0]
         if norm == "linf":
             return delta - lr * grad.sign()
         scale = lr * math.sqrt(grad.numel()) / max(float(grad.norm()), 1e-12)  # RMS step of lr per pixel
@@ -216,7 +158,7 @@ def _passes(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Passes over ``images`` in a seeded order, ``batch_size`` at a time: ``δ ← project(update(δ))``;
     after each pass the quantized mask's fooling rate, stopping once it reaches ``fooling_rate``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.eval()
     x_all = to_float01(images).to(device)
     delta = torch.zeros(images.shape[1:], device=device)
@@ -226,7 +168,7 @@ def _passes(
         order = torch.randperm(len(images), generator=gen).tolist()
         for i in range(0, len(order), batch_size):
             delta = project(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
-        rate = measure_fooling_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive"), target)
+        rate = target_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive").apply, target)
         if rate >= fooling_rate:
             break
     return quantize(delta.cpu(), norm, budget), {"passes": used, "sample_fooling_rate": rate}
@@ -259,17 +201,42 @@ def reference_deepfool_uap(
     return _passes(model, images, target, update, norm, budget, passes, fooling_rate, 1, seed)
 
 
+def targeted_uaps(
+    model: nn.Module, images: torch.Tensor, targets: list[int], *, epsilon: float, steps: int, batch_size: int, seed: int
+) -> torch.Tensor:
+    """One targeted universal perturbation per label of ``targets``, ``(K, C, H, W)`` in pixel
+    units with ``|δ| ≤ epsilon``, all labels at once.
+
+    Each of ``steps`` steps draws one batch of ``images`` (uint8, seeded, with replacement),
+    blends it with all K perturbations (:func:`target_gradient`: one forward pass over K × batch
+    images), moves each perturbation by a signed step of ``max(2.5 ε / steps, ε / 50)`` down the
+    cross-entropy toward its label and clips it to the L∞ ball.
+    """
+    device = model_device(model)
+    step = max(2.5 * epsilon / steps, epsilon / 50)
+    deltas = torch.zeros(len(targets), *images.shape[1:], device=device)
+    labels = torch.tensor(targets, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    batch = min(batch_size, len(images))
+    with frozen(model):
+        for _ in range(steps):
+            x = to_float01(images[torch.randint(0, len(images), (batch,), generator=gen)].to(device))
+            deltas = (deltas - step * target_gradient(model, x, deltas, labels).sign()).clamp(-epsilon, epsilon)
+    return deltas.cpu()
+
+
+def target_rates(model: nn.Module, data: ImageDataset, deltas: torch.Tensor) -> list[float]:
+    """For each label k: the share of the images of ``data`` not of class k that ``deltas[k]``
+    (pixel units, rounded as :func:`~perturbd.triggers.base.add_delta` rounds) sends to k."""
+    return [target_rate(model, outside(data, k), lambda x, d=delta: add_delta(x, d), k) for k, delta in enumerate(deltas)]
+
+
 # --------------------------------------------------------------------------- the registered trigger
-
-
-def non_target(data: ImageDataset, target: int) -> torch.Tensor:
-    """Images of ``data`` whose label is not ``target`` (uint8)."""
-    return data.images[data.labels != target]
 
 
 def pick_samples(data: ImageDataset, target: int, count: int, seed: int) -> torch.Tensor:
     """A seeded choice of ``count`` images of ``data`` outside class ``target`` (all if fewer)."""
-    pool = non_target(data, target)
+    pool = outside(data, target)
     if len(pool) == 0:
         raise DataError(f"the adversary has no image outside the target class {target}; it cannot compute a mask")
     gen = torch.Generator().manual_seed(seed)
@@ -305,7 +272,7 @@ def adaptive(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
     )
     seconds = time.perf_counter() - started
     trigger = Trigger(delta, "adaptive")
-    holdout = non_target(ctx.holdout, ctx.target) if ctx.holdout is not None else torch.zeros(0)
+    holdout = outside(ctx.holdout, ctx.target) if ctx.holdout is not None else torch.zeros(0)
     trigger.info = {
         "method": cfg.method,
         "norm": cfg.norm,
@@ -316,8 +283,8 @@ def adaptive(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
         "passes_used": facts["passes"],
         "passes_max": cfg.passes,
         "seconds": round(seconds, 3),
-        "fooling_rate_samples": measure_fooling_rate(model, samples, trigger, ctx.target),
-        "fooling_rate_holdout": measure_fooling_rate(model, holdout, trigger, ctx.target) if len(holdout) else None,
+        "fooling_rate_samples": target_rate(model, samples, trigger.apply, ctx.target),
+        "fooling_rate_holdout": target_rate(model, holdout, trigger.apply, ctx.target) if len(holdout) else None,
         "holdout_size": len(holdout),
         **trigger.norms(),
     }
