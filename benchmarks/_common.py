@@ -25,7 +25,7 @@ import torch
 
 from perturbd.config import DataConfig
 from perturbd.data import DataSplit, load_data
-from perturbd.rundir import environment
+from perturbd.experiment import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")

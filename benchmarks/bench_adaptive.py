@@ -105,8 +105,7 @@ def art_uap(model: nn.Module, samples: torch.Tensor, a: argparse.Namespace) -> t
 def victim(args: argparse.Namespace, split: DataSplit, device: torch.device) -> nn.Module:
     if args.checkpoint is not None:
         return build_from_checkpoint(args.checkpoint).to(device).eval()
-    torch.manual_seed(args.seed)
-    model = get_model("auto", split.train.image_shape, split.train.num_classes)
+    model = get_model("auto", split.train.image_shape, split.train.num_classes, seed=args.seed)
     fit(model, split.train, TrainConfig(epochs=args.train_epochs, device=str(device)), seed=args.seed)
     return model.eval()
 

@@ -145,8 +145,8 @@ def model_name(args: argparse.Namespace, data: ImageDataset, device: torch.devic
 
 
 def build(args: argparse.Namespace, data: ImageDataset, device: torch.device) -> nn.Module:
-    torch.manual_seed(args.seed)  # every contestant starts from the same weights
-    return get_model(model_name(args, data, device), data.image_shape, data.num_classes)
+    # every contestant starts from the same weights
+    return get_model(model_name(args, data, device), data.image_shape, data.num_classes, seed=args.seed)
 
 
 def options(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -33,12 +33,13 @@ import torch
 from perturbd.config import ExperimentConfig, load_config
 from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
-from perturbd.knowledge import adaptive_trigger, prepare_adversary
+from perturbd.attack import adaptive_mask, partition, prepare_adversary
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
-from perturbd.models import get_model
+from perturbd.models import build_from_checkpoint, get_model
 from perturbd.poison import poison_dataset
 from perturbd.train import fit, resolve_device
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
+from perturbd.twins import TwinStore
 
 GOAL = 0.9
 
@@ -55,7 +56,7 @@ def psnr_matched_mask(base: list[str], adversary: Any, device: torch.device, goa
     """
     images = adversary.samples.images
     for _ in range(3):
-        trig = adaptive_trigger(load_config(overrides=[*base, "trigger.norm=l2", f"trigger.budget={budget:.2f}"]), adversary, device)
+        trig = adaptive_mask(load_config(overrides=[*base, "trigger.norm=l2", f"trigger.budget={budget:.2f}"]), adversary, device)
         got = mean_psnr(trig, images)
         trig.info.update(l2_budget=round(budget, 2), psnr_on_adversary_images=got, psnr_goal=goal)
         if abs(got - goal) <= 0.1:
@@ -65,8 +66,8 @@ def psnr_matched_mask(base: list[str], adversary: Any, device: torch.device, goa
 
 
 def victim(cfg: ExperimentConfig, data: ImageDataset) -> torch.nn.Module:
-    torch.manual_seed(cfg.seed)  # the same initial weights for the twin and every backdoored model
-    model = get_model(cfg.model.name, data.image_shape, data.num_classes)
+    # the same initial weights for the twin and every backdoored model
+    model = get_model(cfg.model.name, data.image_shape, data.num_classes, seed=cfg.seed)
     fit(model, data, cfg.train, cfg.seed)
     return model
 
@@ -94,8 +95,10 @@ def main() -> None:
     device = resolve_device(cfg.train.device)
     split = load_data(cfg.data, cfg.seed)
     t0 = time.perf_counter()
-    adversary = prepare_adversary(cfg, split.train, device)
-    print(f"adversary {adversary.info['model']['arch']}: held-out accuracy {adversary.info['model']['holdout_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    part = partition(cfg, split.train.labels, split.train.num_classes)
+    victim_train = part.take(split.train, part.victim)
+    adversary = prepare_adversary(cfg, split.train, part, device, TwinStore())
+    print(f"adversary {adversary.record['model']['arch']}: held-out accuracy {adversary.record['model']['holdout_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     reuse = Path(args.reuse_run) if args.reuse_run else None
     if reuse is not None:
         ran = load_config(reuse / "config.yaml")
@@ -105,8 +108,8 @@ def main() -> None:
     linf_cfg = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10"])
     grid = build_trigger(load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger, TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target))
     triggers: dict[str, Trigger] = {
-        "adaptive-linf10": Trigger.load(reuse / "trigger.safetensors") if reuse else adaptive_trigger(linf_cfg, adversary, device),
-        "adaptive-l2-140": adaptive_trigger(load_config(overrides=[*base, "trigger.norm=l2", "trigger.budget=140"]), adversary, device),
+        "adaptive-linf10": Trigger.load(reuse / "trigger.safetensors") if reuse else adaptive_mask(linf_cfg, adversary, device),
+        "adaptive-l2-140": adaptive_mask(load_config(overrides=[*base, "trigger.norm=l2", "trigger.budget=140"]), adversary, device),
         "adaptive-l2-psnr": psnr_matched_mask(base, adversary, device, mean_psnr(grid, adversary.samples.images), 140.0),
         "grid-c10": grid,
     }
@@ -115,11 +118,9 @@ def main() -> None:
         print(f"{name}: {trig.norms()} {({k: v for k, v in trig.info.items() if 'fooling' in k})}", flush=True)
     t0 = time.perf_counter()
     if reuse is not None:
-        from perturbd.models import build_from_checkpoint
-
         twin = build_from_checkpoint(reuse / "clean_model.safetensors").eval()
     else:
-        twin = victim(cfg, adversary.victim_train)
+        twin = victim(cfg, victim_train)
     twin_acc = clean_accuracy(twin, split.test)
     print(f"clean twin accuracy {twin_acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -129,7 +130,7 @@ def main() -> None:
             return rows[key]
         trig = triggers[name]
         t = time.perf_counter()
-        p = poison_dataset(adversary.victim_train, trig, cfg.poison.model_copy(update={"rate": rate}), cfg.seed)
+        p = poison_dataset(victim_train, trig, cfg.poison.model_copy(update={"rate": rate}), cfg.seed)
         model = victim(cfg, p.dataset)
         acc = clean_accuracy(model, split.test)
         row = {
@@ -156,8 +157,8 @@ def main() -> None:
     def save() -> None:
         data = {
             "setup": {"data": "mnist (full)", "knowledge": "none", "epochs": args.epochs, "seed": args.seed, "goal_asr": GOAL,
-                      "adversary": adversary.info, "triggers": {n: {"kind": t.kind, **t.norms(), **t.info} for n, t in triggers.items()},
-                      "clean_twin_accuracy": twin_acc, "victim_train_size": len(adversary.victim_train), "rates": rates},
+                      "adversary": adversary.record, "triggers": {n: {"kind": t.kind, **t.norms(), **t.info} for n, t in triggers.items()},
+                      "clean_twin_accuracy": twin_acc, "victim_train_size": len(victim_train), "rates": rates},
             "rows": sorted(rows.values(), key=lambda r: (r["trigger"], r["rate"])),
         }  # fmt: skip
         data["smallest_rate"] = smallest(data["rows"])

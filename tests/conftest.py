@@ -68,3 +68,38 @@ def tiny_overrides() -> list[str]:
 def tiny_config(tiny_overrides: list[str]) -> ExperimentConfig:
     """mnist5k, 1,000 training images, a few epochs."""
     return load_config(overrides=tiny_overrides)
+
+
+SYNTHETIC = ["data.name=synthetic", "train.epochs=1", "train.batch_size=64", "train.device=cpu"]
+
+
+@pytest.fixture
+def synthetic_overrides() -> list[str]:
+    """``--set`` values for a run on the synthetic bars that trains for about a second: one epoch
+    on the CPU (tests add their data limits and attack)."""
+    return list(SYNTHETIC)
+
+
+SWEEP_BASE = {
+    "data": {"name": "mnist5k", "train_limit": 300, "test_limit": 100},
+    "trigger": {"kind": "grid"},
+    "train": {"epochs": 1, "batch_size": 32, "threads": 1},
+}
+SWEEP_GRID = {"poison.rate": [0.02, 0.05, 0.1], "trigger.amplitude": [6, 10]}
+
+
+@pytest.fixture(scope="session")
+def sweep_file() -> Callable[..., Path]:
+    """Factory: ``sweep_file(folder, out, axes=SWEEP_GRID, seeds=(0, 1), **extra)`` writes
+    ``folder/sweep.yaml``, a sweep over a one-epoch mnist5k base (300 training images), run in
+    this process unless ``extra`` says otherwise; the default grid is 6 points × 2 seeds."""
+    import yaml
+
+    def write(folder: Path, out: Path, axes: dict | None = None, seeds=(0, 1), **extra) -> Path:
+        axes = SWEEP_GRID if axes is None else axes
+        spec = {"name": "t", "base": SWEEP_BASE, "axes": axes, "seeds": seeds if isinstance(seeds, int) else list(seeds), "out": str(out), "workers": 1, **extra}
+        path = Path(folder) / "sweep.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))  # axes in the order given: later axes win
+        return path
+
+    return write

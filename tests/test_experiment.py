@@ -7,9 +7,14 @@ import json
 
 import pytest
 
+import perturbd.experiment as experiment
+import perturbd.twins as twins
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
-from perturbd.experiment import run, run_dir_for
+from perturbd.experiment import run
+from perturbd.models import get_model, save_model
+from perturbd.results import RunMetrics
+from perturbd.rundir import run_dir_for
 
 FILES = {
     "config.yaml",
@@ -31,12 +36,13 @@ def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     result = run(tiny_config, tmp_path)
     m = result.metrics
     assert FILES <= {p.name for p in result.run_dir.iterdir()}
-    assert m["attack_success_rate"] >= 0.8, m
-    assert m["clean_model_asr"] <= 0.2, m
-    assert m["attack_success_rate"] - m["clean_model_asr"] >= 0.6
-    assert m["clean_accuracy"] >= 0.85 and m["clean_twin_accuracy"] >= 0.85
-    assert m["poisoned_count"] == 100 and m["injection_rate"] == 0.1
-    assert m["trigger"]["linf"] == 24 and m["stealth"]["linf_max"] <= 24
+    assert m.attack_success_rate >= 0.8, m
+    assert m.clean_model_asr <= 0.2, m
+    assert m.attack_success_rate - m.clean_model_asr >= 0.6
+    assert m.clean_accuracy >= 0.85 and m.clean_twin_accuracy >= 0.85
+    assert m.poisoned_count == 100 and m.injection_rate == 0.1
+    assert m.trigger.linf == 24 and m.stealth.linf_max <= 24
+    assert RunMetrics.read(result.run_dir) == m and json.loads((result.run_dir / "metrics.json").read_text()) == m.to_json()
     saved = json.loads((result.run_dir / "poison_indices.json").read_text())
     assert len(saved["indices"]) == 100 and 0 not in saved["original_labels"]
     again = run(tiny_config, tmp_path)
@@ -56,3 +62,32 @@ def test_bad_input_leaves_no_run_directory(tiny_overrides, tmp_path) -> None:
         run(cfg, tmp_path)
     assert not run_dir_for(cfg, tmp_path).exists()
     assert not [p for p in tmp_path.iterdir()] or all(not p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+
+
+def test_one_run_partitions_once_and_reads_its_checkpoint_once(tmp_path, monkeypatch) -> None:
+    """An adaptive mask under knowledge full, in the update setting from a checkpoint: the
+    partition is computed once and the checkpoint read once, though the setting's check, the
+    adversary and the update all use them."""
+    ckpt = tmp_path / "pre.safetensors"
+    save_model(get_model("cnn28", (1, 28, 28), 10, seed=2), ckpt)
+    cfg = load_config(overrides=[
+        "data.name=synthetic", "data.train_limit=400", "data.test_limit=100", "train.epochs=1", "train.device=cpu",
+        "trigger.kind=adaptive", "trigger.samples=20", "trigger.passes=1", "trigger.max_steps=2", "attack.knowledge=full",
+        "attack.setting=update", "attack.update_size=100", "attack.update_epochs=1", f"attack.checkpoint={ckpt}", "poison.rate=0.1",
+    ])  # fmt: skip
+    calls = {"partition": 0, "checkpoint": 0}
+    real_partition, real_load = experiment.partition, twins.load_model_weights
+
+    def counted_partition(*args, **kwargs):
+        calls["partition"] += 1
+        return real_partition(*args, **kwargs)
+
+    def counted_load(model, path):
+        calls["checkpoint"] += path == ckpt
+        return real_load(model, path)
+
+    monkeypatch.setattr(experiment, "partition", counted_partition)
+    monkeypatch.setattr(twins, "load_model_weights", counted_load)
+    result = run(cfg, tmp_path / "runs")
+    assert calls == {"partition": 1, "checkpoint": 1}
+    assert result.metrics.update is not None and result.metrics.update.pre_update_model == f"checkpoint {ckpt}"

@@ -1,4 +1,5 @@
-"""Sweeps: expansion and validation, resuming after a kill, failures, twin sharing, Ray."""
+"""Sweeps: expansion and validation, resuming after a kill, failures, twin sharing, status and the
+executor a sweep asks for (the executors themselves: tests/test_executors.py)."""
 
 from __future__ import annotations
 
@@ -11,31 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-import perturbd.settings
+import perturbd.settings.before_training as before_training
+import perturbd.twins as twins
 from perturbd.errors import ConfigError
+from perturbd.executors import LocalExecutor, RayExecutor
 from perturbd.report.aggregate import collect_runs
-from perturbd.sweep import expand, load_sweep, run_sweep, status
-from perturbd.sweep import SweepConfig
+from perturbd.sweep import load_sweep, make_executor, run_sweep, status
+from perturbd.train import fit as real_fit
 
-TINY = {
-    "data": {"name": "mnist5k", "train_limit": 300, "test_limit": 100},
-    "trigger": {"kind": "grid"},
-    "train": {"epochs": 1, "batch_size": 32, "threads": 1},
-}
-GRID = {"poison.rate": [0.02, 0.05, 0.1], "trigger.amplitude": [6, 10]}
+FIT_CALLERS = (twins, before_training)  # where a sweep's runs train: the clean twin, the backdoored model
 
 
-def write_sweep(folder: Path, out: Path, axes=GRID, seeds=(0, 1), **extra) -> Path:
-    spec = {"name": "t", "base": TINY, "axes": axes, "seeds": list(seeds), "out": str(out), "workers": 1, **extra}
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def patch_fit(mp: pytest.MonkeyPatch, fake) -> None:
+    """Replace ``train.fit`` wherever a before-training run calls it."""
+    for module in FIT_CALLERS:
+        mp.setattr(module, "fit", fake)
 
 
 class CountingFit:
-    """Wraps ``settings.fit``: counts trainings by description; can raise Ctrl-C at call N."""
+    """Wraps ``train.fit``: counts trainings by description; can raise Ctrl-C at call N."""
 
     def __init__(self, real, interrupt_at: int | None = None) -> None:
         self.real, self.interrupt_at, self.calls = real, interrupt_at, []
@@ -53,21 +49,20 @@ class CountingFit:
 # --------------------------------------------------------------------------- expansion
 
 
-def test_grid_times_seeds_in_order(tmp_path):
-    sw = load_sweep(write_sweep(tmp_path, tmp_path / "out"))
+def test_grid_times_seeds_in_order(tmp_path, sweep_file):
+    sw = load_sweep(sweep_file(tmp_path, tmp_path / "out"))
     assert len(sw.runs) == 12 and len({c.hash() for c in sw.runs}) == 12
     assert [c.seed for c in sw.runs] == [0] * 6 + [1] * 6
     assert sw.runs[1].poison.rate == 0.02 and sw.runs[1].trigger.amplitude == 10
     assert all(c.data.train_limit == 300 for c in sw.runs)
 
 
-def test_ranges_linked_axes_and_seed_count():
-    spec = SweepConfig(base=TINY, seeds=3, axes={
+def test_ranges_linked_axes_and_seed_count(tmp_path, sweep_file):
+    sw = load_sweep(sweep_file(tmp_path, tmp_path / "o", seeds=3, axes={
         "trigger.amplitude": {"range": [4, 12, 4]},
         "poison.rate": {"logspace": [0.01, 0.1, 3]},
         "trigger": [{"kind": "grid"}, {"kind": "chessboard", "amplitude": 3}],
-    })
-    sw = expand(spec)
+    }))
     # amplitudes {4, 8} × 3 rates for grid; chessboard fixes c=3, so its two amplitudes coincide (kept once)
     assert len(sw.runs) == (2 * 3 + 1 * 3) * 3
     assert sorted({c.poison.rate for c in sw.runs}) == [0.01, 0.0316228, 0.1]
@@ -76,8 +71,8 @@ def test_ranges_linked_axes_and_seed_count():
     assert {c.seed for c in sw.runs} == {0, 1, 2}
 
 
-def test_variants_are_a_union_and_set_overrides_the_base(tmp_path):
-    path = write_sweep(tmp_path, tmp_path / "o", axes={"poison.rate": [0.05, 0.1]}, seeds=[0], variants=[
+def test_variants_are_a_union_and_set_overrides_the_base(tmp_path, sweep_file):
+    path = sweep_file(tmp_path, tmp_path / "o", axes={"poison.rate": [0.05, 0.1]}, seeds=[0], variants=[
         {"trigger": {"kind": "grid", "amplitude": 6}},
         {"trigger": {"kind": "chessboard"}, "attack": {"setting": "update"}},
     ])
@@ -87,9 +82,9 @@ def test_variants_are_a_union_and_set_overrides_the_base(tmp_path):
     assert all(c.train.epochs == 2 and c.data.test_limit == 50 and c.data.train_limit == 300 for c in sw.runs)
 
 
-def test_missing_data_is_reported_before_anything_runs(tmp_path):
+def test_missing_data_is_reported_before_anything_runs(tmp_path, sweep_file):
     with pytest.raises(ConfigError, match="no folder at"):
-        load_sweep(write_sweep(tmp_path, tmp_path / "o", axes={"data.name": ["mnist5k", f"imagefolder:{tmp_path / 'nope'}"]}))
+        load_sweep(sweep_file(tmp_path, tmp_path / "o", axes={"data.name": ["mnist5k", f"imagefolder:{tmp_path / 'nope'}"]}))
 
 
 @pytest.mark.parametrize(
@@ -105,21 +100,34 @@ def test_missing_data_is_reported_before_anything_runs(tmp_path):
         ({"poison.rate": {"rnage": [1, 2, 1]}}, "did you mean 'range'"),
     ],
 )
-def test_bad_axis_is_one_line_config_error_before_anything_runs(tmp_path, axes, message):
+def test_bad_axis_is_one_line_config_error_before_anything_runs(tmp_path, sweep_file, axes, message):
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=message) as err:
-        load_sweep(write_sweep(tmp_path, out, axes=axes))
+        load_sweep(sweep_file(tmp_path, out, axes=axes))
     assert "\n" not in str(err.value)
     assert not out.exists()
 
 
-def test_ray_missing_or_bad_executor_is_a_config_error(tmp_path, monkeypatch):
+def test_ray_missing_or_bad_executor_is_a_config_error(tmp_path, sweep_file, monkeypatch):
     with pytest.raises(ConfigError, match="executor"):
-        load_sweep(write_sweep(tmp_path, tmp_path / "o", executor="slurm"))
+        load_sweep(sweep_file(tmp_path, tmp_path / "o", executor="slurm"))
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
-    sw = load_sweep(write_sweep(tmp_path, tmp_path / "o", axes={"poison.rate": [0.05]}, seeds=[0], executor="ray"))
+    sw = load_sweep(sweep_file(tmp_path, tmp_path / "o", axes={"poison.rate": [0.05]}, seeds=[0], executor="ray"))
     with pytest.raises(ConfigError, match=r"perturbd\[ray\]"):
         run_sweep(sw)
+
+
+def test_the_executor_is_the_one_the_sweep_asks_for(tmp_path, sweep_file, monkeypatch):
+    def executor(**extra):
+        sw = load_sweep(sweep_file(tmp_path, tmp_path / "o", **extra))
+        return make_executor(sw.spec, len(sw.runs))
+
+    assert executor() == LocalExecutor(1)
+    assert executor(workers=3) == LocalExecutor(3)
+    monkeypatch.setattr("perturbd.sweep.auto_workers", lambda runs: runs + 100)
+    assert executor(workers="auto") == LocalExecutor(12 + 100)  # auto: as many as auto_workers says for the 12 runs
+    assert executor(executor="ray") == RayExecutor(None, 1.0, 0.0)
+    assert executor(executor="ray", ray={"address": "auto", "num_cpus_per_run": 2, "num_gpus_per_run": 0.5}) == RayExecutor("auto", 2.0, 0.5)
 
 
 # --------------------------------------------------------------------------- resume
@@ -140,21 +148,20 @@ def snapshot(out: Path) -> dict[str, tuple[float, str]]:
 
 
 @pytest.fixture(scope="module")
-def interrupted_sweep(tmp_path_factory) -> Interrupted:
+def interrupted_sweep(tmp_path_factory, sweep_file) -> Interrupted:
     """The 12-run sweep, stopped by Ctrl-C in the middle of its 7th run, then run again."""
     folder = tmp_path_factory.mktemp("sweep")
-    sw = load_sweep(write_sweep(folder, folder / "out"))
-    real = perturbd.settings.fit
+    sw = load_sweep(sweep_file(folder, folder / "out"))
     started = time.perf_counter()
     mp = pytest.MonkeyPatch()
     try:
-        first = CountingFit(real, interrupt_at=7)
-        mp.setattr(perturbd.settings, "fit", first)
+        first = CountingFit(real_fit, interrupt_at=7)
+        patch_fit(mp, first)
         with pytest.raises(KeyboardInterrupt):
             run_sweep(sw)
         kept = snapshot(sw.out)
-        second = CountingFit(real)
-        mp.setattr(perturbd.settings, "fit", second)
+        second = CountingFit(real_fit)
+        patch_fit(mp, second)
         run_sweep(sw)
     finally:
         mp.undo()
@@ -182,15 +189,14 @@ def test_clean_twin_is_trained_once_per_seed(interrupted_sweep):
     assert all(len(v) == 1 for v in twins.values())
 
 
-def test_finished_runs_made_by_other_code_are_named(interrupted_sweep, tmp_path):
-    import json
+def test_finished_runs_made_by_other_code_are_named(interrupted_sweep, tmp_path, sweep_file):
     import shutil
 
-    from perturbd.sweep import made_elsewhere_runs, status
+    from perturbd.sweep import made_elsewhere_runs
 
     copy = tmp_path / "out"
     shutil.copytree(interrupted_sweep.out, copy)
-    sw = load_sweep(write_sweep(tmp_path, copy))
+    sw = load_sweep(sweep_file(tmp_path, copy))
     st = status(sw)
     assert len(st.done) == 12 and made_elsewhere_runs(sw, st) == []
     one = sorted(copy.glob("*/environment.json"))[0]
@@ -199,10 +205,10 @@ def test_finished_runs_made_by_other_code_are_named(interrupted_sweep, tmp_path)
 
 
 @pytest.mark.slow
-def test_sigkilled_sweep_resumes(tmp_path, monkeypatch):
+def test_sigkilled_sweep_resumes(tmp_path, sweep_file, monkeypatch):
     """A real SIGKILL (no cleanup at all) in the middle of a run: the partial folder is swept away."""
     out = tmp_path / "out"
-    path = write_sweep(tmp_path, out, axes={"poison.rate": [0.05, 0.1]}, seeds=[0, 1])
+    path = sweep_file(tmp_path, out, axes={"poison.rate": [0.05, 0.1]}, seeds=[0, 1])
     proc = subprocess.Popen([sys.executable, "-m", "perturbd", "sweep", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -213,8 +219,8 @@ def test_sigkilled_sweep_resumes(tmp_path, monkeypatch):
     proc.wait()
     done = snapshot(out)
     assert 1 <= len(done) < 4
-    counter = CountingFit(perturbd.settings.fit)
-    monkeypatch.setattr(perturbd.settings, "fit", counter)
+    counter = CountingFit(real_fit)
+    patch_fit(monkeypatch, counter)
     sw = load_sweep(path)
     assert len(status(sw).done) == len(done)
     run_sweep(sw)
@@ -223,59 +229,22 @@ def test_sigkilled_sweep_resumes(tmp_path, monkeypatch):
     assert not list(out.glob(".tmp-*"))
 
 
-def test_failed_run_is_recorded_does_not_stop_others_and_is_retried(tmp_path, monkeypatch):
-    sw = load_sweep(write_sweep(tmp_path, tmp_path / "out", axes={"poison.rate": [0.05, 0.1]}, seeds=[0]))
-    real = perturbd.settings.fit
+def test_failed_run_is_recorded_does_not_stop_others_and_is_retried(tmp_path, sweep_file, monkeypatch):
+    sw = load_sweep(sweep_file(tmp_path, tmp_path / "out", axes={"poison.rate": [0.05, 0.1]}, seeds=[0]))
+    real = real_fit
 
     def flaky(model, data, cfg, seed, **kw):
         if kw.get("description") == "backdoored" and int((data.labels == 0).sum()) > 50:  # the rate-0.1 run
             raise RuntimeError("simulated out of memory\nsecond line")
         return real(model, data, cfg, seed, **kw)
 
-    monkeypatch.setattr(perturbd.settings, "fit", flaky)
+    patch_fit(monkeypatch, flaky)
     result = run_sweep(sw)
     assert len(result.finished) == 1 and len(result.failed) == 1
     record = json.loads(next((sw.out / "failures").glob("*.json")).read_text())
     assert record["error"] == "RuntimeError: simulated out of memory" and "Traceback" in record["detail"]
     assert len(status(sw).failed) == 1 and len(status(sw).done) == 1
-    monkeypatch.setattr(perturbd.settings, "fit", real)
+    patch_fit(monkeypatch, real)
     again = run_sweep(sw)
     assert len(again.finished) == 1 and not again.failed
     assert not list((sw.out / "failures").glob("*.json"))
-
-
-@pytest.mark.slow
-def test_local_process_pool_matches_in_process(interrupted_sweep, tmp_path):
-    """Two spawn workers, one thread each: the same numbers as in this process."""
-    path = write_sweep(tmp_path, tmp_path / "pool", axes={"poison.rate": [0.05, 0.1], "trigger.amplitude": [10]}, seeds=[0], workers=2)
-    sw = load_sweep(path)
-    result = run_sweep(sw)
-    assert len(result.finished) == 2 and not result.failed
-    assert_same_metrics(sw.out, interrupted_sweep.out)
-
-
-# --------------------------------------------------------------------------- ray
-
-
-def assert_same_metrics(a: Path, b: Path) -> None:
-    ours = {r.path.name: r.metrics for r in collect_runs(a)}
-    theirs = {r.path.name: r.metrics for r in collect_runs(b)}
-    assert ours and set(ours) <= set(theirs)
-    for name, m in ours.items():
-        for key in ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "injection_rate", "stealth"):
-            assert m[key] == theirs[name][key], (name, key)
-
-
-@pytest.mark.slow
-def test_ray_executor_gives_the_same_metrics(interrupted_sweep, tmp_path):
-    ray = pytest.importorskip("ray")
-    sw = load_sweep(write_sweep(tmp_path, tmp_path / "ray", executor="ray"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        started = time.perf_counter()
-        result = run_sweep(sw)
-        print(f"12-run sweep on local Ray: {time.perf_counter() - started:.1f} s")
-    finally:
-        ray.shutdown()
-    assert len(result.finished) == 12 and not result.failed
-    assert_same_metrics(sw.out, interrupted_sweep.out)

@@ -6,13 +6,12 @@ Perturbation" (arXiv 1808.10307). Quick start::
     import perturbd
     cfg = perturbd.load_config(overrides=["trigger.amplitude=10", "poison.rate=0.05"])
     result = perturbd.run(cfg, out="runs")
-    print(result.metrics["attack_success_rate"], result.metrics["clean_model_asr"])
+    print(result.metrics.attack_success_rate, result.metrics.clean_model_asr)
 """
 
-__version__ = "0.1.0"
-
-from perturbd.config import ExperimentConfig, load_config  # noqa: E402
-from perturbd.errors import PerturbdError  # noqa: E402
+from perturbd.config import ExperimentConfig, load_config
+from perturbd.errors import PerturbdError
+from perturbd.version import __version__
 
 
 def run(cfg: ExperimentConfig, out: str = "runs", **kwargs):  # type: ignore[no-untyped-def]

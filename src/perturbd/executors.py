@@ -20,13 +20,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+import torch
 
 from perturbd.config import ExperimentConfig
 from perturbd.errors import ConfigError, PerturbdError
-
-if TYPE_CHECKING:
-    from perturbd.sweep import SweepConfig
+from perturbd.experiment import run
 
 OnStart = Callable[[ExperimentConfig], None]
 OnDone = Callable[["Outcome"], None]
@@ -57,8 +57,6 @@ def use_threads(threads: int | None) -> None:
     """Make this process's runs use ``threads`` CPU threads (None: leave the default)."""
     if threads:
         os.environ["PERTURBD_THREADS"] = str(threads)
-        import torch
-
         torch.set_num_threads(threads)
 
 
@@ -72,8 +70,6 @@ def execute(
 ) -> Outcome:
     """Run one experiment; a failure comes back as an :class:`Outcome`, never as an exception
     (except Ctrl-C, which stops the sweep; its partial run directory is removed)."""
-    from perturbd.experiment import run
-
     use_threads(threads)
     started = time.perf_counter()
     try:
@@ -105,8 +101,6 @@ class Executor(Protocol):
 
 def auto_workers(runs: int) -> int:
     """In-process on small machines and GPUs; otherwise one worker per 4 cores."""
-    import torch
-
     if torch.cuda.is_available() or cores() < 8:
         return 1
     return max(1, min(runs, cores() // 4))
@@ -208,11 +202,3 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
-
-
-def make_executor(spec: SweepConfig, runs: int) -> Executor:
-    """The executor a sweep asks for."""
-    if spec.executor == "ray":
-        return RayExecutor(spec.ray.address, spec.ray.num_cpus_per_run, spec.ray.num_gpus_per_run)
-    workers = auto_workers(runs) if spec.workers == "auto" else int(spec.workers)
-    return LocalExecutor(workers)

@@ -1,35 +1,43 @@
 """One experiment, end to end: the only module that knows the whole order.
 
-config → data → attack (knowledge → surrogate → trigger) → poison → train | update
-→ evaluate (clean twin + backdoored) → defend → run directory.
+config → data → partition → attack (knowledge → surrogate → trigger) → setting (poison → train |
+update) → evaluate (clean twin + backdoored) → defend → run directory.
 """
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
-from perturbd import settings, update  # noqa: F401  (update registers its setting and its check)
-from perturbd.attack import AttackPlan, plan_attack
+from perturbd.attack import AttackPlan, Partition, partition, plan_attack
 from perturbd.config import ExperimentConfig, dump_yaml
-from perturbd.data import load_data
+from perturbd.data import get_source, load_data, source_status
 from perturbd.data.dataset import DataSplit
 from perturbd.defenses import build_defense
 from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.defenses.saved import CLEAN_SOURCE
-from perturbd.errors import DataError
+from perturbd.errors import ConfigError, DataError
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
-from perturbd.models import get_model, save_model
+from perturbd.models import get_model, list_models, save_model
 from perturbd.poison import check_target
+from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
-from perturbd.rundir import atomic_dir, environment, made_elsewhere, read_json, write_json
-from perturbd.settings import Context, Log, Trained
+from perturbd.report.matrix import matrix_rows, write_matrix
+from perturbd.results import RunMetrics, Stealth, TriggerNorms
+from perturbd.rundir import atomic_dir, git_commit, made_elsewhere, run_dir_for, write_json
+from perturbd.settings import Context, Setting, Trained, get_setting
+from perturbd.settings.base import Log
 from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
+from perturbd.twins import TwinStore
+from perturbd.version import __version__
+
 
 @dataclass
 class RunResult:
@@ -37,58 +45,81 @@ class RunResult:
     so and another perturbd version or commit made it, the line that says which)."""
 
     run_dir: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     skipped: bool = False
     stale: str | None = None
 
 
-def run_dir_for(cfg: ExperimentConfig, out: Path) -> Path:
-    return Path(out).expanduser() / f"{cfg.run_name}-{cfg.hash()}"
+@dataclass
+class Prepared:
+    """What :func:`preflight` checked and loaded: everything a run needs before any training."""
+
+    device: torch.device
+    setting: Setting
+    split: DataSplit
+    part: Partition
+    twins: TwinStore
 
 
-def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: Trained) -> dict[str, Any]:
+def check_config(cfg: ExperimentConfig) -> None:
+    """Check every name ``cfg`` refers to without loading anything (sweeps check each config
+    this way before the first run): data source present, trigger, model, setting, defences."""
+    get_source(cfg.data.name)
+    state = source_status(cfg.data.name, Path(cfg.data.root).expanduser())
+    if state.startswith("missing") and not cfg.data.download:
+        raise ConfigError(f"data '{cfg.data.name}' (root {cfg.data.root}): {state}")
+    get_trigger(cfg.trigger.kind)
+    if cfg.model.name != "auto" and ":" not in cfg.model.name and cfg.model.name not in list_models():
+        raise ConfigError(f"unknown model '{cfg.model.name}'{suggest(cfg.model.name, list_models())}")
+    get_setting(cfg.attack.setting)
+    for spec in cfg.defenses:
+        if build_defense(spec.name, **spec.params).kind == "update" and cfg.attack.setting != "update":
+            raise ConfigError(f"defense '{spec.name}' audits a model update: it needs attack.setting=update, got '{cfg.attack.setting}'")
+
+
+def preflight(cfg: ExperimentConfig, twins: TwinStore | None = None) -> Prepared:
+    """Check every name and value that can be checked before any work, load the data and
+    partition it. A mistake found here leaves no output at all (not even a log line)."""
+    device = resolve_device(cfg.train.device)
+    check_config(cfg)
+    setting = get_setting(cfg.attack.setting)
+    split = load_data(cfg.data, cfg.seed)
+    train = split.train
+    check_target(cfg.poison, train.num_classes)
+    if not bool((split.test.labels != cfg.poison.target).any()):
+        raise DataError(f"the test set has no image outside the target class {cfg.poison.target}; ASR is undefined: use other test data")
+    get_model(cfg.model.name, train.image_shape, train.num_classes)
+    part = partition(cfg, train.labels, train.num_classes)
+    twins = twins or TwinStore()
+    setting.check(cfg, split, part, twins)
+    return Prepared(device, setting, split, part, twins)
+
+
+def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: Trained) -> RunMetrics:
     """The metrics table of DESIGN.md for the backdoored model and its clean twin."""
     target = cfg.poison.target
     acc = clean_accuracy(trained.backdoored, split.test)
     twin_acc = clean_accuracy(trained.clean, split.test)
     p = trained.poisoned
-    return {
-        "config_hash": cfg.hash(),
-        "seed": cfg.seed,
-        "setting": cfg.attack.setting,
-        "knowledge": cfg.attack.knowledge,
-        "target": target,
-        "clean_accuracy": acc,
-        "clean_twin_accuracy": twin_acc,
-        "accuracy_loss": twin_acc - acc,
-        "attack_success_rate": attack_success_rate(trained.backdoored, split.test, plan.trigger, target),
-        "clean_model_asr": attack_success_rate(trained.clean, split.test, plan.trigger, target),
-        "injection_rate": p.injection_rate,
-        "poisoned_count": len(p.indices),
-        "poison_set_size": len(p.dataset),
-        "test_size": len(split.test),
-        "trigger": {"kind": plan.trigger.kind, **plan.trigger.norms()},
-        "stealth": stealth(p.clean_images, p.poisoned_images),
-        **trained.metrics,
-    }
-
-
-def preflight(cfg: ExperimentConfig) -> tuple[torch.device, settings.Setting, DataSplit]:
-    """Check every name and value that can be checked before any work, and load the data.
-
-    A mistake found here leaves no output at all (not even a log line)."""
-    device = resolve_device(cfg.train.device)
-    setting = settings.get_setting(cfg.attack.setting)
-    get_trigger(cfg.trigger.kind)
-    split = load_data(cfg.data, cfg.seed)
-    check_target(cfg.poison, split.train.num_classes)
-    if not bool((split.test.labels != cfg.poison.target).any()):
-        raise DataError(f"the test set has no image outside the target class {cfg.poison.target}; ASR is undefined: use other test data")
-    get_model(cfg.model.name, split.train.image_shape, split.train.num_classes)
-    settings.check_setting(cfg, split)
-    for spec in cfg.defenses:
-        build_defense(spec.name, **spec.params)
-    return device, setting, split
+    return RunMetrics(
+        config_hash=cfg.hash(),
+        seed=cfg.seed,
+        setting=cfg.attack.setting,
+        knowledge=cfg.attack.knowledge,
+        target=target,
+        clean_accuracy=acc,
+        clean_twin_accuracy=twin_acc,
+        accuracy_loss=twin_acc - acc,
+        attack_success_rate=attack_success_rate(trained.backdoored, split.test, plan.trigger, target),
+        clean_model_asr=attack_success_rate(trained.clean, split.test, plan.trigger, target),
+        injection_rate=p.injection_rate,
+        poisoned_count=len(p.indices),
+        poison_set_size=len(p.dataset),
+        test_size=len(split.test),
+        trigger=TriggerNorms(kind=plan.trigger.kind, **plan.trigger.norms()),
+        stealth=Stealth(**stealth(p.clean_images, p.poisoned_images)),
+        **trained.facts,
+    )
 
 
 def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: Trained, log: Log) -> list[DefenseReport]:
@@ -99,7 +130,10 @@ def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: T
         return []
     p = trained.poisoned
     clean = defender_clean_set(p.dataset, p.indices, cfg.seed)
-    inputs = DefenseInputs(trained.backdoored, split.test, clean, CLEAN_SOURCE, p.dataset, p.indices, plan.trigger, cfg.poison.target, trained.clean)
+    inputs = DefenseInputs(
+        trained.backdoored, split.test, clean, CLEAN_SOURCE, p.dataset, p.indices, plan.trigger, cfg.poison.target, trained.clean,
+        before_model=trained.before,
+    )
     return run_defenses(cfg.defenses, inputs, log=log)
 
 
@@ -114,19 +148,19 @@ def run(
 ) -> RunResult:
     """Run one experiment and write its run directory; return the existing one if complete.
 
-    ``twin_cache``: a folder where clean twins are shared between runs (see :mod:`perturbd.twins`).
+    ``twin_cache``: a folder where clean models are shared between runs (see :mod:`perturbd.twins`).
 
     Example:
         >>> from perturbd import load_config, run
         >>> result = run(load_config(overrides=["train.epochs=2"]))  # doctest: +SKIP
-        >>> result.metrics["attack_success_rate"]  # doctest: +SKIP
+        >>> result.metrics.attack_success_rate  # doctest: +SKIP
     """
     final = run_dir_for(cfg, out)
     if final.is_dir() and not force:
         stale = made_elsewhere(final)
         if stale and log:
             log(stale)
-        return RunResult(final, read_json(final / "metrics.json"), skipped=True, stale=stale)
+        return RunResult(final, RunMetrics.read(final), skipped=True, stale=stale)
     lines: list[str] = []
 
     def say(msg: str) -> None:
@@ -135,25 +169,44 @@ def run(
             log(msg)
 
     started = time.perf_counter()
-    device, setting, split = preflight(cfg)
-    plan = plan_attack(cfg, split, device, monitor)
-    say(f"data {split.train.name}: {len(split.train)} train, {len(split.test)} test, shape {split.train.image_shape}; device {device}")
-    say(f"trigger {plan.trigger.kind}: L∞ {plan.trigger.norms()['linf']:.1f}, L2 {plan.trigger.norms()['l2']:.1f} (pixel units)")
-    ctx = Context(cfg, split, plan, device, monitor or SilentMonitor(), say, twin_cache)
-    trained = setting(ctx)
+    monitor = monitor or SilentMonitor()
+    ready = preflight(cfg, TwinStore(twin_cache, monitor))
+    split = ready.split
+    plan = plan_attack(cfg, split, ready.part, ready.device, ready.twins, monitor)
+    norms = plan.trigger.norms()
+    say(f"data {split.train.name}: {len(split.train)} train, {len(split.test)} test, shape {split.train.image_shape}; device {ready.device}")
+    say(f"trigger {plan.trigger.kind}: L∞ {norms['linf']:.1f}, L2 {norms['l2']:.1f} (pixel units)")
+    trained = ready.setting.train(Context(cfg, split, ready.part, plan, ready.device, ready.twins, monitor, say))
     metrics = evaluate(cfg, split, plan, trained)
     say(
-        f"clean accuracy {metrics['clean_accuracy']:.4f} (twin {metrics['clean_twin_accuracy']:.4f}), "
-        f"ASR {metrics['attack_success_rate']:.4f} (clean model {metrics['clean_model_asr']:.4f})"
+        f"clean accuracy {metrics.clean_accuracy:.4f} (twin {metrics.clean_twin_accuracy:.4f}), "
+        f"ASR {metrics.attack_success_rate:.4f} (clean model {metrics.clean_model_asr:.4f})"
     )
     defended = time.perf_counter()
     reports = defend(cfg, split, plan, trained, say)
     if reports:
-        metrics["defenses"] = {r.name: r.cell for r in reports}
+        metrics = metrics.model_copy(update={"defenses": {r.name: r.cell for r in reports}})
     timing = {**trained.seconds, "defenses": time.perf_counter() - defended, "total": time.perf_counter() - started}
     with atomic_dir(final, replace=force) as tmp:
-        write_run(tmp, cfg, plan, trained, metrics, timing, str(device), lines, reports)
+        write_run(tmp, cfg, plan, trained, metrics, timing, str(ready.device), lines, reports)
     return RunResult(final, metrics)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, device and commit that made a run."""
+    info: dict[str, Any] = {
+        "perturbd": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def write_run(
@@ -161,7 +214,7 @@ def write_run(
     cfg: ExperimentConfig,
     plan: AttackPlan,
     trained: Trained,
-    metrics: dict[str, Any],
+    metrics: RunMetrics,
     timing: dict[str, float],
     device: str,
     lines: list[str],
@@ -170,8 +223,8 @@ def write_run(
     """Write every file of a run directory into ``folder`` (with ``defenses.json``, their figures
     and the one-row ``matrix.md`` / ``matrix.csv`` when defences ran)."""
     (folder / "config.yaml").write_text(dump_yaml(cfg))
-    write_json(folder / "metrics.json", metrics)
-    write_json(folder / "adversary.json", plan.info)
+    write_json(folder / "metrics.json", metrics.to_json())
+    write_json(folder / "adversary.json", plan.record)
     write_json(folder / "timing.json", timing)
     write_json(folder / "environment.json", environment(device))
     p = trained.poisoned
@@ -183,8 +236,6 @@ def write_run(
     save_model(trained.backdoored, folder / "model.safetensors", meta)
     save_model(trained.clean, folder / "clean_model.safetensors", meta)
     if reports:
-        from perturbd.report.matrix import matrix_rows, write_matrix
-
         write_defenses(folder, reports, CLEAN_SOURCE)
         write_matrix(matrix_rows([folder]), folder)
     (folder / "log.txt").write_text("\n".join(lines) + "\n")

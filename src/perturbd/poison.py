@@ -84,14 +84,16 @@ def choose_indices(labels: torch.Tensor, cfg: PoisonConfig, seed: int) -> torch.
     return candidates[pick].sort().values
 
 
-def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed: int) -> PoisonedSet:
+def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed: int, indices: torch.Tensor | None = None) -> PoisonedSet:
     """Apply ``trigger`` to the chosen images and relabel them to ``cfg.target``.
 
+    ``indices``: the positions to poison, already chosen (a run's
+    :class:`~perturbd.attack.partition.Partition` chooses them once); default: :func:`choose_indices`.
     With ``cfg.quantize`` (default) poisoned images are uint8, as an image file would be; without
     it the whole set is returned as float32 in [0, 1] and the poison is not rounded.
     """
     check_target(cfg, data.num_classes)
-    indices = choose_indices(data.labels, cfg, seed)
+    indices = choose_indices(data.labels, cfg, seed) if indices is None else indices
     clean = data.images[indices]
     images = data.images.clone() if cfg.quantize else to_float01(data.images)
     poisoned = trigger.apply(images[indices])

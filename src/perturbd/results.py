@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from perturbd.errors import DataError
 from perturbd.rundir import read_json
 
 
@@ -93,8 +94,17 @@ class RunMetrics(Record):
 
     @classmethod
     def read(cls, run_dir: Path) -> RunMetrics:
-        """The metrics of a run directory."""
-        return cls.model_validate(read_json(Path(run_dir) / "metrics.json"))
+        """The metrics of a run directory; a one-line :class:`DataError` if they cannot be read
+        (a missing or corrupt file, or metrics written by another perturbd version)."""
+        path = Path(run_dir) / "metrics.json"
+        try:
+            return cls.model_validate(read_json(path))
+        except (OSError, ValueError) as err:
+            if isinstance(err, ValidationError):
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "metrics"
+                raise DataError(f"{path} is not a perturbd run's metrics ({where}: {first['msg']}); it was written by another version: rerun it with --force") from None
+            raise DataError(f"cannot read {path} ({err}); rerun the run with --force") from None
 
     def rows(self) -> list[tuple[str, str]]:
         """``(what, value)`` for people: the console summary and the HTML report show these."""

@@ -1,8 +1,10 @@
-"""Run directories: written to a temporary folder and renamed when complete.
+"""Run directories and failure records: where a run's files go, written whole or not at all.
 
-A run directory ``<out>/<name>-<confighash8>/`` is either all there or not there: readers and
-sweeps treat an existing directory as complete. Partial work lives in ``<out>/.tmp-*`` folders,
-removed on failure and swept away when their process is gone.
+A run directory ``<out>/<name>-<confighash8>/`` (:func:`run_dir_for`) is either all there or not
+there: readers and sweeps treat an existing directory as complete. Partial work lives in
+``<out>/.tmp-*`` folders, removed on failure and swept away when their process is gone. A run of a
+sweep that failed leaves ``<out>/failures/<name>-<confighash8>.json`` (:func:`record_failure`),
+removed when it succeeds.
 """
 
 from __future__ import annotations
@@ -10,15 +12,52 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from perturbd.config import ExperimentConfig
+from perturbd.version import __version__
+
 TMP_PREFIX = ".tmp-"
+FAILURES = "failures"
+
+
+def run_dir_for(cfg: ExperimentConfig, out: Path) -> Path:
+    """The run directory of ``cfg`` under ``out``: ``<out>/<name>-<confighash8>``."""
+    return Path(out).expanduser() / f"{cfg.run_name}-{cfg.hash()}"
+
+
+def failure_path(cfg: ExperimentConfig, out: Path) -> Path:
+    return Path(out) / FAILURES / f"{cfg.run_name}-{cfg.hash()}.json"
+
+
+def record_failure(cfg: ExperimentConfig, out: Path, error: str, kind: str, detail: str = "") -> Path:
+    """Write ``<out>/failures/<name>-<hash>.json`` (overwriting an older record of the same run)."""
+    path = failure_path(cfg, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    write_json(tmp, {
+        "config_hash": cfg.hash(), "name": cfg.run_name, "seed": cfg.seed, "error": error,
+        "type": kind, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": cfg.model_dump(mode="json"),
+    })  # fmt: skip
+    tmp.replace(path)
+    return path
+
+
+def clear_failure(cfg: ExperimentConfig, out: Path) -> None:
+    failure_path(cfg, out).unlink(missing_ok=True)
+
+
+def read_failures(out: Path) -> list[dict[str, Any]]:
+    """Every failure record under ``out``, by file name."""
+    folder = Path(out) / FAILURES
+    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -92,8 +131,6 @@ def git_commit() -> str | None:
 def made_elsewhere(folder: Path) -> str | None:
     """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise one
     line saying which code made it (a reused run measures what *that* code did)."""
-    from perturbd import __version__
-
     try:
         env = read_json(folder / "environment.json")
     except (OSError, ValueError):
@@ -107,25 +144,3 @@ def made_elsewhere(folder: Path) -> str | None:
         return f"perturbd {version}" + (f" at {commit[:10]}" if commit else "")
 
     return f"{folder} was made by {name(*then)}, this is {name(*now)}; --force redoes it with this code"
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions, device and commit that made a run."""
-    import torch
-    import torchvision
-
-    from perturbd import __version__
-
-    info: dict[str, Any] = {
-        "perturbd": __version__,
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "platform": platform.platform(),
-        "device": device,
-        "threads": torch.get_num_threads(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info

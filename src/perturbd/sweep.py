@@ -34,15 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, field_validator
 
 from perturbd.axes import axis_values, check_key, deep_merge, flat_keys, set_dotted
 from perturbd.config import ExperimentConfig, Section, apply_overrides, read_yaml, validate
 from perturbd.errors import ConfigError
-from perturbd.registry import suggest
-from perturbd.rundir import made_elsewhere, read_json, write_json
+from perturbd.executors import Executor, LocalExecutor, RayExecutor, auto_workers
+from perturbd.experiment import check_config
+from perturbd.rundir import clear_failure, failure_path, made_elsewhere, record_failure, run_dir_for, write_json
 
-FAILURES = "failures"
 TWINS = ".twins"
 
 
@@ -163,45 +164,8 @@ def expand(spec: SweepConfig) -> Sweep:
             runs.append(cfg)
             assignments.append({**flat_keys(variant), **assigned, "seed": seed})
     for cfg in {c.model_dump_json(exclude={"seed"}): c for c in runs}.values():
-        preflight(cfg)
+        check_config(cfg)
     return Sweep(spec, runs, assignments)
-
-
-def preflight(cfg: ExperimentConfig) -> None:
-    """Check the names a config refers to (data source, trigger, model, setting) without loading
-    anything; a one-line :class:`ConfigError` for an unknown one."""
-    from perturbd.data import get_source
-    from perturbd.triggers import get_trigger
-
-    from perturbd.data import source_status
-
-    get_source(cfg.data.name)
-    state = source_status(cfg.data.name, Path(cfg.data.root).expanduser())
-    if state.startswith("missing"):
-        raise ConfigError(f"data '{cfg.data.name}' (root {cfg.data.root}): {state}")
-    get_trigger(cfg.trigger.kind)
-    if cfg.model.name != "auto" and ":" not in cfg.model.name:
-        from perturbd.models import list_models
-
-        names = list_models()
-        if cfg.model.name not in names:
-            raise ConfigError(f"unknown model '{cfg.model.name}'{suggest(cfg.model.name, names)}")
-    from perturbd.experiment import settings
-
-    settings.get_setting(cfg.attack.setting)
-
-
-# --------------------------------------------------------------------------- status and failures
-
-
-def run_dir(cfg: ExperimentConfig, out: Path) -> Path:
-    from perturbd.experiment import run_dir_for
-
-    return run_dir_for(cfg, out)
-
-
-def failure_path(cfg: ExperimentConfig, out: Path) -> Path:
-    return Path(out) / FAILURES / f"{cfg.run_name}-{cfg.hash()}.json"
 
 
 @dataclass
@@ -220,7 +184,7 @@ class Status:
 def status(sweep: Sweep) -> Status:
     done, failed, pending = [], [], []
     for cfg in sweep.runs:
-        if run_dir(cfg, sweep.out).is_dir():
+        if run_dir_for(cfg, sweep.out).is_dir():
             done.append(cfg)
         elif failure_path(cfg, sweep.out).is_file():
             failed.append(cfg)
@@ -229,33 +193,10 @@ def status(sweep: Sweep) -> Status:
     return Status(done, failed, pending)
 
 
-def record_failure(cfg: ExperimentConfig, out: Path, error: str, kind: str, detail: str = "") -> Path:
-    """Write ``<out>/failures/<name>-<hash>.json`` (overwriting an older record of the same run)."""
-    path = failure_path(cfg, out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    write_json(tmp, {
-        "config_hash": cfg.hash(), "name": cfg.run_name, "seed": cfg.seed, "error": error,
-        "type": kind, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "config": cfg.model_dump(mode="json"),
-    })
-    tmp.replace(path)
-    return path
-
-
-def clear_failure(cfg: ExperimentConfig, out: Path) -> None:
-    failure_path(cfg, out).unlink(missing_ok=True)
-
-
-def read_failures(out: Path) -> list[dict[str, Any]]:
-    folder = Path(out) / FAILURES
-    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-
 def made_elsewhere_runs(sweep: Sweep, state: Status) -> list[Path]:
     """The finished run directories of ``sweep`` that another perturbd version or commit made:
     they are kept and not rerun (their config hash matches), so the user is told."""
-    return [folder for folder in (run_dir(c, sweep.out) for c in state.done) if made_elsewhere(folder)]
+    return [folder for folder in (run_dir_for(c, sweep.out) for c in state.done) if made_elsewhere(folder)]
 
 
 # --------------------------------------------------------------------------- running
@@ -284,12 +225,10 @@ def run_sweep(
     Failed runs are recorded and retried on the next call; a finished run clears its record.
     ``on_done`` receives each :class:`~perturbd.executors.Outcome` as it arrives.
     """
-    from perturbd.executors import make_executor
-
     out = sweep.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(_dump_spec(sweep))
-    write_json(out / "sweep.json", {"name": sweep.spec.name, "runs": [run_dir(c, out).name for c in sweep.runs]})
+    write_json(out / "sweep.json", {"name": sweep.spec.name, "runs": [run_dir_for(c, out).name for c in sweep.runs]})
     state = status(sweep)
     done_hashes = {c.hash() for c in state.done}
     todo = [c for c in sweep.runs if c.hash() not in done_hashes]
@@ -313,7 +252,13 @@ def run_sweep(
     return SweepResult(out, len(sweep.runs), len(state.done), finished, failed, time.perf_counter() - started)
 
 
-def _dump_spec(sweep: Sweep) -> str:
-    import yaml
+def make_executor(spec: SweepConfig, runs: int) -> Executor:
+    """The executor a sweep asks for."""
+    if spec.executor == "ray":
+        return RayExecutor(spec.ray.address, spec.ray.num_cpus_per_run, spec.ray.num_gpus_per_run)
+    workers = auto_workers(runs) if spec.workers == "auto" else int(spec.workers)
+    return LocalExecutor(workers)
 
+
+def _dump_spec(sweep: Sweep) -> str:
     return yaml.safe_dump(sweep.spec.model_dump(mode="json"), sort_keys=False)

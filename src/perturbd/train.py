@@ -161,6 +161,7 @@ def fit(
     loss_fn: LossFn | None = None,
     monitor: Monitor | None = None,
     description: str = "train",
+    lr_name: str = "train.lr",
 ) -> FitResult:
     """Train ``model`` in place on ``data`` (``epochs``/``lr`` override the config, for fine-tuning).
 
@@ -179,6 +180,8 @@ def fit(
             default: cross-entropy with ``cfg.label_smoothing``. It runs under the autocast of
             ``cfg.precision``; the model is in training mode when it is called, and a loss
             that switches it (to eval, for an attack on the batch) switches it back.
+        description: what is trained, for the progress display and errors.
+        lr_name: the setting that holds the learning rate, named when training diverges.
     """
     monitor = monitor or SilentMonitor()
     device = resolve_device(cfg.device)
@@ -225,7 +228,7 @@ def fit(
                 monitor.step(batch)
             mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # the epoch's one host sync
             if not math.isfinite(mean_loss):
-                raise ConfigError(f"training diverged (loss {mean_loss}) at epoch {epoch + 1}; lower train.lr (now {base_lr})")
+                raise ConfigError(f"training ({description}) diverged (loss {mean_loss}) at epoch {epoch + 1}; lower {lr_name} (now {base_lr})")
             speed = steps_per_epoch * batch / max(1e-9, time.perf_counter() - epoch_start)
             result.losses.append(mean_loss)
             monitor.epoch(epoch + 1, mean_loss, speed)

@@ -1,26 +1,33 @@
-"""A cache of clean twins, so that runs of a sweep that differ only in the poison share one.
+"""Clean models, trained once: the victim's clean model, shared by the adversary and the settings.
 
-The clean twin depends on the victim architecture, the training config, the seed and the victim's
-training data, and on nothing about the trigger or the poison. Its key is the SHA-256 of those
-(the data as a fingerprint of its pixels and labels, so ``data.train_limit`` or an auxiliary
-split held out by the adversary give another key). ``train.device`` and ``train.threads`` are not
-part of the key: they change how, not what, is trained.
+The victim's clean model (its architecture trained with the run seed on its clean data) is needed
+by the adversary under knowledge ``full`` (it computes the mask on it), by the
+``before_training`` setting (it is the clean twin) and by the ``update`` setting (it is the
+pre-update model). :class:`TwinStore` trains it once per run, keeps it in memory, and, given a
+folder (a sweep's ``.twins/``), stores it on disk so that every run of a sweep with the same
+data, model, training and seed loads it instead of training it again.
 
-Layout: ``<cache>/<key16>/model.safetensors`` and ``twin.json``, written to a temporary folder
+The key of a clean model is the SHA-256 of what trains it: the architecture, the training config
+(less ``device`` and ``threads``, which say how, not what), the seed, a fingerprint of the data's pixels and labels, the device kind and
+the code (:func:`code_digest`: a twin trained by other code is never reused). A pre-trained
+checkpoint (``attack.checkpoint``) is read once and kept the same way, by its path.
+
+Layout: ``<folder>/<key16>/model.safetensors`` and ``twin.json``, written to a temporary folder
 and renamed (:func:`perturbd.rundir.atomic_dir`). Two processes that need the same twin at once
-take turns on ``<cache>/<key16>.lock``; the second one loads what the first one stored.
+take turns on ``<folder>/<key16>.lock``; the second one loads what the first one stored.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -28,9 +35,36 @@ import torch.nn as nn
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import CheckpointError
-from perturbd.rundir import atomic_dir, read_json, write_json
+from perturbd.models import get_model, load_model_weights, save_model
+from perturbd.rundir import atomic_dir, write_json
+from perturbd.train import Monitor, fit
 
-VERSION = 1
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock; the atomic writes still hold
+    fcntl = None  # type: ignore[assignment]
+
+VERSION = 2
+PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) of perturbd's own source files: the code that trains and evaluates."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(PACKAGE).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def data_fingerprint(data: ImageDataset) -> str:
@@ -42,74 +76,112 @@ def data_fingerprint(data: ImageDataset) -> str:
     return h.hexdigest()
 
 
-def twin_key(cfg: ExperimentConfig, victim_train: ImageDataset) -> str:
-    """16 hex digits naming the clean twin of ``cfg`` trained on ``victim_train``."""
+def device_kind(device: torch.device) -> str:
+    """``cpu``, or ``cuda:<GPU name>``: the device part of a twin key (results differ between them)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) -> str:
+    """16 hex digits naming the victim's clean model of ``cfg`` trained on ``data`` on ``device``."""
     train = cfg.train.model_dump(mode="json", exclude={"device", "threads"})
-    parts = {"version": VERSION, "model": cfg.model.model_dump(mode="json"), "train": train, "seed": cfg.seed, "data": data_fingerprint(victim_train)}
+    parts = {
+        "version": VERSION, "model": cfg.model.model_dump(mode="json"), "train": train, "seed": cfg.seed,
+        "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
+    }  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass
-class TwinSlot:
-    """One twin's place in the cache. ``cached``: its weights were loaded into the model."""
+@dataclass(frozen=True)
+class Pretrained:
+    """A checkpoint as read: the model with its weights, and the SHA-256 of the file."""
 
     model: nn.Module
-    folder: Path | None = None
-    cached: bool = False
-    info: dict[str, Any] | None = None
-
-    def store(self, seconds: float) -> None:
-        """Save the freshly trained model (no-op without a cache or if already stored)."""
-        if self.folder is None or self.cached or self.folder.is_dir():
-            return
-        from perturbd.models.checkpoint import save_model
-
-        with atomic_dir(self.folder) as tmp:
-            save_model(self.model, tmp / "model.safetensors")
-            write_json(tmp / "twin.json", {"key": self.folder.name, "train_seconds": seconds, "stored": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    sha256: str
 
 
-@contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, atomic writes still hold
-        yield
-        return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+@dataclass
+class Twin:
+    """A clean model and where it came from: ``seconds`` spent training it in this process
+    (0 when reused), ``source`` one line for logs."""
+
+    model: nn.Module
+    seconds: float
+    source: str
 
 
-@contextmanager
-def shared_twin(cache: Path | None, cfg: ExperimentConfig, victim_train: ImageDataset, model: nn.Module, device: torch.device) -> Iterator[TwinSlot]:
-    """Yield a :class:`TwinSlot` for ``model`` (freshly initialised). If the cache holds this
-    twin its weights are loaded (``slot.cached``); otherwise train it and call ``slot.store``.
+class TwinStore:
+    """The clean models of one run (in memory), shared through ``folder`` across runs (on disk).
 
-    Without a cache (``None``) nothing is read or written. A corrupt cached twin is ignored and
-    replaced.
+    Models handed out are shared, not copied: a caller that trains one further copies it first.
     """
-    if cache is None:
-        yield TwinSlot(model)
-        return
-    cache = Path(cache).expanduser()
-    key = twin_key(cfg, victim_train)
-    folder = cache / key
-    with _locked(cache / f"{key}.lock"):
-        slot = TwinSlot(model, folder)
-        if folder.is_dir():
-            from perturbd.models.checkpoint import load_model_weights
 
+    def __init__(self, folder: Path | None = None, monitor: Monitor | None = None) -> None:
+        self.folder = Path(folder).expanduser() if folder is not None else None
+        self.monitor = monitor
+        self._memo: dict[str, nn.Module] = {}
+        self._checkpoints: dict[str, Pretrained] = {}
+
+    def clean_model(self, cfg: ExperimentConfig, data: ImageDataset, device: torch.device, description: str = "clean twin") -> Twin:
+        """The victim architecture, initialised and trained with ``cfg.seed`` on ``data``."""
+        key = twin_key(cfg, data, device)
+        if key in self._memo:
+            return Twin(self._memo[key], 0.0, "trained earlier in this run (same data, model, training and seed)")
+        model = get_model(cfg.model.name, data.image_shape, data.num_classes, seed=cfg.seed)
+        with self._slot(key) as folder:
+            if folder is not None and _load(model, folder, device):
+                self._memo[key] = model
+                return Twin(model, 0.0, f"reused {folder} (same data, model, training, seed, device and code; trained once)")
+            result = fit(model, data, cfg.train, cfg.seed, monitor=self.monitor, description=description)
+            if folder is not None:
+                with atomic_dir(folder) as tmp:
+                    save_model(model, tmp / "model.safetensors")
+                    write_json(tmp / "twin.json", {"key": key, "train_seconds": result.seconds, "stored": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._memo[key] = model
+        return Twin(model, result.seconds, f"trained in {result.seconds:.1f} s ({result.images_per_s:.0f} img/s)")
+
+    def checkpoint(self, cfg: ExperimentConfig, image_shape: tuple[int, int, int], num_classes: int) -> Pretrained:
+        """The victim architecture with the weights of ``attack.checkpoint``, and the file's
+        SHA-256: read once per run (the file is only read, never written).
+
+        Raises:
+            CheckpointError: missing file, or weights of another architecture or shape.
+        """
+        path = Path(cfg.attack.checkpoint).expanduser()  # type: ignore[arg-type]
+        key = f"{path.resolve()}:{cfg.model.name}:{image_shape}:{num_classes}"
+        if key not in self._checkpoints:
+            if not path.is_file():
+                raise CheckpointError(f"attack.checkpoint not found: {path}; give a .safetensors file written by perturbd")
+            model = load_model_weights(get_model(cfg.model.name, image_shape, num_classes), path).eval()
+            self._checkpoints[key] = Pretrained(model, file_sha256(path))
+        return self._checkpoints[key]
+
+    @contextmanager
+    def _slot(self, key: str) -> Iterator[Path | None]:
+        """This twin's folder in the store, held under a cross-process lock (None without a store)."""
+        if self.folder is None:
+            yield None
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"{key}.lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                load_model_weights(model, folder / "model.safetensors")
-                model.to(device).eval()
-                slot.cached, slot.info = True, read_json(folder / "twin.json")
-            except (CheckpointError, OSError, ValueError):
-                import shutil
+                yield self.folder / key
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
-                shutil.rmtree(folder, ignore_errors=True)
-        yield slot
+
+def _load(model: nn.Module, folder: Path, device: torch.device) -> bool:
+    """Load a stored twin into ``model``; a corrupt one is removed (and retrained by the caller)."""
+    if not folder.is_dir():
+        return False
+    try:
+        load_model_weights(model, folder / "model.safetensors")
+    except (CheckpointError, OSError, ValueError):
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    model.to(device).eval()
+    return True

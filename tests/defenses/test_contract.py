@@ -1,6 +1,7 @@
-"""One contract over every registered defence (sklearn's ``parametrize_with_checks`` in spirit):
-builds with defaults, rejects each out-of-range parameter and unknown ones with one-line
-ConfigErrors, ``fit`` returns ``self``, and its results are finite."""
+"""One contract over every registered defence, the update audit included (sklearn's
+``parametrize_with_checks`` in spirit): builds with defaults, rejects each out-of-range parameter
+and unknown ones with one-line ConfigErrors, ``fit`` returns ``self`` with every result its kind's
+protocol declares, and its results are finite."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import annotated_types as at
 import pytest
 import torch
 
-from perturbd.defenses import Detector, Mitigator, build_defense, get_defense, list_defenses, register_defense
-from perturbd.defenses.base import Defense
+from perturbd.defenses import KINDS, PROTOCOLS, build_defense, get_defense, list_defenses, register_defense
+from perturbd.defenses.base import Defense, missing_results
 from perturbd.errors import ConfigError
 
 ALL = list_defenses()
 # cheap settings so that every fit takes well under a second on the planted model
-CHEAP = {"n_clean": 64, "epochs": 1, "steps": 3, "overlays": 2, "batch_size": 16, "components": 3}
+CHEAP = {
+    "n_clean": 64, "epochs": 1, "steps": 3, "overlays": 2, "batch_size": 16, "components": 3,
+    "nc_steps": 3, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8,
+}  # fmt: skip
 
 
 def _cheap(name: str) -> dict:
@@ -42,8 +46,18 @@ def _out_of_range(name: str) -> list[tuple[str, object]]:
 
 def test_registry_lists_every_kind() -> None:
     kinds = {get_defense(n).kind for n in ALL}
-    assert kinds == {"dataset", "input", "model", "mitigation"}
+    assert kinds == set(KINDS) == set(PROTOCOLS) == {"dataset", "input", "model", "mitigation", "update"}
     assert list_defenses("fine_*") == ["fine_pruning", "fine_tuning"]
+    assert "update_audit" in ALL
+
+
+def test_unknown_kind_cannot_register() -> None:
+    class Odd(Defense):
+        name = "odd"
+        kind = "odd"
+
+    with pytest.raises(ValueError, match="has kind 'odd'; use one of dataset, input, model, mitigation, update"):
+        register_defense(Odd)
 
 
 def test_duplicate_and_unknown_names() -> None:
@@ -86,18 +100,20 @@ def _finite(x: object) -> bool:
 @pytest.mark.parametrize("name", ALL)
 def test_fit_returns_self_with_finite_results(name: str, planted) -> None:
     d = build_defense(name, **_cheap(name))
-    data = planted.train if d.kind == "dataset" else planted.clean
-    assert d.fit(planted.model, data) is d
+    assert missing_results(d), "results exist only after fit"
+    if d.kind == "update":
+        assert d.fit(planted.model, planted.clean, before=planted.clean_model) is d
+    else:
+        assert d.fit(planted.model, planted.train if d.kind == "dataset" else planted.clean) is d
+    assert missing_results(d) == [] and isinstance(d, PROTOCOLS[d.kind])
     assert d.clean_used_ == (0 if d.kind == "dataset" else min(64, len(planted.clean)))
     if d.kind == "mitigation":
-        assert isinstance(d, Mitigator)
         assert d.model_ is not planted.model
         logits = d.model_(torch.rand(4, *planted.test.image_shape))
         assert _finite(logits)
     else:
-        assert isinstance(d, Detector)
         assert _finite(d.scores_) and d.flagged_.dtype == torch.bool and len(d.flagged_) == len(d.scores_)
-        expected = {"dataset": len(planted.train), "model": planted.train.num_classes}.get(d.kind)
+        expected = {"dataset": len(planted.train), "model": planted.train.num_classes, "update": planted.train.num_classes}.get(d.kind)
         assert expected is None or len(d.scores_) == expected
 
 

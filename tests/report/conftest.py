@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from perturbd.report.figures import samples_png, trigger_png
 from perturbd.rundir import write_json
 
 
-def fake_run(out: Path, seed: int, rate: float, amplitude: float, asr: float, acc: float = 0.98, images: bool = False) -> Path:
-    cfg = ExperimentConfig.model_validate({"name": "fake", "seed": seed, "poison": {"rate": rate}, "trigger": {"kind": "grid", "amplitude": amplitude}})
+def fake_run(
+    out: Path, seed: int, rate: float, amplitude: float, asr: float, acc: float = 0.98, images: bool = False, trigger: dict | None = None
+) -> Path:
+    """A run directory as ``perturbd run`` writes it; ``trigger`` replaces the config's grid mask."""
+    cfg = ExperimentConfig.model_validate({"name": "fake", "seed": seed, "poison": {"rate": rate}, "trigger": trigger or {"kind": "grid", "amplitude": amplitude}})
     run = out / f"{cfg.run_name}-{cfg.hash()}"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_yaml(cfg))
@@ -49,3 +53,40 @@ def runs(tmp_path: Path) -> Path:
     (out / ".tmp-partial-123").mkdir()
     (out / ".tmp-partial-123" / "metrics.json").write_text("{}")
     return out
+
+
+# one config per trigger kind; TriggerConfig.label gives grid c=6, grid c=10, patch 3px c=255,
+# image mask.png, adaptive deepfool linf ξ=10 and ξ=20 (the tests spell them out)
+TRIGGERS = [
+    {"kind": "grid", "amplitude": 6},
+    {"kind": "grid", "amplitude": 10},
+    {"kind": "patch", "amplitude": 255, "size": 3},
+    {"kind": "image", "path": "masks/mask.png"},
+    {"kind": "adaptive", "method": "deepfool", "norm": "linf", "budget": 10},
+    {"kind": "adaptive", "method": "deepfool", "norm": "linf", "budget": 20},
+]
+CELLS = [
+    {"name": "spectral_signature", "cell": {"text": "AUROC 0.91", "value": 0.91}},
+    {"name": "fine_tuning", "cell": {"text": "ASR 90→5 %", "value": 0.05, "accuracy_cost": 0.01}},
+]
+
+
+@pytest.fixture
+def kinds(tmp_path: Path) -> Path:
+    """One fake run per entry of TRIGGERS (rate 5 %, seed 0), each with a defenses.json."""
+    out = tmp_path / "kinds"
+    for i, trigger in enumerate(TRIGGERS):
+        run = fake_run(out, 0, 0.05, 10, asr=0.5 + 0.05 * i, trigger=trigger)
+        write_json(run / "defenses.json", {"defenses": CELLS})
+    return out
+
+
+@pytest.fixture
+def self_contained():
+    """A check that an HTML page embeds its images, links only to run reports, runs no script."""
+
+    def check(text: str) -> bool:
+        srcs = re.findall(r'(?:src|href)="([^"]+)"', text)
+        return all(s.startswith("data:image/png;base64,") or s.endswith("report.html") for s in srcs) and "<script" not in text
+
+    return check

@@ -7,8 +7,9 @@ import io
 import math
 
 import pytest
+import yaml
 
-from perturbd.report.aggregate import aggregate, collect_runs, mean_ci, t975, to_csv, to_markdown
+from perturbd.report.aggregate import aggregate, collect_runs, mean_ci, t975, to_csv, to_markdown, trigger_config
 
 
 def test_t_quantiles():
@@ -50,3 +51,23 @@ def test_csv_and_markdown(runs):
     md = to_markdown(columns, groups)
     assert md.startswith("| trigger | poison.rate | seeds | clean acc. %")
     assert "18.50 ± 6.35" in md  # c=6, rate 0.03: ASR 18 % and 19 %
+
+
+def test_trigger_column_is_the_trigger_config_label(kinds):
+    columns, groups = aggregate(collect_runs(kinds))
+    assert columns == ["trigger"]
+    # by family, then strength (c or ξ)
+    assert [g.keys["trigger"] for g in groups] == [
+        "adaptive deepfool linf ξ=10", "adaptive deepfool linf ξ=20", "grid c=6", "grid c=10", "image mask.png", "patch 3px c=255",
+    ]  # fmt: skip
+    assert [g.trigger.strength for g in groups[:2]] == [10, 20] and groups[0].trigger.family == "adaptive deepfool linf"
+    assert "| patch 3px c=255 | 0 |" in to_markdown(columns, groups)
+
+
+def test_a_config_written_by_another_version_still_reads(runs):
+    run = collect_runs(runs)[0].path
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["trigger"]["a_key_from_another_version"] = 1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert trigger_config(cfg).label == collect_runs(run)[0].trigger.label == "grid c=6"
+    assert trigger_config({}).label == "grid c=10"  # no trigger section: the defaults

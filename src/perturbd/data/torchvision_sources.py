@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.datasets
+from PIL import Image
 
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import (
@@ -105,8 +107,6 @@ def _chw_arrays(ds: Any) -> Arrays:
 
 def _gtsrb_chunk(paths: list[str]) -> list[torch.Tensor]:
     """Decode ``.ppm`` files with Pillow and resize each to GTSRB_SIZE² RGB (bilinear, antialiased)."""
-    from PIL import Image
-
     out = []
     for path in paths:
         with Image.open(path) as im:
@@ -197,8 +197,6 @@ def safe_extraction() -> Iterator[None]:
 
 def _read(spec: TorchvisionSpec, root: Path, download: bool, name: str) -> DataSplit:
     """Construct the torchvision data sets and convert them; DataError on any file problem."""
-    import torchvision.datasets
-
     if not download and not _present(spec, root):
         raise DataError(_missing_message(spec, root))
     cls = getattr(torchvision.datasets, spec.cls)

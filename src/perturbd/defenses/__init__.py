@@ -1,9 +1,11 @@
-"""Defences against backdoors: one file per defence, two small protocols, one registry.
+"""Defences against backdoors: one file per defence, one protocol per kind, one registry.
 
-- dataset screening: :mod:`activation_clustering`, :mod:`spectral_signature`
-- input screening: :mod:`strip`
-- model inspection: :mod:`neural_cleanse`
-- mitigation: :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`, :mod:`adversarial_training`
+- dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`
+- input screening (:class:`InputScreen`): :mod:`strip`
+- model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`
+- mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
+  :mod:`adversarial_training`
+- update audit (:class:`UpdateAuditor`): :mod:`update_audit`
 
 Example:
     >>> from perturbd.defenses import build_defense, list_defenses
@@ -13,10 +15,15 @@ Example:
 """
 
 from perturbd.defenses.base import (
+    KINDS,
+    PROTOCOLS,
+    DatasetScreen,
     Defense,
     DefenseParams,
-    Detector,
+    InputScreen,
     Mitigator,
+    ModelInspector,
+    UpdateAuditor,
     build_defense,
     get_defense,
     list_defenses,
@@ -31,13 +38,19 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
     neural_cleanse,
     spectral_signature,
     strip,
+    update_audit,
 )
 
 __all__ = [
+    "KINDS",
+    "PROTOCOLS",
+    "DatasetScreen",
     "Defense",
     "DefenseParams",
-    "Detector",
+    "InputScreen",
     "Mitigator",
+    "ModelInspector",
+    "UpdateAuditor",
     "build_defense",
     "get_defense",
     "list_defenses",

@@ -24,6 +24,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import Field
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA, FastICA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, DefenseParams, penultimate, register_defense, require_features
@@ -44,12 +49,6 @@ class ActivationClustering(Defense):
 
     def fit(self, model: nn.Module, data: ImageDataset) -> ActivationClustering:
         """Cluster every class of ``data`` (the training set as trained on, labels as given)."""
-        from sklearn.cluster import KMeans
-        from sklearn.decomposition import PCA, FastICA
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.metrics import silhouette_score
-        from threadpoolctl import threadpool_limits
-
         require_features(model, self.name)
         feats = penultimate(model, data.images, self.batch_size).double().numpy()
         scores = np.zeros(len(data))

@@ -15,8 +15,7 @@ from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, fresh_copy, register_defense, take
-from perturbd.defenses.fine_tuning import TuningParams
-from perturbd.defenses.tuning import tune
+from perturbd.defenses.fine_tuning import TuningParams, tune
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float, gen: torch.Generator) -> torch.Tensor:
@@ -59,5 +58,5 @@ class AdversarialTraining(Defense):
                 loss = (1 - self.clean_weight) * loss + self.clean_weight * F.cross_entropy(net(x), y)
             return loss
 
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn, description=self.name)
         return self

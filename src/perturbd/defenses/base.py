@@ -1,15 +1,17 @@
-"""The two defence protocols, the defence registry and the helpers every defence shares.
+"""The defence protocols (one per kind), the defence registry and the helpers every defence shares.
 
 Defences follow scikit-learn's shape: parameters go in ``__init__`` and are validated there (a
 bad value is a one-line :class:`~perturbd.errors.ConfigError` naming the parameter, the value and
-the valid range); ``fit(model, data)`` does the work and returns ``self``; results end in ``_``.
+the valid range); ``fit`` does the work and returns ``self``; results end in ``_``.
 
-- A :class:`Detector` produces ``scores_`` (higher = more suspicious) and ``flagged_`` (bool).
-  Its ``kind`` says what is scored: ``"dataset"`` (one score per training image: which samples
-  are poisoned), ``"input"`` (inputs at inference: :meth:`score` / :meth:`flag` after a ``fit``
-  on clean images) or ``"model"`` (one score per label: is the model backdoored, toward which).
-- A :class:`Mitigator` (``kind = "mitigation"``) repairs a model from clean images: ``model_``
-  is the repaired copy (the input model is never modified).
+A defence's ``kind`` names the protocol its fitted results follow (:data:`PROTOCOLS`), which is all
+:mod:`perturbd.defenses.evaluate` reads:
+
+- ``"dataset"`` (:class:`DatasetScreen`): one score per training image, which are poisoned.
+- ``"input"`` (:class:`InputScreen`): screens inputs at inference after a ``fit`` on clean images.
+- ``"model"`` (:class:`ModelInspector`): one anomaly index per label, is the model backdoored.
+- ``"mitigation"`` (:class:`Mitigator`): ``model_`` is a repaired copy (the input is untouched).
+- ``"update"`` (:class:`UpdateAuditor`): did an update (``before`` → ``model``) plant a backdoor.
 
 Every defence reports ``clean_used_``, the number of clean images it needed (0 for dataset
 screening, which inspects the training set itself).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, runtime_checkable
 
 import annotated_types as at
@@ -28,9 +31,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.models import model_device
 from perturbd.registry import Registry, suggest
-
-KINDS = ("dataset", "input", "model", "mitigation")
 
 
 class DefenseParams(BaseModel):
@@ -102,23 +104,107 @@ class Defense:
 
 
 @runtime_checkable
-class Detector(Protocol):
-    """Screens a data set, inputs or a model. After ``fit``: ``scores_`` and ``flagged_``."""
+class DatasetScreen(Protocol):
+    """Screens the training set as trained on: per image, ``scores_`` (higher = more suspicious)
+    and ``flagged_`` (bool, the method's own threshold)."""
 
+    name: ClassVar[str]
     kind: ClassVar[str]
     clean_used_: int
+    scores_: torch.Tensor
+    flagged_: torch.Tensor
 
-    def fit(self, model: nn.Module, data: ImageDataset) -> Detector: ...
+    def fit(self, model: nn.Module, data: ImageDataset) -> DatasetScreen: ...
+
+
+@runtime_checkable
+class InputScreen(Protocol):
+    """Screens inputs at inference. ``fit`` on clean images sets ``threshold_`` so that about
+    ``fpr`` of clean inputs are flagged; ``scores_`` / ``flagged_`` are those calibration images'."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    clean_used_: int
+    fpr: float
+    threshold_: float
+    scores_: torch.Tensor
+    flagged_: torch.Tensor
+
+    def fit(self, model: nn.Module, data: ImageDataset) -> InputScreen: ...
+    def score(self, images: torch.Tensor) -> torch.Tensor: ...
+    def flag(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+Figures = dict[str, Callable[[Path], None]]
+
+
+@runtime_checkable
+class ModelInspector(Protocol):
+    """Inspects a model from clean images: per label, ``scores_`` (anomaly index; above
+    ``anomaly_threshold`` flags the label), ``flagged_`` (bool) and ``flagged_labels_``;
+    ``evidence_`` maps a name to one JSON value per label (what the index was computed from);
+    ``figures()`` draws what was found (file name → draw into that path)."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    clean_used_: int
+    anomaly_threshold: float
+    scores_: torch.Tensor
+    flagged_: torch.Tensor
+    flagged_labels_: list[int]
+    evidence_: dict[str, list[Any]]
+    seconds_: float
+
+    def fit(self, model: nn.Module, data: ImageDataset) -> ModelInspector: ...
+    def figures(self) -> Figures: ...
 
 
 @runtime_checkable
 class Mitigator(Protocol):
-    """Repairs a model from clean images. After ``fit``: ``model_`` and ``clean_used_``."""
+    """Repairs a model from clean images: ``model_`` is the repaired copy."""
 
+    name: ClassVar[str]
     kind: ClassVar[str]
     clean_used_: int
+    model_: nn.Module
 
     def fit(self, model: nn.Module, data: ImageDataset) -> Mitigator: ...
+
+
+@runtime_checkable
+class UpdateAuditor(Protocol):
+    """Compares a model before and after an update on clean images: per label, ``rows_`` (verdict
+    and evidence, JSON-ready), ``scores_`` (higher = more suspicious), ``flagged_`` (bool);
+    ``suspicious_labels_``; ``figures()`` draws the evidence of the suspicious labels."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    clean_used_: int
+    rows_: list[dict[str, Any]]
+    scores_: torch.Tensor
+    flagged_: torch.Tensor
+    suspicious_labels_: list[int]
+    seconds_: float
+
+    def fit(self, model: nn.Module, data: ImageDataset, *, before: nn.Module) -> UpdateAuditor: ...
+    def figures(self) -> Figures: ...
+
+
+PROTOCOLS: dict[str, type] = {
+    "dataset": DatasetScreen,
+    "input": InputScreen,
+    "model": ModelInspector,
+    "mitigation": Mitigator,
+    "update": UpdateAuditor,
+}
+KINDS = tuple(PROTOCOLS)
+
+
+def missing_results(defense: Defense) -> list[str]:
+    """The members its kind's protocol declares that a (fitted) ``defense`` lacks; ``[]`` if none."""
+    protocol = PROTOCOLS[defense.kind]
+    names = set(protocol.__annotations__) | {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+    return sorted(n for n in names if not hasattr(defense, n))
 
 
 # --------------------------------------------------------------------------- registry
@@ -155,13 +241,6 @@ def build_defense(name: str, **params: Any) -> Defense:
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def require_features(model: nn.Module, defense: str) -> None:

@@ -15,8 +15,7 @@ from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, fresh_copy, register_defense, reinitialise, take
-from perturbd.defenses.fine_tuning import TuningParams
-from perturbd.defenses.tuning import tune
+from perturbd.defenses.fine_tuning import TuningParams, tune
 
 
 @register_defense
@@ -46,5 +45,5 @@ class Distillation(Defense):
             return self.alpha * kd + (1 - self.alpha) * F.cross_entropy(out, y)
 
         self.model_ = reinitialise(model, self.seed)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn, description=self.name)
         return self

@@ -1,15 +1,19 @@
 """Run defences on a trained model and measure them with the metrics of DESIGN.md.
 
-One evaluator per defence *kind* (a dict, not a chain of names):
+One evaluator per defence *kind* (a dict, not a chain of names), each reading only what its
+kind's protocol in :mod:`perturbd.defenses.base` declares:
 
 - ``dataset``: fit on the training set as trained on; AUROC of ``scores_`` and TPR / FPR of
   ``flagged_`` (the method's own threshold) against the saved poison indices.
 - ``input``: fit on the defender's clean images; AUROC, and TPR at the threshold set for
   ``fpr`` on clean held-out images, on clean versus triggered test images (true label ≠ target).
 - ``model``: fit on the defender's clean images, for the backdoored model and the clean twin;
-  flagged labels, anomaly indices, the recovered trigger as PNG.
+  flagged labels, anomaly indices, the defence's per-label evidence and its figures.
 - ``mitigation``: fit on the defender's clean images; clean accuracy and ASR on the test set
   before and after, and the clean images used.
+- ``update``: needs the model before the update (a run of the update setting); audits
+  before → model, and before → clean twin (the clean update) as the false-positive baseline;
+  suspicious labels, per-label rows and the recovered triggers as PNG.
 
 The defender's clean images never overlap the test images used to measure: they come from the
 training split's clean (not poisoned) images (see :func:`defender_clean_set`).
@@ -25,17 +29,19 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from sklearn.metrics import roc_auc_score
 
 from perturbd.config import DefenseSpec
 from perturbd.data.dataset import ImageDataset
-from perturbd.defenses.base import Defense, build_defense
-from perturbd.defenses.figures import mask_norms_png, recovered_trigger_png
+from perturbd.defenses.base import DatasetScreen, Defense, Figures, InputScreen, Mitigator, ModelInspector, UpdateAuditor, build_defense
 from perturbd.errors import ConfigError
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.rundir import write_json
+from perturbd.seeding import derived_generator
 from perturbd.triggers import Trigger
 
 Log = Callable[[str], None]
+Evaluation = tuple[dict[str, Any], dict[str, Any], Figures]
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,9 @@ class DefenseInputs:
         train: the training set as trained on (with the poison), for dataset screening.
         poison_indices: positions of the poisoned images in ``train`` (ground truth).
         trigger, target: the attack's trigger and target label (ground truth).
-        clean_model: the clean twin, for the false-positive baseline of model inspection.
+        clean_model: the clean twin, for the false-positive baseline of model inspection (in
+            the update setting: the model after a clean update).
+        before_model: the model before the update (update setting only), for the update audit.
     """
 
     model: nn.Module
@@ -63,6 +71,7 @@ class DefenseInputs:
     trigger: Trigger | None = None
     target: int | None = None
     clean_model: nn.Module | None = None
+    before_model: nn.Module | None = None
 
 
 @dataclass
@@ -76,7 +85,7 @@ class DefenseReport:
     clean_used: int
     metrics: dict[str, Any]
     cell: dict[str, Any]
-    figures: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+    figures: Figures = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,13 +101,11 @@ def defender_clean_set(train: ImageDataset, poison_indices: torch.Tensor | None,
     if poison_indices is not None and len(poison_indices):
         keep[poison_indices] = False
     idx = torch.nonzero(keep).flatten()
-    order = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + 7919))
+    order = torch.randperm(len(idx), generator=derived_generator(seed, "defender"))
     return train.subset(idx[order])
 
 
 def _auroc(positive: torch.Tensor, scores: torch.Tensor) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
     y = positive.numpy().astype(bool)
     if y.all() or not y.any():
         return None
@@ -111,10 +118,10 @@ def _need(value: Any, what: str, name: str) -> Any:
     return value
 
 
-def _eval_dataset(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+def _eval_dataset(d: DatasetScreen, inp: DefenseInputs, limit: int) -> Evaluation:
     train = _need(inp.train, "the training set (run it from an experiment or on a run directory)", d.name)
     d.fit(inp.model, train)
-    flagged = d.flagged_  # type: ignore[attr-defined]
+    flagged = d.flagged_
     m: dict[str, Any] = {"samples": len(train), "flagged": int(flagged.sum())}
     if inp.poison_indices is None or not len(inp.poison_indices):
         return m, {"value": None, "text": f"{m['flagged']} flagged (no ground truth)"}, {}
@@ -122,7 +129,7 @@ def _eval_dataset(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str,
     truth[inp.poison_indices] = True
     m.update(
         poisoned=int(truth.sum()),
-        auroc=_auroc(truth, d.scores_),  # type: ignore[attr-defined]
+        auroc=_auroc(truth, d.scores_),
         tpr=float(flagged[truth].float().mean()),
         fpr=float(flagged[~truth].float().mean()),
     )
@@ -137,51 +144,43 @@ def _triggered_pair(inp: DefenseInputs, name: str, limit: int) -> tuple[torch.Te
     return clean, trigger.apply(clean)
 
 
-def _eval_input(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+def _eval_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
     clean, triggered = _triggered_pair(inp, d.name, limit)
 
     def measure(model: nn.Module) -> dict[str, Any]:
         d.fit(model, inp.clean)
-        s_clean, s_trig = d.score(clean), d.score(triggered)  # type: ignore[attr-defined]
+        s_clean, s_trig = d.score(clean), d.score(triggered)
         truth = torch.cat([torch.zeros(len(s_clean)), torch.ones(len(s_trig))]).bool()
         return {
             "auroc": _auroc(truth, torch.cat([s_clean, s_trig])),
-            "tpr_at_fpr": float(d.flag(triggered).float().mean()),  # type: ignore[attr-defined]
-            "fpr_on_test": float(d.flag(clean).float().mean()),  # type: ignore[attr-defined]
-            "threshold": d.threshold_,  # type: ignore[attr-defined]
+            "tpr_at_fpr": float(d.flag(triggered).float().mean()),
+            "fpr_on_test": float(d.flag(clean).float().mean()),
+            "threshold": d.threshold_,
         }
 
-    m: dict[str, Any] = {"test_images": len(clean), "fpr_target": d.fpr}  # type: ignore[attr-defined]
+    m: dict[str, Any] = {"test_images": len(clean), "fpr_target": d.fpr}
     if inp.clean_model is not None:
         m["clean_model"] = measure(inp.clean_model)
     m.update(measure(inp.model))
-    text = f"AUROC {m['auroc']:.3f} (TPR {m['tpr_at_fpr']:.2f} at {100 * d.fpr:g} % FPR)"  # type: ignore[attr-defined]
+    text = f"AUROC {m['auroc']:.3f} (TPR {m['tpr_at_fpr']:.2f} at {100 * d.fpr:g} % FPR)"
     return m, {"value": m["auroc"], "text": text}, {}
 
 
-def _eval_model(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+def _eval_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluation:
     def inspect(model: nn.Module) -> dict[str, Any]:
         d.fit(model, inp.clean)
         return {
-            "flagged_labels": list(d.flagged_labels_),  # type: ignore[attr-defined]
-            "anomaly_index": [round(float(v), 4) for v in d.scores_],  # type: ignore[attr-defined]
-            "mask_l1": [round(float(v), 3) for v in d.norms_],  # type: ignore[attr-defined]
-            "reached": [bool(v) for v in d.reached_],  # type: ignore[attr-defined]
-            "seconds": d.seconds_,  # type: ignore[attr-defined]
+            "flagged_labels": list(d.flagged_labels_),
+            "anomaly_index": [round(float(v), 4) for v in d.scores_],
+            **d.evidence_,
+            "seconds": d.seconds_,
         }
 
     m: dict[str, Any] = {}
     if inp.clean_model is not None:
         m["clean_model"] = inspect(inp.clean_model)
     m.update(inspect(inp.model))
-    top = int(torch.argmax(d.scores_))  # type: ignore[attr-defined]
-    mask, pattern = d.trigger_of(top)  # type: ignore[attr-defined]
-    norms, scores, thr = d.norms_.clone(), d.scores_.clone(), d.anomaly_threshold  # type: ignore[attr-defined]
-    state = "flagged" if top in m["flagged_labels"] else "not flagged"
-    figures = {
-        f"{d.name}_trigger.png": lambda p: recovered_trigger_png(mask, pattern, p, f"label {top} ({state}, anomaly index {float(scores[top]):.2f})"),
-        f"{d.name}_norms.png": lambda p: mask_norms_png(norms, scores, p, threshold=thr),
-    }
+    figures = d.figures()
     if inp.target is not None:
         t = inp.target
         m["target"] = t
@@ -192,7 +191,7 @@ def _eval_model(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, A
     return m, {"value": max(m["anomaly_index"]), "text": f"flags {m['flagged_labels'] or 'none'}"}, figures
 
 
-def _eval_mitigation(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[str, Any], dict[str, Any], dict]:
+def _eval_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluation:
     def asr(model: nn.Module) -> float | None:
         if inp.trigger is None or inp.target is None:
             return None
@@ -200,8 +199,8 @@ def _eval_mitigation(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[s
 
     m: dict[str, Any] = {"clean_accuracy_before": clean_accuracy(inp.model, inp.test), "asr_before": asr(inp.model)}
     d.fit(inp.model, inp.clean)
-    m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)  # type: ignore[attr-defined]
-    m["asr_after"] = asr(d.model_)  # type: ignore[attr-defined]
+    m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)
+    m["asr_after"] = asr(d.model_)
     m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
     cost = f"acc {-100 * m['accuracy_cost']:+.2f} pt, {d.clean_used_} clean"
     if m["asr_after"] is None:
@@ -210,14 +209,47 @@ def _eval_mitigation(d: Defense, inp: DefenseInputs, limit: int) -> tuple[dict[s
     return m, {"value": m["asr_after"], "accuracy_cost": m["accuracy_cost"], "text": text}, {}
 
 
-_EVALUATORS = {"dataset": _eval_dataset, "input": _eval_input, "model": _eval_model, "mitigation": _eval_mitigation}
+def _eval_update(d: UpdateAuditor, inp: DefenseInputs, limit: int) -> Evaluation:
+    if inp.before_model is None:
+        raise ConfigError(f"defense '{d.name}' audits a model update and needs a run of the update setting (attack.setting=update)")
+    before = inp.before_model
+
+    def audit(model: nn.Module) -> dict[str, Any]:
+        d.fit(model, inp.clean, before=before)
+        return {"suspicious_labels": list(d.suspicious_labels_), "scores": [round(float(v), 4) for v in d.scores_], "labels": d.rows_, "seconds": d.seconds_}
+
+    m: dict[str, Any] = {}
+    if inp.clean_model is not None:
+        m["clean_model"] = audit(inp.clean_model)
+    m.update(audit(inp.model))
+    figures = d.figures()
+    text = f"suspicious {m['suspicious_labels'] or 'none'}"
+    if "clean_model" in m:
+        text += f" (clean update: {m['clean_model']['suspicious_labels'] or 'none'})"
+    if inp.target is None:
+        return m, {"value": max(m["scores"]), "text": text}, figures
+    t = inp.target
+    m.update(target=t, target_flagged=t in m["suspicious_labels"], target_score=m["scores"][t])
+    return m, {"value": m["target_score"], "text": f"{text}; t={t} UAP rise {100 * m['target_score']:+.1f} pt"}, figures
+
+
+_EVALUATORS: dict[str, Callable[[Any, DefenseInputs, int], Evaluation]] = {
+    "dataset": _eval_dataset,
+    "input": _eval_input,
+    "model": _eval_model,
+    "mitigation": _eval_mitigation,
+    "update": _eval_update,
+}
 
 
 def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 2000) -> DefenseReport:
     """Fit ``defense`` and measure it (see the module docstring for what each kind reports).
 
     ``eval_limit`` caps the clean and the triggered test images screened by input detectors.
+    A defence whose kind has no evaluator is a ConfigError naming the kinds that have one.
     """
+    if defense.kind not in _EVALUATORS:
+        raise ConfigError(f"defense '{defense.name}' has kind '{defense.kind}', which no evaluator measures; use one of {', '.join(_EVALUATORS)}")
     started = time.perf_counter()
     metrics, cell, figures = _EVALUATORS[defense.kind](defense, inp, eval_limit)
     seconds = time.perf_counter() - started

@@ -19,10 +19,11 @@ from pydantic import Field
 from torch.nn.utils import prune
 
 from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import Defense, fresh_copy, model_device, register_defense, take
-from perturbd.defenses.fine_tuning import TuningParams
-from perturbd.defenses.tuning import tune
+from perturbd.defenses.base import Defense, fresh_copy, register_defense, take
+from perturbd.defenses.fine_tuning import TuningParams, tune
 from perturbd.errors import ConfigError
+from perturbd.metrics import clean_accuracy
+from perturbd.models import model_device
 
 
 def last_conv(model: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
@@ -65,13 +66,6 @@ def channel_activation(model: nn.Module, probe: nn.Module, images: torch.Tensor,
     return total / len(images)  # type: ignore[operator]
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, data: ImageDataset) -> float:
-    from perturbd.train import predict
-
-    return float((predict(model, data.images) == data.labels).float().mean())
-
-
 @register_defense
 class FinePruning(Defense):
     name = "fine_pruning"
@@ -94,8 +88,8 @@ class FinePruning(Defense):
         prune.custom_from_mask(conv, "weight", keep.view(shape).expand_as(conv.weight).to(conv.weight.device))
         if conv.bias is not None:
             prune.custom_from_mask(conv, "bias", keep.to(conv.bias.device))
-        self.pruned_accuracy_ = _accuracy(self.model_, clean)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        self.pruned_accuracy_ = clean_accuracy(self.model_, clean)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, description=self.name)
         prune.remove(conv, "weight")
         if conv.bias is not None:
             prune.remove(conv, "bias")

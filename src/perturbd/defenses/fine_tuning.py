@@ -3,16 +3,22 @@
 The backdoored model is trained further on ``n_clean`` clean images (SGD, cosine schedule, from a
 learning rate well below the original's): catastrophic forgetting of the trigger is hoped for.
 ``model_`` is the tuned copy; the input model is untouched.
+
+:func:`tune` is how every mitigation trains: the project's one training loop
+(:func:`perturbd.train.fit`) with its own ``loss_fn``.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from pydantic import Field
 
+from perturbd.config import TrainConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, DefenseParams, fresh_copy, register_defense, take
-from perturbd.defenses.tuning import tune
+from perturbd.models import model_device
+from perturbd.train import LossFn, fit
 
 
 class TuningParams(DefenseParams):
@@ -25,6 +31,32 @@ class TuningParams(DefenseParams):
     seed: int = Field(0, ge=0, description="seeds shuffling")
 
 
+def tune(
+    model: nn.Module,
+    clean: ImageDataset,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    loss_fn: LossFn | None = None,
+    description: str = "mitigation",
+) -> list[float]:
+    """Train ``model`` in place on ``clean`` and return the mean loss of each epoch.
+
+    This is the project's one training loop, :func:`perturbd.train.fit`: SGD with Nesterov
+    momentum 0.9, weight decay 5e-4, cosine schedule from ``lr`` to 0, no augmentation,
+    drop-last batches shuffled by ``seed``, fp32, on the model's own device and the current
+    number of CPU threads. ``loss_fn(net, x, y)`` (float ``x`` in [0, 1]) changes what is
+    minimised (distillation, PGD); the default is cross-entropy.
+    """
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+        augment="none", device=str(model_device(model)), threads=torch.get_num_threads(), precision="fp32",
+    )  # fmt: skip
+    return fit(model, clean, cfg, seed, loss_fn=loss_fn, description=description, lr_name=f"{description}.lr").losses
+
+
 @register_defense
 class FineTuning(Defense):
     name = "fine_tuning"
@@ -35,5 +67,5 @@ class FineTuning(Defense):
         clean = take(data, self.n_clean)
         self.clean_used_ = len(clean)
         self.model_ = fresh_copy(model)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, description=self.name)
         return self

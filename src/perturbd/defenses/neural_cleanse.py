@@ -17,14 +17,13 @@ for benchmarks) with the same batches: the same result, in one pass instead of K
 
 After ``fit``: ``norms_`` (mask L1, pixels), ``scores_`` (anomaly index per label, positive = small
 side), ``flagged_`` (per label), ``flagged_labels_``, ``masks_`` ``(K, H, W)``, ``patterns_``
-``(K, C, H, W)``, ``reached_`` (label reached the threshold), ``seconds_``.
+``(K, C, H, W)``, ``reached_`` (label reached the threshold), ``seconds_``, and ``evidence_``
+(``mask_l1`` and ``reached`` per label, for reports); :meth:`figures` draws the recovered trigger.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -34,23 +33,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import Defense, DefenseParams, model_device, register_defense, take
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode with its parameters' gradients off; restored on exit."""
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
+from perturbd.defenses.base import Defense, DefenseParams, Figures, register_defense, take
+from perturbd.defenses.figures import mask_norms_png, recovered_trigger_png
+from perturbd.models import frozen, model_device
 
 
 def reverse_triggers(
@@ -182,8 +167,22 @@ class NeuralCleanse(Defense):
         self.scores_ = anomaly_index(self.norms_)
         self.flagged_ = self.scores_ > self.anomaly_threshold
         self.flagged_labels_ = torch.nonzero(self.flagged_).flatten().tolist()
+        self.evidence_ = {"mask_l1": [round(float(v), 3) for v in self.norms_], "reached": [bool(v) for v in self.reached_]}
         return self
 
     def trigger_of(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The recovered ``(mask (H, W), pattern (C, H, W))`` of ``label``."""
         return self.masks_[label], self.patterns_[label]
+
+    def figures(self) -> Figures:
+        """``<name>_trigger.png``: the recovered trigger of the most anomalous label;
+        ``<name>_norms.png``: the reversed masks' L1 norms per label, flagged ones in red."""
+        top = int(torch.argmax(self.scores_))
+        mask, pattern = self.trigger_of(top)
+        norms, scores, threshold = self.norms_.clone(), self.scores_.clone(), self.anomaly_threshold
+        state = "flagged" if top in self.flagged_labels_ else "not flagged"
+        title = f"label {top} ({state}, anomaly index {float(scores[top]):.2f})"
+        return {
+            f"{self.name}_trigger.png": lambda path: recovered_trigger_png(mask, pattern, path, title),
+            f"{self.name}_norms.png": lambda path: mask_norms_png(norms, scores, path, threshold=threshold),
+        }

@@ -17,8 +17,9 @@ import torch.nn as nn
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import Defense, DefenseParams, model_device, register_defense, take
+from perturbd.defenses.base import Defense, DefenseParams, register_defense, take
 from perturbd.errors import ConfigError
+from perturbd.models import model_device
 
 
 @register_defense

@@ -12,11 +12,13 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from perturbd.config import TriggerConfig, validate
 from perturbd.rundir import read_json
 
 # metric column → (path in metrics.json, label, format); "pct" values are fractions shown in %
@@ -72,6 +74,10 @@ class RunRecord:
     def flat_config(self) -> dict[str, Any]:
         return flatten(self.config)
 
+    @cached_property
+    def trigger(self) -> TriggerConfig:
+        return trigger_config(self.config)
+
     def metric(self, name: str) -> float | None:
         node: Any = self.metrics
         for part in METRICS[name][0].split("."):
@@ -110,21 +116,11 @@ def collect_runs(root: Path) -> list[RunRecord]:
     return [RunRecord(p, yaml.safe_load((p / "config.yaml").read_text()) or {}, read_json(p / "metrics.json")) for p in found]
 
 
-def trigger_label(flat: dict[str, Any]) -> str:
-    """``grid c=10`` for a static mask, ``adaptive deepfool linf ξ=10`` for an adaptive one."""
-    kind = flat.get("trigger.kind", "?")
-    if kind == "adaptive":
-        return f"adaptive {flat.get('trigger.method', '')} {flat.get('trigger.norm', '')} ξ={flat.get('trigger.budget', 0):g}".replace("  ", " ")
-    if kind == "image":
-        return f"image {Path(str(flat.get('trigger.path', ''))).name}"
-    if kind == "patch":
-        return f"patch {flat.get('trigger.size')}px c={flat.get('trigger.amplitude', 0):g}"
-    return f"{kind} c={flat.get('trigger.amplitude', 0):g}"
-
-
-def trigger_strength(flat: dict[str, Any]) -> float:
-    """The configured strength: the budget ξ of an adaptive mask, else the amplitude c."""
-    return float(flat.get("trigger.budget" if flat.get("trigger.kind") == "adaptive" else "trigger.amplitude", math.nan))
+def trigger_config(config: dict[str, Any]) -> TriggerConfig:
+    """The ``trigger`` section of a run's config as a :class:`TriggerConfig`; keys this version
+    does not know are left out, so a config written by another version still reads."""
+    section = config.get("trigger") or {}
+    return validate({k: v for k, v in section.items() if k in TriggerConfig.model_fields}, TriggerConfig)
 
 
 @dataclass
@@ -142,6 +138,10 @@ class Group:
     @property
     def flat(self) -> dict[str, Any]:
         return self.runs[0].flat_config
+
+    @property
+    def trigger(self) -> TriggerConfig:
+        return self.runs[0].trigger
 
 
 IGNORED = {"seed", "data.root", "data.download", "train.device", "train.threads"}
@@ -162,8 +162,9 @@ def group_columns(records: list[RunRecord]) -> list[str]:
     return cols + [k for k in vary if not k.startswith("trigger.")]
 
 
-def group_values(flat: dict[str, Any], columns: list[str]) -> dict[str, Any]:
-    return {c: trigger_label(flat) if c == "trigger" else flat.get(c) for c in columns}
+def group_values(record: RunRecord, columns: list[str]) -> dict[str, Any]:
+    flat = record.flat_config
+    return {c: record.trigger.label if c == "trigger" else flat.get(c) for c in columns}
 
 
 def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
@@ -174,17 +175,13 @@ def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
     for r in records:
         flat = {k: v for k, v in r.flat_config.items() if k not in IGNORED}
         key = repr(sorted(flat.items(), key=lambda kv: kv[0]))
-        groups.setdefault(key, Group(group_values(r.flat_config, columns))).runs.append(r)
+        groups.setdefault(key, Group(group_values(r, columns))).runs.append(r)
     out = list(groups.values())
     for g in out:
         for m in METRICS:
             g.stats[m] = mean_ci([v for v in (r.metric(m) for r in g.runs) if v is not None])
-    out.sort(key=lambda g: [(_family_key(g.flat), trigger_strength(g.flat)) if c == "trigger" else _sortable(g.keys[c]) for c in columns])
+    out.sort(key=lambda g: [(g.trigger.family, g.trigger.strength, g.trigger.label) if c == "trigger" else _sortable(g.keys[c]) for c in columns])
     return columns, out
-
-
-def _family_key(flat: dict[str, Any]) -> str:
-    return trigger_label(flat).split("=")[0]
 
 
 def _sortable(v: Any) -> tuple[int, Any]:

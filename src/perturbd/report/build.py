@@ -11,7 +11,7 @@ from perturbd.errors import ConfigError
 from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, runs_csv, to_csv, to_markdown
 from perturbd.report.html import run_html, sweep_html
 from perturbd.report.plots import write_figures
-from perturbd.rundir import read_json
+from perturbd.rundir import read_failures, read_json
 
 
 @dataclass
@@ -34,8 +34,6 @@ class Report:
 
 def build_report(path: Path) -> Report:
     """Write the reports for ``path`` (a run directory or any folder holding run directories)."""
-    from perturbd.sweep import read_failures
-
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"no such folder: {root}; give a run directory or a folder of runs (e.g. runs/)")

@@ -9,6 +9,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from perturbd.report.aggregate import METRICS, TABLE_METRICS, cell
+from perturbd.results import RunMetrics, pct
+
+__all__ = ["RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
+
 
 class RichMonitor:
     """Training progress as a rich bar: steps, epoch, loss and images per second."""
@@ -43,33 +48,13 @@ def make_progress(console: Console) -> Progress:
     )
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
-
-
-def summary_table(metrics: dict[str, Any], run_dir: Path) -> Table:
-    """The headline numbers of one run."""
+def summary_table(metrics: RunMetrics, run_dir: Path) -> Table:
+    """The headline numbers of one run: the rows of :meth:`RunMetrics.rows`."""
     t = Table(title=f"perturbd run · {run_dir}", show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    s = metrics["stealth"]
-    rows = [
-        ("clean accuracy (backdoored)", pct(metrics["clean_accuracy"])),
-        ("clean accuracy (clean twin)", pct(metrics["clean_twin_accuracy"])),
-        ("accuracy loss", f"{100 * metrics['accuracy_loss']:+.2f} points"),
-        ("attack success rate", pct(metrics["attack_success_rate"])),
-        ("clean-model ASR", pct(metrics["clean_model_asr"])),
-        ("injection rate", f"{pct(metrics['injection_rate'])} ({metrics['poisoned_count']} images)"),
-        ("trigger L∞ / L2 (0–255)", f"{metrics['trigger']['linf']:.1f} / {metrics['trigger']['l2']:.1f}"),
-        ("PSNR mean / worst", f"{s['psnr_mean']:.1f} / {s['psnr_min']:.1f} dB"),
-        ("SSIM mean / worst", f"{s['ssim_mean']:.4f} / {s['ssim_min']:.4f}"),
-        ("seed", str(metrics["seed"])),
-    ]
-    if "before_update" in metrics:  # attack.setting=update: the model before fine-tuning
-        b = metrics["before_update"]
-        rows[:0] = [("before update: accuracy / ASR", f"{pct(b['clean_accuracy'])} / {pct(b['attack_success_rate'])}")]
-    for key, value in rows:
-        t.add_row(key, value)
+    for what, value in metrics.rows():
+        t.add_row(what, value)
     return t
 
 
@@ -85,8 +70,6 @@ class SweepMonitor(RichMonitor):
 
 def aggregate_table(report: Any, title: str) -> Table:
     """The aggregated sweep table: distinguishing config columns, seeds, mean ± 95 % CI."""
-    from perturbd.report.aggregate import METRICS, TABLE_METRICS, cell
-
     t = Table(title=title, header_style="bold")
     for c in [*report.columns, "seeds"]:
         t.add_column(c, no_wrap=True)

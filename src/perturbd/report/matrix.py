@@ -18,18 +18,15 @@ from typing import Any
 import yaml
 
 from perturbd.errors import DataError
+from perturbd.report.aggregate import trigger_config
 from perturbd.rundir import read_json
 
 
 def _row_label(cfg: dict[str, Any]) -> str:
-    trig = cfg.get("trigger", {})
-    kind = trig.get("kind", "?")
-    size = f"budget {trig.get('budget'):g} {trig.get('norm')}" if kind == "adaptive" else f"c={trig.get('amplitude', 0):g}"
-    if kind == "patch":
-        size += f", {trig.get('size')}×{trig.get('size')}"
+    """``grid c=10, before_training/full, rate 5 %``: the trigger's label, the attack, the rate."""
     attack = cfg.get("attack", {})
     rate = cfg.get("poison", {}).get("rate", 0)
-    return f"{kind} ({size}), {attack.get('setting', '?')}/{attack.get('knowledge', '?')}, rate {100 * rate:g} %"
+    return f"{trigger_config(cfg).label}, {attack.get('setting', '?')}/{attack.get('knowledge', '?')}, rate {100 * rate:g} %"
 
 
 def matrix_row(run_dir: Path | str) -> dict[str, Any]:

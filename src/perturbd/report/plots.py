@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from perturbd.report.aggregate import Group, trigger_strength  # noqa: E402
+from perturbd.report.aggregate import Group  # noqa: E402
 
 STYLE = {
     "font.size": 13, "axes.titlesize": 15, "axes.labelsize": 14, "legend.fontsize": 11,
@@ -46,11 +46,6 @@ def _show(key: str, value: Any) -> str:
     if key == "poison.rate" and isinstance(value, (int, float)):
         return f"rate {100 * value:g} %"
     return f"{key.split('.')[-1]}={value}"
-
-
-def _family(flat: dict[str, Any]) -> str:
-    kind = flat.get("trigger.kind", "?")
-    return f"adaptive {flat.get('trigger.method', '')} {flat.get('trigger.norm', '')}".strip() if kind == "adaptive" else str(kind)
 
 
 def _series(groups: list[Group], name: Callable[[Group], str], x: Callable[[Group], float]) -> dict[str, list[tuple[float, Group]]]:
@@ -107,7 +102,7 @@ def asr_vs_rate(columns: list[str], groups: list[Group], path: Path) -> Path | N
 
 def asr_vs_strength(columns: list[str], groups: list[Group], path: Path) -> Path | None:
     """ASR (%) versus amplitude c (static masks) or budget ξ (adaptive), one line per family."""
-    series = _series(groups, lambda g: ", ".join(filter(None, [_family(g.flat), _label(g.keys, {"trigger"}) if len(g.keys) > 1 else ""])), lambda g: trigger_strength(g.flat))
+    series = _series(groups, lambda g: ", ".join(filter(None, [g.trigger.family, _label(g.keys, {"trigger"}) if len(g.keys) > 1 else ""])), lambda g: g.trigger.strength)
     series = {k: pts for k, pts in series.items() if len({x for x, _ in pts}) > 1}  # a line, not a lone point
     if not series:
         return None
@@ -129,7 +124,7 @@ def stealth_vs_asr(columns: list[str], groups: list[Group], path: Path) -> Path 
         return None
     by_trigger: dict[str, list[Group]] = {}
     for g in pts:
-        by_trigger.setdefault(str(g.keys.get("trigger", _family(g.flat))), []).append(g)
+        by_trigger.setdefault(str(g.keys.get("trigger", g.trigger.family)), []).append(g)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=150)
         for i, (label, gs) in enumerate(by_trigger.items()):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from perturbd.errors import CheckpointError, ConfigError
@@ -95,8 +95,6 @@ class Trigger:
             raise CheckpointError(f"trigger file not found: {path}")
         try:
             tensors = load_file(str(path))
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError) as err:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from perturbd.config import TriggerConfig
 from perturbd.errors import ConfigError
@@ -76,8 +77,6 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
             raise ConfigError(f"mask {path} must hold numbers, got dtype {arr.dtype}")
         delta = torch.from_numpy(np.asarray(arr, dtype=np.float32))
     else:
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(path) as img:
                 arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))

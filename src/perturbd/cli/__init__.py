@@ -1,0 +1,28 @@
+"""The ``perturbd`` command: parse, load the config, call the library, print a rich summary.
+
+One module per group of commands; they defer the library's heavy modules into the commands, so
+that ``perturbd --help`` and a config mistake answer before torch loads. Every
+:class:`~perturbd.errors.PerturbdError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from perturbd.cli import defences, experiments, triggers  # noqa: F401  (each adds its commands to the app)
+from perturbd.cli.app import app, console
+from perturbd.errors import PerturbdError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console entry point: one line and exit code 2 for every user mistake."""
+    try:
+        app()
+    except PerturbdError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; finished runs are kept, partial ones were removed")
+        sys.exit(130)

@@ -1,0 +1,47 @@
+"""The ``perturbd`` Typer app, its consoles and the options its commands share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from perturbd.errors import PerturbdError
+
+HELP = (
+    "Embed, measure and remove invisible backdoors in CNN image classifiers "
+    "(Liao et al., 2018: backdoors by invisible perturbation). "
+    "Start with `perturbd run`; every mistake is one line and exit code 2."
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=HELP)
+trigger_app = typer.Typer(no_args_is_help=True, help="Build and look at triggers.")
+app.add_typer(trigger_app, name="trigger")
+console = Console(stderr=True)
+out_console = Console()
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: section.key=value (repeatable)")]
+DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="folder holding downloaded data sets (sets data.root)")]
+ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a defence parameter: key=value (repeatable)")]
+
+
+def params_of(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs, values parsed as YAML; a one-line error for anything else."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PerturbdError(f"--param takes key=value, got '{item}'")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def overrides(sets: list[str] | None, data_root: Path | None) -> list[str]:
+    """``--set`` values, and ``data.root`` from ``--data-root``."""
+    out = list(sets or [])
+    if data_root is not None:
+        out.append(f"data.root={data_root}")
+    return out

@@ -1,0 +1,88 @@
+"""Commands that defend and audit saved models: ``defend``, ``defenses``, ``audit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from perturbd.cli.app import DataRootOpt, ParamOpt, app, console, out_console, params_of
+from perturbd.report.console import defense_table
+
+
+@app.command()
+def defend(
+    model: Annotated[Path, typer.Argument(help="a run directory, or a model .safetensors")],
+    defense: Annotated[list[str], typer.Option("--defense", "-d", help="defence name (repeatable); see `perturbd defenses`")],
+    data: Annotated[Optional[str], typer.Option("--data", help="data set the model was trained on (default: the run's)")] = None,
+    trigger: Annotated[Optional[Path], typer.Option("--trigger", help="trigger .safetensors, to measure ASR / input screening")] = None,
+    target: Annotated[Optional[int], typer.Option("--target", help="the attack's target label")] = None,
+    params: ParamOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for defenses.json, figures and matrix (default: ./defend-<model>)")] = None,
+    data_root: DataRootOpt = None,
+) -> None:
+    """Run defences on a saved model; --param applies to every --defense given."""
+    from perturbd.config import DefenseSpec
+    from perturbd.defenses.evaluate import run_defenses, write_defenses
+    from perturbd.defenses.saved import load_inputs
+
+    specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
+    inputs = load_inputs(model, data=data, data_root=data_root, trigger=trigger, target=target)
+    reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{m}"))
+    folder = out or Path(f"defend-{model.stem if model.is_file() else model.name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_defenses(folder, reports, inputs.clean_source)
+    out_console.print(defense_table(reports, f"perturbd defend · {model}"))
+    console.print(f"wrote {folder}/defenses.json")
+
+
+@app.command()
+def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter")] = "*") -> None:
+    """List the registered defences and their kind."""
+    from perturbd.defenses import get_defense, list_defenses
+
+    for name in list_defenses(pattern):
+        out_console.print(f"{name:<22} {get_defense(name).kind}")
+
+
+@app.command()
+def audit(
+    old: Annotated[Path, typer.Argument(help="model before the update: .safetensors or run directory")],
+    new: Annotated[Path, typer.Argument(help="model after the update: .safetensors or run directory")],
+    data: Annotated[Optional[str], typer.Option("--data", help="clean data the models classify (default: NEW's run config)")] = None,
+    params: ParamOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for audit.json and figures")] = None,
+    data_root: DataRootOpt = None,
+) -> None:
+    """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
+    from perturbd.defenses.saved import load_inputs, locate
+    from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
+    from perturbd.models import build_from_checkpoint
+
+    auditor = UpdateAudit(**params_of(params))
+    inputs = load_inputs(new, data=data, data_root=data_root)
+    old_model = build_from_checkpoint(locate(old).model)
+    with console.status("auditing the update (Neural Cleanse and universal perturbations on both models)"):
+        result = auditor.fit(inputs.model, inputs.clean, before=old_model)
+    t = Table(title=f"perturbd audit · {old} → {new}", header_style="bold")
+    for col in ("label", "verdict", "NC index old → new", "mask L1 old → new", "UAP fooling old → new"):
+        t.add_column(col)
+    for r in result.rows_:
+        style = "" if r["verdict"] == NO_CHANGE else "bold red"
+        t.add_row(
+            str(r["label"]), f"[{style}]{r['verdict']}" if style else r["verdict"],
+            f"{r['nc_anomaly_index_old']:.2f} → {r['nc_anomaly_index_new']:.2f}",
+            f"{r['nc_mask_l1_old']:.1f} → {r['nc_mask_l1_new']:.1f}",
+            f"{100 * r['fooling_rate_old']:.1f} → {100 * r['fooling_rate_new']:.1f} %",
+        )  # fmt: skip
+    out_console.print(t)
+    out_console.print(f"suspicious labels: {result.suspicious_labels_ or 'none'} ({result.clean_used_} clean images, {result.seconds_:.1f} s)")
+    if out is not None:
+        from perturbd.rundir import write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "audit.json", result.to_json())
+        for filename, draw in result.figures().items():
+            draw(out / filename)

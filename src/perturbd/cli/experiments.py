@@ -1,0 +1,131 @@
+"""Commands that run experiments and read their results: ``run``, ``sweep``, ``report``, ``datasets``, ``models``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from perturbd.cli.app import DataRootOpt, SetOpt, app, console, out_console, overrides
+from perturbd.config import load_config
+from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, make_progress, pct, summary_table
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (optional)")] = None,
+    sets: SetOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for run directories")] = Path("runs"),
+    data_root: DataRootOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="redo a run whose directory already exists")] = False,
+) -> None:
+    """Run one experiment: poison, train the clean twin and the backdoored model, evaluate."""
+    cfg = load_config(config, overrides(sets, data_root))  # a config mistake is answered before torch loads
+    from perturbd.experiment import run as run_experiment
+
+    with make_progress(console) as progress:
+        result = run_experiment(cfg, out, monitor=RichMonitor(progress), log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
+    if result.skipped:
+        console.print(f"[yellow]already complete, not rerun (use --force to redo): {result.run_dir}")
+    out_console.print(summary_table(result.metrics, result.run_dir))
+
+
+@app.command()
+def datasets(data_root: DataRootOpt = None) -> None:
+    """List the data sources and whether each is present."""
+    from perturbd.config import DataConfig
+    from perturbd.data import list_sources, source_status
+
+    root = data_root or DataConfig().root
+    t = Table(title=f"data sources (root {root})")
+    t.add_column("name")
+    t.add_column("status")
+    for name in list_sources():
+        t.add_row(name, source_status(name, Path(root).expanduser()))
+    out_console.print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model architectures."""
+    from perturbd.models import list_models
+
+    for name in list_models():
+        out_console.print(name)
+    out_console.print("tv:<name>  (any torchvision classification model, e.g. tv:resnet18)")
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep YAML: base config, axes, seeds, executor, out")],
+    sets: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the run directories (overrides out:)")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", "-e", help="local or ray (overrides executor:)")] = None,
+    workers: Annotated[Optional[str], typer.Option("--workers", "-w", help="local runs at once: auto or N (1 = in this process)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and their state; run nothing")] = False,
+) -> None:
+    """Run a grid of experiments × seeds; finished runs are kept and never rerun, failed ones retried."""
+    from perturbd.report.build import build_report
+    from perturbd.rundir import run_dir_for
+    from perturbd.sweep import load_sweep, made_elsewhere_runs, run_sweep, status
+
+    sw = load_sweep(spec, {"out": str(out) if out else None, "executor": executor, "workers": int(workers) if workers and workers.isdigit() else workers}, sets)
+    st = status(sw)
+    console.print(
+        f"sweep [bold]{sw.spec.name}[/]: {len(sw.runs)} runs ({len(sw.runs) // len(sw.spec.seeds)} configs × {len(sw.spec.seeds)} seeds) → {sw.out}\n"
+        f"  {len(st.done)} already done, {len(st.failed)} failed before (retried), {len(st.pending)} to run · executor {sw.spec.executor}",
+        highlight=False,
+    )
+    stale = made_elsewhere_runs(sw, st)
+    if stale:
+        console.print(
+            f"[yellow]  {len(stale)} of the finished runs were made by another perturbd version or commit (e.g. {stale[0].name}); "
+            "they are kept, not rerun: delete them to redo them with this code",
+            highlight=False,
+        )
+    if dry_run:
+        state = {c.hash(): "done" for c in st.done} | {c.hash(): "failed" for c in st.failed}
+        for cfg, assigned in zip(sw.runs, sw.assignments):
+            out_console.print(f"{state.get(cfg.hash(), 'todo'):>6}  {run_dir_for(cfg, sw.out).name}  " + " ".join(f"{k}={v}" for k, v in assigned.items()), highlight=False)
+        return
+    with make_progress(console) as progress:
+        overall = progress.add_task("sweep", total=len(sw.runs), completed=len(st.done), info="")
+        in_process = sw.spec.executor == "local"
+
+        def on_done(o: Any) -> None:
+            progress.advance(overall)
+            if o.ok:
+                m = o.metrics
+                progress.console.print(f"[green]✓[/] {o.run_dir.name}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} · {o.seconds:.0f} s", highlight=False)
+            else:
+                progress.console.print(f"[red]✗[/] {o.cfg.run_name}-{o.cfg.hash()}: {o.error}", highlight=False)
+
+        def on_start(cfg: Any) -> None:
+            progress.update(overall, info=f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}")
+
+        result = run_sweep(sw, on_start=on_start, on_done=on_done, monitor=SweepMonitor(progress) if in_process else None)
+    console.print(f"ran {len(result.finished)} runs in {result.seconds:.0f} s; {len(result.failed)} failed", highlight=False)
+    report = build_report(sw.out)
+    out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
+    console.print(f"report: {report.html}", highlight=False)
+    if result.failed:
+        console.print(f"[red]{len(result.failed)} runs failed[/] (see {sw.out / 'failures'}); rerun the same command to retry them", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(path: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs (searched recursively)")] = Path("runs")) -> None:
+    """Write report.html (and for a folder: aggregate.csv/.md, runs.csv, figures/) and print the table."""
+    from perturbd.report.build import build_report
+    from perturbd.results import RunMetrics
+
+    rep = build_report(path)
+    if rep.single_run:
+        out_console.print(summary_table(RunMetrics.read(rep.root), rep.root))
+    else:
+        out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, mean ± 95 % CI over seeds"))
+        for f in rep.files[:-1]:
+            console.print(f"wrote {f}", highlight=False)
+    console.print(f"report: {rep.html}", highlight=False)

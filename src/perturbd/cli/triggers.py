@@ -1,0 +1,78 @@
+"""``perturbd trigger list | show | make``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from perturbd.cli.app import DataRootOpt, SetOpt, console, out_console, overrides, trigger_app
+from perturbd.config import load_config
+from perturbd.errors import PerturbdError
+from perturbd.report.console import RichMonitor, make_progress, pct
+
+
+@trigger_app.command("list")
+def trigger_list() -> None:
+    """List the trigger kinds."""
+    from perturbd.triggers import list_triggers
+
+    for name in list_triggers():
+        out_console.print(name)
+
+
+@trigger_app.command("show")
+def trigger_show(
+    kind: Annotated[str, typer.Argument(help="trigger kind, e.g. grid")] = "grid",
+    sets: SetOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")] = Path("trigger.png"),
+    data: Annotated[str, typer.Option("--data", help="data set for the shape and the samples")] = "mnist5k",
+    data_root: DataRootOpt = None,
+) -> None:
+    """Write a static trigger as a PNG (amplified) beside clean and poisoned samples."""
+    from perturbd.data import load_data
+    from perturbd.report.figures import trigger_sheet
+    from perturbd.triggers import TriggerContext, build_trigger, needs_model
+
+    cfg = load_config(None, [f"trigger.kind={kind}", f"data.name={data}", *overrides(sets, data_root)])
+    if needs_model(kind):
+        raise PerturbdError(f"trigger '{kind}' is computed from a model; use `perturbd trigger make` to build it first")
+    split = load_data(cfg.data, cfg.seed)
+    trig = build_trigger(cfg.trigger, TriggerContext(split.test.image_shape, cfg.seed, cfg.poison.target))
+    clean = split.test.images[:4]
+    trigger_sheet(trig.delta, clean, trig.apply(clean), output, f"{kind}, c = {cfg.trigger.amplitude:g}")
+    out_console.print(f"wrote {output}")
+
+
+@trigger_app.command("make")
+def trigger_make(
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (optional)")] = None,
+    sets: SetOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help=".safetensors file to write (a .png and a .json beside it)")] = Path("trigger.safetensors"),
+    data_root: DataRootOpt = None,
+) -> None:
+    """Build a trigger as the adversary would (adaptive by default) and save it; no victim is trained."""
+    from perturbd.attack.trigger_file import make_trigger, write_trigger
+
+    base = [] if config is not None else ["trigger.kind=adaptive"]
+    cfg = load_config(config, [*base, *overrides(sets, data_root)])
+    with make_progress(console) as progress:
+        plan = make_trigger(cfg, RichMonitor(progress), output)
+    written = write_trigger(plan, output)
+    t = Table(title=f"perturbd trigger make · {output}", header_style="bold")
+    t.add_column("fact")
+    t.add_column("value", justify="right")
+    info, norms = plan.trigger.info, plan.trigger.norms()
+    t.add_row("kind · knowledge", f"{plan.trigger.kind} · {cfg.attack.knowledge}")
+    t.add_row("L∞ / L2 (0–255)", f"{norms['linf']:.0f} / {norms['l2']:.1f}")
+    if "fooling_rate_samples" in info:
+        t.add_row("method · norm · budget", f"{info['method']} · {info['norm']} · {info['budget']:g}")
+        hold = info["fooling_rate_holdout"]
+        t.add_row("fooling rate samples / held-out", f"{pct(info['fooling_rate_samples'])} / {pct(hold) if hold is not None else '–'}")
+        t.add_row("passes · seconds", f"{info['passes_used']} · {info['seconds']:.1f} s")
+        m = plan.record["model"]
+        t.add_row("adversary model", f"{m['arch']}{' (surrogate)' if m['surrogate'] else ''}, held-out accuracy {pct(m['holdout_accuracy'])}")
+    t.add_row("files", ", ".join(str(p) for p in written))
+    out_console.print(t)

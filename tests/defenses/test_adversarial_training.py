@@ -1,0 +1,19 @@
+"""Adversarial training at a radius covering the trigger removes the planted backdoor."""
+
+from __future__ import annotations
+
+import torch
+
+from perturbd.defenses.adversarial_training import pgd_linf
+
+
+def test_removes_the_planted_backdoor(mitigates) -> None:
+    mitigates("adversarial_training", {"n_clean": 300, "epsilon": 64}, 0.3)
+
+
+def test_pgd_stays_in_the_ball_and_the_image_range(planted) -> None:
+    x = planted.clean.images[:16].float() / 255
+    y = planted.clean.labels[:16]
+    adv = pgd_linf(planted.model, x, y, 8 / 255, 3, 4 / 255, torch.Generator().manual_seed(0))
+    assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1

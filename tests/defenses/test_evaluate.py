@@ -1,0 +1,123 @@
+"""Evaluation of every defence kind through its protocol, the defender's clean set, and defences
+run from an experiment config: files, matrix, errors before any work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+import torch.nn as nn
+
+from perturbd.config import load_config
+from perturbd.data.dataset import ImageDataset
+from perturbd.defenses import build_defense
+from perturbd.defenses.base import Defense, Figures, ModelInspector
+from perturbd.defenses.evaluate import defender_clean_set, evaluate_defense, write_defenses
+from perturbd.errors import ConfigError
+from perturbd.experiment import run
+from perturbd.report.matrix import matrix_rows, write_matrix
+from perturbd.rundir import run_dir_for
+from perturbd.seeding import derived_generator
+
+AUDIT = {"n_clean": 300, "nc_steps": 60, "nc_batch": 8, "uap_steps": 30, "uap_batch": 16, "epsilon": 32}
+
+
+class LastLabel(Defense):
+    """A model inspector that is not Neural Cleanse: flags the last label, draws nothing."""
+
+    name: ClassVar[str] = "last_label"
+    kind: ClassVar[str] = "model"
+    anomaly_threshold = 2.0
+
+    def fit(self, model: nn.Module, data: ImageDataset) -> LastLabel:
+        k = data.num_classes
+        self.scores_ = torch.arange(k, dtype=torch.float32) - (k - 1) + 3  # only the last above 2
+        self.flagged_ = self.scores_ > self.anomaly_threshold
+        self.flagged_labels_ = [k - 1]
+        self.evidence_ = {"votes": list(range(k))}
+        self.seconds_ = 0.0
+        self.clean_used_ = len(data)
+        return self
+
+    def figures(self) -> Figures:
+        return {"last_label.png": lambda path: Path(path).write_bytes(b"png")}
+
+
+def test_defender_clean_set_is_the_unpoisoned_images_in_a_derived_order(planted) -> None:
+    clean = defender_clean_set(planted.train, planted.indices, 0)
+    assert len(clean) == len(planted.train) - len(planted.indices)
+    keep = torch.ones(len(planted.train), dtype=torch.bool)
+    keep[planted.indices] = False
+    idx = torch.nonzero(keep).flatten()
+    order = torch.randperm(len(idx), generator=derived_generator(0, "defender"))
+    assert torch.equal(clean.images, planted.train.images[idx[order]])
+    assert not torch.equal(defender_clean_set(planted.train, planted.indices, 1).labels, clean.labels)
+
+
+def test_model_inspection_needs_nothing_neural_cleanse_specific(planted, tmp_path) -> None:
+    d = LastLabel()
+    assert isinstance(d.fit(planted.model, planted.clean), ModelInspector)
+    r = evaluate_defense(d, planted.inputs())
+    assert r.metrics["flagged_labels"] == [9] and r.metrics["votes"] == list(range(10))
+    assert r.metrics["clean_model"]["flagged_labels"] == [9]
+    assert r.metrics["target_flagged"] is False and r.cell["text"].startswith("flags [9]; t=0")
+    write_defenses(tmp_path, [r], "test")
+    assert (tmp_path / "last_label.png").read_bytes() == b"png"
+
+
+def test_update_audit_needs_the_model_before_the_update(planted) -> None:
+    with pytest.raises(ConfigError, match="needs a run of the update setting") as err:
+        evaluate_defense(build_defense("update_audit", **AUDIT), planted.inputs())
+    assert "\n" not in str(err.value)
+
+
+def test_update_audit_against_the_clean_update(planted, updates, tmp_path) -> None:
+    inputs = planted.inputs(updates.poisoned_update, before_model=updates.before, clean_model=updates.clean_update)
+    r = evaluate_defense(build_defense("update_audit", **AUDIT), inputs)
+    m = r.metrics
+    assert m["suspicious_labels"] == [0] and m["target_flagged"] and m["target_score"] > 0.3
+    assert m["clean_model"]["suspicious_labels"] == [], "a clean update is no change"
+    assert len(m["labels"]) == 10 and r.cell["value"] == m["target_score"]
+    assert r.cell["text"].startswith("suspicious [0] (clean update: none); t=0")
+    write_defenses(tmp_path, [r], "test")
+    assert (tmp_path / "audit_trigger_0.png").stat().st_size > 0
+    json.loads((tmp_path / "defenses.json").read_text())
+
+
+def test_unknown_kind_is_a_one_line_error(planted) -> None:
+    class Odd(LastLabel):
+        kind: ClassVar[str] = "odd"
+
+    with pytest.raises(ConfigError, match="kind 'odd', which no evaluator measures"):
+        evaluate_defense(Odd(), planted.inputs())
+
+
+def test_experiment_writes_defenses_and_matrix(run_dir) -> None:
+    report = json.loads((run_dir / "defenses.json").read_text())
+    assert [d["name"] for d in report["defenses"]] == ["spectral_signature", "neural_cleanse", "fine_tuning"]
+    assert "training split minus the poisoned images" in report["clean_source"]
+    assert report["defenses"][2]["clean_images_used"] == 50
+    assert (run_dir / "neural_cleanse_trigger.png").stat().st_size > 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["defenses"]) == {"spectral_signature", "neural_cleanse", "fine_tuning"}
+    md = (run_dir / "matrix.md").read_text()
+    assert "spectral_signature" in md.splitlines()[0] and "patch 3px c=255" in md
+    rows = list(csv.DictReader((run_dir / "matrix.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["spectral_signature"]) > 0.5 and "fine_tuning_accuracy_cost" in rows[0]
+
+
+def test_matrix_over_several_runs(run_dir, tmp_path) -> None:
+    md, csv_path = write_matrix(matrix_rows([run_dir, run_dir]), tmp_path)
+    assert md.read_text().count("patch 3px c=255") == 2
+    assert len(list(csv.DictReader(csv_path.open()))) == 2
+
+
+def test_bad_defense_in_config_fails_before_any_work(tiny_run, tmp_path) -> None:
+    cfg = load_config(overrides=[*tiny_run, "defenses=[{name: strip, params: {overlays: 0}}]"])
+    with pytest.raises(ConfigError, match=r"strip.overlays must be in \[1, 1000\], got 0"):
+        run(cfg, tmp_path)
+    assert not run_dir_for(cfg, tmp_path).exists()

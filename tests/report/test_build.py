@@ -1,0 +1,38 @@
+"""`perturbd report PATH`: a folder of runs → tables, figures and HTML; a run → its own page."""
+
+from __future__ import annotations
+
+import pytest
+
+from perturbd.errors import ConfigError
+from perturbd.report.build import build_report
+
+
+def test_folder_report_writes_tables_figures_and_html(runs, self_contained):
+    rep = build_report(runs)
+    names = {p.name for p in rep.files}
+    assert {"aggregate.csv", "aggregate.md", "runs.csv", "asr_vs_rate.png", "asr_vs_strength.png", "stealth_vs_asr.png", "report.html"} <= names
+    html = rep.html.read_text()
+    assert self_contained(html)
+    assert html.count("data:image/png;base64,") == 3
+    assert "grid c=10" in html and "Environment" in html
+    assert all((r.path / "report.html").is_file() for r in rep.records)
+
+
+def test_run_report_embeds_trigger_and_samples_and_escapes_text(runs, self_contained):
+    run = next(p for p in runs.iterdir() if (p / "trigger.png").is_file())
+    rep = build_report(run)
+    assert rep.single_run and rep.html == run / "report.html"
+    html = rep.html.read_text()
+    assert self_contained(html) and html.count("data:image/png;base64,") == 2
+    assert "a &lt;b&gt;log&lt;/b&gt; line" in html  # the log is escaped, not interpreted
+    assert "attack success rate" in html and "poison:" in html
+
+
+def test_failed_runs_are_listed_and_an_empty_folder_is_a_one_line_error(runs, tmp_path):
+    (runs / "failures").mkdir()
+    (runs / "failures" / "fake-0.json").write_text('{"name": "fake", "config_hash": "abc", "seed": 3, "error": "out of <memory>", "time": "now"}')
+    html = build_report(runs).html.read_text()
+    assert "Failed runs" in html and "out of &lt;memory&gt;" in html
+    with pytest.raises(ConfigError, match="no run directories"):
+        build_report(tmp_path / "sweep" / ".twins")

@@ -1,0 +1,48 @@
+"""The console tables: a run's summary shows RunMetrics.rows(); the sweep table; `perturbd report`."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from perturbd.cli import app
+from perturbd.report.build import build_report
+from perturbd.report.console import aggregate_table, summary_table
+from perturbd.results import BeforeUpdate, RunMetrics
+
+
+def cells(table) -> list[tuple[str, ...]]:
+    return list(zip(*(col.cells for col in table.columns)))
+
+
+def test_summary_shows_the_rows_of_run_metrics(runs):
+    run = next(p for p in runs.iterdir() if not p.name.startswith("."))
+    metrics = RunMetrics.read(run)
+    assert cells(summary_table(metrics, run)) == metrics.rows()
+    updated = metrics.model_copy(update={"before_update": BeforeUpdate(clean_accuracy=0.97, attack_success_rate=0.02)})
+    assert cells(summary_table(updated, run))[0] == ("before update: accuracy / ASR", "97.00 % / 2.00 %")
+
+
+def test_aggregate_table_has_the_label_column_and_mean_ci(runs):
+    rep = build_report(runs)
+    console = Console(record=True, width=220)
+    console.print(aggregate_table(rep, "sweep"))
+    text = console.export_text()
+    assert "trigger" in text and "poison.rate" in text and "grid c=6" in text and "18.50 ± 6.35" in text
+
+
+def test_cli_report(runs, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(runs)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "grid c=6" in result.output
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert bad.exit_code != 0
+
+
+def test_cli_report_on_one_run_prints_its_summary(runs):
+    run = next(p for p in runs.iterdir() if not p.name.startswith("."))
+    result = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for what, value in RunMetrics.read(run).rows():
+        assert what in result.output and value in result.output
+    assert f"report: {run / 'report.html'}" in result.output.replace("\n", "")

@@ -1,0 +1,36 @@
+"""Self-contained HTML: a run's page shows RunMetrics.rows(); the sweep page labels runs by trigger."""
+
+from __future__ import annotations
+
+from perturbd.report.aggregate import collect_runs
+from perturbd.report.html import esc, run_html, sweep_html
+from perturbd.results import RunMetrics
+from perturbd.rundir import read_json, write_json
+
+
+def test_run_page_shows_the_rows_of_run_metrics(runs, self_contained):
+    run = next(p for p in runs.iterdir() if (p / "trigger.png").is_file())
+    html = run_html(run).read_text()
+    assert self_contained(html)
+    for what, value in RunMetrics.read(run).rows():
+        assert f"<tr><th>{esc(what)}</th><td>{esc(value)}</td></tr>" in html
+    assert "<h2>Update</h2>" not in html
+
+
+def test_update_run_page_shows_the_update_facts(runs):
+    run = next(p for p in runs.iterdir() if not p.name.startswith("."))
+    metrics = read_json(run / "metrics.json")
+    metrics["before_update"] = {"clean_accuracy": 0.97, "attack_success_rate": 0.02}
+    metrics["update"] = {"batch_size": 600, "batch": "fresh", "initial_train_size": 4000, "epochs": 2, "lr": 0.01, "pre_update_model": "trained here", "checkpoint_sha256": None}
+    write_json(run / "metrics.json", metrics)
+    html = run_html(run).read_text()
+    assert "<tr><th>before update: accuracy / ASR</th><td>97.00 % / 2.00 %</td></tr>" in html
+    assert "<h2>Update</h2>" in html and "<tr><th>pre_update_model</th><td>trained here</td></tr>" in html
+
+
+def test_sweep_page_labels_runs_by_the_trigger_label(kinds, self_contained):
+    records = collect_runs(kinds)
+    html = sweep_html(kinds, records, [], [], [], []).read_text()
+    assert self_contained(html)
+    for label in ("grid c=6", "grid c=10", "patch 3px c=255", "image mask.png", "adaptive deepfool linf ξ=10", "adaptive deepfool linf ξ=20"):
+        assert f"<td>{esc(label)}</td>" in html
