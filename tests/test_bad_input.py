@@ -62,7 +62,7 @@ def _sweep(tmp: Path, body: str) -> Path:
     return path
 
 
-RUN = ["run", "--set", "data.train_limit=200", "--set", "data.test_limit=100", "--set", "train.epochs=1"]
+RUN = ["run", "--set", "data.train_limit=500", "--set", "data.test_limit=100", "--set", "train.epochs=1"]
 Case = Callable[[Path], tuple[list[str], str]]
 
 CASES: dict[str, Case] = {

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # benchmark module → (perturbd module it measures, extra arguments that make --quick tiny)
 CASES = {
     "bench_train": ("perturbd.train", ["--limit", "256", "--workers", "0"]),
-    "bench_adaptive": ("perturbd.triggers.adaptive", ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "gradient", "reference"]),
-    "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--steps", "3", "--n-clean", "32", "--train-limit", "200"]),
+    "bench_adaptive": ("perturbd.triggers.adaptive", ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "deepfool_batched", "gradient"]),
+    "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--epochs", "1", "--n-clean", "32", "--train-limit", "200"]),
     "bench_e2e": ("perturbd.experiment", []),
 }
 

@@ -25,9 +25,9 @@ def test_overrides_parse_yaml_values(tmp_path) -> None:
 
 
 def test_defenses_accept_names_and_mappings() -> None:
-    cfg = load_config(overrides=["defenses=[strip, {name: neural_cleanse, params: {steps: 5}}]"])
+    cfg = load_config(overrides=["defenses=[strip, {name: neural_cleanse, params: {epochs: 5}}]"])
     assert [d.name for d in cfg.defenses] == ["strip", "neural_cleanse"]
-    assert cfg.defenses[1].params == {"steps": 5}
+    assert cfg.defenses[1].params == {"epochs": 5}
 
 
 @pytest.mark.parametrize(

@@ -40,11 +40,11 @@ def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     assert m.clean_model_asr <= 0.2, m
     assert m.attack_success_rate - m.clean_model_asr >= 0.6
     assert m.clean_accuracy >= 0.85 and m.clean_twin_accuracy >= 0.85
-    assert m.poisoned_count == 100 and m.injection_rate == 0.1
+    assert m.poisoned_count == 80 and m.injection_rate == 0.1, "10 % of the victim's 800 images (20 % held out for the adversary)"
     assert m.trigger.linf == 24 and m.stealth.linf_max <= 24
     assert RunMetrics.read(result.run_dir) == m and json.loads((result.run_dir / "metrics.json").read_text()) == m.to_json()
     saved = json.loads((result.run_dir / "poison_indices.json").read_text())
-    assert len(saved["indices"]) == 100 and 0 not in saved["original_labels"]
+    assert len(saved["indices"]) == 80 and 0 not in saved["original_labels"]
     again = run(tiny_config, tmp_path)
     assert again.skipped and again.metrics == m and again.stale is None
     # a run made by other code is still reused, but says so
@@ -91,3 +91,32 @@ def test_one_run_partitions_once_and_reads_its_checkpoint_once(tmp_path, monkeyp
     result = run(cfg, tmp_path / "runs")
     assert calls == {"partition": 1, "checkpoint": 1}
     assert result.metrics.update is not None and result.metrics.update.pre_update_model == f"checkpoint {ckpt}"
+
+
+def test_a_source_specific_attack_reports_its_sources_and_the_other_classes(synthetic_overrides, tmp_path, monkeypatch) -> None:
+    from perturbd.attack import plan as plan_module
+
+    seen: list[tuple[int, ...] | None] = []
+    real = plan_module.build_trigger
+    monkeypatch.setattr(plan_module, "build_trigger", lambda cfg, ctx: seen.append(ctx.sources) or real(cfg, ctx))
+    cfg = load_config(overrides=[
+        *synthetic_overrides, "data.train_limit=600", "data.test_limit=200", "poison.sources=[1, 2]", "poison.rate=0.05",
+        "trigger.kind=adaptive", "trigger.samples=20", "trigger.passes=1", "trigger.max_steps=2", "attack.surrogate_steps=10",
+    ])  # fmt: skip
+    m = run(cfg, tmp_path).metrics
+    assert seen == [(1, 2)], "the mask's samples come from the source classes"
+    assert m.sources == [1, 2] and m.non_source_asr is not None and m.clean_model_non_source_asr is not None
+    saved = json.loads((run_dir_for(cfg, tmp_path) / "poison_indices.json").read_text())
+    assert set(saved["original_labels"]) <= {1, 2}
+    every = run(load_config(overrides=[*synthetic_overrides, "data.train_limit=600", "data.test_limit=200", "poison.rate=0.05"]), tmp_path)
+    assert every.metrics.sources is None and "non_source_asr" not in json.loads((every.run_dir / "metrics.json").read_text())
+
+
+def test_evaluation_follows_train_precision(synthetic_overrides, tmp_path, monkeypatch) -> None:
+    import perturbd.metrics as metrics
+
+    asked: set[str] = set()
+    real = metrics.predict
+    monkeypatch.setattr(metrics, "predict", lambda *a, precision="auto", **k: asked.add(precision) or real(*a, precision=precision, **k))
+    run(load_config(overrides=[*synthetic_overrides, "data.train_limit=300", "data.test_limit=100", "train.precision=fp32"]), tmp_path)
+    assert asked == {"fp32"}

@@ -63,3 +63,24 @@ def test_stealth_in_pixel_units() -> None:
     assert math.isclose(s["psnr_min"], min(psnr1, psnr2), rel_tol=1e-9)
     assert math.isclose(s["psnr_mean"], (psnr1 + psnr2) / 2, rel_tol=1e-9)
     assert 0 < s["ssim_min"] <= s["ssim_mean"] <= 1
+
+
+def test_a_source_specific_attack_is_measured_on_its_sources_and_apart_on_the_others() -> None:
+    from perturbd.metrics import attacked, non_source_rate, outside
+
+    labels = torch.arange(40) % 4  # classes 0–3, target 0, sources [1]
+    data = ImageDataset(torch.zeros(40, 1, 2, 2, dtype=torch.uint8), labels, ("a", "b", "c", "d"))
+    assert torch.equal(attacked(labels, 0, [1]), labels == 1)
+    assert len(outside(data, 0, [1])) == 10 and len(outside(data, 0)) == 30
+
+    class SendsBrightToZero(torch.nn.Module):  # class 0 for images brighter than 0.5, else class 3
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            bright = (x.flatten(1).mean(1) > 0.5).float()
+            return torch.stack([bright, 0 * bright, 0 * bright, 1 - bright], 1)
+
+    model = SendsBrightToZero()
+    _ = model.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))
+    lift = Trigger(torch.full((1, 2, 2), 200.0), "lift")
+    assert attack_success_rate(model, data, lift, 0, [1]) == 1.0
+    assert non_source_rate(model, data, lift, 0, [1]) == 1.0, "classes 2 and 3 are sent too: measured apart"
+    assert non_source_rate(model, data, lift, 0, [1, 2, 3]) is None

@@ -29,7 +29,7 @@ BASE = ["data.train_limit=1000", "data.test_limit=300", "train.epochs=2", "train
 CONFIGS = {
     "grid": ["trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.05"],
     "adaptive-none": ["trigger.kind=adaptive", "trigger.budget=24", "trigger.samples=100", "trigger.passes=2", "trigger.max_steps=4",
-                      "attack.knowledge=none", "poison.rate=0.05", "poison.target=3"],
+                      "attack.knowledge=none", "attack.surrogate_steps=40", "poison.rate=0.05", "poison.target=3"],
     "update-checkpoint": ["trigger.kind=chessboard", "trigger.amplitude=16", "attack.setting=update", "attack.update_size=300",
                           "attack.update_epochs=1", "attack.checkpoint=pre.safetensors", "poison.rate=0.1"],
 }  # fmt: skip

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from perturbd.config import PoisonConfig, TriggerConfig
-from perturbd.data.dataset import ImageDataset
+from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.poison import choose_indices, poison_dataset
 from perturbd.triggers import TriggerContext, build_trigger
@@ -57,9 +59,19 @@ def test_same_seed_same_indices(data) -> None:
     assert not torch.equal(choose_indices(data.labels, cfg, 5), choose_indices(data.labels, cfg, 6))
 
 
-def test_unquantized_poison_is_float(data, grid) -> None:
-    p = poison_dataset(data, grid, PoisonConfig(rate=0.01, quantize=False), seed=0)
+def test_unquantized_poison_is_float_and_the_trigger_is_applied_the_same_way_at_test_time(data) -> None:
+    # poison.quantize: false trains with the unrounded δ (2.5 grey levels): testing must add 2.5 too, not round(2.5) = 2
+    soft = replace(build_trigger(TriggerConfig(kind="grid", amplitude=2.5), TriggerContext((1, 8, 8), 0)), quantize=False)
+    p = poison_dataset(data, soft, PoisonConfig(rate=0.01, quantize=False), seed=0)
     assert p.dataset.images.dtype == torch.float32 and float(p.dataset.images.max()) <= 1.0
+    test = data.images[:5]
+    shifted = soft.apply(test)
+    assert shifted.dtype == torch.float32
+    assert torch.allclose((shifted - to_float01(test))[:, :, ::2, ::2], torch.full((5, 1, 4, 4), 2.5 / 255))
+    assert torch.equal(p.dataset.images[p.indices], soft.apply(data.images[p.indices])), "one trigger, applied one way"
+    assert soft.norms() == {"linf": 2.5, "l2": 2.5 * 4}
+    with pytest.raises(ConfigError, match="poison.quantize"):
+        poison_dataset(data, soft, PoisonConfig(rate=0.01), seed=0)
 
 
 def test_errors_are_clear(data, grid) -> None:

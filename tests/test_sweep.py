@@ -234,7 +234,7 @@ def test_failed_run_is_recorded_does_not_stop_others_and_is_retried(tmp_path, sw
     real = real_fit
 
     def flaky(model, data, cfg, seed, **kw):
-        if kw.get("description") == "backdoored" and int((data.labels == 0).sum()) > 50:  # the rate-0.1 run
+        if kw.get("description") == "backdoored" and int((data.labels == 0).sum()) > 42:  # the rate-0.1 run: 24 + 24 images of class 0, not 24 + 12
             raise RuntimeError("simulated out of memory\nsecond line")
         return real(model, data, cfg, seed, **kw)
 

@@ -101,3 +101,17 @@ def test_label_smoothing_raises_the_floor_of_the_loss() -> None:
     plain = fit(_net(), data, TrainConfig(epochs=3, batch_size=32, lr=0.1, device="cpu"), seed=7)
     smooth = fit(_net(), data, TrainConfig(epochs=3, batch_size=32, lr=0.1, device="cpu", label_smoothing=0.2), seed=7)
     assert smooth.losses[-1] > plain.losses[-1]
+
+
+def test_deterministic_training_switches_pytorch_to_deterministic_kernels_and_back() -> None:
+    from perturbd.train import kernel_choice
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    with kernel_choice(torch.device("cpu"), deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    a, b = _net(), _net()
+    fit(a, _blobs(), TrainConfig(epochs=1, batch_size=50, device="cpu", deterministic=True), seed=0)
+    fit(b, _blobs(), TrainConfig(epochs=1, batch_size=50, device="cpu"), seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())), "the same numbers on the CPU"

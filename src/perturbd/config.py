@@ -43,7 +43,9 @@ class TriggerConfig(Section):
     path: Path | None = Field(None, description="mask file for kind=image (PNG/NPY, pixel units, or a .safetensors trigger)")
     size: int = Field(3, ge=1, description="patch side in pixels for kind=patch")
     # adaptive masks
-    method: Literal["deepfool", "gradient"] = Field("deepfool", description="adaptive mask algorithm")
+    method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
+        "deepfool", description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient"
+    )
     norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
     budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)")
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
@@ -52,7 +54,7 @@ class TriggerConfig(Section):
     fooling_rate: float = Field(0.9, gt=0, le=1, description="stop when this fraction of samples goes to the target")
     samples: int = Field(1000, ge=1, description="images the adversary uses to compute the mask")
     lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
-    batch_size: int = Field(64, ge=1, description="adaptive masks: samples per vectorised update")
+    batch_size: int = Field(64, ge=1, description="deepfool_batched and gradient: samples per vectorised update")
 
     @property
     def family(self) -> str:
@@ -85,9 +87,19 @@ class PoisonConfig(Section):
 
 class AttackConfig(Section):
     setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
-    knowledge: Literal["full", "data", "model", "none"] = Field("full", description="what the adversary knows")
+    knowledge: Literal["full", "data", "model", "weights", "none"] = Field(
+        "full",
+        description="what the adversary knows: full (the victim's data and clean model), data (the data; a surrogate of another architecture), "
+        "model (the victim's architecture, retrained on auxiliary data), weights (the victim's deployed clean model, auxiliary data), none",
+    )
     surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
-    aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data (knowledge model/none)")
+    surrogate_steps: int = Field(1000, ge=1, le=10_000_000, description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)")
+    aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
+    same_victim: bool = Field(
+        True,
+        description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same "
+        "model whatever the adversary knows; false: only when the adversary does not know the data",
+    )
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate")
     update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
@@ -110,6 +122,7 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
+    deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")
 
 
 class DefenseSpec(Section):

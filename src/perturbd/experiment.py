@@ -23,9 +23,9 @@ from perturbd.defenses import build_defense
 from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.defenses.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
-from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
+from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_source_rate, stealth
 from perturbd.models import get_model, list_models, save_model
-from perturbd.poison import check_target
+from perturbd.poison import check_target, sources_of
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
@@ -86,8 +86,10 @@ def preflight(cfg: ExperimentConfig, twins: TwinStore | None = None) -> Prepared
     split = load_data(cfg.data, cfg.seed)
     train = split.train
     check_target(cfg.poison, train.num_classes)
-    if not bool((split.test.labels != cfg.poison.target).any()):
-        raise DataError(f"the test set has no image outside the target class {cfg.poison.target}; ASR is undefined: use other test data")
+    if not bool(attacked(split.test.labels, cfg.poison.target, sources_of(cfg.poison)).any()):
+        t = cfg.poison.target
+        where = f"outside the target class {t}" if cfg.poison.sources == "all" else f"of the source classes {cfg.poison.sources} (target {t})"
+        raise DataError(f"the test set has no image {where}; ASR is undefined: use other test data")
     get_model(cfg.model.name, train.image_shape, train.num_classes)
     part = partition(cfg, train.labels, train.num_classes)
     twins = twins or TwinStore()
@@ -97,10 +99,17 @@ def preflight(cfg: ExperimentConfig, twins: TwinStore | None = None) -> Prepared
 
 def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: Trained) -> RunMetrics:
     """The metrics table of DESIGN.md for the backdoored model and its clean twin."""
-    target = cfg.poison.target
-    acc = clean_accuracy(trained.backdoored, split.test)
-    twin_acc = clean_accuracy(trained.clean, split.test)
+    target, sources, precision = cfg.poison.target, sources_of(cfg.poison), cfg.train.precision
+    acc = clean_accuracy(trained.backdoored, split.test, precision)
+    twin_acc = clean_accuracy(trained.clean, split.test, precision)
     p = trained.poisoned
+    others = {}
+    if sources is not None:
+        others = {
+            "sources": sources,
+            "non_source_asr": non_source_rate(trained.backdoored, split.test, plan.trigger, target, sources, precision),
+            "clean_model_non_source_asr": non_source_rate(trained.clean, split.test, plan.trigger, target, sources, precision),
+        }
     return RunMetrics(
         config_hash=cfg.hash(),
         seed=cfg.seed,
@@ -110,14 +119,15 @@ def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained:
         clean_accuracy=acc,
         clean_twin_accuracy=twin_acc,
         accuracy_loss=twin_acc - acc,
-        attack_success_rate=attack_success_rate(trained.backdoored, split.test, plan.trigger, target),
-        clean_model_asr=attack_success_rate(trained.clean, split.test, plan.trigger, target),
+        attack_success_rate=attack_success_rate(trained.backdoored, split.test, plan.trigger, target, sources, precision),
+        clean_model_asr=attack_success_rate(trained.clean, split.test, plan.trigger, target, sources, precision),
         injection_rate=p.injection_rate,
         poisoned_count=len(p.indices),
         poison_set_size=len(p.dataset),
         test_size=len(split.test),
-        trigger=TriggerNorms(kind=plan.trigger.kind, **plan.trigger.norms()),
+        trigger=TriggerNorms(kind=plan.trigger.kind, **plan.trigger.norms(split.test.image_shape[0])),
         stealth=Stealth(**stealth(p.clean_images, p.poisoned_images)),
+        **others,
         **trained.facts,
     )
 
@@ -132,7 +142,7 @@ def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: T
     clean = defender_clean_set(p.dataset, p.indices, cfg.seed)
     inputs = DefenseInputs(
         trained.backdoored, split.test, clean, CLEAN_SOURCE, p.dataset, p.indices, plan.trigger, cfg.poison.target, trained.clean,
-        before_model=trained.before,
+        before_model=trained.before, seed=cfg.seed,
     )
     return run_defenses(cfg.defenses, inputs, log=log)
 
@@ -173,7 +183,7 @@ def run(
     ready = preflight(cfg, TwinStore(twin_cache, monitor))
     split = ready.split
     plan = plan_attack(cfg, split, ready.part, ready.device, ready.twins, monitor)
-    norms = plan.trigger.norms()
+    norms = plan.trigger.norms(split.train.image_shape[0])
     say(f"data {split.train.name}: {len(split.train)} train, {len(split.test)} test, shape {split.train.image_shape}; device {ready.device}")
     say(f"trigger {plan.trigger.kind}: L∞ {norms['linf']:.1f}, L2 {norms['l2']:.1f} (pixel units)")
     trained = ready.setting.train(Context(cfg, split, ready.part, plan, ready.device, ready.twins, monitor, say))

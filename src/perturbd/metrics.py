@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,31 +29,55 @@ if TYPE_CHECKING:
     from perturbd.triggers import Trigger
 
 
-def clean_accuracy(model: nn.Module, test: ImageDataset) -> float:
-    """Top-1 accuracy of ``model`` on ``test``, in [0, 1]."""
-    return float((predict(model, test.images) == test.labels).float().mean())
+Sources = Sequence[int] | None  # the classes a source-specific attack poisons (None: all)
 
 
-def outside(data: ImageDataset, target: int) -> torch.Tensor:
-    """The images of ``data`` whose label is not ``target``."""
-    return data.images[data.labels != target]
+def clean_accuracy(model: nn.Module, test: ImageDataset, precision: str = "auto") -> float:
+    """Top-1 accuracy of ``model`` on ``test``, in [0, 1] (``precision`` as ``train.precision``)."""
+    return float((predict(model, test.images, precision=precision) == test.labels).float().mean())
 
 
-def target_rate(model: nn.Module, images: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor], target: int) -> float:
+def attacked(labels: torch.Tensor, target: int, sources: Sources = None) -> torch.Tensor:
+    """Which labels an attack toward ``target`` from ``sources`` (None: every class) is about:
+    not the target, and one of the sources."""
+    mask = labels != target
+    if sources is not None:
+        mask &= torch.isin(labels, torch.tensor(list(sources), dtype=labels.dtype))
+    return mask
+
+
+def outside(data: ImageDataset, target: int, sources: Sources = None) -> torch.Tensor:
+    """The images of ``data`` an attack toward ``target`` from ``sources`` is about (:func:`attacked`)."""
+    return data.images[attacked(data.labels, target, sources)]
+
+
+def target_rate(
+    model: nn.Module, images: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor], target: int, precision: str = "auto"
+) -> float:
     """Fraction of ``images`` (none of class ``target``) that ``model`` sends to ``target`` once
     ``apply`` has perturbed them, in [0, 1].
 
-    ``apply`` maps a batch to its perturbed copy in the same dtype (for uint8 images
-    :meth:`Trigger.apply` adds, clips and rounds, as a shipped image file would be).
+    ``apply`` maps a batch to its perturbed copy (:meth:`Trigger.apply` adds, clips and, for a
+    quantized trigger, rounds, as a shipped image file would be).
     """
     if len(images) == 0:
         raise DataError(f"no image outside the target class {target} to perturb: the rate toward {target} is undefined; give more images")
-    return float((predict(model, apply(images)) == target).float().mean())
+    return float((predict(model, apply(images), precision=precision) == target).float().mean())
 
 
-def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int) -> float:
-    """Fraction of non-target test images sent to ``target`` once triggered, in [0, 1]."""
-    return target_rate(model, outside(test, target), trigger.apply, target)
+def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int, sources: Sources = None, precision: str = "auto") -> float:
+    """Fraction of the test images of the source classes (default: every class but the target)
+    sent to ``target`` once triggered, in [0, 1]."""
+    return target_rate(model, outside(test, target, sources), trigger.apply, target, precision)
+
+
+def non_source_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int, sources: Sequence[int], precision: str = "auto") -> float | None:
+    """For a source-specific attack: the fraction of the *other* non-target test images sent to
+    ``target`` once triggered (None when every non-target class is a source)."""
+    others = attacked(test.labels, target) & ~attacked(test.labels, target, sources)
+    if not bool(others.any()):
+        return None
+    return target_rate(model, test.images[others], trigger.apply, target, precision)
 
 
 def _pixels(images: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from perturbd.config import PoisonConfig
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.metrics import attacked
 from perturbd.triggers import Trigger
 
 
@@ -52,12 +53,14 @@ def check_target(cfg: PoisonConfig, num_classes: int) -> None:
             raise ConfigError(f"poison.sources {cfg.sources} has no class other than the target {cfg.target}")
 
 
+def sources_of(cfg: PoisonConfig) -> list[int] | None:
+    """The source classes of a source-specific attack; None when every class is a source."""
+    return None if cfg.sources == "all" else list(cfg.sources)
+
+
 def eligible_mask(labels: torch.Tensor, cfg: PoisonConfig) -> torch.Tensor:
     """Boolean mask of images that may be poisoned: not the target, and in the sources."""
-    mask = labels != cfg.target
-    if cfg.sources != "all":
-        mask &= torch.isin(labels, torch.tensor(cfg.sources, dtype=labels.dtype))
-    return mask
+    return attacked(labels, cfg.target, sources_of(cfg))
 
 
 def poison_count(size: int, rate: float) -> int:
@@ -89,13 +92,16 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
 
     ``indices``: the positions to poison, already chosen (a run's
     :class:`~perturbd.attack.partition.Partition` chooses them once); default: :func:`choose_indices`.
-    With ``cfg.quantize`` (default) poisoned images are uint8, as an image file would be; without
-    it the whole set is returned as float32 in [0, 1] and the poison is not rounded.
+    A quantized trigger (:attr:`Trigger.quantize`, from ``poison.quantize``, the default) leaves
+    poisoned images uint8, as an image file would; an unquantized one returns the whole set as
+    float32 in [0, 1] with the poison not rounded — as the trigger is applied at test time too.
     """
     check_target(cfg, data.num_classes)
+    if trigger.quantize != cfg.quantize:
+        raise ConfigError(f"poison.quantize is {cfg.quantize} but the trigger is applied with quantize={trigger.quantize}; build it with the same setting")
     indices = choose_indices(data.labels, cfg, seed) if indices is None else indices
     clean = data.images[indices]
-    images = data.images.clone() if cfg.quantize else to_float01(data.images)
+    images = data.images.clone() if trigger.quantize else to_float01(data.images)
     poisoned = trigger.apply(images[indices])
     images[indices] = poisoned
     labels = data.labels.clone()

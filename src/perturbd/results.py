@@ -82,6 +82,9 @@ class RunMetrics(Record):
     test_size: int
     trigger: TriggerNorms
     stealth: Stealth
+    sources: list[int] | None = None
+    non_source_asr: float | None = None
+    clean_model_non_source_asr: float | None = None
     before_update: BeforeUpdate | None = None
     update: UpdateFacts | None = None
     defenses: dict[str, dict[str, Any]] | None = None
@@ -89,7 +92,7 @@ class RunMetrics(Record):
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` mapping: every field, less the optional parts this run has not
         (floats kept as they are: an image left unchanged has an infinite PSNR)."""
-        optional = {"before_update", "update", "defenses"}
+        optional = {"sources", "non_source_asr", "clean_model_non_source_asr", "before_update", "update", "defenses"}
         return {k: v for k, v in self.model_dump().items() if v is not None or k not in optional}
 
     @classmethod
@@ -113,7 +116,7 @@ class RunMetrics(Record):
             ("clean accuracy (backdoored)", pct(self.clean_accuracy)),
             ("clean accuracy (clean twin)", pct(self.clean_twin_accuracy)),
             ("accuracy loss", f"{100 * self.accuracy_loss:+.2f} points"),
-            ("attack success rate", pct(self.attack_success_rate)),
+            ("attack success rate" + (f" (sources {self.sources})" if self.sources is not None else ""), pct(self.attack_success_rate)),
             ("clean-model ASR", pct(self.clean_model_asr)),
             ("injection rate", f"{pct(self.injection_rate)} ({self.poisoned_count} of {self.poison_set_size} images)"),
             ("trigger L∞ / L2 (0–255)", f"{t.linf:.1f} / {t.l2:.1f}"),
@@ -122,6 +125,8 @@ class RunMetrics(Record):
             ("setting / knowledge", f"{self.setting} / {self.knowledge}"),
             ("seed", str(self.seed)),
         ]
+        if self.sources is not None:
+            rows.insert(5, ("other classes sent to the target (backdoored / clean)", f"{pct(self.non_source_asr)} / {pct(self.clean_model_non_source_asr)}"))
         if self.before_update is not None:
             b = self.before_update
             rows.insert(0, ("before update: accuracy / ASR", f"{pct(b.clean_accuracy)} / {pct(b.attack_success_rate)}"))

@@ -112,17 +112,26 @@ def as_device_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _cudnn_autotune(device: torch.device) -> Iterator[None]:
-    """On CUDA, let cuDNN benchmark kernels for the fixed training shapes; restored on exit."""
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+def kernel_choice(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """How kernels are chosen while training; restored on exit.
+
+    ``deterministic`` (``train.deterministic``): PyTorch's deterministic algorithms, cuDNN's
+    deterministic convolutions and no autotuning, and cuBLAS's fixed workspace (set unless the
+    user set ``CUBLAS_WORKSPACE_CONFIG``): two runs on one GPU give the same numbers, at some cost
+    in speed. Otherwise, on CUDA, cuDNN benchmarks kernels for the fixed training shapes.
+    """
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -208,7 +217,7 @@ def fit(
     monitor.start(description, total)
     started = time.perf_counter()
     step = 0
-    with _cudnn_autotune(device):
+    with kernel_choice(device, cfg.deterministic):
         for epoch in range(epochs):
             order = torch.randperm(n, generator=gen, device=gen.device).to(device)
             loss_sum = torch.zeros((), device=device)

@@ -10,7 +10,7 @@ from perturbd.data.dataset import DataSplit, ImageDataset
 
 # an adaptive mask in about a second: 40 samples, one pass of short DeepFool steps
 ADAPTIVE = ["data.train_limit=500", "trigger.kind=adaptive", "trigger.samples=40", "trigger.passes=1", "trigger.max_steps=2",
-            "trigger.budget=10", "poison.target=3"]  # fmt: skip
+            "trigger.budget=10", "poison.target=3", "attack.surrogate_steps=10"]  # fmt: skip
 
 
 class TrainOnly:

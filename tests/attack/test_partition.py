@@ -22,7 +22,7 @@ def _part(labels: torch.Tensor, *sets: str):
     return cfg, partition(cfg, labels, 10)
 
 
-@pytest.mark.parametrize("knowledge", ["model", "none"])
+@pytest.mark.parametrize("knowledge", ["model", "weights", "none"])
 def test_auxiliary_data_is_a_disjoint_stratified_share_and_the_adversarys_data(labels, knowledge: str) -> None:
     _, p = _part(labels, f"attack.knowledge={knowledge}", "attack.aux_fraction=0.2")
     assert p.auxiliary is not None and len(p.auxiliary) == 100 and len(p.victim) == 400
@@ -36,7 +36,16 @@ def test_auxiliary_data_is_a_disjoint_stratified_share_and_the_adversarys_data(l
 @pytest.mark.parametrize("knowledge", ["full", "data"])
 def test_knowing_the_data_the_adversary_holds_the_victims_training_set(labels, knowledge: str) -> None:
     _, p = _part(labels, f"attack.knowledge={knowledge}")
-    assert p.auxiliary is None and torch.equal(p.victim, torch.arange(500)) and torch.equal(p.adversary, p.victim)
+    assert torch.equal(p.adversary, p.victim) and len(p.victim) == 400
+    _, everything = _part(labels, f"attack.knowledge={knowledge}", "attack.same_victim=false")
+    assert everything.auxiliary is None and torch.equal(everything.victim, torch.arange(500)) and torch.equal(everything.adversary, everything.victim)
+
+
+def test_the_victim_is_the_same_whatever_the_adversary_knows(labels) -> None:
+    parts = {k: _part(labels, f"attack.knowledge={k}")[1] for k in ("full", "data", "model", "weights", "none")}
+    for p in parts.values():
+        assert torch.equal(p.victim, parts["full"].victim) and torch.equal(p.poison, parts["full"].poison)
+    assert len(parts["full"].poison) == 40, "the same poisoned count under every knowledge level"
 
 
 def test_holdout_and_fit_split_the_adversarys_data(labels) -> None:
@@ -48,15 +57,15 @@ def test_holdout_and_fit_split_the_adversarys_data(labels) -> None:
 
 def test_update_batch_is_new_data_disjoint_from_the_initial_training(labels) -> None:
     cfg, p = _part(labels, "attack.setting=update", "attack.update_size=200")
-    assert p.update is not None and len(p.update) == 200 and len(p.initial) == 300
+    assert p.update is not None and len(p.update) == 200 and len(p.initial) == 200 and len(p.victim) == 400
     assert not set(p.initial.tolist()) & set(p.update.tolist())
     assert torch.equal(torch.bincount(labels[p.update], minlength=10), torch.full((10,), 20)), "stratified"
     assert torch.equal(p.poisoned_set, p.update) and len(p.poison) == 20, "the rate is relative to the batch"
     assert torch.equal(p.adversary, p.initial), "knowledge full: the adversary has what the clean model trained on"
     again = partition(cfg, labels, 10)
     assert all(torch.equal(getattr(p, f), getattr(again, f)) for f in ("victim", "initial", "update", "holdout", "poison")), "seeded"
-    with pytest.raises(ConfigError, match="attack.update_size 480"):
-        _part(labels, "attack.setting=update", "attack.update_size=480")
+    with pytest.raises(ConfigError, match="attack.update_size 380"):
+        _part(labels, "attack.setting=update", "attack.update_size=380")
 
 
 def test_another_seed_draws_other_parts(labels) -> None:
@@ -84,7 +93,7 @@ def test_a_part_too_small_is_one_line(labels, sets: list[str], message: str) -> 
 def test_take_returns_the_training_set_itself_when_a_part_is_all_of_it(labels) -> None:
     from perturbd.data import load_data
 
-    cfg, p = _part(labels)
+    cfg, p = _part(labels, "attack.same_victim=false")
     train = load_data(cfg.data, 0).train
     assert p.take(train, p.victim) is train
     sub = p.take(train, p.holdout)

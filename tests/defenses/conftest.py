@@ -41,7 +41,7 @@ TINY_RUN = [
     "train.device=cpu", "train.threads=1", "trigger.kind=patch", "trigger.amplitude=255", "poison.rate=0.05",
 ]  # fmt: skip
 RUN_DEFENSES = (
-    "defenses=[spectral_signature, {name: neural_cleanse, params: {steps: 5, batch_size: 4, n_clean: 50}},"
+    "defenses=[spectral_signature, {name: neural_cleanse, params: {epochs: 2, batch_size: 4, n_clean: 50}},"
     " {name: fine_tuning, params: {n_clean: 50, epochs: 1}}]"
 )
 

@@ -4,6 +4,7 @@ run from an experiment config: files, matrix, errors before any work."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -12,18 +13,19 @@ import pytest
 import torch
 import torch.nn as nn
 
-from perturbd.config import load_config
+from perturbd.config import DefenseSpec, load_config
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
-from perturbd.defenses.base import Defense, Figures, ModelInspector
-from perturbd.defenses.evaluate import defender_clean_set, evaluate_defense, write_defenses
+from perturbd.defenses.base import Defense, DefenseParams, Figures, ModelInspector
+from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set, evaluate_defense, run_defenses, write_defenses
 from perturbd.errors import ConfigError
 from perturbd.experiment import run
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.rundir import run_dir_for
-from perturbd.seeding import derived_generator
+from perturbd.seeding import derived_generator, derived_seed
+from perturbd.triggers import Trigger
 
-AUDIT = {"n_clean": 300, "nc_steps": 60, "nc_batch": 8, "uap_steps": 30, "uap_batch": 16, "epsilon": 32}
+AUDIT = {"n_clean": 300, "nc_epochs": 4, "nc_batch": 8, "uap_steps": 30, "uap_batch": 16, "epsilon": 32}
 
 
 class LastLabel(Defense):
@@ -45,6 +47,75 @@ class LastLabel(Defense):
 
     def figures(self) -> Figures:
         return {"last_label.png": lambda path: Path(path).write_bytes(b"png")}
+
+
+class PixelScreen(Defense):
+    """An input screen that scores an image by its first pixel (test images carry their label
+    there) and remembers what it screened."""
+
+    name: ClassVar[str] = "pixel_screen"
+    kind: ClassVar[str] = "input"
+    frr = 0.01
+    threshold_ = 0.5
+
+    class Params(DefenseParams):
+        seed: int | None = None
+
+    def fit(self, model: nn.Module, data: ImageDataset) -> PixelScreen:
+        self.clean_used_, self.scores_, self.flagged_, self.screened = len(data), torch.zeros(1), torch.zeros(1, dtype=torch.bool), []
+        return self
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        self.screened.append(images[:, 0, 0, 0].clone())
+        return images[:, 0, 0, 0].float()
+
+    def flag(self, images: torch.Tensor) -> torch.Tensor:
+        return self.score(images) > 200
+
+
+def _sorted_inputs(planted, seed: int = 0) -> DefenseInputs:
+    """A test set sorted by class (as image folders are), 100 images a class, label in pixel (0, 0, 0);
+    a trigger that sets that pixel to 255."""
+    labels = torch.arange(10).repeat_interleave(100)
+    images = torch.zeros(1000, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 0] = labels.to(torch.uint8)
+    test = ImageDataset(images, labels, tuple(str(c) for c in range(10)), "sorted")
+    delta = torch.zeros(1, 28, 28)
+    delta[0, 0, 0] = 255.0
+    return DefenseInputs(planted.model, test, planted.clean, trigger=Trigger(delta, "patch"), target=0, seed=seed)
+
+
+def test_input_screening_scores_a_stratified_seeded_sample(planted) -> None:
+    d = PixelScreen()
+    r = evaluate_defense(d, _sorted_inputs(planted), eval_limit=180)
+    clean_labels = d.screened[0]
+    counts = torch.bincount(clean_labels.long(), minlength=10)
+    assert counts[0] == 0 and counts[1:].tolist() == [20] * 9, "every non-target class, in proportion"
+    assert r.metrics["test_images"] == 180
+    again = PixelScreen()
+    evaluate_defense(again, _sorted_inputs(planted), eval_limit=180)
+    assert torch.equal(again.screened[0], clean_labels), "seeded"
+    other = PixelScreen()
+    evaluate_defense(other, _sorted_inputs(planted, seed=1), eval_limit=180)
+    assert torch.bincount(other.screened[0].long(), minlength=10).tolist() == counts.tolist()
+    assert r.metrics["auroc"] == 1.0 and r.metrics["tpr"] == 1.0 and r.metrics["tpr_at_5_fpr"] == 1.0
+    assert r.cell["text"] == "AUROC 1.000 (TPR 1.00 / FPR 0.00 at its threshold; TPR 1.00 at 5 % FPR)"
+
+
+def test_unset_seeds_derive_from_the_run_seed_and_set_ones_are_kept(planted) -> None:
+    inputs = dataclasses.replace(planted.inputs(), seed=5)
+    cheap = {"n_clean": 32, "epochs": 1}
+    derived, kept = run_defenses([DefenseSpec(name="fine_tuning", params=cheap), DefenseSpec(name="fine_tuning", params={**cheap, "seed": 7})], inputs)
+    assert derived.params["seed"] == derived_seed(5, "defense:fine_tuning")
+    assert kept.params["seed"] == 7
+    assert build_defense("strip").rng_seed() == derived_seed(0, "defense:strip"), "used alone: run seed 0"
+
+
+def test_dataset_screening_reports_its_operating_points(planted) -> None:
+    r = evaluate_defense(build_defense("spectral_signature"), planted.inputs())
+    m = r.metrics
+    assert {"auroc", "tpr", "fpr", "tpr_at_5_fpr"} <= set(m)
+    assert r.cell["text"] == f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f} / FPR {m['fpr']:.2f} at its threshold; TPR {m['tpr_at_5_fpr']:.2f} at 5 % FPR)"
 
 
 def test_defender_clean_set_is_the_unpoisoned_images_in_a_derived_order(planted) -> None:

@@ -13,12 +13,19 @@ from perturbd.defenses.saved import CLEAN_SOURCE, load_inputs, locate
 from perturbd.errors import CheckpointError
 
 
+def _saved_indices(run_dir) -> list[int]:
+    return json.loads((run_dir / "poison_indices.json").read_text())["indices"]
+
+
 def test_load_inputs_of_a_run_directory(run_dir) -> None:
     inputs = load_inputs(run_dir)
     assert inputs.trigger is not None and inputs.target == 0 and inputs.clean_model is not None
-    assert inputs.poison_indices is not None and len(inputs.poison_indices) == 25
-    assert inputs.clean_source == CLEAN_SOURCE
-    assert len(inputs.clean) == len(inputs.train) - 25
+    saved = _saved_indices(run_dir)
+    assert inputs.poison_indices is not None and inputs.poison_indices.tolist() == saved and len(saved) == 20
+    assert len(inputs.train) == 400, "the victim's images: the training split less the adversary's auxiliary part"
+    assert bool((inputs.train.labels[inputs.poison_indices] == 0).all())
+    assert inputs.clean_source == CLEAN_SOURCE and inputs.seed == 0
+    assert len(inputs.clean) == len(inputs.train) - 20
     assert locate(run_dir / "model.safetensors").folder == run_dir
 
 
@@ -34,7 +41,7 @@ def test_cli_defend_on_a_run_directory(run_dir, tmp_path) -> None:
     res = runner.invoke(app, ["defend", str(run_dir), "-d", "activation_clustering", "-o", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "d" / "defenses.json").read_text())
-    assert saved["defenses"][0]["metrics"]["poisoned"] == 25, "the poisoned training set is rebuilt from the run"
+    assert saved["defenses"][0]["metrics"]["poisoned"] == len(_saved_indices(run_dir)), "the poisoned training set is rebuilt from the run"
 
 
 def test_cli_user_mistakes_exit_2(run_dir, monkeypatch) -> None:

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from perturbd.cli import app
 from perturbd.defenses import build_defense
+from perturbd.defenses.neural_cleanse import NeuralCleanse
 from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
 from perturbd.errors import ConfigError
 
-FAST = {"n_clean": 300, "nc_steps": 60, "nc_batch": 8, "uap_steps": 30, "uap_batch": 16, "epsilon": 32}
+FAST = {"n_clean": 300, "nc_epochs": 4, "nc_batch": 8, "uap_steps": 30, "uap_batch": 16, "epsilon": 32}
 
 
 def test_clean_update_is_no_change(planted, updates) -> None:
@@ -50,7 +51,7 @@ def test_figures_are_the_new_models_triggers_of_suspicious_labels(planted, poiso
     assert result.nc_.clean_used_ == 150, "Neural Cleanse runs on the first half of the clean images"
 
 
-@pytest.mark.parametrize("bad", [{"epsilon": 0}, {"rise": 2}, {"nc_steps": 0}, {"n_clean": 1}, {"epsilonn": 3}])
+@pytest.mark.parametrize("bad", [{"epsilon": 0}, {"rise": 2}, {"nc_epochs": 0}, {"n_clean": 1}, {"epsilonn": 3}])
 def test_bad_audit_parameters(bad: dict) -> None:
     with pytest.raises(ConfigError, match="audit|unknown parameter"):
         build_defense("update_audit", **bad)
@@ -64,7 +65,7 @@ def test_too_few_clean_images_is_a_one_line_error(planted) -> None:
 
 def test_cli_audit_exits_0_with_a_verdict(run_dir, tmp_path) -> None:
     args = ["audit", str(run_dir / "clean_model.safetensors"), str(run_dir), "-o", str(tmp_path / "a")]
-    for p in ("n_clean=60", "nc_steps=5", "nc_batch=4", "uap_steps=5", "uap_batch=8"):
+    for p in ("n_clean=60", "nc_epochs=1", "nc_batch=4", "uap_steps=5", "uap_batch=8"):
         args += ["-p", p]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -79,3 +80,9 @@ def test_data_of_another_shape_is_a_one_line_error(planted) -> None:
     other = dataclasses.replace(planted.clean, images=planted.clean.images[:, :, :16, :16].contiguous())
     with pytest.raises(ConfigError, match=r"OLD model takes images of shape .* audit with the data the model was trained on"):
         UpdateAudit().fit(planted.model, other, before=planted.clean_model)
+
+
+def test_neural_cleanse_defaults_are_neural_cleanses_own() -> None:
+    audit, nc = UpdateAudit(), NeuralCleanse()
+    assert (audit.nc_epochs, audit.nc_batch) == (nc.epochs, nc.batch_size) == (1000, 32)
+    assert audit.n_clean // 2 == nc.n_clean, "the half that runs Neural Cleanse is its own default sample"

@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from perturbd.report.aggregate import aggregate, collect_runs, mean_ci, t975, to_csv, to_markdown, trigger_config
+from perturbd.report.aggregate import aggregate, cell, collect_runs, mean_ci, t975, to_csv, to_markdown, trigger_config
 
 
 def test_t_quantiles():
@@ -20,10 +20,19 @@ def test_t_quantiles():
 
 
 def test_mean_ci():
-    mean, ci = mean_ci([0.9, 1.0])
-    assert mean == pytest.approx(0.95)
+    mean, ci, n, of = mean_ci([0.9, 1.0])
+    assert mean == pytest.approx(0.95) and (n, of) == (2, 2)
     assert ci == pytest.approx(12.706 * math.sqrt(0.005) / math.sqrt(2))
     assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5])[0] == 0.5
+
+
+def test_a_missing_value_is_counted_not_dropped_silently():
+    stat = mean_ci([0.9, None, 1.0, float("nan")])
+    assert stat.mean == pytest.approx(0.95) and (stat.n, stat.of) == (2, 4)
+    assert cell(stat, "pct") == "95.00 ± 63.53 (n=2/4)"
+    assert cell(mean_ci([0.9, 1.0]), "pct") == "95.00 ± 63.53", "nothing missing: no count"
+    assert mean_ci([float("inf"), 30.0]).mean == float("inf"), "an infinite PSNR (unchanged images) is a value"
+    assert cell(mean_ci([None]), "pct") == "– (n=0/1)"
 
 
 def test_collects_runs_and_skips_hidden_folders(runs):
@@ -39,8 +48,9 @@ def test_groups_by_config_minus_seed(runs):
     assert len(groups) == 6 and all(g.seeds == [0, 1] for g in groups)
     assert [g.keys["trigger"] for g in groups[:3]] == ["grid c=6"] * 3  # c sorts numerically: 6 before 10
     g = next(g for g in groups if g.keys == {"trigger": "grid c=6", "poison.rate": 0.03})
-    mean, ci = g.stats["attack_success_rate"]  # seeds give 0.18 and 0.19: sd 0.01/√2, n = 2
+    mean, ci, n, of = g.stats["attack_success_rate"]  # seeds give 0.18 and 0.19: sd 0.01/√2, n = 2
     assert mean == pytest.approx(0.185) and ci == pytest.approx(12.706 * 0.005)
+    assert (n, of) == (2, 2)
 
 
 def test_csv_and_markdown(runs):
@@ -65,7 +75,7 @@ def test_trigger_column_is_the_trigger_config_label(kinds):
 
 
 def test_a_config_written_by_another_version_still_reads(runs):
-    run = collect_runs(runs)[0].path
+    run = next(r.path for r in collect_runs(runs) if r.config["trigger"].get("amplitude") == 6)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["trigger"]["a_key_from_another_version"] = 1
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -16,9 +16,9 @@ from perturbd.metrics import target_rate
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.triggers.adaptive import (
     check_budget,
+    project,
     pick_samples,
     quantize,
-    reference_deepfool_uap,
     universal_perturbation,
 )
 from perturbd.triggers.deepfool import deepfool_one
@@ -61,31 +61,46 @@ def test_budget_below_one_grey_level_is_a_config_error(norm: str, budget: float)
         check_budget(norm, budget)
 
 
-# --------------------------------------------------------------------------- the batched update
+# --------------------------------------------------------------------------- the paper's loop and the batched variant
 
 
-def test_batched_update_adds_every_samples_perturbation_in_full(small_cnn) -> None:
-    # The paper adds each sample's DeepFool perturbation to δ in full; the batched update adds the
-    # batch's perturbations (all computed at the same δ), so one batch moves δ by their sum.
+def test_deepfool_is_the_papers_loop_one_sample_at_a_time(small_cnn) -> None:
+    # Liao et al.: for each sample that x + δ does not send to t, its DeepFool perturbation is
+    # added to δ and δ projected, before the next sample; batch_size does not change that.
+    model = small_cnn(2).eval()
+    images = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    x = to_float01(images)
+    delta = torch.zeros(1, 28, 28)
+    for i in torch.randperm(12, generator=torch.Generator().manual_seed(4)).tolist():
+        delta = project(delta + deepfool_one(model, x[i : i + 1], delta, 5, 0.02, 3)[0], "linf", 20)
+    got, facts = universal_perturbation(model, images, 5, norm="linf", budget=20, passes=1, fooling_rate=1.0, max_steps=3, seed=4, batch_size=64)
+    assert float(delta.abs().max()) > 0 and facts["passes"] == 1
+    assert torch.equal(got, quantize(delta, "linf", 20))
+
+
+def test_batched_variant_adds_every_samples_perturbation_in_full(small_cnn) -> None:
+    # deepfool_batched computes a batch's perturbations all at the same δ and adds their sum.
     model = small_cnn(1).eval()
     images = torch.randint(0, 256, (6, 1, 28, 28), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
     x = to_float01(images)
     budget = 1e4  # never reached: no projection
     expected = sum(deepfool_one(model, x[i : i + 1], torch.zeros(1, 28, 28), 2, 0.02, 3)[0] for i in range(6))
-    delta, _ = universal_perturbation(model, images, 2, norm="l2", budget=budget, passes=1, fooling_rate=1.0, batch_size=6, max_steps=3)
+    delta, _ = universal_perturbation(
+        model, images, 2, method="deepfool_batched", norm="l2", budget=budget, passes=1, fooling_rate=1.0, batch_size=6, max_steps=3
+    )
     assert float(expected.norm()) < budget
     assert torch.equal(delta, quantize(expected, "l2", budget))
 
 
-def test_batch_of_one_is_the_reference_algorithm(small_cnn) -> None:
+def test_batched_variant_with_a_batch_of_one_is_the_papers_loop(small_cnn) -> None:
     model = small_cnn(2).eval()
     images = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
     kw = dict(norm="linf", budget=20, passes=2, fooling_rate=1.0, max_steps=3, seed=4)
-    ref, ref_facts = reference_deepfool_uap(model, images, 5, **kw)
-    fast, fast_facts = universal_perturbation(model, images, 5, batch_size=1, **kw)
-    assert float(ref.abs().max()) > 0
-    assert (ref != fast).float().mean() <= 0.01, "float rounding may move a pixel by one grey level, no more"
-    assert (ref - fast).abs().max() <= 1 and ref_facts == fast_facts
+    paper, paper_facts = universal_perturbation(model, images, 5, method="deepfool", **kw)
+    batched, batched_facts = universal_perturbation(model, images, 5, method="deepfool_batched", batch_size=1, **kw)
+    assert float(paper.abs().max()) > 0
+    assert (paper != batched).float().mean() <= 0.01, "float rounding may move a pixel by one grey level, no more"
+    assert (paper - batched).abs().max() <= 1 and paper_facts == batched_facts
 
 
 # --------------------------------------------------------------------------- the trigger on a trained model
@@ -120,7 +135,10 @@ def _ctx(trained, seed: int = 0, target: int = 3) -> TriggerContext:
 
 
 # the synthetic bars are robust: budgets this small on them barely fool the model, large ones do
-@pytest.mark.parametrize("method,norm,budget", [("deepfool", "linf", 60), ("deepfool", "l2", 1200), ("gradient", "linf", 60), ("gradient", "l2", 1200)])
+@pytest.mark.parametrize(
+    "method,norm,budget",
+    [("deepfool", "linf", 60), ("deepfool", "l2", 1200), ("deepfool_batched", "linf", 60), ("gradient", "linf", 60), ("gradient", "l2", 1200)],
+)
 def test_reported_fooling_rate_is_the_measured_one(trained, tmp_path, method: str, norm: str, budget: float) -> None:
     cfg = TriggerConfig(kind="adaptive", method=method, norm=norm, budget=budget, samples=60, passes=2, fooling_rate=1.0, lr=10, batch_size=30, max_steps=4)
     trig = build_trigger(cfg, _ctx(trained))
@@ -157,14 +175,17 @@ def test_stops_at_the_wanted_fooling_rate(trained) -> None:
     assert trig.info["passes_used"] < 10
 
 
-def test_reference_one_image_at_a_time_keeps_the_budget(trained) -> None:
+def test_both_deepfool_methods_keep_the_budget_and_the_batched_one_fills_it(trained) -> None:
     model, samples, _ = trained
-    imgs = pick_samples(samples, 3, 20, 0)
-    delta, facts = reference_deepfool_uap(model, imgs, 3, norm="linf", budget=10, passes=1, fooling_rate=1.0, max_steps=3)
-    fast, _ = universal_perturbation(model, imgs, 3, norm="linf", budget=10, passes=1, fooling_rate=1.0, batch_size=8, max_steps=3)
-    for d in (delta, fast):
+    imgs = pick_samples(samples, 3, 40, 0)
+    kw = dict(norm="linf", budget=10, passes=1, fooling_rate=1.0, max_steps=3)
+    paper, facts = universal_perturbation(model, imgs, 3, method="deepfool", **kw)
+    batched, _ = universal_perturbation(model, imgs, 3, method="deepfool_batched", batch_size=20, **kw)
+    for d in (paper, batched):
         assert float(d.abs().max()) <= 10 and torch.equal(d, d.round())
     assert facts["passes"] == 1 and 0 <= facts["sample_fooling_rate"] <= 1
+    at_budget = [float((d.abs() == 10).float().mean()) for d in (paper, batched)]
+    assert at_budget[1] > at_budget[0], f"the sum of a batch's steps saturates more pixels: {at_budget}"
 
 
 def test_adaptive_needs_a_model_and_a_method(small_cnn) -> None:

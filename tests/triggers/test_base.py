@@ -162,3 +162,11 @@ def test_the_registry_names_every_kind_and_which_need_a_model() -> None:
     with pytest.raises(ValueError, match="trigger 'grid' is already registered"):
         register_trigger("grid")(lambda cfg, ctx: Trigger(torch.zeros(1, 1, 1), "grid"))
     assert build_trigger(TriggerConfig(kind="grid", amplitude=6), TriggerContext((1, 4, 4), 0)).kind == "grid"
+
+
+def test_norms_are_of_the_mask_as_applied_to_colour_images() -> None:
+    # a 1-channel chessboard broadcast over 3 channels moves 3 × 32 × 32 values by c = 10
+    board = Trigger(10.0 * (1 - 2 * ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2)).float()[None], "chessboard")
+    assert board.norms(3) == pytest.approx({"linf": 10.0, "l2": 10.0 * (3 * 32 * 32) ** 0.5})
+    assert board.norms() == pytest.approx({"linf": 10.0, "l2": 320.0}), "on grey images: its own channel"
+    assert board.applied(3).shape == (3, 32, 32)

@@ -2,10 +2,17 @@
 
 | ``attack.knowledge`` | adversary's data | adversary's model |
 |---|---|---|
-| ``full``  | the victim's training set | the victim's model: its architecture, seed and training (the very clean model) |
-| ``data``  | the victim's training set | a surrogate of another architecture trained on it |
-| ``model`` | auxiliary data, disjoint  | the victim's architecture trained on the auxiliary data (another seed) |
-| ``none``  | auxiliary data, disjoint  | a surrogate of another architecture trained on the auxiliary data |
+| ``full``    | the victim's training set | the victim's model: its architecture, seed and training (the very clean model) |
+| ``data``    | the victim's training set | a surrogate of another architecture trained on it |
+| ``model``   | auxiliary data, disjoint  | the victim's *architecture*, retrained on the auxiliary data (another seed) |
+| ``weights`` | auxiliary data, disjoint  | the victim's deployed *weights*: its clean model (the pre-update model when updating) |
+| ``none``    | auxiliary data, disjoint  | a surrogate of another architecture trained on the auxiliary data |
+
+"Knows the model" has these two readings, both named: ``model`` (the architecture) and
+``weights`` (the model as deployed, e.g. downloaded before an update). A model the adversary
+trains itself trains for at least ``attack.surrogate_steps`` optimiser steps (more epochs than
+the victim's when its data is small), so that the mask is computed on a model that classifies:
+its hold-out accuracy is in ``adversary.json``.
 
 Which images are whose is the run's :class:`~perturbd.attack.partition.Partition`. The adversary
 keeps its hold-out out of its training (except under ``full``, where its model is the victim's)
@@ -15,6 +22,7 @@ never sees the test set.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +41,8 @@ from perturbd.train import Monitor, fit
 from perturbd.twins import TwinStore
 
 # knowledge level → does the adversary know the victim's architecture?
-VICTIM_ARCH = {"full": True, "data": False, "model": True, "none": False}
+VICTIM_ARCH = {"full": True, "data": False, "model": True, "weights": True, "none": False}
+VICTIM_WEIGHTS = {"full": True, "data": False, "model": False, "weights": True, "none": False}
 SURROGATE_CANDIDATES = ("lenet5", "cnn28", "cnn32", "preact_resnet18")
 
 
@@ -91,9 +100,9 @@ def prepare_adversary(
 ) -> Adversary:
     """Train or load the adversary's model on what it has (reads only the training split).
 
-    Under ``full`` its model *is* the victim's clean model, from ``twins`` (the same one the
-    setting then uses: trained once), or the pre-update checkpoint when the update setting starts
-    from one.
+    Under ``full`` and ``weights`` its model *is* the victim's clean model, from ``twins`` (the
+    same one the setting then uses: trained once), or the pre-update checkpoint when the update
+    setting starts from one.
     """
     knowledge = cfg.attack.knowledge
     shape, k = train.image_shape, train.num_classes
@@ -101,20 +110,23 @@ def prepare_adversary(
     adv_data = part.take(train, part.adversary)
     fit_data, holdout = part.take(train, part.fit), part.take(train, part.holdout)
     started = time.perf_counter()
-    checkpoint = None
-    if knowledge == "full":
-        arch, seed, seen = v_arch, cfg.seed, True
+    checkpoint, steps = None, None
+    if VICTIM_WEIGHTS[knowledge]:
+        arch, seed, seen = v_arch, cfg.seed, knowledge == "full"
         if cfg.attack.setting == "update" and cfg.attack.checkpoint is not None:
             model, checkpoint = twins.checkpoint(cfg, shape, k).model, str(cfg.attack.checkpoint)
         else:
-            model = twins.clean_model(cfg, adv_data, device, description="adversary").model
+            model = twins.clean_model(cfg, part.take(train, part.initial), device, description="adversary").model
         trained_on = "the victim's training set (it is the victim's clean model)"
     else:
         arch = v_arch if VICTIM_ARCH[knowledge] else surrogate_arch(cfg, v_arch, shape, k)
         seed, seen = cfg.seed + ADVERSARY_SEED_OFFSET, False
         model = get_model(arch, shape, k, seed=seed)
-        fit(model, fit_data, cfg.train, seed, monitor=monitor, description="adversary")
-        trained_on = f"{len(fit_data)} images of its data (holdout excluded)"
+        per_epoch = max(1, len(fit_data) // min(cfg.train.batch_size, len(fit_data)))
+        epochs = max(cfg.train.epochs, math.ceil(cfg.attack.surrogate_steps / per_epoch))
+        fit(model, fit_data, cfg.train, seed, epochs=epochs, monitor=monitor, description="adversary")
+        steps = epochs * per_epoch
+        trained_on = f"{len(fit_data)} images of its data (holdout excluded), {epochs} epochs"
     model.to(device).eval()
     source = "the victim's training set" if VICTIM_DATA[knowledge] else "auxiliary data held out of the victim's training set"
     record: dict[str, Any] = {
@@ -127,7 +139,7 @@ def prepare_adversary(
             "mask_sample_pool": len(fit_data),
             "holdout_size": len(holdout),
             "indices_sha256": indices_hash(part.adversary),
-            "disjoint_from_victim": part.auxiliary is not None,
+            "disjoint_from_victim": not VICTIM_DATA[knowledge],
             "victim_train_size": len(part.victim),
             "test_set_used": False,
         },
@@ -138,10 +150,11 @@ def prepare_adversary(
             "seed": seed,
             "checkpoint": checkpoint,
             "trained_on": trained_on,
+            "train_steps": steps,
             "train_seconds": round(time.perf_counter() - started, 3),
             "holdout_accuracy": clean_accuracy(model, holdout),
             "holdout_seen_in_training": seen,
-            "is_victim_clean_model": knowledge == "full" and checkpoint is None,
+            "is_victim_clean_model": VICTIM_WEIGHTS[knowledge] and checkpoint is None,
         },
     }
     return Adversary(model, fit_data, holdout, record)

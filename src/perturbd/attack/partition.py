@@ -5,17 +5,22 @@ stratified draw order), drawn from its own derived generator (:mod:`perturbd.see
 
 | part | what it is |
 |---|---|
-| ``auxiliary`` | knowledge ``model``/``none``: a stratified ``attack.aux_fraction`` the adversary holds and the victim never sees |
+| ``auxiliary`` | a stratified ``attack.aux_fraction`` the victim never sees: the adversary's own data when it does not know the victim's |
 | ``victim`` | the victim's data: the training split less ``auxiliary`` |
 | ``update`` | the update setting: a stratified ``attack.update_size`` of ``victim``, new data for the update |
 | ``initial`` | what the victim's clean model trains on: ``victim`` less ``update`` |
-| ``adversary`` | the adversary's data: ``initial`` (knowledge ``full``/``data``) or ``auxiliary`` |
+| ``adversary`` | the adversary's data: ``initial`` (knowledge ``full``/``data``) or ``auxiliary`` (``model``/``weights``/``none``) |
 | ``holdout`` | a stratified ``attack.holdout_fraction`` of ``adversary``, kept out of its training and its mask samples |
 | ``fit`` | ``adversary`` less ``holdout`` |
 | ``poison`` | positions, within the set the poison is injected into (``victim``, or ``update`` when updating), of the images to poison |
 
 :func:`partition` makes every size check of the attack before any work: a part too small is
 one line saying which fraction or size to change. Nothing downstream splits the data again.
+
+The auxiliary data is held out under every knowledge level (``attack.same_victim``, the
+default), for static masks too: the victim, its clean twin and the poisoned count are then the
+same whatever the adversary knows, so knowledge levels compare adversaries, not victims. With
+``same_victim: false`` it is held out only when the adversary does not know the victim's data.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from perturbd.poison import choose_indices
 from perturbd.seeding import complement, derived_generator
 
 # knowledge level → does the adversary hold the victim's training data?
-VICTIM_DATA = {"full": True, "data": True, "model": False, "none": False}
+VICTIM_DATA = {"full": True, "data": True, "model": False, "weights": False, "none": False}
 MIN_PER_CLASS = 5  # images per class the adversary and the victim must each keep, at least
 
 
@@ -83,21 +88,20 @@ def partition(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int) -> 
     need = MIN_PER_CLASS * num_classes
     auxiliary = None
     victim = torch.arange(n)
-    if not VICTIM_DATA[a.knowledge]:
+    if a.same_victim or not VICTIM_DATA[a.knowledge]:
         aux_n = int(round(a.aux_fraction * n))
         if aux_n < need or n - aux_n < need:
             who, got = ("adversary", aux_n) if aux_n < need else ("victim", n - aux_n)
             raise ConfigError(
                 f"attack.aux_fraction {a.aux_fraction:g} of {n} training images leaves {got} to the {who} "
-                f"(knowledge '{a.knowledge}' needs at least {need} on each side); choose a fraction in "
-                f"[{need / n:.3g}, {1 - need / n:.3g}] or use more data"
+                f"(at least {need} on each side); choose a fraction in [{need / n:.3g}, {1 - need / n:.3g}] or use more data"
             )
         auxiliary = stratified_indices(labels, aux_n, derived_generator(cfg.seed, "aux"), num_classes)
         victim = complement(n, auxiliary)
     initial, update = victim, None
     if a.setting == "update":
         initial, update = _update_batch(cfg, labels[victim], num_classes, victim)
-    adversary = initial if auxiliary is None else auxiliary
+    adversary = auxiliary if auxiliary is not None and not VICTIM_DATA[a.knowledge] else initial
     holdout, fit = _holdout(cfg, labels[adversary], num_classes, adversary)
     poisoned_set = update if update is not None else victim
     poison = choose_indices(labels[poisoned_set], cfg.poison, cfg.seed)

@@ -57,6 +57,7 @@ def audit(
     data_root: DataRootOpt = None,
 ) -> None:
     """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
+    from perturbd.defenses.base import seed_from_run
     from perturbd.defenses.saved import load_inputs, locate
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
     from perturbd.models import build_from_checkpoint
@@ -64,6 +65,7 @@ def audit(
     auditor = UpdateAudit(**params_of(params))
     inputs = load_inputs(new, data=data, data_root=data_root)
     old_model = build_from_checkpoint(locate(old).model)
+    seed_from_run(auditor, inputs.seed)
     with console.status("auditing the update (Neural Cleanse and universal perturbations on both models)"):
         result = auditor.fit(inputs.model, inputs.clean, before=old_model)
     t = Table(title=f"perturbd audit · {old} → {new}", header_style="bold")

@@ -7,6 +7,9 @@
   :mod:`adversarial_training`
 - update audit (:class:`UpdateAuditor`): :mod:`update_audit`
 
+Helpers: :mod:`nc_schedule` (Neural Cleanse's cost schedule and early stop), :mod:`detection`
+(AUROC, TPR at 5 % FPR, the screened test sample), :mod:`evaluate` (measure defences on a run).
+
 Example:
     >>> from perturbd.defenses import build_defense, list_defenses
     >>> "strip" in list_defenses()

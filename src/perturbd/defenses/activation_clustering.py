@@ -10,6 +10,13 @@ into two halves of natural variation. A class is poisoned when its smaller clust
 ``size_threshold`` of it and the split's silhouette is at least ``silhouette_threshold``; its
 smaller cluster is then flagged.
 
+Chen et al. reduce with ICA to 10 dimensions; ART (v1.20.1, ``activation_defence.py``), the
+reference implementation, defaults its class to ``nb_clusters=2``, ``nb_dims=10``, ``reduce="PCA"``
+(its module functions default to ``FastICA(max_iter=1000, tol=0.005)`` without a seed), k-means
+without a seed, and the analyses ``smaller``, ``relative-size`` (0.35) and
+``silhouette-scores`` (size < 0.35 and silhouette > 0.1: the rule used here, with ≤ and ≥). Here both the
+reduction and k-means draw from ``seed``, so a run is reproducible.
+
 ``scores_`` (for AUROC): ``silhouette × (1 − small share) × tanh(margin / σ)``, where ``margin`` is
 how much closer a sample is to the small cluster's centre than to the large one's (σ: the
 class's margin spread) — high for members of a small, well separated cluster.
@@ -45,12 +52,13 @@ class ActivationClustering(Defense):
         size_threshold: float = Field(0.35, gt=0, le=0.5, description="a smaller cluster holding at most this share of its class is poison")
         silhouette_threshold: float = Field(0.1, ge=-1, le=1, description="and the 2-means split must be at least this clear")
         batch_size: int = Field(512, ge=1, le=65536, description="images per forward pass")
-        seed: int = Field(0, ge=0, description="seeds the reduction and k-means")
+        seed: int | None = Field(None, ge=0, description="seeds the reduction and k-means (None: derived from the run seed)")
 
     def fit(self, model: nn.Module, data: ImageDataset) -> ActivationClustering:
         """Cluster every class of ``data`` (the training set as trained on, labels as given)."""
         require_features(model, self.name)
         feats = penultimate(model, data.images, self.batch_size).double().numpy()
+        seed = self.rng_seed() % 2**32  # scikit-learn takes 32-bit seeds
         scores = np.zeros(len(data))
         flagged = np.zeros(len(data), dtype=bool)
         self.class_report_: dict[int, dict[str, float]] = {}
@@ -62,9 +70,9 @@ class ActivationClustering(Defense):
             dims = max(1, min(self.components, x.shape[1], len(idx) - 1))
             with warnings.catch_warnings(), threadpool_limits(1):  # tiny problems: threads only contend
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                reducer = FastICA(dims, random_state=self.seed, max_iter=400) if self.reduction == "ica" else PCA(dims, random_state=self.seed)
+                reducer = FastICA(dims, random_state=seed, max_iter=400) if self.reduction == "ica" else PCA(dims, random_state=seed)
                 z = reducer.fit_transform(x)
-                km = KMeans(2, n_init=4, random_state=self.seed).fit(z)
+                km = KMeans(2, n_init=4, random_state=seed).fit(z)
             assign = km.labels_
             sizes = np.bincount(assign, minlength=2)
             if sizes.min() == 0:
@@ -72,7 +80,7 @@ class ActivationClustering(Defense):
             small = int(np.argmin(sizes))
             share = sizes[small] / len(idx)
             with threadpool_limits(1):
-                sil = float(silhouette_score(z, assign, sample_size=min(len(idx), 2000), random_state=self.seed))
+                sil = float(silhouette_score(z, assign, sample_size=min(len(idx), 2000), random_state=seed))
             dist = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
             margin = dist[:, 1 - small] - dist[:, small]
             spread = margin.std() or 1.0

@@ -48,7 +48,8 @@ class AdversarialTraining(Defense):
         self.model_ = fresh_copy(model)
         eps = self.epsilon / 255.0
         step = (self.step_size or 2.5 * self.epsilon / self.steps) / 255.0
-        gen = torch.Generator().manual_seed(self.seed)
+        seed = self.rng_seed()
+        gen = torch.Generator().manual_seed(seed)
 
         def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             adv = pgd_linf(net, x, y, eps, self.steps, step, gen)
@@ -58,5 +59,5 @@ class AdversarialTraining(Defense):
                 loss = (1 - self.clean_weight) * loss + self.clean_weight * F.cross_entropy(net(x), y)
             return loss
 
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn, description=self.name)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, loss_fn=loss_fn, description=self.name)
         return self

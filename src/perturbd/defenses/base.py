@@ -33,6 +33,7 @@ from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.models import model_device
 from perturbd.registry import Registry, suggest
+from perturbd.seeding import derived_seed
 
 
 class DefenseParams(BaseModel):
@@ -94,6 +95,12 @@ class Defense:
             setattr(self, key, value)
         self.clean_used_ = 0
 
+    def rng_seed(self) -> int:
+        """The seed this defence draws from: its ``seed`` parameter, or when that is None (the
+        default) one derived from run seed 0 (:func:`seed_from_run` fills it from a run's seed)."""
+        seed = getattr(self, "seed", None)
+        return derived_seed(0, f"defense:{self.name}") if seed is None else int(seed)
+
     def get_params(self) -> dict[str, Any]:
         """The parameters as built (defaults filled in), JSON-serialisable."""
         return {key: getattr(self, key) for key in self.Params.model_fields}
@@ -120,12 +127,13 @@ class DatasetScreen(Protocol):
 @runtime_checkable
 class InputScreen(Protocol):
     """Screens inputs at inference. ``fit`` on clean images sets ``threshold_`` so that about
-    ``fpr`` of clean inputs are flagged; ``scores_`` / ``flagged_`` are those calibration images'."""
+    ``frr`` (false rejection rate) of clean inputs are flagged; ``scores_`` / ``flagged_`` are
+    those calibration images'."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
     clean_used_: int
-    fpr: float
+    frr: float
     threshold_: float
     scores_: torch.Tensor
     flagged_: torch.Tensor
@@ -260,6 +268,13 @@ def penultimate(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -
 def take(data: ImageDataset, n: int) -> ImageDataset:
     """The first ``min(n, len(data))`` images (the caller hands a pre-shuffled clean slice)."""
     return data if n >= len(data) else data.subset(torch.arange(n))
+
+
+def seed_from_run(defense: Defense, run_seed: int) -> None:
+    """Set an unset (None) ``seed`` parameter of ``defense`` to
+    ``derived_seed(run_seed, "defense:<name>")``; a seed the user set is kept."""
+    if "seed" in defense.Params.model_fields and getattr(defense, "seed", None) is None:
+        defense.seed = derived_seed(run_seed, f"defense:{defense.name}")
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

@@ -1,9 +1,30 @@
-"""Knowledge distillation into a fresh student on clean data (Yoshida and Fujino, 2020; Li et al., 2021).
+"""Knowledge distillation into a fresh student on clean images: Yoshida and Fujino's setting.
 
-A student of the same architecture, with fresh weights, learns the backdoored teacher's softened
-outputs (temperature ``temperature``) on ``n_clean`` clean images only. The trigger never appears
-in that data, so the student has little reason to learn it; the price is the accuracy a student
-reaches from few images. Loss: ``α T² KL(teacher_T ‖ student_T) + (1 − α) CE(student, y)``.
+What is implemented: a student of the same architecture with fresh weights (drawn from the
+seed) learns the backdoored teacher's outputs on ``n_clean`` clean images only, with the
+distillation loss of Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network"
+(2015): ``α T² KL(softmax(teacher / T) ‖ softmax(student / T)) + (1 − α) CE(student, y)`` (the
+T² keeps the soft term's gradients on the scale of the hard one). The trigger never appears in
+that data, so the student has little reason to learn it; the price is the accuracy a student
+reaches from few images.
+
+Its use against backdoors, and what matches:
+
+- Yoshida and Fujino, "Disabling backdoor and identifying poison data by using knowledge
+  distillation in backdoor attacks on deep neural networks" (AISec 2020; and J. Signal Processing
+  24(4), 2020): the defender distils the backdoored model (teacher) into a student with clean
+  *unlabelled* images. That is this defence with ``alpha=1`` (no label term); the default
+  ``alpha=0.9`` also uses the defender's labels, Hinton et al.'s mix. Their further steps,
+  flagging training images where teacher and student disagree as poison and fine-tuning the
+  student on the rest, are not implemented here.
+- Li et al., "Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural
+  Networks" (ICLR 2021) is a different method: it fine-tunes the backdoored model on clean data
+  to make a *teacher*, then distils the teacher's intermediate *attention maps* into the
+  backdoored model itself (cross-entropy plus an attention loss). None of that is done here:
+  this distils *logits* into a *fresh* student.
+
+Training is the project's one loop (:func:`~perturbd.defenses.fine_tuning.tune`: SGD, cosine
+schedule); its epochs and learning rate are ours.
 """
 
 from __future__ import annotations
@@ -44,6 +65,7 @@ class Distillation(Defense):
             kd = F.kl_div(F.log_softmax(out / t, 1), soft, reduction="batchmean") * t * t
             return self.alpha * kd + (1 - self.alpha) * F.cross_entropy(out, y)
 
-        self.model_ = reinitialise(model, self.seed)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, loss_fn=loss_fn, description=self.name)
+        seed = self.rng_seed()
+        self.model_ = reinitialise(model, seed)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, loss_fn=loss_fn, description=self.name)
         return self

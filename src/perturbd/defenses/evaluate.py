@@ -3,10 +3,15 @@
 One evaluator per defence *kind* (a dict, not a chain of names), each reading only what its
 kind's protocol in :mod:`perturbd.defenses.base` declares:
 
-- ``dataset``: fit on the training set as trained on; AUROC of ``scores_`` and TPR / FPR of
-  ``flagged_`` (the method's own threshold) against the saved poison indices.
-- ``input``: fit on the defender's clean images; AUROC, and TPR at the threshold set for
-  ``fpr`` on clean held-out images, on clean versus triggered test images (true label ≠ target).
+- ``dataset``: fit on the training set as trained on; against the saved poison indices, AUROC of
+  ``scores_``, TPR / FPR of ``flagged_`` (the method's own threshold) and TPR at 5 % FPR (the
+  best threshold on ``scores_`` whose FPR is at most 5 %).
+- ``input``: fit on the defender's clean images; on clean versus triggered test images, AUROC,
+  TPR / FPR at the method's own threshold (set for ``frr`` on the clean calibration images) and
+  TPR at 5 % FPR from the ROC. The test images screened are a seeded random sample of at most
+  ``eval_limit`` images whose true label is not the target, stratified over those classes
+  (image-folder test sets are sorted by class: their first images are one class), drawn from
+  ``derived_generator(seed, "strip-sample")``; the triggered images are the same images with the trigger.
 - ``model``: fit on the defender's clean images, for the backdoored model and the clean twin;
   flagged labels, anomaly indices, the defence's per-label evidence and its figures.
 - ``mitigation``: fit on the defender's clean images; clean accuracy and ASR on the test set
@@ -14,6 +19,11 @@ kind's protocol in :mod:`perturbd.defenses.base` declares:
 - ``update``: needs the model before the update (a run of the update setting); audits
   before → model, and before → clean twin (the clean update) as the false-positive baseline;
   suspicious labels, per-label rows and the recovered triggers as PNG.
+
+A defence's ``seed`` left at None is filled with ``derived_seed(seed, "defense:<name>")`` from
+the run seed (:func:`~perturbd.defenses.base.seed_from_run`); a seed the user set is kept; the
+report's params record the seed used. Every detection cell shows an operating point beside the
+AUROC, e.g. ``AUROC 0.864 (TPR 0.00 / FPR 0.01 at its threshold; TPR 0.31 at 5 % FPR)``.
 
 The defender's clean images never overlap the test images used to measure: they come from the
 training split's clean (not poisoned) images (see :func:`defender_clean_set`).
@@ -29,11 +39,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from sklearn.metrics import roc_auc_score
 
 from perturbd.config import DefenseSpec
 from perturbd.data.dataset import ImageDataset
-from perturbd.defenses.base import DatasetScreen, Defense, Figures, InputScreen, Mitigator, ModelInspector, UpdateAuditor, build_defense
+from perturbd.defenses.base import (
+    DatasetScreen, Defense, Figures, InputScreen, Mitigator, ModelInspector, UpdateAuditor, build_defense, seed_from_run,
+)  # fmt: skip
+from perturbd.defenses.detection import auroc, detection_text, screened_sample, tpr_at_fpr
 from perturbd.errors import ConfigError
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.rundir import write_json
@@ -60,6 +72,7 @@ class DefenseInputs:
         clean_model: the clean twin, for the false-positive baseline of model inspection (in
             the update setting: the model after a clean update).
         before_model: the model before the update (update setting only), for the update audit.
+        seed: the run seed: defences' unset seeds and the sample of screened test images derive from it.
     """
 
     model: nn.Module
@@ -72,6 +85,7 @@ class DefenseInputs:
     target: int | None = None
     clean_model: nn.Module | None = None
     before_model: nn.Module | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -105,13 +119,6 @@ def defender_clean_set(train: ImageDataset, poison_indices: torch.Tensor | None,
     return train.subset(idx[order])
 
 
-def _auroc(positive: torch.Tensor, scores: torch.Tensor) -> float | None:
-    y = positive.numpy().astype(bool)
-    if y.all() or not y.any():
-        return None
-    return float(roc_auc_score(y, scores.double().numpy()))
-
-
 def _need(value: Any, what: str, name: str) -> Any:
     if value is None:
         raise ConfigError(f"defense '{name}' needs {what}; give it (e.g. --trigger FILE --target T, or a run directory)")
@@ -129,18 +136,18 @@ def _eval_dataset(d: DatasetScreen, inp: DefenseInputs, limit: int) -> Evaluatio
     truth[inp.poison_indices] = True
     m.update(
         poisoned=int(truth.sum()),
-        auroc=_auroc(truth, d.scores_),
+        auroc=auroc(truth, d.scores_),
         tpr=float(flagged[truth].float().mean()),
         fpr=float(flagged[~truth].float().mean()),
+        tpr_at_5_fpr=tpr_at_fpr(truth, d.scores_),
     )
-    return m, {"value": m["auroc"], "text": f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f}, FPR {m['fpr']:.2f})"}, {}
+    return m, {"value": m["auroc"], "text": detection_text(m)}, {}
 
 
 def _triggered_pair(inp: DefenseInputs, name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     trigger = _need(inp.trigger, "the trigger", name)
     target = _need(inp.target, "the target label", name)
-    keep = torch.nonzero(inp.test.labels != target).flatten()[:limit]
-    clean = inp.test.images[keep]
+    clean = inp.test.images[screened_sample(inp.test, target, limit, inp.seed)]
     return clean, trigger.apply(clean)
 
 
@@ -151,19 +158,20 @@ def _eval_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
         d.fit(model, inp.clean)
         s_clean, s_trig = d.score(clean), d.score(triggered)
         truth = torch.cat([torch.zeros(len(s_clean)), torch.ones(len(s_trig))]).bool()
+        scores = torch.cat([s_clean, s_trig])
         return {
-            "auroc": _auroc(truth, torch.cat([s_clean, s_trig])),
-            "tpr_at_fpr": float(d.flag(triggered).float().mean()),
-            "fpr_on_test": float(d.flag(clean).float().mean()),
+            "auroc": auroc(truth, scores),
+            "tpr": float(d.flag(triggered).float().mean()),
+            "fpr": float(d.flag(clean).float().mean()),
+            "tpr_at_5_fpr": tpr_at_fpr(truth, scores),
             "threshold": d.threshold_,
         }
 
-    m: dict[str, Any] = {"test_images": len(clean), "fpr_target": d.fpr}
+    m: dict[str, Any] = {"test_images": len(clean), "frr_target": d.frr}
     if inp.clean_model is not None:
         m["clean_model"] = measure(inp.clean_model)
     m.update(measure(inp.model))
-    text = f"AUROC {m['auroc']:.3f} (TPR {m['tpr_at_fpr']:.2f} at {100 * d.fpr:g} % FPR)"
-    return m, {"value": m["auroc"], "text": text}, {}
+    return m, {"value": m["auroc"], "text": detection_text(m)}, {}
 
 
 def _eval_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluation:
@@ -245,11 +253,14 @@ _EVALUATORS: dict[str, Callable[[Any, DefenseInputs, int], Evaluation]] = {
 def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 2000) -> DefenseReport:
     """Fit ``defense`` and measure it (see the module docstring for what each kind reports).
 
-    ``eval_limit`` caps the clean and the triggered test images screened by input detectors.
+    ``eval_limit`` caps the clean and the triggered test images screened by input detectors (a
+    stratified seeded sample, see :func:`screened_sample`). An unset ``seed`` of ``defense`` is
+    filled from ``inp.seed`` first, so the report's params hold the seed used.
     A defence whose kind has no evaluator is a ConfigError naming the kinds that have one.
     """
     if defense.kind not in _EVALUATORS:
         raise ConfigError(f"defense '{defense.name}' has kind '{defense.kind}', which no evaluator measures; use one of {', '.join(_EVALUATORS)}")
+    seed_from_run(defense, inp.seed)
     started = time.perf_counter()
     metrics, cell, figures = _EVALUATORS[defense.kind](defense, inp, eval_limit)
     seconds = time.perf_counter() - started

@@ -28,7 +28,7 @@ class TuningParams(DefenseParams):
     epochs: int = Field(5, ge=1, le=1000, description="passes over the clean images")
     lr: float = Field(0.01, gt=0, le=10, description="initial SGD learning rate (cosine to 0)")
     batch_size: int = Field(64, ge=1, le=65536, description="images per step")
-    seed: int = Field(0, ge=0, description="seeds shuffling")
+    seed: int | None = Field(None, ge=0, description="seeds shuffling (None: derived from the run seed)")
 
 
 def tune(
@@ -67,5 +67,5 @@ class FineTuning(Defense):
         clean = take(data, self.n_clean)
         self.clean_used_ = len(clean)
         self.model_ = fresh_copy(model)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed, description=self.name)
+        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name)
         return self

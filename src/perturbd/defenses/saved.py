@@ -2,10 +2,11 @@
 
 A run directory gives everything: ``model.safetensors`` (under test), ``clean_model.safetensors``
 (the clean twin, for baselines), ``trigger.safetensors``, and from ``config.yaml`` the data, the
-target and the seed. The poisoned training set is rebuilt from the config (the poison choice is
-seeded) and used only if its indices equal the saved ``poison_indices.json`` (a run whose victim
-data is not the whole training split, e.g. knowledge ``model``/``none`` or the update setting,
-then has no dataset screening here: run the defence from the experiment config instead).
+target and the seed. The poisoned training set is rebuilt from the config: the run's partition
+(:func:`perturbd.attack.partition.partition`, seeded) gives the victim's images and the poison's
+positions among them, used only if those equal the saved ``poison_indices.json`` (a run of the
+update setting, whose poison is in the update batch, then has no dataset screening here: run the
+defence from the experiment config instead).
 
 A bare model file needs ``data``; ``trigger`` and ``target`` are optional (without them, STRIP and
 the ASR of mitigations cannot be measured). Its training split is taken as the defender's data:
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from perturbd.attack.partition import partition
 from perturbd.config import DataConfig, ExperimentConfig, read_yaml, validate
 from perturbd.data import load_data
 from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set
@@ -99,9 +101,10 @@ def load_inputs(
     if folder is not None and cfg is not None and trig is not None and (folder / "poison_indices.json").is_file():
         saved_idx = torch.tensor(read_json(folder / "poison_indices.json")["indices"], dtype=torch.long)
         train = None
-        if cfg.attack.setting == "before_training" and saved_idx.numel() and int(saved_idx.max()) < len(split.train):
-            rebuilt = poison_dataset(split.train, trig, cfg.poison, cfg.seed)
-            if torch.equal(rebuilt.indices, saved_idx):
-                train, indices = rebuilt.dataset, saved_idx
+        if cfg.attack.setting == "before_training":
+            part = partition(cfg, split.train.labels, split.train.num_classes)
+            if torch.equal(part.poison, saved_idx):
+                victim = part.take(split.train, part.victim)
+                train, indices = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison).dataset, saved_idx
     clean = defender_clean_set(train if train is not None else split.train, indices, seed)
-    return DefenseInputs(model, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model)
+    return DefenseInputs(model, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed)

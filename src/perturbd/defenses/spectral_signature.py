@@ -11,6 +11,12 @@ the ``multiplier × epsilon × n_c`` highest-scoring samples of each class (Tran
 
 ``scores_`` are the squared projections divided by the class's median score (robust to the poison), so scores of different
 classes compare for one global AUROC; ``flagged_`` marks the removed samples.
+
+The score is the paper's (squared projection of the *centred* feature). The authors' code
+(MadryLab/backdoor_data_poisoning @ c15096fd) and ART's ``SpectralSignatureDefense`` take the
+singular vector of the centred features too, but project the *uncentred* features on it and
+rank by the absolute value; the ranking then depends on where the class mean lies along that
+direction. The removal, ``1.5 ε n`` per class, is the same.
 """
 
 from __future__ import annotations

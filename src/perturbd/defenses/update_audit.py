@@ -3,7 +3,8 @@
 Compares the model before (``before``, OLD) and after (``model``, NEW) an update, on the
 defender's clean images, with two kinds of evidence per label t:
 
-- **Neural Cleanse** on both models (all labels in one batch): a backdoor toward t shows as a
+- **Neural Cleanse** on both models (all labels in one batch, with Neural Cleanse's own defaults
+  but for ``nc_epochs`` and ``nc_batch``, which default to its ``epochs`` and ``batch_size``): a backdoor toward t shows as a
   reversed mask for t that is anomalously small in NEW (anomaly index > ``anomaly_threshold``)
   while it was not in OLD, and shrank to at most ``shrink`` of its OLD L1 norm.
 - **Universal perturbations**: for each label, a targeted universal perturbation of L∞ at most
@@ -46,6 +47,7 @@ from perturbd.errors import ConfigError
 from perturbd.triggers.adaptive import target_rates, targeted_uaps
 
 NO_CHANGE = "no change"
+_NC = NeuralCleanse.Params.model_fields  # the audit's nc_* defaults are Neural Cleanse's own
 
 
 class AuditParams(DefenseParams):
@@ -53,12 +55,12 @@ class AuditParams(DefenseParams):
     uap_steps: int = Field(150, ge=1, le=100_000, description="signed-gradient steps of the universal perturbations")
     uap_batch: int = Field(64, ge=1, le=4096, description="clean images per universal-perturbation step")
     rise: float = Field(0.3, gt=0, le=1, description="a rise of the fooling rate toward t this large is suspicious")
-    nc_steps: int = Field(300, ge=1, le=100_000, description="Neural Cleanse optimisation steps")
-    nc_batch: int = Field(32, ge=1, le=4096, description="Neural Cleanse clean images per step")
+    nc_epochs: int = Field(_NC["epochs"].default, ge=1, le=100_000, description="Neural Cleanse epochs (its default: the reference's 1000)")
+    nc_batch: int = Field(_NC["batch_size"].default, ge=1, le=4096, description="Neural Cleanse clean images per mini-batch")
     anomaly_threshold: float = Field(2.0, gt=0, le=100, description="Neural Cleanse anomaly index that flags a label")
     shrink: float = Field(0.5, gt=0, le=1, description="and its reversed mask shrank to at most this share of OLD's")
     n_clean: int = Field(2000, ge=4, le=1_000_000, description="clean images: half to compute, half to measure")
-    seed: int = Field(0, ge=0, description="seeds batches and initialisations")
+    seed: int | None = Field(None, ge=0, description="seeds batches and initialisations (None: derived from the run seed)")
 
 
 def _check_pair(before: nn.Module, after: nn.Module, clean: ImageDataset) -> None:
@@ -94,10 +96,11 @@ class UpdateAudit(Defense):
         fit_part = data.subset(torch.arange(n // 2))
         measure = data.subset(torch.arange(n // 2, n))
         labels = list(range(data.num_classes))
-        nc_kw = dict(steps=self.nc_steps, batch_size=self.nc_batch, anomaly_threshold=self.anomaly_threshold, n_clean=len(fit_part), seed=self.seed)
+        seed = self.rng_seed()
+        nc_kw = dict(epochs=self.nc_epochs, batch_size=self.nc_batch, anomaly_threshold=self.anomaly_threshold, n_clean=len(fit_part), seed=seed)
         nc_old = NeuralCleanse(**nc_kw).fit(before, fit_part)
         self.nc_ = NeuralCleanse(**nc_kw).fit(model, fit_part)
-        uap_kw = dict(epsilon=self.epsilon, steps=self.uap_steps, batch_size=self.uap_batch, seed=self.seed)
+        uap_kw = dict(epsilon=self.epsilon, steps=self.uap_steps, batch_size=self.uap_batch, seed=seed)
         fool_old = target_rates(before, measure, targeted_uaps(before, fit_part.images, labels, **uap_kw))
         fool_new = target_rates(model, measure, targeted_uaps(model, fit_part.images, labels, **uap_kw))
         self.rows_ = [self._row(t, nc_old, fool_old[t], fool_new[t]) for t in labels]
@@ -133,8 +136,9 @@ class UpdateAudit(Defense):
         }
 
     def to_json(self) -> dict[str, Any]:
-        """What ``audit.json`` holds: suspicious labels, per-label rows, parameters, cost."""
+        """What ``audit.json`` holds: suspicious labels, per-label rows, parameters (with the seed
+        used), cost."""
         return {
-            "suspicious_labels": self.suspicious_labels_, "labels": self.rows_, "params": self.get_params(),
+            "suspicious_labels": self.suspicious_labels_, "labels": self.rows_, "params": self.get_params() | {"seed": self.rng_seed()},
             "clean_images_used": self.clean_used_, "seconds": self.seconds_,
         }  # fmt: skip

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -51,17 +51,30 @@ def t975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t-interval (NaN half-width for fewer than 2 values)."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+class Stat(NamedTuple):
+    """A metric over the runs of a group: mean, half-width of the 95 % t-interval, how many
+    runs it is over (``n``) and how many runs there are (``of``): a run that lacks the metric
+    is counted, never dropped silently."""
+
+    mean: float
+    ci: float
+    n: int
+    of: int
+
+
+def mean_ci(values: list[float | None]) -> Stat:
+    """Mean and half-width of the 95 % t-interval over the values present (``None`` and NaN are
+    missing; an infinite value, e.g. the PSNR of unchanged images, is kept); NaN half-width for
+    fewer than 2 values."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    n, of = len(vals), len(values)
     if not vals:
-        return math.nan, math.nan
-    n = len(vals)
+        return Stat(math.nan, math.nan, 0, of)
     mean = sum(vals) / n
-    if n < 2:
-        return mean, math.nan
+    if n < 2 or not math.isfinite(mean):
+        return Stat(mean, math.nan, n, of)
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    return mean, t975(n - 1) * sd / math.sqrt(n)
+    return Stat(mean, t975(n - 1) * sd / math.sqrt(n), n, of)
 
 
 @dataclass
@@ -129,7 +142,7 @@ class Group:
 
     keys: dict[str, Any]
     runs: list[RunRecord] = field(default_factory=list)
-    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -169,7 +182,7 @@ def group_values(record: RunRecord, columns: list[str]) -> dict[str, Any]:
 
 def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
     """Group runs by config minus seed; returns the distinguishing columns and the groups with
-    ``stats[metric] = (mean, ci95 half-width)``."""
+    ``stats[metric]`` a :class:`Stat` over its runs."""
     columns = group_columns(records)
     groups: dict[str, Group] = {}
     for r in records:
@@ -179,7 +192,7 @@ def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
     out = list(groups.values())
     for g in out:
         for m in METRICS:
-            g.stats[m] = mean_ci([v for v in (r.metric(m) for r in g.runs) if v is not None])
+            g.stats[m] = mean_ci([r.metric(m) for r in g.runs])
     out.sort(key=lambda g: [(g.trigger.family, g.trigger.strength, g.trigger.label) if c == "trigger" else _sortable(g.keys[c]) for c in columns])
     return columns, out
 
@@ -194,12 +207,11 @@ def _fmt(value: float, kind: str) -> str:
     return {"pct": f"{100 * value:.2f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(kind, f"{value:.2f}")
 
 
-def cell(stat: tuple[float, float], kind: str) -> str:
-    """``mean ± ci`` as text (no ± for one seed)."""
-    mean, ci = stat
-    if not math.isfinite(ci):
-        return _fmt(mean, kind)
-    return f"{_fmt(mean, kind)} ± {_fmt(ci, kind)}"
+def cell(stat: Stat, kind: str) -> str:
+    """``mean ± ci`` as text (no ± for one value), with ``(n=k/N)`` when only k of the group's
+    N runs have the metric."""
+    text = _fmt(stat.mean, kind) if not math.isfinite(stat.ci) else f"{_fmt(stat.mean, kind)} ± {_fmt(stat.ci, kind)}"
+    return text if stat.n == stat.of else f"{text} (n={stat.n}/{stat.of})"
 
 
 def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TABLE_METRICS) -> str:
@@ -209,17 +221,20 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
     for g in groups:
         row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m][2]) for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\nMean ± half-width of the 95 % t-interval over seeds; % of test images, accuracy loss in points.\n"
+    return "\n".join(lines) + (
+        "\n\nMean ± half-width of the 95 % t-interval over the seeds listed; % of test images, accuracy loss in points; "
+        "(n=k/N): only k of the N runs have that metric.\n"
+    )
 
 
 def to_csv(columns: list[str], groups: list[Group]) -> str:
-    """One row per group: distinguishing columns, n, seeds, ``<metric>_mean`` and ``<metric>_ci95``
-    for every metric (fractions, not %)."""
+    """One row per group: distinguishing columns, n, seeds, ``<metric>_mean``, ``<metric>_ci95``
+    and ``<metric>_n`` (runs that have it) for every metric (fractions, not %)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*columns, "n", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "ci95"))])
+    w.writerow([*columns, "n", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "ci95", "n"))])
     for g in groups:
-        stats = [x for m in METRICS for x in g.stats[m]]
+        stats = [x for m in METRICS for x in (g.stats[m].mean, g.stats[m].ci, g.stats[m].n)]
         w.writerow([*(g.keys[c] for c in columns), len(g.runs), " ".join(map(str, g.seeds)), *("" if not math.isfinite(x) else f"{x:.6g}" for x in stats)])
     return buf.getvalue()
 

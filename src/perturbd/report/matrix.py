@@ -69,7 +69,7 @@ def matrix_markdown(rows: list[dict[str, Any]]) -> str:
         cells = [r["cells"].get(c, {}).get("text", "") for c in cols]
         lines.append("| " + " | ".join(base + cells) + " |")
     legend = (
-        "\nCells: dataset/input screening → AUROC (TPR, FPR at the method's threshold); neural_cleanse → "
+        "\nCells: dataset/input screening → AUROC (TPR / FPR at the method's own threshold; TPR at 5 % FPR); neural_cleanse → "
         "flagged labels and the target's anomaly index (> 2 flags); mitigations → ASR before→after, clean-accuracy "
         "change and clean images used."
     )

@@ -16,7 +16,7 @@ from perturbd.attack import Partition
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.metrics import attack_success_rate, clean_accuracy
-from perturbd.poison import poison_dataset
+from perturbd.poison import poison_dataset, sources_of
 from perturbd.results import BeforeUpdate, UpdateFacts
 from perturbd.settings.base import Context, Trained, register_setting
 from perturbd.train import fit
@@ -51,9 +51,10 @@ class Update:
         twin_fit = fit(clean, batch, cfg.train, cfg.seed, epochs=a.update_epochs, lr=a.update_lr, monitor=ctx.monitor, description="clean update", lr_name="attack.update_lr")
         bad = fit(backdoored, poisoned.dataset, cfg.train, cfg.seed, epochs=a.update_epochs, lr=a.update_lr, monitor=ctx.monitor, description="poisoned update", lr_name="attack.update_lr")
         seconds.update(update_clean=twin_fit.seconds, update_backdoored=bad.seconds)
-        test, target = ctx.split.test, cfg.poison.target
+        test, target, precision = ctx.split.test, cfg.poison.target, cfg.train.precision
+        asr = attack_success_rate(pre, test, ctx.plan.trigger, target, sources_of(cfg.poison), precision)
         facts = {
-            "before_update": BeforeUpdate(clean_accuracy=clean_accuracy(pre, test), attack_success_rate=attack_success_rate(pre, test, ctx.plan.trigger, target)),
+            "before_update": BeforeUpdate(clean_accuracy=clean_accuracy(pre, test, precision), attack_success_rate=asr),
             "update": UpdateFacts(
                 batch_size=len(batch),
                 batch="seeded stratified slice of the victim's data, not used for the initial training",

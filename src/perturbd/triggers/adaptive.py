@@ -1,24 +1,27 @@
 """Adaptive masks: a targeted universal adversarial perturbation computed on the adversary's model.
 
 δ is found in pixel units of the 0–255 scale; the model sees ``clip(x + δ / 255)`` with ``x`` in
-[0, 1]. Two methods share the objective (send every sample to the target ``t``) and the budget
+[0, 1]. The methods share the objective (send every sample to the target ``t``) and the budget
 ``‖δ‖_p ≤ ξ`` (``p`` = ``linf`` or ``l2``; L2 over all pixels and channels):
 
-- ``deepfool`` (the paper's): passes over the samples; for a batch of samples, a targeted
-  DeepFool perturbation for each one that ``x + δ`` does not yet send to ``t``
-  (:func:`targeted_deepfool`, all samples at once), their **sum** added to δ, then δ projected
-  onto the budget ball. The paper adds each sample's perturbation in turn, in full; summing the
-  batch's perturbations, all computed at the same δ, is the batched form of that update. (Their
-  mean moves δ a batch size times less per pass: with 64 samples it needed four passes where the
-  reference needs one, on the benchmark of ``benchmarks/bench_adaptive.py``.)
+- ``deepfool`` (the paper's algorithm, the default): passes over the samples in a seeded order;
+  for each sample that ``x + δ`` does not yet send to ``t``, one targeted DeepFool perturbation
+  (:func:`~perturbd.triggers.deepfool.deepfool_one`) is added to δ and δ is projected onto the
+  budget ball *before the next sample*.
+- ``deepfool_batched`` (a faster variant with other results): the DeepFool perturbations of a
+  batch of ``batch_size`` samples are all computed at the same δ
+  (:func:`~perturbd.triggers.deepfool.targeted_deepfool`), their sum is added to δ and δ is
+  projected once. A sample that an earlier sample's step would already have sent to ``t`` still
+  gets its own step, and the sum overshoots the ball: the masks are denser (more pixels at ±ξ)
+  and more visible than the paper's. With ``batch_size: 1`` it is the paper's algorithm. The
+  measured difference is in ``benchmarks/README.md`` (``bench_adaptive``).
 - ``gradient`` (fast path): signed (L∞) or normalised (L2) gradient steps of ``lr`` pixel units on
   the targeted cross-entropy, on mini-batches, with the same projection.
 
-Both stop once the quantized mask reaches ``fooling_rate`` on the samples, or after ``passes``.
+All stop once the quantized mask reaches ``fooling_rate`` on the samples, or after ``passes``.
 The returned δ is integer-valued (:func:`quantize`), so the budget holds after the uint8 rounding
-of :meth:`Trigger.apply`. :func:`reference_deepfool_uap` is the one-image-at-a-time algorithm of
-the paper, kept as a reference for tests and benchmarks. :func:`targeted_uaps` computes one
-signed-gradient universal perturbation per label, all labels at once (the update audit's).
+of :meth:`Trigger.apply`. :func:`targeted_uaps` computes one signed-gradient universal
+perturbation per label, all labels at once (the update audit's).
 
 This module holds kernels only: which model and which images the adversary has is decided by
 :mod:`perturbd.attack`.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -101,6 +104,18 @@ def target_gradient(model: nn.Module, x: torch.Tensor, deltas: torch.Tensor, tar
 
 
 def _deepfool_update(overshoot: float, max_steps: int, target: int) -> Update:
+    """The paper's step, for one sample ``x`` ``(1, C, H, W)``: δ + its DeepFool perturbation
+    (zero if ``x + δ`` is already at ``target``)."""
+
+    def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return delta + deepfool_one(model, x, delta, target, overshoot, max_steps)[0]
+
+    return update
+
+
+def _deepfool_batched_update(overshoot: float, max_steps: int, target: int) -> Update:
+    """The batched variant's step: δ + the sum of a batch's DeepFool perturbations, all at δ."""
+
     def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return delta + targeted_deepfool(model, x, delta, target, overshoot, max_steps).sum(0)
 
@@ -137,19 +152,22 @@ def universal_perturbation(
     batch_size: int = 64,
     seed: int = 0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A targeted universal perturbation toward ``target`` for uint8 ``images`` (batched fast path).
+    """A targeted universal perturbation toward ``target`` for uint8 ``images`` (module docstring).
 
-    Returns the integer-valued mask ``(C, H, W)`` in pixel units (already :func:`quantize`\\ d) and
+    ``batch_size`` is the number of samples per update of ``deepfool_batched`` and ``gradient``;
+    ``deepfool`` updates δ after every sample, as the paper does. Returns the integer-valued mask ``(C, H, W)`` in pixel units (already :func:`quantize`\\ d) and
     ``{"passes": …, "sample_fooling_rate": …}``. The rate used to stop is measured on the
     quantized mask with the real uint8 rounding. Same seed ⇒ same mask.
     """
     check_budget(norm, budget)
     if method == "deepfool":
-        update = _deepfool_update(overshoot, max_steps, target)
+        update, batch_size = _deepfool_update(overshoot, max_steps, target), 1
+    elif method == "deepfool_batched":
+        update = _deepfool_batched_update(overshoot, max_steps, target)
     elif method == "gradient":
         update = _gradient_update(norm, lr, target)
     else:
-        raise ConfigError(f"trigger.method must be deepfool or gradient, got '{method}'")
+        raise ConfigError(f"trigger.method must be deepfool, deepfool_batched or gradient, got '{method}'")
     return _passes(model, images, target, update, norm, budget, passes, fooling_rate, batch_size, seed)
 
 
@@ -172,33 +190,6 @@ def _passes(
         if rate >= fooling_rate:
             break
     return quantize(delta.cpu(), norm, budget), {"passes": used, "sample_fooling_rate": rate}
-
-
-def reference_deepfool_uap(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: int,
-    *,
-    norm: str = "linf",
-    budget: float = 10.0,
-    overshoot: float = 0.02,
-    max_steps: int = 10,
-    passes: int = 5,
-    fooling_rate: float = 0.9,
-    seed: int = 0,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The paper's algorithm one image at a time (slow; a reference for tests and benchmarks).
-
-    For each sample in a seeded order that ``x + δ`` does not send to ``target``: one targeted
-    DeepFool perturbation, added to δ in full, then δ projected onto the budget ball. Returns the
-    quantized mask and the same facts as :func:`universal_perturbation`.
-    """
-    check_budget(norm, budget)
-
-    def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return delta + deepfool_one(model, x, delta, target, overshoot, max_steps)[0]  # + 0 if x + δ is at t
-
-    return _passes(model, images, target, update, norm, budget, passes, fooling_rate, 1, seed)
 
 
 def targeted_uaps(
@@ -234,11 +225,12 @@ def target_rates(model: nn.Module, data: ImageDataset, deltas: torch.Tensor) -> 
 # --------------------------------------------------------------------------- the registered trigger
 
 
-def pick_samples(data: ImageDataset, target: int, count: int, seed: int) -> torch.Tensor:
-    """A seeded choice of ``count`` images of ``data`` outside class ``target`` (all if fewer)."""
-    pool = outside(data, target)
+def pick_samples(data: ImageDataset, target: int, count: int, seed: int, sources: Sequence[int] | None = None) -> torch.Tensor:
+    """A seeded choice of ``count`` images of ``data`` outside class ``target`` and, for a
+    source-specific attack, in the ``sources`` (all of them if fewer)."""
+    pool = outside(data, target, sources)
     if len(pool) == 0:
-        raise DataError(f"the adversary has no image outside the target class {target}; it cannot compute a mask")
+        raise DataError(f"the adversary has no image outside the target class {target} (sources {sources or 'all'}); it cannot compute a mask")
     gen = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(pool), generator=gen)[: min(count, len(pool))].sort().values
     return pool[keep]
@@ -252,7 +244,7 @@ def adaptive(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
         raise ConfigError("trigger 'adaptive' is computed from a model and sample images; build it through the attack or `perturbd trigger make`")
     if ctx.samples.image_shape != tuple(ctx.image_shape):
         raise DataError(f"adversary samples are {ctx.samples.image_shape}, the images are {tuple(ctx.image_shape)}")
-    samples = pick_samples(ctx.samples, ctx.target, cfg.samples, ctx.seed)
+    samples = pick_samples(ctx.samples, ctx.target, cfg.samples, ctx.seed, ctx.sources)
     model = ctx.model.to(ctx.device).eval()
     started = time.perf_counter()
     delta, facts = universal_perturbation(
@@ -272,13 +264,14 @@ def adaptive(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
     )
     seconds = time.perf_counter() - started
     trigger = Trigger(delta, "adaptive")
-    holdout = outside(ctx.holdout, ctx.target) if ctx.holdout is not None else torch.zeros(0)
+    holdout = outside(ctx.holdout, ctx.target, ctx.sources) if ctx.holdout is not None else torch.zeros(0)
     trigger.info = {
         "method": cfg.method,
         "norm": cfg.norm,
         "budget": cfg.budget,
         "target": ctx.target,
         "seed": ctx.seed,
+        "sources": list(ctx.sources) if ctx.sources is not None else "all",
         "samples": len(samples),
         "passes_used": facts["passes"],
         "passes_max": cfg.passes,

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from perturbd.data.dataset import to_float01
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.registry import Registry
 from perturbd.tensorfile import save_tensors
@@ -54,17 +55,22 @@ def add_delta(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Trigger:
-    """A perturbation mask and how it was made.
+    """A perturbation mask, how it is applied and how it was made.
 
     Attributes:
         delta: float32 ``(C, H, W)``, pixel units 0–255.
         kind: the registry name that built it.
         info: JSON-serialisable facts about it (amplitude, budget, fooling rate, …).
+        quantize: applied as a shipped image file would carry it (default): uint8 images stay
+            uint8 and δ is rounded to whole grey levels. ``False`` (``poison.quantize: false``):
+            images are converted to float in [0, 1] and δ added unrounded — in training and in
+            testing alike, so a trigger is applied one way wherever it is applied.
     """
 
     delta: torch.Tensor
     kind: str
     info: dict[str, Any] = field(default_factory=dict)
+    quantize: bool = True
 
     def __post_init__(self) -> None:
         if self.delta.ndim != 3:
@@ -74,17 +80,30 @@ class Trigger:
         self.delta = self.delta.detach().to("cpu", torch.float32).contiguous()
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Add the mask to a batch of images (uint8 or float in [0, 1]); the input is untouched."""
+        """Add the mask to a batch of images (uint8 or float in [0, 1]); the input is untouched.
+
+        Unquantized triggers (``quantize=False``) return float images, uint8 input included."""
+        if not self.quantize and images.dtype == torch.uint8:
+            images = to_float01(images)
         return add_delta(images, self.delta)
 
-    def norms(self) -> dict[str, float]:
-        """Norms of the mask as applied to uint8 images (rounded), pixel units."""
-        applied = torch.round(self.delta)
+    def applied(self, channels: int | None = None) -> torch.Tensor:
+        """δ as it is added to an image of ``channels`` channels (default: δ's own): a 1-channel
+        mask broadcast over colour, rounded to whole grey levels when quantized."""
+        delta = torch.round(self.delta) if self.quantize else self.delta
+        channels = channels or delta.shape[0]
+        return delta.expand(channels, *delta.shape[1:]) if delta.shape[0] == 1 else delta
+
+    def norms(self, channels: int | None = None) -> dict[str, float]:
+        """L∞ and L2 (over all pixels and channels) of the mask as applied to images of
+        ``channels`` channels (:meth:`applied`), pixel units."""
+        applied = self.applied(channels)
         return {"linf": float(applied.abs().max()), "l2": float(applied.norm())}
 
     def save(self, path: Path) -> None:
-        """Write the mask as safetensors with ``kind`` and ``info`` in the metadata (reproducible bytes)."""
-        meta = {"kind": self.kind, "info": json.dumps(self.info, sort_keys=True)}
+        """Write the mask as safetensors with ``kind``, ``info`` and ``quantize`` in the metadata
+        (reproducible bytes)."""
+        meta = {"kind": self.kind, "info": json.dumps(self.info, sort_keys=True), "quantize": json.dumps(self.quantize)}
         save_tensors(Path(path), {"delta": self.delta}, meta)
 
     @classmethod
@@ -101,13 +120,14 @@ class Trigger:
             raise CheckpointError(f"{path} is not a readable safetensors trigger ({err}); write it with `perturbd trigger make`") from None
         if "delta" not in tensors:
             raise CheckpointError(f"{path} holds no 'delta' tensor; it is not a perturbd trigger")
-        return cls(tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")))
+        return cls(tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
 
 
 @dataclass(frozen=True)
 class TriggerContext:
     """What a trigger factory may use. Static masks need only the shape and seed; adaptive masks
-    also need the adversary's model and sample images (``None`` for static ones)."""
+    also need the adversary's model and sample images (``None`` for static ones), and, for a
+    source-specific attack, its source classes (the samples come from them)."""
 
     image_shape: tuple[int, int, int]
     seed: int
@@ -116,6 +136,7 @@ class TriggerContext:
     samples: ImageDataset | None = None
     holdout: ImageDataset | None = None
     device: torch.device = torch.device("cpu")
+    sources: tuple[int, ...] | None = None
 
 
 TriggerFactory = Callable[["TriggerConfig", TriggerContext], Trigger]
