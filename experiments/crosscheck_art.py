@@ -58,7 +58,7 @@ from perturbd.data.dataset import to_float01
 from perturbd.defenses import build_defense
 from perturbd.defenses.saved import load_inputs
 from perturbd.metrics import attack_success_rate
-from perturbd.poison import poison_dataset
+from perturbd.poisoning import poison_dataset
 from perturbd.rundir import read_json
 
 OUT = Path("experiments/results/crosscheck_art")

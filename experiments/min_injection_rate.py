@@ -36,7 +36,7 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.attack import adaptive_mask, partition, prepare_adversary
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
 from perturbd.models import build_from_checkpoint, get_model
-from perturbd.poison import poison_dataset
+from perturbd.poisoning import poison_dataset
 from perturbd.train import fit, resolve_device
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.twins import TwinStore

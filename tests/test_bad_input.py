@@ -56,6 +56,26 @@ def _checkpoint(tmp: Path, kind: str) -> Path:
     return path
 
 
+def _script(tmp: Path, kind: str) -> Path:
+    """A TorchScript file perturbd did not make: ``ten`` fits 1×28×28 images of 10 classes, ``seven``
+    gives 7 logits, ``rgb32`` takes 3×32×32 images."""
+    from external_models import script
+    from torch import nn
+
+    inputs = {"ten": (784, 10), "seven": (784, 7), "rgb32": (3 * 32 * 32, 10)}[kind]
+    return script(nn.Sequential(nn.Flatten(), nn.Linear(*inputs)), tmp / f"{kind}.pt")
+
+
+def _state_dict(tmp: Path, classes: int = 10) -> Path:
+    """A plain cnn28 state dict (``torch.save``) for ``classes`` classes."""
+    import torch
+
+    from perturbd.models import get_model
+
+    torch.save(get_model("cnn28", (1, 28, 28), classes).state_dict(), tmp / "state.pt")
+    return tmp / "state.pt"
+
+
 def _sweep(tmp: Path, body: str) -> Path:
     path = tmp / "sweep.yaml"
     path.write_text(body)
@@ -110,6 +130,24 @@ CASES: dict[str, Case] = {
     "checkpoint of another architecture": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'other_arch')}"], "lenet5"),
     "truncated safetensors": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'truncated')}"], "truncated"),
     "pickle where weights are expected": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'pickle')}"], "weights.pt"),
+    # models perturbd did not build
+    "model weights missing": lambda t: ([*RUN, "--set", f"model.weights={t}/none.pt"], "model.weights not found"),
+    "model weights a pickle": lambda t: ([*RUN, "--set", f"model.weights={_checkpoint(t, 'pickle')}"], "weights.pt is a pickle"),
+    "pretrained head of another class count": lambda t: ([*RUN, "--set", f"model.weights={_state_dict(t, 5)}"], "set model.replace_head=true"),
+    "torchscript missing": lambda t: ([*RUN, "--set", f"model.name=torchscript:{t}/none.pt"], "TorchScript file not found"),
+    "torchscript of another input shape": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_script(t, 'rgb32')}"], "cannot take images of shape 1x28x28"),
+    "torchscript of another class count": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_script(t, 'seven')}"], "gives 7 logits but the data has 10 classes"),
+    "state dict named as torchscript": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_state_dict(t)}"], "not a TorchScript file"),
+    "torchscript given as weights": lambda t: ([*RUN, "--set", f"model.weights={_script(t, 'ten')}"], "is a TorchScript file, not a state dict"),
+    "torchscript with weights": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_script(t, 'ten')}", "--set", f"model.weights={_state_dict(t)}"], "holds its own weights"),
+    "unknown feature layer": lambda t: ([*RUN, "--set", "model.features=layer4"], "has no layer 'layer4'; its layers: 0, 1, 2"),
+    "factory not importable": lambda t: ([*RUN, "--set", "model.name=factory:no_such_module:make"], "cannot import 'no_such_module'"),
+    "mean of another channel count": lambda t: ([*RUN, "--set", "model.mean=[0.1, 0.2]"], "model.mean has 2 values"),
+    "defend a state dict without --arch": lambda t: (["defend", str(_state_dict(t)), "--data", "mnist5k", "-d", "spectral_signature"], "name the architecture with --arch"),
+    "defend a pickle": lambda t: (["defend", str(_checkpoint(t, "pickle")), "--arch", "cnn28", "--data", "mnist5k", "-d", "spectral_signature"], "weights.pt is a pickle"),
+    "defend at an unknown layer": lambda t: (["defend", str(_script(t, "ten")), "--data", "mnist5k", "--features", "fc", "-d", "spectral_signature"], "has no layer 'fc'; its layers: 0, 1"),
+    "defend a model of another class count": lambda t: (["defend", str(_script(t, "seven")), "--data", "mnist5k", "-d", "spectral_signature"], "gives 7 logits"),
+    "audit a model of another input shape": lambda t: (["audit", str(_script(t, "rgb32")), str(_script(t, "rgb32")), "--data", "mnist5k"], "cannot take images of shape 1x28x28"),
     # sweeps
     "sweep axis over unknown key": lambda t: (["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rat: [0.1]}\nseeds: [0]\n"))], "poison.rat"),
     "sweep axis bad value": lambda t: (["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rate: [0.1, 7]}\nseeds: [0]\n"))], "poison.rate"),

@@ -16,6 +16,7 @@ CASES = {
     "bench_adaptive": ("perturbd.triggers.adaptive", ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "deepfool_batched", "gradient"]),
     "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--epochs", "1", "--n-clean", "32", "--train-limit", "200"]),
     "bench_e2e": ("perturbd.experiment", []),
+    "bench_sweep": ("perturbd.sweep", []),
 }
 
 

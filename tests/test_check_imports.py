@@ -88,6 +88,12 @@ def test_type_checking_ray_and_entry_points_are_allowed(checker, tmp_path):
     assert graph["perturbd.a"] == set() and graph["perturbd.b"] == {"perturbd.a"}
 
 
+def test_an_optional_submodule_is_allowed_but_not_its_parent(checker, tmp_path):
+    """torch.utils.tensorboard needs the optional tensorboard package; torch itself is no optional import."""
+    root = make_package(tmp_path, {"a.py": "def f():\n    from torch.utils.tensorboard import SummaryWriter\n    import tensorboard\n", "b.py": "def g():\n    import torch\n"})
+    assert [line.split(" in ")[-1] for line in checker.check(root)] == ["g: import torch"]
+
+
 def test_every_cycle_is_listed(checker, tmp_path):
     root = make_package(tmp_path, {"a.py": "import perturbd.b\nimport perturbd.c\n", "b.py": "import perturbd.a\n", "c.py": "import perturbd.a\n"})
     assert checker.check(root) == ["import cycle: perturbd.a -> perturbd.b -> perturbd.a", "import cycle: perturbd.a -> perturbd.c -> perturbd.a"]

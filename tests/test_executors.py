@@ -287,3 +287,14 @@ def test_ray_executor_gives_the_same_metrics(in_process, tmp_path, sweep_file):
         ray.shutdown()
     assert len(result.finished) == 12 and not result.failed
     assert_same_metrics(sw.out, in_process)
+
+
+def test_a_busy_machine_is_named_in_one_line(monkeypatch) -> None:
+    import perturbd.executors as executors
+
+    monkeypatch.setattr(executors, "cores", lambda: 2)
+    monkeypatch.setattr(executors.os, "getloadavg", lambda: (3.8, 3.0, 2.5))
+    line = executors.busy_warning()
+    assert line is not None and "load 3.8 on 2 cores" in line and "\n" not in line
+    monkeypatch.setattr(executors.os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert executors.busy_warning() is None

@@ -76,18 +76,18 @@ def test_one_run_partitions_once_and_reads_its_checkpoint_once(tmp_path, monkeyp
         "attack.setting=update", "attack.update_size=100", "attack.update_epochs=1", f"attack.checkpoint={ckpt}", "poison.rate=0.1",
     ])  # fmt: skip
     calls = {"partition": 0, "checkpoint": 0}
-    real_partition, real_load = experiment.partition, twins.load_model_weights
+    real_partition, real_build = experiment.partition, twins.build_model
 
     def counted_partition(*args, **kwargs):
         calls["partition"] += 1
         return real_partition(*args, **kwargs)
 
-    def counted_load(model, path):
-        calls["checkpoint"] += path == ckpt
-        return real_load(model, path)
+    def counted_build(*args, **kwargs):
+        calls["checkpoint"] += kwargs.get("weights") == ckpt
+        return real_build(*args, **kwargs)
 
     monkeypatch.setattr(experiment, "partition", counted_partition)
-    monkeypatch.setattr(twins, "load_model_weights", counted_load)
+    monkeypatch.setattr(twins, "build_model", counted_build)
     result = run(cfg, tmp_path / "runs")
     assert calls == {"partition": 1, "checkpoint": 1}
     assert result.metrics.update is not None and result.metrics.update.pre_update_model == f"checkpoint {ckpt}"

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
@@ -84,3 +85,16 @@ def test_a_source_specific_attack_is_measured_on_its_sources_and_apart_on_the_ot
     assert attack_success_rate(model, data, lift, 0, [1]) == 1.0
     assert non_source_rate(model, data, lift, 0, [1]) == 1.0, "classes 2 and 3 are sent too: measured apart"
     assert non_source_rate(model, data, lift, 0, [1, 2, 3]) is None
+
+
+def test_psnr_is_ours_not_torchmetrics_whose_last_digits_differ() -> None:
+    """PSNR stays computed here: torchmetrics' PSNR (log through ln / ln 10) differs by up to
+    ~5e-6 dB, which would change every stored psnr_mean (metrics.json keeps full floats)."""
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    poisoned = (clean.int() + torch.randint(-9, 10, clean.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+    theirs = peak_signal_noise_ratio(poisoned.double(), clean.double(), data_range=255.0, reduction="none", dim=(1, 2, 3))
+    mse = (poisoned.double() - clean.double()).flatten(1).pow(2).mean(1)
+    ours = 10 * torch.log10(255.0**2 / mse)
+    assert stealth(clean, poisoned)["psnr_min"] == float(ours.min())
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)

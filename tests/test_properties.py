@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from perturbd.config import PoisonConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.metrics import attack_success_rate, clean_accuracy
-from perturbd.poison import poison_count, poison_dataset
+from perturbd.poisoning import poison_count, poison_dataset
 from perturbd.triggers import Trigger
 from perturbd.triggers.adaptive import quantize
 

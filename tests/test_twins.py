@@ -74,9 +74,31 @@ def test_a_checkpoint_is_read_once_per_run(fast, tmp_path: Path, monkeypatch) ->
     save_model(get_model("cnn28", (1, 28, 28), 10, seed=3), ckpt)
     cfg = load_config(overrides=[*fast, "attack.setting=update", f"attack.checkpoint={ckpt}"])
     reads: list[Path] = []
-    real = twins_module.load_model_weights
-    monkeypatch.setattr(twins_module, "load_model_weights", lambda m, p: reads.append(Path(p)) or real(m, p))
+    real = twins_module.build_model
+    monkeypatch.setattr(twins_module, "build_model", lambda *a, **k: reads.append(Path(k["weights"])) or real(*a, **k))
     store = TwinStore()
     first = store.checkpoint(cfg, (1, 28, 28), 10)
     assert store.checkpoint(cfg, (1, 28, 28), 10) is first and reads == [ckpt]
     assert first.sha256 == twins_module.file_sha256(ckpt) and not first.model.training
+
+
+def test_an_adaptive_mask_is_computed_once_for_every_injection_rate(fast, tmp_path: Path) -> None:
+    from perturbd.triggers import Trigger
+    from perturbd.twins import mask_key
+
+    cfg, train = _setup(fast)
+    cpu = torch.device("cpu")
+    key = mask_key(cfg, train, cpu)
+    assert mask_key(load_config(overrides=[*fast, "poison.rate=0.2", "poison.quantize=false"]), train, cpu) == key
+    assert mask_key(load_config(overrides=[*fast, "trigger.budget=12"]), train, cpu) != key
+    assert mask_key(load_config(overrides=[*fast, "seed=3"]), train, cpu) != key
+    built: list[int] = []
+
+    def build():
+        built.append(1)
+        return Trigger(torch.full((1, 28, 28), 3.0), "adaptive", {"fooling_rate_samples": 0.5}), {"knowledge": "full"}
+
+    first, record = TwinStore(tmp_path).mask(key, build)
+    again, reused = TwinStore(tmp_path).mask(key, build)
+    assert built == [1] and torch.equal(first.delta, again.delta) and again.info == first.info
+    assert record == {"knowledge": "full"} and reused["reused_from"].endswith(key)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "perturbd"
-# top-level modules of optional dependencies, imported where they are used
-OPTIONAL = frozenset({"ray"})
+# modules of optional dependencies (and their submodules), imported where they are used;
+# torch.utils.tensorboard is part of torch but needs the optional tensorboard package
+OPTIONAL = frozenset({"ray", "tensorboard", "torch.utils.tensorboard"})
 # files and folders (relative to the package folder) that may defer imports into their functions
 ENTRY_POINTS = frozenset({"cli/", "__init__.py"})
 # stop listing cycles after this many (one tangle can hold very many)
@@ -135,10 +136,14 @@ def scan(root: Path) -> tuple[dict[str, set[str]], list[str]]:
     return graph, problems
 
 
+def _is_optional(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in OPTIONAL)
+
+
 def _optional(node: ast.Import | ast.ImportFrom) -> bool:
     if isinstance(node, ast.Import):
-        return all(a.name.split(".")[0] in OPTIONAL for a in node.names)
-    return node.level == 0 and (node.module or "").split(".")[0] in OPTIONAL
+        return all(_is_optional(a.name) for a in node.names)
+    return node.level == 0 and _is_optional(node.module or "")
 
 
 def cycles(graph: dict[str, set[str]], limit: int = MAX_CYCLES) -> list[list[str]]:

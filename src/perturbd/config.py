@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from perturbd.errors import ConfigError
 from perturbd.registry import suggest
@@ -34,7 +34,44 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = Field("auto", description="architecture: see `perturbd models`; auto picks by image shape")
+    name: str = Field(
+        "auto",
+        description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save "
+        "file); factory:package.module:function (your code: returns a fresh nn.Module)",
+    )
+    weights: Path | None = Field(
+        None, description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read "
+        "with torch.load(weights_only=True)",
+    )
+    replace_head: bool = Field(False, description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); false: an error")
+    features: str | None = Field(None, description="layer whose output, flattened, dataset screening reads (e.g. layer4); default: the final linear layer's input")
+    input_range: tuple[float, float] | None = Field(None, description="pixel range the network takes, e.g. [0, 1] or [0, 255]; default [0, 1]")
+    mean: list[float] | None = Field(
+        None, min_length=1, description="subtracted per channel (one value or one per channel), in input_range units; default: none for "
+        "torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)",
+    )
+    std: list[float] | None = Field(None, min_length=1, description="divided by per channel, in input_range units; default as for mean (1, or 0.5); what is not stated keeps its default")
+
+    @field_validator("weights", "replace_head")
+    @classmethod
+    def _not_torchscript(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and str(info.data.get("name", "")).startswith("torchscript:"):
+            raise ValueError("a TorchScript model holds its own weights and layers; drop it, or use tv:NAME / factory:... with model.weights")
+        return value
+
+    @field_validator("input_range")
+    @classmethod
+    def _increasing(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("must be [low, high] with low < high, e.g. [0, 255]")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError("must be positive")
+        return value
 
 
 class TriggerConfig(Section):
@@ -55,6 +92,11 @@ class TriggerConfig(Section):
     samples: int = Field(1000, ge=1, description="images the adversary uses to compute the mask")
     lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
     batch_size: int = Field(64, ge=1, description="deepfool_batched and gradient: samples per vectorised update")
+    psnr: float | None = Field(
+        None, gt=0, le=100,
+        description="equal visibility: set the strength (amplitude c; budget ξ of an adaptive mask) so that the images it poisons have this mean PSNR "
+        "(dB) on the adversary's own images; found by a short search, recorded in adversary.json",
+    )
 
     @property
     def family(self) -> str:
@@ -65,6 +107,8 @@ class TriggerConfig(Section):
     def label(self) -> str:
         """The one display label of this trigger: ``grid c=10``, ``patch 3px c=255``,
         ``image mask.png``, ``adaptive deepfool linf ξ=10``."""
+        if self.psnr is not None:
+            return f"{self.family} at PSNR {self.psnr:g} dB"
         if self.kind == "adaptive":
             return f"{self.family} ξ={self.budget:g}"
         if self.kind == "image":
@@ -73,9 +117,15 @@ class TriggerConfig(Section):
         return f"{self.kind} {size}c={self.amplitude:g}"
 
     @property
+    def strength_key(self) -> str:
+        """The field that sets how strong the mask is: ``budget`` for adaptive masks, else ``amplitude``."""
+        return "budget" if self.kind == "adaptive" else "amplitude"
+
+    @property
     def strength(self) -> float:
-        """The size the label names: the budget ξ of an adaptive mask, else the amplitude c."""
-        return self.budget if self.kind == "adaptive" else self.amplitude
+        """The size the label names: the budget ξ of an adaptive mask, else the amplitude c (the
+        PSNR asked for, when the strength is set by ``psnr``)."""
+        return self.psnr if self.psnr is not None else getattr(self, self.strength_key)
 
 
 class PoisonConfig(Section):
@@ -104,7 +154,7 @@ class AttackConfig(Section):
     update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
     update_lr: float = Field(0.01, gt=0, description="update setting: fine-tuning learning rate")
-    checkpoint: Path | None = Field(None, description="update setting: clean model to start from (.safetensors)")
+    checkpoint: Path | None = Field(None, description="update setting: clean model to start from (.safetensors, or a .pt/.pth state dict)")
 
 
 class TrainConfig(Section):

@@ -99,6 +99,22 @@ class Executor(Protocol):
     ) -> None: ...
 
 
+BUSY_LOAD = 0.5  # a 1-minute load average above this share of the cores means others use them
+
+
+def busy_warning() -> str | None:
+    """One line when the machine is already busy (1-minute load average above
+    :data:`BUSY_LOAD` × cores): runs will be slower and their timings say more about the
+    neighbours; ``None`` on a quiet machine (or where the load cannot be read)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    if load <= BUSY_LOAD * cores():
+        return None
+    return f"the machine is already busy (1-minute load {load:.1f} on {cores()} cores): runs will be slower, their timings noisy; --workers 1 shares the cores least"
+
+
 def auto_workers(runs: int) -> int:
     """In-process on small machines and GPUs; otherwise one worker per 4 cores."""
     if torch.cuda.is_available() or cores() < 8:

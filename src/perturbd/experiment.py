@@ -9,23 +9,27 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
+from torch import nn
 
 from perturbd.attack import AttackPlan, Partition, partition, plan_attack
 from perturbd.config import ExperimentConfig, dump_yaml
 from perturbd.data import get_source, load_data, source_status
+from perturbd.data.arrays import register_arrays
 from perturbd.data.dataset import DataSplit
 from perturbd.defenses import build_defense
 from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.defenses.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
 from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_source_rate, stealth
-from perturbd.models import get_model, list_models, save_model
-from perturbd.poison import check_target, sources_of
+from perturbd.models import build_model, list_models, register_factory, save_model
+from perturbd.models.external import check_spec
+from perturbd.poisoning import check_target, sources_of
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
@@ -71,6 +75,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     get_trigger(cfg.trigger.kind)
     if cfg.model.name != "auto" and ":" not in cfg.model.name and cfg.model.name not in list_models():
         raise ConfigError(f"unknown model '{cfg.model.name}'{suggest(cfg.model.name, list_models())}")
+    check_spec(cfg.model)
     get_setting(cfg.attack.setting)
     for spec in cfg.defenses:
         if build_defense(spec.name, **spec.params).kind == "update" and cfg.attack.setting != "update":
@@ -90,7 +95,7 @@ def preflight(cfg: ExperimentConfig, twins: TwinStore | None = None) -> Prepared
         t = cfg.poison.target
         where = f"outside the target class {t}" if cfg.poison.sources == "all" else f"of the source classes {cfg.poison.sources} (target {t})"
         raise DataError(f"the test set has no image {where}; ASR is undefined: use other test data")
-    get_model(cfg.model.name, train.image_shape, train.num_classes)
+    build_model(cfg.model, train.image_shape, train.num_classes)
     part = partition(cfg, train.labels, train.num_classes)
     twins = twins or TwinStore()
     setting.check(cfg, split, part, twins)
@@ -155,16 +160,20 @@ def run(
     log: Log | None = None,
     force: bool = False,
     twin_cache: Path | None = None,
+    model: Callable[..., nn.Module] | None = None,
+    data: Sequence[Any] | None = None,
 ) -> RunResult:
     """Run one experiment and write its run directory; return the existing one if complete.
 
     ``twin_cache``: a folder where clean models are shared between runs (see :mod:`perturbd.twins`).
+    ``model``, ``data``: your own model factory and arrays (see :func:`with_inputs`).
 
     Example:
         >>> from perturbd import load_config, run
         >>> result = run(load_config(overrides=["train.epochs=2"]))  # doctest: +SKIP
         >>> result.metrics.attack_success_rate  # doctest: +SKIP
     """
+    cfg = with_inputs(cfg, model, data)
     final = run_dir_for(cfg, out)
     if final.is_dir() and not force:
         stale = made_elsewhere(final)
@@ -200,6 +209,22 @@ def run(
     with atomic_dir(final, replace=force) as tmp:
         write_run(tmp, cfg, plan, trained, metrics, timing, str(ready.device), lines, reports)
     return RunResult(final, metrics)
+
+
+def with_inputs(cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = None, data: Sequence[Any] | None = None) -> ExperimentConfig:
+    """``cfg`` with a model factory and arrays given from Python in its model and data sections.
+
+    ``model``: a module-level function (or class) returning a fresh ``nn.Module``, called once per
+    model perturbd builds (clean twin, backdoored model, the adversary's under knowledge
+    ``model``) with torch's RNG seeded first; it becomes ``model.name: factory:<module>:<name>``
+    (:func:`~perturbd.models.register_factory`). ``data``: ``(x_train, y_train, x_test, y_test)``
+    arrays or tensors, becoming ``data.name: arrays:<digest>`` (:mod:`perturbd.data.arrays`).
+    """
+    if model is not None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": register_factory(model)})})
+    if data is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": register_arrays(data)})})
+    return cfg
 
 
 def environment(device: str) -> dict[str, Any]:

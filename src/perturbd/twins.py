@@ -1,4 +1,4 @@
-"""Clean models, trained once: the victim's clean model, shared by the adversary and the settings.
+"""What a run trains that other runs can reuse: the victim's clean model, and the adversary's mask.
 
 The victim's clean model (its architecture trained with the run seed on its clean data) is needed
 by the adversary under knowledge ``full`` (it computes the mask on it), by the
@@ -7,14 +7,20 @@ pre-update model). :class:`TwinStore` trains it once per run, keeps it in memory
 folder (a sweep's ``.twins/``), stores it on disk so that every run of a sweep with the same
 data, model, training and seed loads it instead of training it again.
 
-The key of a clean model is the SHA-256 of what trains it: the architecture, the training config
+The key of a clean model is the SHA-256 of what trains it: the architecture (with the SHA-256 of
+the files its model section names: weights, TorchScript file, factory's source), the training config
 (less ``device`` and ``threads``, which say how, not what), the seed, a fingerprint of the data's pixels and labels, the device kind and
 the code (:func:`code_digest`: a twin trained by other code is never reused). A pre-trained
 checkpoint (``attack.checkpoint``) is read once and kept the same way, by its path.
 
-Layout: ``<folder>/<key16>/model.safetensors`` and ``twin.json``, written to a temporary folder
-and renamed (:func:`perturbd.rundir.atomic_dir`). Two processes that need the same twin at once
-take turns on ``<folder>/<key16>.lock``; the second one loads what the first one stored.
+An adaptive mask depends on what the adversary has and does, not on how many images it then
+poisons: :meth:`TwinStore.mask` keeps it under the key of everything but the injection rate (and
+the update's epochs and learning rate), so the runs of a sweep over rates compute it once.
+
+Layout: ``<folder>/<key16>/model.safetensors`` and ``twin.json``; ``<folder>/masks/<key16>/
+trigger.safetensors`` and ``record.json``; each written to a temporary folder and renamed
+(:func:`perturbd.rundir.atomic_dir`). Two processes that need the same one at once take turns on
+its ``.lock`` file; the second one loads what the first one stored.
 """
 
 from __future__ import annotations
@@ -24,20 +30,23 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from perturbd.config import ExperimentConfig
+from perturbd.config import ExperimentConfig, ModelConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import CheckpointError
-from perturbd.models import get_model, load_model_weights, save_model
-from perturbd.rundir import atomic_dir, write_json
+from perturbd.models import build_model, load_model_weights, save_model
+from perturbd.models.external import spec_files
+from perturbd.rundir import atomic_dir, read_json, write_json
 from perturbd.train import Monitor, fit
+from perturbd.triggers import Trigger
 
 try:
     import fcntl
@@ -67,6 +76,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def model_files(spec: ModelConfig) -> dict[str, str]:
+    """SHA-256 of the files a model section names (:func:`~perturbd.models.external.spec_files`)."""
+    return {k: file_sha256(p) for k, p in spec_files(spec).items()}
+
+
 def data_fingerprint(data: ImageDataset) -> str:
     """SHA-256 of the images (bytes, dtype, shape), labels and class names."""
     h = hashlib.sha256()
@@ -87,8 +101,24 @@ def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) ->
     """16 hex digits naming the victim's clean model of ``cfg`` trained on ``data`` on ``device``."""
     train = cfg.train.model_dump(mode="json", exclude={"device", "threads"})
     parts = {
-        "version": VERSION, "model": cfg.model.model_dump(mode="json"), "train": train, "seed": cfg.seed,
+        "version": VERSION, "model": cfg.model.model_dump(mode="json"), "model_files": model_files(cfg.model), "train": train, "seed": cfg.seed,
         "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def mask_key(cfg: ExperimentConfig, train: ImageDataset, device: torch.device) -> str:
+    """16 hex digits naming the adaptive mask of ``cfg`` on the training split ``train``: the
+    whole config but what does not change the mask (the injection rate, quantization, the
+    update's epochs and learning rate, defences, where data and devices are named), the data's
+    fingerprint, the device kind and the code."""
+    leave_out = {
+        "name": True, "defenses": True, "data": {"root", "download"}, "poison": {"rate", "quantize"},
+        "train": {"device", "threads"}, "attack": {"update_epochs", "update_lr"},
+    }  # fmt: skip
+    parts = {
+        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "model_files": model_files(cfg.model), "data": data_fingerprint(train),
+        "device": device_kind(device), "code": code_digest(),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -128,7 +158,7 @@ class TwinStore:
         key = twin_key(cfg, data, device)
         if key in self._memo:
             return Twin(self._memo[key], 0.0, "trained earlier in this run (same data, model, training and seed)")
-        model = get_model(cfg.model.name, data.image_shape, data.num_classes, seed=cfg.seed)
+        model = build_model(cfg.model, data.image_shape, data.num_classes, seed=cfg.seed)
         with self._slot(key) as folder:
             if folder is not None and _load(model, folder, device):
                 self._memo[key] = model
@@ -152,23 +182,41 @@ class TwinStore:
         key = f"{path.resolve()}:{cfg.model.name}:{image_shape}:{num_classes}"
         if key not in self._checkpoints:
             if not path.is_file():
-                raise CheckpointError(f"attack.checkpoint not found: {path}; give a .safetensors file written by perturbd")
-            model = load_model_weights(get_model(cfg.model.name, image_shape, num_classes), path).eval()
+                raise CheckpointError(f"attack.checkpoint not found: {path}; give a model file (.safetensors, .pt, .pth)")
+            model = build_model(cfg.model, image_shape, num_classes, weights=path).eval()
             self._checkpoints[key] = Pretrained(model, file_sha256(path))
         return self._checkpoints[key]
 
+    def mask(self, key: str, build: Callable[[], tuple[Trigger, dict[str, Any]]]) -> tuple[Trigger, dict[str, Any]]:
+        """The adaptive mask and the adversary's record of ``key`` (:func:`mask_key`): read from
+        the store, or ``build()`` and stored. A reused record says so (``reused_from``)."""
+        with self._slot(key, "masks") as folder:
+            if folder is not None and (folder / "record.json").is_file():
+                try:
+                    return Trigger.load(folder / "trigger.safetensors"), {**read_json(folder / "record.json"), "reused_from": str(folder)}
+                except (CheckpointError, OSError, ValueError):
+                    shutil.rmtree(folder, ignore_errors=True)
+            trigger, record = build()
+            if folder is not None:
+                with atomic_dir(folder) as tmp:
+                    trigger.save(tmp / "trigger.safetensors")
+                    write_json(tmp / "record.json", record)
+        return trigger, record
+
     @contextmanager
-    def _slot(self, key: str) -> Iterator[Path | None]:
-        """This twin's folder in the store, held under a cross-process lock (None without a store)."""
+    def _slot(self, key: str, kind: str = "") -> Iterator[Path | None]:
+        """The folder of ``key`` in the store (under ``kind``), held under a cross-process lock
+        (None without a store)."""
         if self.folder is None:
             yield None
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f"{key}.lock", "a") as lock:
+        where = self.folder / kind if kind else self.folder
+        where.mkdir(parents=True, exist_ok=True)
+        with open(where / f"{key}.lock", "a") as lock:
             if fcntl is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield self.folder / key
+                yield where / key
             finally:
                 if fcntl is not None:
                     fcntl.flock(lock, fcntl.LOCK_UN)

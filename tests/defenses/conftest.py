@@ -29,7 +29,7 @@ from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_cl
 from perturbd.experiment import run
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.models import Classifier
-from perturbd.poison import poison_dataset
+from perturbd.poisoning import poison_dataset
 from perturbd.train import fit
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 

@@ -36,3 +36,15 @@ def test_failed_runs_are_listed_and_an_empty_folder_is_a_one_line_error(runs, tm
     assert "Failed runs" in html and "out of &lt;memory&gt;" in html
     with pytest.raises(ConfigError, match="no run directories"):
         build_report(tmp_path / "sweep" / ".twins")
+
+
+def test_out_puts_every_report_file_there_and_none_beside_the_runs(runs, tmp_path):
+    before = {p.relative_to(runs) for p in runs.rglob("*")}
+    rep = build_report(runs, tmp_path / "report")
+    assert {p.relative_to(runs) for p in runs.rglob("*")} == before, "nothing written beside the runs"
+    assert rep.html == tmp_path / "report" / "report.html"
+    assert all(f.parent in (tmp_path / "report", tmp_path / "report" / "figures") for f in rep.files)
+    assert all((tmp_path / "report" / r.path.name / "report.html").is_file() for r in rep.records)
+    assert rep.html.read_text().count('href="fake-') == len(rep.records), "the runs' own reports are linked"
+    run = rep.records[0].path
+    assert build_report(run, tmp_path / "one").html == tmp_path / "one" / "report.html" and not (run / "report.html").exists()

@@ -35,7 +35,7 @@ from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
 from perturbd.metrics import clean_accuracy
-from perturbd.models import default_model_name, get_model, list_models
+from perturbd.models import build_model, default_model_name, get_model, list_models
 from perturbd.seeding import ADVERSARY_SEED_OFFSET
 from perturbd.train import Monitor, fit
 from perturbd.twins import TwinStore
@@ -121,7 +121,7 @@ def prepare_adversary(
     else:
         arch = v_arch if VICTIM_ARCH[knowledge] else surrogate_arch(cfg, v_arch, shape, k)
         seed, seen = cfg.seed + ADVERSARY_SEED_OFFSET, False
-        model = get_model(arch, shape, k, seed=seed)
+        model = build_model(cfg.model, shape, k, seed=seed) if arch == v_arch else get_model(arch, shape, k, seed=seed)
         per_epoch = max(1, len(fit_data) // min(cfg.train.batch_size, len(fit_data)))
         epochs = max(cfg.train.epochs, math.ceil(cfg.attack.surrogate_steps / per_epoch))
         fit(model, fit_data, cfg.train, seed, epochs=epochs, monitor=monitor, description="adversary")

@@ -34,7 +34,7 @@ from perturbd.config import ExperimentConfig
 from perturbd.data import stratified_indices
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
-from perturbd.poison import choose_indices
+from perturbd.poisoning import choose_indices
 from perturbd.seeding import complement, derived_generator
 
 # knowledge level → does the adversary hold the victim's training data?

@@ -13,13 +13,17 @@ import torch
 
 from perturbd.attack.adversary import Adversary, prepare_adversary
 from perturbd.attack.partition import Partition
-from perturbd.config import ExperimentConfig
-from perturbd.data.dataset import DataSplit
-from perturbd.poison import sources_of
+from perturbd.attack.visibility import at_psnr
+from perturbd.config import ExperimentConfig, TriggerConfig
+from perturbd.data.dataset import DataSplit, ImageDataset
+from perturbd.poisoning import sources_of
 from perturbd.train import Monitor
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
-from perturbd.triggers.adaptive import check_budget
-from perturbd.twins import TwinStore
+from perturbd.triggers.adaptive import check_budget, pick_samples
+from perturbd.twins import TwinStore, mask_key
+
+
+VISIBILITY_IMAGES = 2000
 
 
 @dataclass
@@ -39,15 +43,40 @@ class AttackPlan:
 def plan_attack(
     cfg: ExperimentConfig, split: DataSplit, part: Partition, device: torch.device, twins: TwinStore, monitor: Monitor | None = None
 ) -> AttackPlan:
-    """Build the trigger the adversary would build, given what it knows (reads ``split.train`` only)."""
-    shape, target = split.train.image_shape, cfg.poison.target
+    """Build the trigger the adversary would build, given what it knows (reads ``split.train`` only).
+
+    With ``trigger.psnr`` the mask's strength is searched so that its poisoned images have that
+    mean PSNR, measured on up to :data:`VISIBILITY_IMAGES` of the adversary's own images
+    (:mod:`perturbd.attack.visibility`)."""
+    shape, target, quantize = split.train.image_shape, cfg.poison.target, cfg.poison.quantize
     if not needs_model(cfg.trigger.kind):
-        trigger = build_trigger(cfg.trigger, TriggerContext(shape, cfg.seed, target, device=device))
-        return AttackPlan(replace(trigger, quantize=cfg.poison.quantize), {"knowledge": cfg.attack.knowledge, "model": None, "data": None, "trigger": trigger.info})
+        own = part.take(split.train, part.fit)
+
+        def static(tc: TriggerConfig) -> Trigger:
+            return replace(build_trigger(tc, TriggerContext(shape, cfg.seed, target, device=device)), quantize=quantize)
+
+        trigger = at_psnr(cfg.trigger, static, _visibility_images(cfg, own))
+        return AttackPlan(trigger, {"knowledge": cfg.attack.knowledge, "model": None, "data": None, "trigger": trigger.info})
     check_budget(cfg.trigger.norm, cfg.trigger.budget)  # before the adversary trains anything
-    adversary = prepare_adversary(cfg, split.train, part, device, twins, monitor)
-    trigger = adaptive_mask(cfg, adversary, device)
-    return AttackPlan(replace(trigger, quantize=cfg.poison.quantize), {**adversary.record, "trigger": trigger.info})
+
+    def plan() -> tuple[Trigger, dict[str, Any]]:
+        adversary = prepare_adversary(cfg, split.train, part, device, twins, monitor)
+
+        def adaptive(tc: TriggerConfig) -> Trigger:
+            return adaptive_mask(cfg.model_copy(update={"trigger": tc}), adversary, device)
+
+        trigger = at_psnr(cfg.trigger, adaptive, _visibility_images(cfg, adversary.samples))
+        return trigger, {**adversary.record, "trigger": trigger.info}
+
+    trigger, record = twins.mask(mask_key(cfg, split.train, device), plan)
+    return AttackPlan(replace(trigger, quantize=quantize), record)
+
+
+def _visibility_images(cfg: ExperimentConfig, own: ImageDataset) -> torch.Tensor:
+    """The adversary's images a ``trigger.psnr`` search measures: a seeded sample of those it may poison."""
+    if cfg.trigger.psnr is None:
+        return torch.zeros(0, dtype=torch.uint8)
+    return pick_samples(own, cfg.poison.target, VISIBILITY_IMAGES, cfg.seed, sources_of(cfg.poison))
 
 
 def adaptive_mask(cfg: ExperimentConfig, adversary: Adversary, device: torch.device) -> Trigger:

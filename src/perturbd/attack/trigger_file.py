@@ -11,7 +11,7 @@ from perturbd.attack.plan import AttackPlan, plan_attack
 from perturbd.config import ExperimentConfig
 from perturbd.data import load_data
 from perturbd.errors import ConfigError
-from perturbd.poison import check_target
+from perturbd.poisoning import check_target
 from perturbd.report.figures import trigger_png
 from perturbd.rundir import write_json
 from perturbd.train import Monitor, resolve_device

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from perturbd.cli import defences, experiments, triggers  # noqa: F401  (each adds its commands to the app)
+from perturbd.cli import defences, experiments, export, triggers  # noqa: F401  (each adds its commands to the app)
 from perturbd.cli.app import app, console
 from perturbd.errors import PerturbdError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,6 +27,7 @@ out_console = Console()
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: section.key=value (repeatable)")]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="folder holding downloaded data sets (sets data.root)")]
+TensorBoardOpt = Annotated[Optional[Path], typer.Option("--tensorboard", metavar="DIR", help="log every model's training loss and images/s per epoch to TensorBoard in DIR (pip install 'perturbd[tensorboard]')")]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a defence parameter: key=value (repeatable)")]
 
 
@@ -45,3 +48,16 @@ def overrides(sets: list[str] | None, data_root: Path | None) -> list[str]:
     if data_root is not None:
         out.append(f"data.root={data_root}")
     return out
+
+
+@contextmanager
+def with_tensorboard(inner: Any, folder: Path | None, run: str = "") -> Iterator[Any]:
+    """The training monitor ``inner``, wrapped in a TensorBoard writer to ``folder`` when
+    ``--tensorboard`` is given (nothing of TensorBoard is imported otherwise); closed at the end."""
+    if folder is None:
+        yield inner
+        return
+    from perturbd.report.tensorboard import TensorBoardMonitor
+
+    with TensorBoardMonitor(folder, inner, run) as monitor:
+        yield monitor

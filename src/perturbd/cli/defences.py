@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, ParamOpt, app, console, out_console, params_of
+from perturbd.errors import ConfigError
 from perturbd.report.console import defense_table
+
+ArchOpt = Annotated[
+    Optional[str],
+    typer.Option("--arch", help="architecture of a state dict (.safetensors/.pt/.pth): tv:NAME or factory:package.module:function (sets model.name)"),
+]
+FeaturesOpt = Annotated[Optional[str], typer.Option("--features", help="layer whose output dataset screening reads, e.g. layer4 (sets model.features)")]
+ModelSetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="a key of the model section: model.KEY=VALUE, e.g. model.mean=[0.485,0.456,0.406] (repeatable)")
+]
+
+
+def model_options(arch: str | None, features: str | None, sets: list[str] | None) -> dict[str, Any]:
+    """The model-section keys ``--arch``, ``--features`` and ``--set model.KEY=VALUE`` give."""
+    from perturbd.config import apply_overrides
+
+    given = apply_overrides({}, list(sets or []))
+    other = [k for k in given if k != "model"]
+    if other:
+        raise ConfigError(f"--set here takes model.KEY=VALUE (the model section), got '{other[0]}'")
+    return {**given.get("model", {}), **({"name": arch} if arch else {}), **({"features": features} if features else {})}
 
 
 @app.command()
 def defend(
-    model: Annotated[Path, typer.Argument(help="a run directory, or a model .safetensors")],
+    model: Annotated[Path, typer.Argument(help="a run directory, or a model file: perturbd's, TorchScript, or a state dict with --arch")],
     defense: Annotated[list[str], typer.Option("--defense", "-d", help="defence name (repeatable); see `perturbd defenses`")],
     data: Annotated[Optional[str], typer.Option("--data", help="data set the model was trained on (default: the run's)")] = None,
     trigger: Annotated[Optional[Path], typer.Option("--trigger", help="trigger .safetensors, to measure ASR / input screening")] = None,
@@ -22,14 +43,18 @@ def defend(
     params: ParamOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for defenses.json, figures and matrix (default: ./defend-<model>)")] = None,
     data_root: DataRootOpt = None,
+    arch: ArchOpt = None,
+    features: FeaturesOpt = None,
+    sets: ModelSetOpt = None,
 ) -> None:
-    """Run defences on a saved model; --param applies to every --defense given."""
+    """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
+    with --arch); --param applies to every --defense given."""
     from perturbd.config import DefenseSpec
     from perturbd.defenses.evaluate import run_defenses, write_defenses
     from perturbd.defenses.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
-    inputs = load_inputs(model, data=data, data_root=data_root, trigger=trigger, target=target)
+    inputs = load_inputs(model, data=data, data_root=data_root, trigger=trigger, target=target, model=model_options(arch, features, sets))
     reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{m}"))
     folder = out or Path(f"defend-{model.stem if model.is_file() else model.name}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,22 +74,25 @@ def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter")] 
 
 @app.command()
 def audit(
-    old: Annotated[Path, typer.Argument(help="model before the update: .safetensors or run directory")],
-    new: Annotated[Path, typer.Argument(help="model after the update: .safetensors or run directory")],
+    old: Annotated[Path, typer.Argument(help="model before the update: a model file or run directory")],
+    new: Annotated[Path, typer.Argument(help="model after the update: a model file or run directory")],
     data: Annotated[Optional[str], typer.Option("--data", help="clean data the models classify (default: NEW's run config)")] = None,
     params: ParamOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for audit.json and figures")] = None,
     data_root: DataRootOpt = None,
+    arch: ArchOpt = None,
+    features: FeaturesOpt = None,
+    sets: ModelSetOpt = None,
 ) -> None:
     """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
     from perturbd.defenses.base import seed_from_run
-    from perturbd.defenses.saved import load_inputs, locate
+    from perturbd.defenses.saved import load_inputs, load_model, locate
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
-    from perturbd.models import build_from_checkpoint
 
     auditor = UpdateAudit(**params_of(params))
-    inputs = load_inputs(new, data=data, data_root=data_root)
-    old_model = build_from_checkpoint(locate(old).model)
+    spec = model_options(arch, features, sets)
+    inputs = load_inputs(new, data=data, data_root=data_root, model=spec)
+    old_model = load_model(locate(old), inputs.clean, spec)
     seed_from_run(auditor, inputs.seed)
     with console.status("auditing the update (Neural Cleanse and universal perturbations on both models)"):
         result = auditor.fit(inputs.model, inputs.clean, before=old_model)

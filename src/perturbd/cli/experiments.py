@@ -8,9 +8,13 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from perturbd.cli.app import DataRootOpt, SetOpt, app, console, out_console, overrides
+from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, app, console, out_console, overrides, with_tensorboard
 from perturbd.config import load_config
+from perturbd.errors import ConfigError
+from perturbd.report.aggregate import report_root
 from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, make_progress, pct, summary_table
+from perturbd.rundir import run_dir_for
+from perturbd.sweep_config import read_sweep
 
 
 @app.command()
@@ -20,13 +24,14 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for run directories")] = Path("runs"),
     data_root: DataRootOpt = None,
     force: Annotated[bool, typer.Option("--force", help="redo a run whose directory already exists")] = False,
+    tensorboard: TensorBoardOpt = None,
 ) -> None:
     """Run one experiment: poison, train the clean twin and the backdoored model, evaluate."""
     cfg = load_config(config, overrides(sets, data_root))  # a config mistake is answered before torch loads
     from perturbd.experiment import run as run_experiment
 
-    with make_progress(console) as progress:
-        result = run_experiment(cfg, out, monitor=RichMonitor(progress), log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
+    with make_progress(console) as progress, with_tensorboard(RichMonitor(progress), tensorboard, run_dir_for(cfg, out).name) as monitor:
+        result = run_experiment(cfg, out, monitor=monitor, log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
     if result.skipped:
         console.print(f"[yellow]already complete, not rerun (use --force to redo): {result.run_dir}")
     out_console.print(summary_table(result.metrics, result.run_dir))
@@ -54,7 +59,9 @@ def models() -> None:
 
     for name in list_models():
         out_console.print(name)
-    out_console.print("tv:<name>  (any torchvision classification model, e.g. tv:resnet18)")
+    out_console.print("tv:<name>  (any torchvision classification model, e.g. tv:resnet18; model.weights=PATH: pretrained or your weights)")
+    out_console.print("torchscript:PATH  (a torch.jit.save file)")
+    out_console.print("factory:package.module:function  (your code, returning a fresh nn.Module)")
 
 
 @app.command()
@@ -65,19 +72,29 @@ def sweep(
     executor: Annotated[Optional[str], typer.Option("--executor", "-e", help="local or ray (overrides executor:)")] = None,
     workers: Annotated[Optional[str], typer.Option("--workers", "-w", help="local runs at once: auto or N (1 = in this process)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and their state; run nothing")] = False,
+    tensorboard: TensorBoardOpt = None,
 ) -> None:
     """Run a grid of experiments × seeds; finished runs are kept and never rerun, failed ones retried."""
+    wanted = {"out": str(out) if out else None, "executor": executor, "workers": int(workers) if workers and workers.isdigit() else workers}
+    if tensorboard is not None and workers is None:
+        wanted["workers"] = 1  # TensorBoard sees the runs trained in this process
+    sw = read_sweep(spec, wanted, sets)  # a mistake in the sweep file is answered before torch loads
+    if tensorboard is not None and (sw.spec.executor != "local" or sw.spec.workers != 1):
+        raise ConfigError("--tensorboard logs the runs trained in this process; use it with --executor local --workers 1")
     from perturbd.report.build import build_report
-    from perturbd.rundir import run_dir_for
-    from perturbd.sweep import load_sweep, made_elsewhere_runs, run_sweep, status
+    from perturbd.executors import busy_warning
+    from perturbd.sweep import check_sweep, made_elsewhere_runs, run_sweep, status
 
-    sw = load_sweep(spec, {"out": str(out) if out else None, "executor": executor, "workers": int(workers) if workers and workers.isdigit() else workers}, sets)
+    check_sweep(sw)
     st = status(sw)
     console.print(
         f"sweep [bold]{sw.spec.name}[/]: {len(sw.runs)} runs ({len(sw.runs) // len(sw.spec.seeds)} configs × {len(sw.spec.seeds)} seeds) → {sw.out}\n"
         f"  {len(st.done)} already done, {len(st.failed)} failed before (retried), {len(st.pending)} to run · executor {sw.spec.executor}",
         highlight=False,
     )
+    busy = busy_warning()
+    if busy and st.todo:
+        console.print(f"[yellow]  {busy}", highlight=False)
     stale = made_elsewhere_runs(sw, st)
     if stale:
         console.print(
@@ -90,7 +107,7 @@ def sweep(
         for cfg, assigned in zip(sw.runs, sw.assignments):
             out_console.print(f"{state.get(cfg.hash(), 'todo'):>6}  {run_dir_for(cfg, sw.out).name}  " + " ".join(f"{k}={v}" for k, v in assigned.items()), highlight=False)
         return
-    with make_progress(console) as progress:
+    with make_progress(console) as progress, with_tensorboard(SweepMonitor(progress), tensorboard) as monitor:
         overall = progress.add_task("sweep", total=len(sw.runs), completed=len(st.done), info="")
         in_process = sw.spec.executor == "local"
 
@@ -104,8 +121,10 @@ def sweep(
 
         def on_start(cfg: Any) -> None:
             progress.update(overall, info=f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}")
+            if tensorboard is not None:
+                monitor.run = run_dir_for(cfg, sw.out).name
 
-        result = run_sweep(sw, on_start=on_start, on_done=on_done, monitor=SweepMonitor(progress) if in_process else None)
+        result = run_sweep(sw, on_start=on_start, on_done=on_done, monitor=monitor if in_process else None)
     console.print(f"ran {len(result.finished)} runs in {result.seconds:.0f} s; {len(result.failed)} failed", highlight=False)
     report = build_report(sw.out)
     out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
@@ -116,12 +135,16 @@ def sweep(
 
 
 @app.command()
-def report(path: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs (searched recursively)")] = Path("runs")) -> None:
+def report(
+    path: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs (searched recursively)")] = Path("runs"),
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the report files (default: beside the runs)")] = None,
+) -> None:
     """Write report.html (and for a folder: aggregate.csv/.md, runs.csv, figures/) and print the table."""
+    report_root(path)  # a wrong folder is answered before the plotting libraries load
     from perturbd.report.build import build_report
     from perturbd.results import RunMetrics
 
-    rep = build_report(path)
+    rep = build_report(path, out)
     if rep.single_run:
         out_console.print(summary_table(RunMetrics.read(rep.root), rep.root))
     else:

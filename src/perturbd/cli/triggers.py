@@ -54,10 +54,10 @@ def trigger_make(
     data_root: DataRootOpt = None,
 ) -> None:
     """Build a trigger as the adversary would (adaptive by default) and save it; no victim is trained."""
+    base = [] if config is not None else ["trigger.kind=adaptive"]
+    cfg = load_config(config, [*base, *overrides(sets, data_root)])  # a config mistake is answered before torch loads
     from perturbd.attack.trigger_file import make_trigger, write_trigger
 
-    base = [] if config is not None else ["trigger.kind=adaptive"]
-    cfg = load_config(config, [*base, *overrides(sets, data_root)])
     with make_progress(console) as progress:
         plan = make_trigger(cfg, RichMonitor(progress), output)
     written = write_trigger(plan, output)

@@ -47,7 +47,7 @@ def _path(req: SourceRequest) -> Path:
     return Path(req.arg or "").expanduser().resolve()
 
 
-def _images(x: np.ndarray, key: str, where: Path) -> torch.Tensor:
+def _images(x: np.ndarray, key: str, where: str) -> torch.Tensor:
     """``x`` as uint8 ``(N, C, H, W)`` pixels 0–255; DataError on a bad shape, dtype or value."""
     if x.ndim == 3:
         x = x[:, None]
@@ -57,20 +57,20 @@ def _images(x: np.ndarray, key: str, where: Path) -> torch.Tensor:
         x = x.transpose(0, 3, 1, 2)
     else:
         raise DataError(
-            f"npz {where}: {key} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {{1, 3}}, "
+            f"{where}: {key} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {{1, 3}}, "
             f"got shape {x.shape}; reshape it before saving"
         )
     if len(x) == 0:
-        raise DataError(f"npz {where}: {key} holds no images; {SAVE_HINT}")
+        raise DataError(f"{where}: {key} holds no images; {SAVE_HINT}")
     if x.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(x))
     if np.issubdtype(x.dtype, np.floating):
         if not np.isfinite(x).all():
-            raise DataError(f"npz {where}: {key} holds NaN or inf values; replace them before saving")
+            raise DataError(f"{where}: {key} holds NaN or inf values; replace them before saving")
         lo, hi = float(x.min()), float(x.max())
         if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
             raise DataError(
-                f"npz {where}: {key} is {x.dtype} with values in [{lo:g}, {hi:g}], expected [0, 1]; "
+                f"{where}: {key} is {x.dtype} with values in [{lo:g}, {hi:g}], expected [0, 1]; "
                 f"divide 0–255 pixels by 255 or save them as uint8"
             )
         scaled = np.rint(np.clip(x.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -79,40 +79,40 @@ def _images(x: np.ndarray, key: str, where: Path) -> torch.Tensor:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise DataError(
-                f"npz {where}: {key} is {x.dtype} with values in [{lo}, {hi}], expected pixels 0–255; "
+                f"{where}: {key} is {x.dtype} with values in [{lo}, {hi}], expected pixels 0–255; "
                 f"save uint8 pixels or floats in [0, 1]"
             )
         return torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8)))
-    raise DataError(f"npz {where}: {key} has dtype {x.dtype}; save uint8 pixels 0–255 or floats in [0, 1]")
+    raise DataError(f"{where}: {key} has dtype {x.dtype}; save uint8 pixels 0–255 or floats in [0, 1]")
 
 
-def _labels(y: np.ndarray, key: str, n: int, where: Path) -> torch.Tensor:
+def _labels(y: np.ndarray, key: str, n: int, where: str) -> torch.Tensor:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise DataError(
-            f"npz {where}: {key} must be a 1-D array of integer labels, got {y.dtype} of shape {y.shape}; "
+            f"{where}: {key} must be a 1-D array of integer labels, got {y.dtype} of shape {y.shape}; "
             f"save class indices 0…K-1 (e.g. y.astype(np.int64))"
         )
     if len(y) != n:
-        raise DataError(f"npz {where}: {key} has {len(y)} labels for {n} images; give one label per image")
+        raise DataError(f"{where}: {key} has {len(y)} labels for {n} images; give one label per image")
     if len(y) and int(y.min()) < 0:
-        raise DataError(f"npz {where}: {key} holds negative labels (min {int(y.min())}); labels must be 0…K-1")
+        raise DataError(f"{where}: {key} holds negative labels (min {int(y.min())}); labels must be 0…K-1")
     return torch.from_numpy(y.astype(np.int64))
 
 
-def _classes(arrays: dict[str, np.ndarray], k: int, where: Path) -> tuple[str, ...]:
+def _classes(arrays: dict[str, np.ndarray], k: int, where: str) -> tuple[str, ...]:
     if "classes" not in arrays:
         return tuple(str(c) for c in range(k))
     names = arrays["classes"]
     if names.ndim != 1 or names.dtype.kind not in "US":
         raise DataError(
-            f"npz {where}: classes must be a 1-D array of str, got {names.dtype} of shape {names.shape}; "
+            f"{where}: classes must be a 1-D array of str, got {names.dtype} of shape {names.shape}; "
             f"save np.array(['cat', 'dog', ...])"
         )
     if len(names) < k:
         raise DataError(
-            f"npz {where}: labels go up to {k - 1} but classes has only {len(names)} names; give one name per label"
+            f"{where}: labels go up to {k - 1} but classes has only {len(names)} names; give one name per label"
         )
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
 
@@ -137,16 +137,22 @@ def read_npz(path: Path, name: str) -> DataSplit:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"npz {path} cannot be read ({err}); {SAVE_HINT} without object arrays") from err
-    x_train = _images(arrays["x_train"], "x_train", path)
-    x_test = _images(arrays["x_test"], "x_test", path)
-    y_train = _labels(arrays["y_train"], "y_train", len(x_train), path)
-    y_test = _labels(arrays["y_test"], "y_test", len(x_test), path)
+    return split_from_arrays(arrays, name, f"npz {path}")
+
+
+def split_from_arrays(arrays: dict[str, np.ndarray], name: str, where: str) -> DataSplit:
+    """Check and convert ``x_train``, ``y_train``, ``x_test``, ``y_test`` (and ``classes``) as
+    the module docstring says; ``where`` starts every error (``npz PATH``)."""
+    x_train = _images(arrays["x_train"], "x_train", where)
+    x_test = _images(arrays["x_test"], "x_test", where)
+    y_train = _labels(arrays["y_train"], "y_train", len(x_train), where)
+    y_test = _labels(arrays["y_test"], "y_test", len(x_test), where)
     k = max(int(y_train.max()), int(y_test.max())) + 1
-    classes = _classes(arrays, k, path)
+    classes = _classes(arrays, k, where)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
-            f"npz {path}: x_train images are {tuple(x_train.shape[1:])} (C, H, W) but x_test images are "
-            f"{tuple(x_test.shape[1:])}; save both at one size and channel count"
+            f"{where}: x_train images are {tuple(x_train.shape[1:])} (C, H, W) but x_test images are "
+            f"{tuple(x_test.shape[1:])}; give both at one size and channel count"
         )
     return make_split(name, x_train, y_train, x_test, y_test, classes)
 

@@ -179,6 +179,7 @@ def stratified_indices(
     Each class gets ``floor(n * count / total)`` samples; the ``n - sum`` left over go to the
     classes with the largest remainders (ties broken at random). Exact per-class counts:
     balanced data with ``n`` a multiple of the class count gives ``n / K`` per class.
+    Not scikit-learn's split: same counts, but its numpy generator draws other images.
     """
     total = len(labels)
     if not 0 <= n <= total:

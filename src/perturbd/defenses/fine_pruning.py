@@ -80,6 +80,8 @@ def last_representation(model: nn.Module, images: torch.Tensor) -> tuple[str, nn
         calls[name] += 1
         done.append((name, module, out if isinstance(out, torch.Tensor) else None))
 
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise ConfigError("fine_pruning prunes a layer through forward hooks, which a TorchScript model does not take; run it on its state dict (--arch)")
     hooks = [m.register_forward_hook(lambda mod, _i, out, n=name: note(n, mod, out)) for name, m in model.named_modules() if m is not model]
     was_training = model.training
     model.eval()

@@ -15,7 +15,9 @@ Example::
     same = build_from_checkpoint("model.safetensors")
 
 A new architecture is one file in this package with a builder registered by ``@register_model``
-and one import line below.
+and one import line below. A network perturbd did not build (``torchscript:PATH``,
+``factory:package.module:function``, ``tv:<name>`` with ``model.weights``) is built from the
+config's model section by :func:`build_model` (:mod:`perturbd.models.external`).
 """
 
 from perturbd.models.base import (
@@ -29,7 +31,8 @@ from perturbd.models.base import (
     register_model,
     register_prefix,
 )
-from perturbd.models.checkpoint import build_from_checkpoint, checkpoint_metadata, load_model_weights, save_model
+from perturbd.models.checkpoint import build_from_checkpoint, checkpoint_metadata, is_checkpoint, load_model_weights, save_model
+from perturbd.models.external import ExternalModel, build_model, register_factory
 
 # Architectures register themselves on import.
 from perturbd.models import fastnet, lenet, preact_resnet, small, tv, vgg  # noqa: E402,F401  isort: skip
@@ -37,14 +40,18 @@ from perturbd.models import fastnet, lenet, preact_resnet, small, tv, vgg  # noq
 __all__ = [
     "MODELS",
     "Classifier",
+    "ExternalModel",
     "build_from_checkpoint",
+    "build_model",
     "checkpoint_metadata",
     "default_model_name",
     "frozen",
     "get_model",
+    "is_checkpoint",
     "list_models",
     "load_model_weights",
     "model_device",
+    "register_factory",
     "register_model",
     "register_prefix",
     "save_model",

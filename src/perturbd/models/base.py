@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from perturbd.errors import ConfigError
+from perturbd.models.layers import read_layer
 from perturbd.registry import Registry, suggest
 
 ImageShape = tuple[int, int, int]
@@ -57,38 +58,71 @@ class Classifier(nn.Module):
             written into checkpoints.
         image_shape: ``(C, H, W)`` the model was built for.
         num_classes: number of logits.
+        feature_layer: None (features are the input of the final layer), or the name of a layer
+            of :attr:`layers` whose output, flattened, :meth:`features` returns instead.
+        input_spec: None (the class's own ``mean``/``std``), or what :meth:`set_input` stated.
+        final_layer: the name of the final ``nn.Linear`` in the state dict (``fc``).
     """
 
     mean: float = 0.5
     std: float = 0.5
+    final_layer = "fc"
+    shape_hint = ""  # the fix said when images do not fit (empty: larger images or another model)
 
     def __init__(self, image_shape: Sequence[int], num_classes: int) -> None:
         super().__init__()
         self.arch = ""
         self.image_shape: ImageShape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
         self.num_classes = int(num_classes)
+        self.feature_layer: str | None = None
+        self.input_spec: dict[str, list[float]] | None = None
 
     @property
     def feature_dim(self) -> int:
-        """D, the width of :meth:`features`."""
+        """D, the width of :meth:`features` (at the final layer)."""
         return int(self.fc.in_features)
 
+    @property
+    def layers(self) -> nn.Module:
+        """The network whose layer names ``feature_layer`` uses (``body``: torchvision's own names for ``tv:``)."""
+        return self.body
+
+    def set_input(self, input_range: Sequence[float] = (0.0, 1.0), mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
+        """The network takes ``(lo + x·(hi − lo) − mean) / std`` of ``x`` in [0, 1] (``mean``/``std`` in
+        those units, one value or one per channel); buffers outside the state dict, in checkpoints' metadata."""
+        spec = {"input_range": [float(v) for v in input_range], "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+        self.register_buffer("_mean", torch.tensor(spec["mean"]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(spec["std"]).view(1, -1, 1, 1), persistent=False)
+        self.input_spec = spec
+
     def normalize(self, x: Tensor) -> Tensor:
-        """``(x - mean) / std`` for float input in [0, 1]."""
+        """``(x - mean) / std`` for float input in [0, 1] (see :meth:`set_input`)."""
         if not x.is_floating_point():
             raise TypeError(f"model input must be float in [0, 1], got {x.dtype}; convert uint8 images with to_float01")
-        return (x - self.mean) / self.std
+        if self.input_spec is None:
+            return (x - self.mean) / self.std
+        lo, hi = self.input_spec["input_range"]
+        if (lo, hi) != (0.0, 1.0):
+            x = x * (hi - lo) + lo
+        return (x - self._mean) / self._std
+
+    def own_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` of the plain network (as its authors name it) in this model's keys; its own as it is."""
+        return state
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations ``(N, D)`` of images ``x`` in [0, 1]."""
-        return self.body(self.normalize(x))
+        """Penultimate activations ``(N, D)`` of images ``x`` in [0, 1] (or ``feature_layer``'s)."""
+        x = self.normalize(x)
+        return self.body(x) if self.feature_layer is None else read_layer(self.layers, self.feature_layer, lambda: self.body(x))
 
     def head(self, f: Tensor) -> Tensor:
-        """Logits ``(N, num_classes)`` from features ``(N, D)``."""
+        """Logits ``(N, num_classes)`` from features ``(N, D)`` (at the final layer)."""
+        if self.feature_layer is not None:
+            raise ConfigError(f"model '{self.arch}' reads its features at layer '{self.feature_layer}': head() takes those of the final layer; call the model")
         return self.fc(f)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        return self.head(self.features(x)) if self.feature_layer is None else self.fc(self.body(self.normalize(x)))
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -168,7 +202,7 @@ def default_model_name(image_shape: Sequence[int]) -> str:
     return "cnn28" if c == 1 and min(h, w) >= 16 and max(h, w) <= 32 else "cnn32"
 
 
-def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: int | None = None) -> Classifier:
+def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: int | None = None, check: bool = True) -> Classifier:
     """Build the architecture ``name`` for images of ``image_shape`` and ``num_classes`` classes.
 
     Weights are initialised from torch's global RNG. With ``seed`` that RNG is first seeded
@@ -182,6 +216,8 @@ def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: 
         image_shape: ``(C, H, W)``.
         num_classes: number of logits, at least 2.
         seed: seeds torch's global RNG before the weights are drawn (None: use it as it is).
+        check: run one blank image through it (:func:`check_fits`); False for a caller that
+            first sets its weights and input (:func:`~perturbd.models.build_model`).
 
     Raises:
         ConfigError: unknown name (with a suggestion), bad shape or class count, or an
@@ -207,7 +243,8 @@ def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: 
         torch.manual_seed(seed)
     model = builder(shape, classes)
     model.arch = key
-    _check_fits(model, shape)
+    if check:
+        check_fits(model, shape)
     return model
 
 
@@ -235,24 +272,28 @@ def _check_shape(image_shape: Sequence[int]) -> ImageShape:
     return shape  # type: ignore[return-value]
 
 
-def _check_fits(model: Classifier, shape: ImageShape) -> None:
+def check_fits(model: Classifier, shape: ImageShape) -> None:
     """One eval-mode forward of a blank image: a clear error now instead of a shape error mid-run."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             f = model.features(torch.zeros(1, *shape))
-            logits = model.head(f)
-    except (RuntimeError, ValueError, AssertionError) as err:  # torchvision asserts fixed input sizes
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            logits = model(torch.zeros(1, *shape))
+    except (RuntimeError, ValueError, AssertionError, TypeError) as err:  # torchvision asserts fixed sizes
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        reason = (lines[-1] if "TorchScript" in lines[0] else lines[0])[:160]  # TorchScript: the cause is last
         c, h, w = shape
         other = default_model_name(shape)
-        fix = f"use larger images or another model, e.g. {other}" if other != model.arch else "use larger images"
+        fix = model.shape_hint or (f"use larger images or another model, e.g. {other}" if other != model.arch else "use larger images")
         raise ConfigError(f"model '{model.arch}' cannot take images of shape {c}x{h}x{w} ({reason}); {fix}") from None
     finally:
         model.train(was_training)
-    if f.ndim != 2 or tuple(logits.shape) != (1, model.num_classes):
+    if f.ndim == 2 and isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] != model.num_classes:
         raise ConfigError(
-            f"model '{model.arch}' gives features {tuple(f.shape)} and logits {tuple(logits.shape)}; "
-            f"expected (1, D) and (1, {model.num_classes}): its features/head split is broken"
+            f"model '{model.arch}' gives {logits.shape[1]} logits but the data has {model.num_classes} classes; "
+            "use a model for this data (with pretrained weights of another task: model.replace_head=true)"
         )
+    if f.ndim != 2 or not isinstance(logits, Tensor) or tuple(logits.shape) != (1, model.num_classes):
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ConfigError(f"model '{model.arch}' gives features {tuple(f.shape)} and logits {got}; expected (1, D) and (1, {model.num_classes}): its features/head split is broken")

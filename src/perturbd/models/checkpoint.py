@@ -7,13 +7,20 @@ it holds and what was expected.
 
 Metadata written by :func:`save_model` (all strings): ``format`` = ``perturbd.model``, ``arch``
 (a :func:`~perturbd.models.get_model` name), ``image_shape`` (``"1x28x28"``), ``num_classes``,
-plus the caller's own keys.
+``input`` (JSON of :meth:`~perturbd.models.Classifier.set_input`'s arguments, when they were
+stated), plus the caller's own keys.
+
+Weights of another layout load too: a ``torch.nn.DataParallel`` state (``module.`` prefixes), a
+``{"state_dict": ...}`` wrapper, and the plain network's own keys (a torchvision ``state_dict()``
+into ``tv:``; see :meth:`~perturbd.models.Classifier.own_state`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,6 +33,7 @@ from perturbd.tensorfile import save_tensors
 
 FORMAT = "perturbd.model"
 _RESERVED = ("format", "arch", "image_shape", "num_classes")
+USER_CODE = ("factory", "torchscript")  # arch prefixes a checkpoint may not make perturbd load by itself
 _CONVERT = (
     "only .safetensors weights are read; convert a plain state dict with "
     "python -c \"import torch, safetensors.torch as st; "
@@ -60,6 +68,8 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], metadata: dict[st
     clash = [k for k in _RESERVED if k in extra and extra[k] != meta[k]]
     if clash:
         raise ValueError(f"metadata keys {clash} are reserved and filled from the model; rename them")
+    if model.input_spec is not None:
+        meta["input"] = json.dumps(model.input_spec)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     return save_tensors(Path(path), tensors, {**extra, **meta})
 
@@ -76,8 +86,12 @@ def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({_reason(err)}); it is truncated or corrupt") from None
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+def load_model_weights(model: nn.Module, path: str | os.PathLike[str], *, replace_head: bool = False) -> nn.Module:
     """Load the weights in ``path`` into ``model`` (in place) and return it.
+
+    A perturbd checkpoint that records how its model takes its input (``input``) sets it on the
+    model. ``replace_head``: a final layer of another class count in the file is not loaded (the
+    model's own, freshly initialised, is kept: transfer learning); without it, it is an error.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, not safetensors (and not a
@@ -86,13 +100,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Mod
             compared with the model's).
     """
     path = _existing(path)
-    kind = _sniff(path)
-    if kind == "safetensors":
-        state, meta = _read_safetensors(path)
-    elif kind == "torch":
-        state, meta = _read_torch(path), {}
-    else:
-        raise CheckpointError(f"{path} is not a safetensors file (nor a PyTorch one); {_CONVERT}")
+    state, meta = read_weights(path)
     target = _unwrap(model)
     if isinstance(target, Classifier):
         want = _model_meta(target)
@@ -103,9 +111,63 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Mod
                 else "it was trained on other data: use a checkpoint of this data, or build_from_checkpoint()"
             )
             raise CheckpointError(f"{path} holds {_describe(meta)}, not {_describe(want)}; {fix}")
+        state = _head(target, target.own_state(state), path, replace_head)
     _check_keys(target, state, path, meta)
     target.load_state_dict(state)
+    if isinstance(target, Classifier) and "input" in meta:
+        try:
+            target.set_input(**json.loads(meta["input"]))
+        except (ValueError, TypeError):
+            raise CheckpointError(f"{path} has malformed metadata input={meta['input'][:80]!r}; it is corrupt") from None
     return model
+
+
+def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The state dict in ``path`` (``module.`` prefixes dropped) and its metadata (empty for .pt)."""
+    path = _existing(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        state, meta = _read_safetensors(path)
+    elif is_torchscript(path):
+        raise CheckpointError(f"{path} is a TorchScript file, not a state dict: name it as the model (model.name=torchscript:{path}; no --arch)")
+    elif kind == "torch":
+        state, meta = _read_torch(path), {}
+    else:
+        raise CheckpointError(f"{path} is not a safetensors file (nor a PyTorch one); {_CONVERT}")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state, meta
+
+
+def is_torchscript(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a ``torch.jit.save`` archive (it holds code, not only tensors)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in name or name.endswith("/constants.pkl") for name in zf.namelist())
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a model file written by :func:`save_model` (it records its architecture)."""
+    path = _existing(path)
+    return _sniff(path) == "safetensors" and checkpoint_metadata(path).get("format") == FORMAT
+
+
+def _head(model: Classifier, state: dict[str, Tensor], path: Path, replace: bool) -> dict[str, Tensor]:
+    """``state`` with the model's own final layer where the file's has another class count and
+    ``replace`` says so; a one-line error where it does not."""
+    own = model.state_dict()
+    keys = [k for k in own if k.startswith(f"{model.final_layer}.")]
+    differ = [k for k in keys if k in state and state[k].shape[1:] == own[k].shape[1:] and state[k].shape[:1] != own[k].shape[:1]]
+    if not differ or len(differ) != len([k for k in keys if k in state and state[k].shape != own[k].shape]):  # other mismatches: _check_keys
+        return state
+    if not replace:
+        theirs = state[differ[0]].shape[0]
+        raise CheckpointError(
+            f"{path}: its final layer '{model.final_layer}' gives {theirs} classes, the data has {model.num_classes}; "
+            "set model.replace_head=true to train a new final layer from these weights (transfer learning)"
+        )
+    return {**state, **{k: own[k] for k in keys}}
 
 
 def build_from_checkpoint(path: str | os.PathLike[str]) -> Classifier:
@@ -119,6 +181,11 @@ def build_from_checkpoint(path: str | os.PathLike[str]) -> Classifier:
         raise CheckpointError(
             f"{path} has no {'/'.join(missing)} metadata, so its architecture is unknown; "
             "build the model with get_model(name, image_shape, num_classes) and call load_model_weights"
+        )
+    if meta["arch"].partition(":")[0] in USER_CODE:
+        raise CheckpointError(
+            f"{path} holds a model of '{meta['arch']}' (user code or a TorchScript file): perturbd does not load those on "
+            f"a file's word; name it yourself (--arch {meta['arch']}, or model.name with model.weights)"
         )
     try:
         shape = tuple(int(s) for s in meta["image_shape"].split("x"))

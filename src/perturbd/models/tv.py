@@ -7,6 +7,10 @@ network with that layer replaced by ``Identity`` becomes :meth:`features`. Grey 
 to three channels; other channel counts are refused. Inputs are normalised with mean = std = 0.5
 (the models are trained from scratch, so ImageNet statistics have no special meaning).
 
+Weights of torchvision's own layout (``model.weights``: pretrained ImageNet weights, or any
+``state_dict()`` of a ``torchvision.models`` network) load into it (:meth:`own_state`), and
+``model.features`` names its layers as torchvision does (``layer4``).
+
 Models with a fixed input size (``vit_*``, ``swin_*``, ``maxvit_t``) or without a final linear
 layer (``squeezenet*``) are refused when built, with the reason.
 """
@@ -50,6 +54,15 @@ class TorchvisionClassifier(Classifier):
         setattr(net.get_submodule(parent), child, nn.Identity())
         self.body = net
         self.fc = fc
+        self.fc_path = path  # where torchvision's own state dict keeps the final layer
+
+    def own_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A torchvision state dict (``conv1.weight`` … ``fc.bias``, as ``torchvision.models``
+        writes it) in this model's keys (``body.conv1.weight`` … ``fc.bias``)."""
+        if any(k.startswith("body.") for k in state):
+            return state
+        head = f"{self.fc_path}."
+        return {(f"fc.{k[len(head):]}" if k.startswith(head) else f"body.{k}"): v for k, v in state.items()}
 
     def normalize(self, x: Tensor) -> Tensor:
         x = super().normalize(x)

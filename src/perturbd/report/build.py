@@ -1,14 +1,13 @@
 """``perturbd report PATH``: a run directory → its ``report.html``; a folder of runs → the
 aggregated table (``aggregate.csv``, ``aggregate.md``, ``runs.csv``), ``figures/*.png``, a
-``report.html`` for every run and one for the whole folder."""
+``report.html`` for every run and one for the whole folder; ``--out DIR`` puts them in DIR."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perturbd.errors import ConfigError
-from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, runs_csv, to_csv, to_markdown
+from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, report_root, runs_csv, to_csv, to_markdown
 from perturbd.report.html import run_html, sweep_html
 from perturbd.report.plots import write_figures
 from perturbd.rundir import read_failures, read_json
@@ -32,28 +31,28 @@ class Report:
         return is_run_dir(self.root)
 
 
-def build_report(path: Path) -> Report:
-    """Write the reports for ``path`` (a run directory or any folder holding run directories)."""
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"no such folder: {root}; give a run directory or a folder of runs (e.g. runs/)")
+def build_report(path: Path, out: Path | None = None) -> Report:
+    """Write the reports for ``path`` (a run directory or any folder holding run directories)
+    into ``out`` (default: ``path`` itself; each run's ``report.html`` goes to the same place
+    under ``out`` as the run under ``path``)."""
+    root = report_root(path)
+    dest = Path(out).expanduser() if out is not None else root
     if is_run_dir(root):
-        return Report(root, run_html(root), collect_runs(root))
+        return Report(root, run_html(root, dest), collect_runs(root))
     records = collect_runs(root)
     failures = read_failures(root)
-    if not records and not failures:
-        raise ConfigError(f"no run directories (with metrics.json and config.yaml) under {root}; run `perturbd run` or `perturbd sweep` first")
+    dest.mkdir(parents=True, exist_ok=True)
     for r in records:
-        run_html(r.path)
+        run_html(r.path, dest / r.path.relative_to(root))
     columns, groups = aggregate(records)
     files = []
     for name, text in (("aggregate.csv", to_csv(columns, groups)), ("aggregate.md", to_markdown(columns, groups)), ("runs.csv", runs_csv(records))):
-        (root / name).write_text(text)
-        files.append(root / name)
-    figures = write_figures(columns, groups, root / "figures")
+        (dest / name).write_text(text)
+        files.append(dest / name)
+    figures = write_figures(columns, groups, dest / "figures")
     files += [p for _, p in figures]
     expected = None
     if (root / "sweep.json").is_file():
         expected = len(read_json(root / "sweep.json").get("runs", [])) or None
-    html = sweep_html(root, records, columns, groups, figures, failures, expected)
+    html = sweep_html(root, records, columns, groups, figures, failures, expected, dest)
     return Report(root, html, records, columns, groups, [*files, html], failures, to_markdown(columns, groups))

@@ -5,38 +5,49 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from perturbd.report.aggregate import METRICS, TABLE_METRICS, cell
 from perturbd.results import RunMetrics, pct
 
-__all__ = ["RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
+__all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
 
 
 class RichMonitor:
-    """Training progress as a rich bar: steps, epoch, loss and images per second."""
+    """Training progress as a rich bar: steps, epoch, loss and images per second. Where the
+    display is off (not a terminal: see :func:`make_progress`), one line per epoch instead."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.task: Any = None
+        self.description = ""
 
     def start(self, description: str, total_steps: int) -> None:
+        self.description = description
         self.task = self.progress.add_task(description, total=total_steps, info="")
 
     def step(self, images: int) -> None:
         self.progress.advance(self.task)
 
     def epoch(self, epoch: int, loss: float, images_per_s: float) -> None:
-        self.progress.update(self.task, info=f"epoch {epoch} · loss {loss:.3f} · {images_per_s:,.0f} img/s")
+        info = f"epoch {epoch} · loss {loss:.3f} · {images_per_s:,.0f} img/s"
+        self.progress.update(self.task, info=info)
+        if self.progress.disable:
+            self.progress.console.print(f"{self.description}: {info}", highlight=False)
 
     def stop(self) -> None:
         self.progress.update(self.task, completed=self.progress.tasks[-1].total)
 
 
 def make_progress(console: Console) -> Progress:
-    """The training progress display: description, bar, steps, epoch info, elapsed time."""
+    """The training progress display: description, bar, steps, epoch info, elapsed time.
+
+    Off where ``console`` is not a terminal (a log file, a pipe): a live display is drawn there
+    only once, when it stops; the monitors print one line per epoch instead, as it ends.
+    """
     return Progress(
         TextColumn("[bold]{task.description:<12}"),
         BarColumn(),
@@ -45,6 +56,7 @@ def make_progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        disable=not console.is_terminal,
     )
 
 
@@ -62,22 +74,72 @@ class SweepMonitor(RichMonitor):
     """One training bar reused by every run of an in-process sweep."""
 
     def start(self, description: str, total_steps: int) -> None:
+        self.description = description
         if self.task is None:
             self.task = self.progress.add_task(description, total=total_steps, info="")
         else:
             self.progress.reset(self.task, total=total_steps, description=description, info="")
 
 
-def aggregate_table(report: Any, title: str) -> Table:
-    """The aggregated sweep table: distinguishing config columns, seeds, mean ± 95 % CI."""
-    t = Table(title=title, header_style="bold")
-    for c in [*report.columns, "seeds"]:
-        t.add_column(c, no_wrap=True)
-    for m in TABLE_METRICS:
-        t.add_column(METRICS[m][1], justify="right")
-    for g in report.groups:
-        t.add_row(*(str(g.keys[c]) for c in report.columns), ",".join(map(str, g.seeds)), *(cell(g.stats[m], METRICS[m][2]) for m in TABLE_METRICS))
-    return t
+# narrow terminals: short metric headers (explained in the caption), then metrics left out in this order
+SHORT = {"clean_accuracy": "acc %", "accuracy_loss": "loss pts", "attack_success_rate": "ASR %", "clean_model_asr": "twin ASR %", "injection_rate": "inj %", "psnr_mean": "PSNR", "ssim_mean": "SSIM"}
+SHORT_MEANS = {"clean_accuracy": "acc: clean accuracy", "accuracy_loss": "loss: accuracy loss", "clean_model_asr": "twin ASR: clean-model ASR", "injection_rate": "inj: injection rate"}
+LEFT_OUT_FIRST = ["ssim_mean", "psnr_mean", "injection_rate", "accuracy_loss", "clean_model_asr"]
+
+
+def _width(header: str, values: list[str]) -> int:
+    """A column's width: its longest value, and the longest word of its header (headers wrap at spaces)."""
+    return max([cell_len(v) for v in values] + [cell_len(w) for w in header.split()] + [1])
+
+
+class AggregateTable:
+    """The aggregated sweep table: distinguishing config columns, seeds, mean ± 95 % CI per metric.
+
+    Laid out for the width it is printed at: full headers (wrapped at spaces) where they fit,
+    else short ones explained in the caption, else the least-needed metrics left out (named in
+    the caption; ``aggregate.md`` has them all). A value is never cut.
+    """
+
+    def __init__(self, report: Any, title: str) -> None:
+        self.title = title
+        self.keys = [*report.columns, "seeds"]
+        self.rows = [[str(g.keys[c]) for c in report.columns] + [",".join(map(str, g.seeds))] for g in report.groups]
+        self.cells = {m: [cell(g.stats[m], METRICS[m][2]) for g in report.groups] for m in TABLE_METRICS}
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def table(self, width: int | None = None) -> Table:
+        """The table for ``width`` columns (``None``: every metric with its full header)."""
+        fixed = [_width(k, [r[i] for r in self.rows]) for i, k in enumerate(self.keys)]
+        metrics, labels, notes = list(TABLE_METRICS), {m: METRICS[m][1] for m in TABLE_METRICS}, []
+
+        def total() -> int:  # content + 2 padding + 1 rule per column, and the closing rule
+            return sum(w + 3 for w in fixed) + sum(_width(labels[m], self.cells[m]) + 3 for m in metrics) + 1
+
+        if width is not None and total() > width:
+            labels, left_out = dict(SHORT), []
+            for m in LEFT_OUT_FIRST:
+                if total() <= width:
+                    break
+                metrics.remove(m)
+                left_out.append(METRICS[m][1])
+            notes.append(" · ".join(SHORT_MEANS[m] for m in metrics if m in SHORT_MEANS))
+            if left_out:
+                notes.append(f"left out for width: {', '.join(left_out)} (see aggregate.md)")
+        t = Table(title=self.title, header_style="bold", caption="; ".join(notes) or None)
+        for key, w in zip(self.keys, fixed):
+            t.add_column(key, width=w)
+        for m in metrics:  # narrower still than all this: rich wraps values at their spaces (mean / ± CI)
+            t.add_column(labels[m], justify="right", width=_width(labels[m], self.cells[m]))
+        for i, row in enumerate(self.rows):
+            t.add_row(*row, *(self.cells[m][i] for m in metrics))
+        return t
+
+
+def aggregate_table(report: Any, title: str) -> AggregateTable:
+    """The aggregated sweep table of a :class:`~perturbd.report.build.Report` (:class:`AggregateTable`)."""
+    return AggregateTable(report, title)
 
 
 def defense_table(reports: list[Any], title: str) -> Table:

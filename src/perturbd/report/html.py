@@ -73,8 +73,8 @@ def _read(path: Path) -> Any:
         return None
 
 
-def run_html(run_dir: Path) -> Path:
-    """Write ``<run_dir>/report.html`` and return its path."""
+def run_html(run_dir: Path, dest: Path | None = None) -> Path:
+    """Write ``<dest>/report.html`` (default: in ``run_dir``) and return its path."""
     run_dir = Path(run_dir)
     m = RunMetrics.read(run_dir)
     config = _read(run_dir / "config.yaml") or ""
@@ -99,7 +99,8 @@ def run_html(run_dir: Path) -> Path:
     body.append("<h2>Environment</h2>" + kv_table(env))
     if log:
         body.append(f"<h2>Log</h2><pre>{esc(log)}</pre>")
-    path = run_dir / "report.html"
+    path = Path(dest or run_dir) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(f"perturbd · {run_dir.name}", "".join(body)))
     return path
 
@@ -114,11 +115,11 @@ def _aggregate_table(columns: list[str], groups: list[Group]) -> str:
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
 
 
-def _runs_table(root: Path, records: list[RunRecord]) -> str:
+def _runs_table(root: Path, records: list[RunRecord], dest: Path) -> str:
     rows = []
     for r in records:
         rel = r.path.relative_to(root) if r.path != root else Path(".")
-        link = f'<a href="{esc((rel / "report.html").as_posix())}">{esc(rel.as_posix())}</a>' if (r.path / "report.html").is_file() else esc(rel.as_posix())
+        link = f'<a href="{esc((rel / "report.html").as_posix())}">{esc(rel.as_posix())}</a>' if (dest / rel / "report.html").is_file() else esc(rel.as_posix())
         loss = r.metric("accuracy_loss")
         rows.append(f"<tr><td>{link}</td><td>{esc(r.trigger.label)}</td><td class='n'>{esc(r.config.get('seed', ''))}</td>"
                     f"<td class='n'>{pct(r.metric('injection_rate'))}</td><td class='n'>{pct(r.metric('attack_success_rate'))}</td>"
@@ -146,9 +147,12 @@ def sweep_html(
     figures: list[tuple[str, Path]],
     failures: list[dict[str, Any]],
     expected: int | None = None,
+    dest: Path | None = None,
 ) -> Path:
-    """Write ``<root>/report.html`` for every run under ``root`` and return its path."""
+    """Write ``<dest>/report.html`` (default: in ``root``) for every run under ``root`` and
+    return its path; the runs' own reports are linked at the same place under ``dest``."""
     root = Path(root)
+    dest = Path(dest or root)
     spec = _read(root / "sweep.yaml")
     body = [f"<h1>{esc(root.name)}</h1>", f'<p class="sub">perturbd sweep report · {esc(root.resolve())}</p>']
     done = f"{len(records)} / {expected}" if expected else str(len(records))
@@ -162,10 +166,10 @@ def sweep_html(
     if failures:
         rows = "".join(f"<tr><td>{esc(f.get('name'))}-{esc(f.get('config_hash'))}</td><td>{esc(f.get('seed'))}</td><td class='bad'>{esc(f.get('error'))}</td><td>{esc(f.get('time'))}</td></tr>" for f in failures)
         body.append(f"<h2>Failed runs</h2><p>Rerun the sweep to retry them.</p><table><tr><th>run</th><th>seed</th><th>error</th><th>when</th></tr>{rows}</table>")
-    body.append("<h2>Runs</h2>" + _runs_table(root, records))
+    body.append("<h2>Runs</h2>" + _runs_table(root, records, dest))
     if spec:
         body.append(f"<h2>Sweep</h2><pre>{esc(spec)}</pre>")
     body.append("<h2>Environment</h2>" + kv_table(environment_summary(records)))
-    path = root / "report.html"
+    path = dest / "report.html"
     path.write_text(page(f"perturbd · {root.name}", "".join(body)))
     return path

@@ -19,7 +19,7 @@ import torch.nn as nn
 from perturbd.attack import AttackPlan, Partition
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
-from perturbd.poison import PoisonedSet
+from perturbd.poisoning import PoisonedSet
 from perturbd.registry import Registry
 from perturbd.train import Monitor
 from perturbd.twins import TwinStore

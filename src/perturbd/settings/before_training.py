@@ -5,8 +5,8 @@ from __future__ import annotations
 from perturbd.attack import Partition
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
-from perturbd.models import get_model
-from perturbd.poison import poison_dataset
+from perturbd.models import build_model
+from perturbd.poisoning import poison_dataset
 from perturbd.settings.base import Context, Trained, register_setting
 from perturbd.train import fit
 from perturbd.twins import TwinStore
@@ -27,7 +27,7 @@ class BeforeTraining:
         ctx.log(f"poisoned {len(poisoned.indices)} of {len(poisoned.dataset)} training images (rate {poisoned.injection_rate:.4f}) → label {cfg.poison.target}")
         twin = ctx.twins.clean_model(cfg, victim, ctx.device)
         ctx.log(f"clean twin: {twin.source}")
-        backdoored = get_model(cfg.model.name, train.image_shape, train.num_classes, seed=cfg.seed)
+        backdoored = build_model(cfg.model, train.image_shape, train.num_classes, seed=cfg.seed)
         bad = fit(backdoored, poisoned.dataset, cfg.train, cfg.seed, monitor=ctx.monitor, description="backdoored")
         ctx.log(f"trained backdoored model in {bad.seconds:.1f} s ({bad.images_per_s:.0f} img/s)")
         return Trained(twin.model, backdoored, poisoned, seconds={"train_clean": twin.seconds, "train_backdoored": bad.seconds})

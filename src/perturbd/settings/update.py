@@ -16,7 +16,7 @@ from perturbd.attack import Partition
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.metrics import attack_success_rate, clean_accuracy
-from perturbd.poison import poison_dataset, sources_of
+from perturbd.poisoning import poison_dataset, sources_of
 from perturbd.results import BeforeUpdate, UpdateFacts
 from perturbd.settings.base import Context, Trained, register_setting
 from perturbd.train import fit

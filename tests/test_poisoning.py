@@ -10,7 +10,7 @@ import torch
 from perturbd.config import PoisonConfig, TriggerConfig
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
-from perturbd.poison import choose_indices, poison_dataset
+from perturbd.poisoning import choose_indices, poison_dataset
 from perturbd.triggers import TriggerContext, build_trigger
 
 

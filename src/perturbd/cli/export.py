@@ -1,0 +1,28 @@
+"""``perturbd export``: a run's poisoned training set, test set and trigger as files other tools read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from perturbd.cli.app import app, console, out_console
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `perturbd run`")],
+    to: Annotated[Path, typer.Option("--to", help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy, trigger.png")],
+) -> None:
+    """Write a run's training set as trained on (poison included) and its test set as PNG class
+    folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""
+    from perturbd.export import export_run
+
+    with console.status(f"exporting {run_dir}"):
+        done = export_run(run_dir, to)
+    out_console.print(
+        f"wrote {done.folder}: {done.train:,} training images ({done.poisoned:,} poisoned), {done.test:,} test images, "
+        f"{len(done.class_folders)} classes, manifest.csv, trigger.npy, trigger.png",
+        highlight=False,
+    )
