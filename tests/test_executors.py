@@ -298,3 +298,12 @@ def test_a_busy_machine_is_named_in_one_line(monkeypatch) -> None:
     assert line is not None and "load 3.8 on 2 cores" in line and "\n" not in line
     monkeypatch.setattr(executors.os, "getloadavg", lambda: (0.4, 0.3, 0.2))
     assert executors.busy_warning() is None
+
+
+def test_parallel_workers_get_the_seeds_in_turn() -> None:
+    from perturbd.config import load_config
+    from perturbd.executors import seeds_in_turn
+
+    todo = [load_config(overrides=[f"seed={s}", f"poison.rate={r}"]) for s in (0, 1) for r in (0.01, 0.02, 0.05)]
+    order = seeds_in_turn(todo)
+    assert [c.seed for c in order] == [0, 1, 0, 1, 0, 1] and sorted(c.hash() for c in order) == sorted(c.hash() for c in todo)

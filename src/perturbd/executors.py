@@ -5,8 +5,11 @@ raises for a failing run (the sweep records the failure and goes on). Run direct
 by the worker straight into ``out`` (on a Ray cluster, ``out`` must be on a filesystem every node
 sees, e.g. NFS); the atomic rename of :mod:`perturbd.rundir` keeps them whole.
 
-CPU threads: a worker given ``threads`` sets ``PERTURBD_THREADS`` and ``torch.set_num_threads``,
-so that N workers on C cores use about C / N threads each.
+CPU threads: a worker given ``threads`` sets ``PERTURBD_THREADS`` (which
+:func:`perturbd.train.effective_threads` honours for runs whose ``train.threads`` is unset) and
+``torch.set_num_threads``, so that N workers on C cores use C // N threads each and never more
+threads than cores. A run's float results depend on its thread count: a run of a 2-worker sweep
+on 2 cores equals ``perturbd run --set train.threads=1``; ``environment.json`` records it.
 """
 
 from __future__ import annotations
@@ -122,10 +125,22 @@ def auto_workers(runs: int) -> int:
     return max(1, min(runs, cores() // 4))
 
 
+def seeds_in_turn(todo: list[ExperimentConfig]) -> list[ExperimentConfig]:
+    """``todo`` reordered so that runs of different seeds alternate: the first run of every seed
+    trains (or computes) what the seed's other runs share — the clean twin, an adaptive mask —
+    and workers that start together would otherwise wait on each other's lock for it."""
+    by_seed: dict[int, list[ExperimentConfig]] = {}
+    for cfg in todo:
+        by_seed.setdefault(cfg.seed, []).append(cfg)
+    queues = list(by_seed.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+
+
 @dataclass
 class LocalExecutor:
     """``workers == 1``: runs one after the other in this process (progress bars, Ctrl-C safe).
-    ``workers > 1``: a spawn process pool, ``cores // workers`` torch threads per worker."""
+    ``workers > 1``: a spawn process pool, ``cores // workers`` torch threads per worker, the
+    runs handed out seed by seed in turn (:func:`seeds_in_turn`)."""
 
     workers: int = 1
 
@@ -143,7 +158,7 @@ class LocalExecutor:
         ctx = get_context("spawn")
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=use_threads, initargs=(threads,)) as pool:
             futures: dict[Future[Outcome], ExperimentConfig] = {}
-            for cfg in todo:
+            for cfg in seeds_in_turn(todo):
                 futures[pool.submit(execute, cfg, out, twin_cache, threads)] = cfg
                 if on_start:
                     on_start(cfg)

@@ -77,10 +77,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def effective_threads(threads: int | None) -> int:
+    """The CPU threads ``train.threads`` means: itself; else the share of the cores a sweep's
+    worker was given (``PERTURBD_THREADS``, set by :mod:`perturbd.executors`); else all cores this
+    process may use.
+
+    The number matters: the same config and seed trained with 1 and with 2 threads give
+    different weights (oneDNN splits its reductions by thread, so float sums round otherwise:
+    one mnist5k epoch of cnn28 differed by up to 0.085 in a weight). Same seed, same threads,
+    same torch and CPU instruction set ⇒ same numbers."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return threads or int(os.environ.get("PERTURBD_THREADS") or 0) or cores
+
+
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` CPU threads (default: all cores this process may use)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(threads or cores)
+    torch.set_num_threads(effective_threads(threads))
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -9,7 +9,8 @@ data, model, training and seed loads it instead of training it again.
 
 The key of a clean model is the SHA-256 of what trains it: the architecture (with the SHA-256 of
 the files its model section names: weights, TorchScript file, factory's source), the training config
-(less ``device`` and ``threads``, which say how, not what), the seed, a fingerprint of the data's pixels and labels, the device kind and
+(its ``device`` replaced by the device kind, and on a CPU its number of threads, which changes
+the float results), the seed, a fingerprint of the data's pixels and labels, the device kind and
 the code (:func:`code_digest`: a twin trained by other code is never reused). A pre-trained
 checkpoint (``attack.checkpoint``) is read once and kept the same way, by its path.
 
@@ -45,7 +46,7 @@ from perturbd.errors import CheckpointError
 from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
 from perturbd.rundir import atomic_dir, read_json, write_json
-from perturbd.train import Monitor, fit
+from perturbd.train import Monitor, effective_threads, fit
 from perturbd.triggers import Trigger
 
 try:
@@ -90,6 +91,11 @@ def data_fingerprint(data: ImageDataset) -> str:
     return h.hexdigest()
 
 
+def cpu_threads(cfg: ExperimentConfig, device: torch.device) -> int | None:
+    """The CPU threads a model of ``cfg`` trains with (they change its float results); None on a GPU."""
+    return effective_threads(cfg.train.threads) if device.type == "cpu" else None
+
+
 def device_kind(device: torch.device) -> str:
     """``cpu``, or ``cuda:<GPU name>``: the device part of a twin key (results differ between them)."""
     if device.type == "cuda" and torch.cuda.is_available():
@@ -99,7 +105,7 @@ def device_kind(device: torch.device) -> str:
 
 def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) -> str:
     """16 hex digits naming the victim's clean model of ``cfg`` trained on ``data`` on ``device``."""
-    train = cfg.train.model_dump(mode="json", exclude={"device", "threads"})
+    train = {**cfg.train.model_dump(mode="json", exclude={"device"}), "threads": cpu_threads(cfg, device)}
     parts = {
         "version": VERSION, "model": cfg.model.model_dump(mode="json"), "model_files": model_files(cfg.model), "train": train, "seed": cfg.seed,
         "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
@@ -117,7 +123,8 @@ def mask_key(cfg: ExperimentConfig, train: ImageDataset, device: torch.device) -
         "train": {"device", "threads"}, "attack": {"update_epochs", "update_lr"},
     }  # fmt: skip
     parts = {
-        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "model_files": model_files(cfg.model), "data": data_fingerprint(train),
+        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "threads": cpu_threads(cfg, device),
+        "model_files": model_files(cfg.model), "data": data_fingerprint(train),
         "device": device_kind(device), "code": code_digest(),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
