@@ -26,4 +26,4 @@ def test_two_processes_give_byte_identical_metrics(tmp_path, tiny_overrides) -> 
     assert first == second
     (run_dir,) = list((tmp_path / "a").iterdir())
     env = json.loads((run_dir / "environment.json").read_text())
-    assert {"torch", "python", "device", "git_commit", "perturbd"} <= set(env)
+    assert {"torch", "python", "device", "git_commit", "code_digest", "perturbd"} <= set(env)

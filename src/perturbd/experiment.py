@@ -39,7 +39,7 @@ from perturbd.settings import Context, Setting, Trained, get_setting
 from perturbd.settings.base import Log
 from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
-from perturbd.twins import TwinStore
+from perturbd.twins import TwinStore, code_digest
 from perturbd.version import __version__
 
 
@@ -232,6 +232,7 @@ def environment(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "perturbd": __version__,
         "git_commit": git_commit(),
+        "code_digest": code_digest(),  # the source itself: tells uncommitted edits apart
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
