@@ -55,6 +55,14 @@ def runs(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def three_seeds(tmp_path: Path) -> Path:
+    """One config, seeds 0–2, with ASR 95 %, 42 % and exactly 90 %."""
+    for seed, asr in [(0, 0.95), (1, 0.42), (2, 0.9)]:
+        fake_run(tmp_path, seed, 0.01, 10, asr=asr)
+    return tmp_path
+
+
 # one config per trigger kind; TriggerConfig.label gives grid c=6, grid c=10, patch 3px c=255,
 # image mask.png, adaptive deepfool linf ξ=10 and ξ=20 (the tests spell them out)
 TRIGGERS = [

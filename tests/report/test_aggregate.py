@@ -81,3 +81,13 @@ def test_a_config_written_by_another_version_still_reads(runs):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert trigger_config(cfg).label == collect_runs(run)[0].trigger.label == "grid c=6"
     assert trigger_config({}).label == "grid c=10"  # no trigger section: the defaults
+
+
+def test_asr_per_seed_and_how_many_seeds_reach_the_goal(three_seeds):
+    columns, (group,) = aggregate(collect_runs(three_seeds))
+    assert group.per_seed("attack_success_rate") == [0.95, 0.42, 0.9]
+    assert group.reaching() == "2/3"
+    md = to_markdown(columns, [group])
+    assert "| 95.00 · 42.00 · 90.00 | 2/3 |" in md
+    row = next(csv.DictReader(io.StringIO(to_csv(columns, [group]))))
+    assert row["asr_per_seed"] == "0.95 0.42 0.9" and row["asr_reaching_goal"] == "2/3"

@@ -36,6 +36,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "psnr_mean": ("stealth.psnr_mean", "PSNR dB", "num"),
     "ssim_mean": ("stealth.ssim_mean", "SSIM", "num3"),
 }
+ASR_GOAL = 0.9  # the paper's claim: ASR above 90 %
 TABLE_METRICS = ["clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate", "psnr_mean", "ssim_mean"]
 
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -173,6 +174,14 @@ class Group:
     def flat(self) -> dict[str, Any]:
         return self.runs[0].flat_config
 
+    def per_seed(self, metric: str) -> list[float | None]:
+        """``metric`` of each run, in the order of :attr:`seeds`."""
+        return [r.metric(metric) for r in sorted(self.runs, key=lambda r: int(r.config.get("seed", 0)))]
+
+    def reaching(self, goal: float = ASR_GOAL) -> str:
+        """``k/N``: how many of the N runs have an ASR of at least ``goal`` (a run without one counts as not)."""
+        return f"{sum(1 for v in self.per_seed('attack_success_rate') if v is not None and v >= goal)}/{len(self.runs)}"
+
     @property
     def trigger(self) -> TriggerConfig:
         return self.runs[0].trigger
@@ -222,7 +231,7 @@ def _sortable(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
 
 
-def _fmt(value: float, kind: str) -> str:
+def _fmt(value: float | None, kind: str) -> str:
     if value is None or not math.isfinite(value):
         return "–" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
     return {"pct": f"{100 * value:.2f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(kind, f"{value:.2f}")
@@ -237,14 +246,15 @@ def cell(stat: Stat, kind: str) -> str:
 
 def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TABLE_METRICS) -> str:
     """A Markdown table: distinguishing columns, seeds, then mean ± 95 % CI per metric."""
-    head = [*columns, "seeds", *(METRICS[m][1] for m in metrics)]
+    head = [*columns, "seeds", *(METRICS[m][1] for m in metrics), "ASR % per seed", f"ASR ≥ {100 * ASR_GOAL:g} %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(columns) else "---:" for i in range(len(head))) + "|"]
     for g in groups:
+        per_seed = " · ".join(_fmt(v, "pct") for v in g.per_seed("attack_success_rate"))
         row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m][2]) for m in metrics]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join([*row, per_seed, g.reaching()]) + " |")
     return "\n".join(lines) + (
         "\n\nMean ± half-width of the 95 % t-interval over the seeds listed; % of test images, accuracy loss in points; "
-        "(n=k/N): only k of the N runs have that metric.\n"
+        f"(n=k/N): only k of the N runs have that metric; ASR ≥ {100 * ASR_GOAL:g} %: how many of the seeds reach it.\n"
     )
 
 
@@ -253,10 +263,12 @@ def to_csv(columns: list[str], groups: list[Group]) -> str:
     and ``<metric>_n`` (runs that have it) for every metric (fractions, not %)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*columns, "n", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "ci95", "n"))])
+    w.writerow([*columns, "n", "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "ci95", "n")), "asr_per_seed", "asr_reaching_goal"])
     for g in groups:
         stats = [x for m in METRICS for x in (g.stats[m].mean, g.stats[m].ci, g.stats[m].n)]
-        w.writerow([*(g.keys[c] for c in columns), len(g.runs), " ".join(map(str, g.seeds)), *("" if not math.isfinite(x) else f"{x:.6g}" for x in stats)])
+        per_seed = " ".join("" if v is None else f"{v:.6g}" for v in g.per_seed("attack_success_rate"))
+        cells = ("" if not math.isfinite(x) else f"{x:.6g}" for x in stats)
+        w.writerow([*(g.keys[c] for c in columns), len(g.runs), " ".join(map(str, g.seeds)), *cells, per_seed, g.reaching()])
     return buf.getvalue()
 
 
