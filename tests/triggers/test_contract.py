@@ -65,3 +65,16 @@ def test_same_seed_same_trigger_and_it_loads_back_as_itself(kind: str, tmp_path:
     assert type(back) is type(trig) and back.kind == trig.kind and back.params() == trig.params() and back.quantize == trig.quantize
     assert torch.equal(back.apply(IMAGES), trig.apply(IMAGES))
     assert torch.equal(back.apply(IMAGES.float() / 255), trig.apply(IMAGES.float() / 255))
+
+
+def test_a_file_of_an_unknown_family_or_bad_params_is_one_line(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from perturbd.errors import CheckpointError
+
+    save_file({"delta": torch.zeros(2, 4, 4)}, str(tmp_path / "a.safetensors"), {"kind": "x", "family": "morph"})
+    with pytest.raises(CheckpointError, match="'morph' trigger, which this perturbd does not know"):
+        Trigger.load(tmp_path / "a.safetensors")
+    save_file({"delta": torch.zeros(2, 4, 4)}, str(tmp_path / "b.safetensors"), {"kind": "wanet", "family": "warp", "params": '{"speed": 1}'})
+    with pytest.raises(CheckpointError, match="does not read back"):
+        Trigger.load(tmp_path / "b.safetensors")

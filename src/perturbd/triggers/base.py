@@ -137,7 +137,7 @@ class Trigger:
         self.delta = self.delta.detach().to("cpu", torch.float32).contiguous()
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Add the mask to a batch of images (uint8 or float in [0, 1]); the input is untouched.
+        """The triggered copies of a batch of images (uint8 or float in [0, 1]); the input is untouched.
 
         Unquantized triggers (``quantize=False``) return float images, uint8 input included."""
         if not self.quantize and images.dtype == torch.uint8:
@@ -179,8 +179,8 @@ class Trigger:
         return {"linf": float(diff.abs().amax()), "l2": float(diff.norm(dim=1).max())}
 
     def save(self, path: Path) -> None:
-        """Write the mask as safetensors with ``kind``, ``info`` and ``quantize`` in the metadata
-        (reproducible bytes)."""
+        """Write ``delta`` as safetensors with ``kind``, ``info`` and ``quantize`` in the metadata
+        (reproducible bytes); a non-additive trigger also writes its ``family`` and ``params``."""
         meta = {"kind": self.kind, "info": json.dumps(self.info, sort_keys=True), "quantize": json.dumps(self.quantize)}
         if not self.additive:  # additive files stay byte for byte as before families existed
             meta |= {"family": self.family, "params": json.dumps(self.params(), sort_keys=True)}
@@ -203,8 +203,11 @@ class Trigger:
         family = meta.get("family", "additive")
         if family not in _FAMILIES:
             raise CheckpointError(f"{path} holds a '{family}' trigger, which this perturbd does not know ({', '.join(sorted(_FAMILIES))}); upgrade perturbd")
-        args = (tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
-        return _FAMILIES[family](*args, **json.loads(meta.get("params", "{}")))
+        try:
+            args = (tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
+            return _FAMILIES[family](*args, **json.loads(meta.get("params", "{}")))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its '{family}' trigger metadata does not read back ({err}); write it again with this perturbd") from None
 
 
 @dataclass(frozen=True)
