@@ -143,6 +143,7 @@ def test_every_new_kind_runs_end_to_end_and_its_trigger_file_loads_back(sets: li
     saved = json.loads((folder / "poison_indices.json").read_text())
     if cfg.poison.mode == "clean_label":
         assert set(saved["original_labels"]) == {cfg.poison.target}
+    assert len(saved.get("noise_indices", [])) == (2 * len(saved["indices"]) if cfg.trigger.kind == "wanet" else 0)
     if cfg.trigger.psnr is not None:
         record = json.loads((folder / "adversary.json").read_text())["trigger"]
         assert abs(record["psnr_on_adversary_images"] - 30) <= 0.2 and "warp_strength" in record
