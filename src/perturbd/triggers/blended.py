@@ -5,8 +5,8 @@ blended-injection strategy).
 ``x' = (1 − α) · x + α · p``, ``p`` a key pattern of the image's size: uniform random noise drawn
 from the seed (their random-pattern key), or a user's image (``trigger.path``, resized bilinearly
 to the images' size, as they resize the Hello Kitty key). ``α`` is ``trigger.alpha``; the paper
-poisons training images with ``α = 0.2`` (and tests with larger α; perturbd applies one α
-everywhere). Not additive: the change ``α · (p − x)`` depends on the image.
+poisons training images with ``α = 0.2``. perturbd applies the same α in training and testing.
+Not additive: the change ``α · (p − x)`` depends on the image.
 """
 
 from __future__ import annotations
