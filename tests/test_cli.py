@@ -65,3 +65,18 @@ def test_run_prints_summary(cli, tmp_path, tiny_overrides) -> None:
     assert "attack success rate" in out and "clean-model ASR" in out
     (run_dir,) = [p for p in tmp_path.iterdir()]
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["blended", "sig", "wanet"])
+def test_trigger_list_and_show_know_the_new_kinds(cli, tmp_path, kind: str) -> None:
+    code, out, _ = cli("trigger", "list")
+    assert code == 0 and kind in out.split()
+    png = tmp_path / f"{kind}.png"
+    code, _, err = cli("trigger", "show", kind, "-o", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_psnr_and_ssim_together_are_one_line_and_exit_2(cli, tmp_path) -> None:
+    code, _, err = cli("run", "--set", "trigger.psnr=34.5", "--set", "trigger.ssim=0.9", "--out", str(tmp_path / "runs"))
+    assert code == 2 and "keep one" in err and not (tmp_path / "runs").exists()

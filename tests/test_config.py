@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perturbd.config import ExperimentConfig, load_config
+from perturbd.config import ExperimentConfig, TriggerConfig, load_config
 from perturbd.errors import ConfigError
 
 
@@ -43,6 +43,12 @@ def test_defenses_accept_names_and_mappings() -> None:
         (["attack.knowledge=some"], r"config 'attack.knowledge'"),
         (["poison.rate"], r"--set takes section.key=value"),
         (["seed.x=1"], r"config 'seed': Input should be a valid integer"),
+        (["trigger.kind=blended", "trigger.alpha=1.2"], r"config 'trigger.alpha': Input should be less than 1, got 1.2"),
+        (["trigger.alpha=0"], r"config 'trigger.alpha'"),
+        (["trigger.psnr=34.5", "trigger.ssim=0.98"], r"trigger.psnr \(34.5\) and trigger.ssim \(0.98\) both set the strength; keep one"),
+        (["trigger.ssim=1.5"], r"config 'trigger.ssim'"),
+        (["poison.mode=clean"], r"config 'poison.mode'"),
+        (["trigger.grid_k=1"], r"config 'trigger.grid_k'"),
     ],
 )
 def test_bad_values_are_one_line(overrides: list[str], message: str) -> None:
@@ -72,3 +78,22 @@ def test_hash_is_stable_and_sensitive() -> None:
     a = ExperimentConfig()
     assert a.hash() == ExperimentConfig().hash() and len(a.hash()) == 8
     assert a.hash() != load_config(overrides=["seed=1"]).hash()
+
+
+@pytest.mark.parametrize(
+    "sets,key,label",
+    [
+        ({"kind": "grid"}, "amplitude", "grid c=10"),
+        ({"kind": "patch", "amplitude": 255}, "amplitude", "patch 3px c=255"),
+        ({"kind": "adaptive"}, "budget", "adaptive deepfool linf ξ=10"),
+        ({"kind": "blended"}, "alpha", "blended α=0.2"),
+        ({"kind": "sig"}, "sig_amplitude", "sig Δ=20 f=6"),
+        ({"kind": "wanet"}, "warp_strength", "wanet k=4 s=0.5"),
+        ({"kind": "wanet", "ssim": 0.99}, "warp_strength", "wanet at SSIM 0.99"),
+        ({"kind": "sig", "psnr": 38.9}, "sig_amplitude", "sig at PSNR 38.9 dB"),
+    ],
+)
+def test_every_kind_has_a_strength_and_a_label(sets: dict, key: str, label: str) -> None:
+    cfg = TriggerConfig(**sets)
+    assert cfg.strength_key == key and cfg.label == label
+    assert cfg.strength == (sets.get("psnr") or sets.get("ssim") or getattr(cfg, key))

@@ -133,3 +133,18 @@ def test_colour_images_are_rgb_and_read_back(tmp_path) -> None:
     back = load_data(DataConfig(name=f"imagefolder:{tmp_path}"), 0).train
     assert torch.equal(back.labels, torch.tensor([0, 0, 0, 1, 1, 1]))
     assert torch.equal(back.images, data.images[torch.tensor([1, 3, 4, 0, 2, 5])])
+
+
+def test_a_non_additive_run_exports_its_trigger_file_and_its_pixels(synthetic_overrides, tmp_path) -> None:
+    result = run(load_config(overrides=[*synthetic_overrides, "data.train_limit=300", "data.test_limit=60", "trigger.kind=wanet", "trigger.grid_k=3", "poison.rate=0.05"]), tmp_path / "runs")
+    done = export_run(result.run_dir, tmp_path / "exported")
+    assert not (done.folder / "trigger.npy").exists() and (done.folder / "trigger.png").is_file()
+    back = Trigger.load(done.folder / "trigger.safetensors")
+    original = Trigger.load(result.run_dir / "trigger.safetensors")
+    assert type(back) is type(original) and torch.equal(back.delta, original.delta) and back.noise_ratio == original.noise_ratio
+    inputs = load_inputs(result.run_dir)
+    rows = [r for r in _manifest(done.folder) if r["split"] == "train" and r["poisoned"] == "1"]
+    assert len(rows) == done.poisoned == 12
+    first = rows[0]
+    pixels = np.asarray(Image.open(done.folder / first["file"]))
+    assert np.array_equal(pixels, inputs.train.images[int(Path(first["file"]).stem)].numpy().squeeze(0))

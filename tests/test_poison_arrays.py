@@ -94,3 +94,17 @@ def test_mistakes_are_one_line_errors(args, kwargs, message) -> None:
     kwargs = {"trigger": "grid", **kwargs}
     with pytest.raises(ConfigError, match=message):
         perturbd.poison(*args, kwargs.pop("trigger"), **kwargs)
+
+
+@pytest.mark.parametrize("kind,params", [("blended", {"alpha": 0.2}), ("sig", {"sig_amplitude": 20}), ("wanet", {"grid_k": 4})])
+def test_new_kinds_by_name(grey, kind, params) -> None:
+    x, y = grey
+    out = perturbd.poison(x, y, kind, rate=0.1, **params)
+    assert out.x.dtype == x.dtype and out.x.shape == x.shape and len(out.indices) == round(0.1 * len(x))
+    assert (out.y[out.indices] == 0).all()
+
+
+def test_clean_label_by_keyword(grey) -> None:
+    x, y = grey
+    out = perturbd.poison(x, y, "sig", rate=0.1, target=2, mode="clean_label")
+    assert (y[out.indices] == 2).all() and (out.y == y).all()

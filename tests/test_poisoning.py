@@ -61,7 +61,7 @@ def test_same_seed_same_indices(data) -> None:
 
 def test_unquantized_poison_is_float_and_the_trigger_is_applied_the_same_way_at_test_time(data) -> None:
     # poison.quantize: false trains with the unrounded δ (2.5 grey levels): testing must add 2.5 too, not round(2.5) = 2
-    soft = replace(build_trigger(TriggerConfig(kind="grid", amplitude=2.5), TriggerContext((1, 8, 8), 0)), quantize=False)
+    soft = replace(build_trigger(TriggerConfig(kind="grid", amplitude=2.5), TriggerContext((1, 8, 8), 0, quantize=False)), quantize=False)
     p = poison_dataset(data, soft, PoisonConfig(rate=0.01, quantize=False), seed=0)
     assert p.dataset.images.dtype == torch.float32 and float(p.dataset.images.max()) <= 1.0
     test = data.images[:5]
@@ -83,3 +83,26 @@ def test_errors_are_clear(data, grid) -> None:
         poison_dataset(data, grid, PoisonConfig(rate=0.95), seed=0)
     with pytest.raises(ConfigError, match="no class other than the target"):
         poison_dataset(data, grid, PoisonConfig(sources=[0], target=0), seed=0)
+
+
+def test_clean_label_poisons_target_images_only_and_keeps_every_label(data) -> None:
+    sig = build_trigger(TriggerConfig(kind="sig", frequency=2), TriggerContext((1, 8, 8), 0))
+    cfg = PoisonConfig(rate=0.05, target=3, mode="clean_label")
+    p = poison_dataset(data, sig, cfg, seed=0)
+    assert len(p.indices) == 50, "the rate is a fraction of the whole set"
+    assert bool((data.labels[p.indices] == 3).all()) and torch.equal(p.dataset.labels, data.labels)
+    assert torch.equal(p.dataset.images[p.indices], sig.apply(data.images[p.indices]))
+    with pytest.raises(ConfigError, match="only 100 images are of the target class 3; lower poison.rate to at most 0.1"):
+        choose_indices(data.labels, PoisonConfig(rate=0.2, target=3, mode="clean_label"), seed=0)
+
+
+def test_wanet_noise_mode_warps_a_further_share_kept_at_their_labels(data) -> None:
+    wanet = build_trigger(TriggerConfig(kind="wanet", grid_k=4, noise_ratio=2), TriggerContext((1, 8, 8), 0))
+    p = poison_dataset(data, wanet, PoisonConfig(rate=0.05), seed=0)
+    assert len(p.indices) == 50 and len(p.noise_indices) == 100
+    assert not set(p.indices.tolist()) & set(p.noise_indices.tolist())
+    assert torch.equal(p.dataset.labels[p.noise_indices], data.labels[p.noise_indices])
+    assert not torch.equal(p.dataset.images[p.noise_indices], data.images[p.noise_indices])
+    assert torch.equal(p.noise_indices, poison_dataset(data, wanet, PoisonConfig(rate=0.05), seed=0).noise_indices), "seeded"
+    off = replace(wanet, noise_ratio=0.0)
+    assert len(poison_dataset(data, off, PoisonConfig(rate=0.05), seed=0).noise_indices) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from perturbd.errors import ConfigError
 from perturbd.registry import suggest
@@ -34,22 +34,12 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = Field(
-        "auto",
-        description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save "
-        "file); factory:package.module:function (your code: returns a fresh nn.Module)",
-    )
-    weights: Path | None = Field(
-        None, description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read "
-        "with torch.load(weights_only=True)",
-    )
+    name: str = Field("auto", description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save file); factory:package.module:function (your code: returns a fresh nn.Module)")
+    weights: Path | None = Field(None, description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read with torch.load(weights_only=True)")
     replace_head: bool = Field(False, description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); false: an error")
     features: str | None = Field(None, description="layer whose output, flattened, dataset screening reads (e.g. layer4); default: the final linear layer's input")
     input_range: tuple[float, float] | None = Field(None, description="pixel range the network takes, e.g. [0, 1] or [0, 255]; default [0, 1]")
-    mean: list[float] | None = Field(
-        None, min_length=1, description="subtracted per channel (one value or one per channel), in input_range units; default: none for "
-        "torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)",
-    )
+    mean: list[float] | None = Field(None, min_length=1, description="subtracted per channel (one value or one per channel), in input_range units; default: none for torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)")
     std: list[float] | None = Field(None, min_length=1, description="divided by per channel, in input_range units; default as for mean (1, or 0.5); what is not stated keeps its default")
 
     @field_validator("weights", "replace_head")
@@ -74,10 +64,15 @@ class ModelConfig(Section):
         return value
 
 
+# The field that sets how strong each kind is (the others: ``amplitude``), and its symbol in labels.
+STRENGTH_KEYS = {"adaptive": "budget", "blended": "alpha", "sig": "sig_amplitude", "wanet": "warp_strength"}
+_SYMBOLS = {"budget": "ξ", "alpha": "α", "sig_amplitude": "Δ", "warp_strength": "s", "amplitude": "c"}
+
+
 class TriggerConfig(Section):
-    kind: str = Field("grid", description="grid, chessboard, ring, random, patch, image or adaptive")
-    amplitude: float = Field(10.0, gt=0, le=255, description="static mask amplitude c, pixel units 0–255")
-    path: Path | None = Field(None, description="mask file for kind=image (PNG/NPY, pixel units, or a .safetensors trigger)")
+    kind: str = Field("grid", description="grid, chessboard, ring, random, patch, image, adaptive, blended, sig or wanet (see `perturbd trigger list`)")
+    amplitude: float = Field(10.0, gt=0, le=255, description="static mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)")
+    path: Path | None = Field(None, description="mask file for kind=image (PNG/NPY, pixel units, or a .safetensors trigger); blend image for kind=blended")
     size: int = Field(3, ge=1, description="patch side in pixels for kind=patch")
     # adaptive masks
     method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
@@ -92,40 +87,54 @@ class TriggerConfig(Section):
     samples: int = Field(1000, ge=1, description="images the adversary uses to compute the mask")
     lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
     batch_size: int = Field(64, ge=1, description="deepfool_batched and gradient: samples per vectorised update")
-    psnr: float | None = Field(
-        None, gt=0, le=100,
-        description="equal visibility: set the strength (amplitude c; budget ξ of an adaptive mask) so that the images it poisons have this mean PSNR "
-        "(dB) on the adversary's own images; found by a short search, recorded in adversary.json",
-    )
+    # blended, sig, wanet
+    alpha: float = Field(0.2, gt=0, lt=1, description="blended: weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)")
+    sig_amplitude: float = Field(20.0, gt=0, le=255, description="sig: peak Δ of the sinusoid, pixel units 0–255 (Barni et al. 2019: 20 on MNIST)")
+    frequency: float = Field(6.0, gt=0, description="sig: periods f of the sinusoid across the image width (Barni et al. 2019: 6 on MNIST)")
+    grid_k: int = Field(4, ge=2, description="wanet: side k of the k×k grid of random offsets, control points (Nguyen & Tran 2021: 4)")
+    warp_strength: float = Field(0.5, gt=0, le=10, description="wanet: strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)")
+    noise_ratio: float = Field(2.0, ge=0, le=10, description="wanet noise mode: noisy-warped images kept at their labels, per poisoned image (paper: 2); 0: off")
+    psnr: float | None = Field(None, gt=0, le=100, description="equal visibility: the strength (strength_key) searched so that the poisoned adversary's images have this mean PSNR (dB); in adversary.json")
+    ssim: float | None = Field(None, gt=0, lt=1, description="equal visibility as psnr, by the mean SSIM of the poisoned images instead (a fraction; not with psnr)")
+
+    @model_validator(mode="after")
+    def _one_visibility(self) -> TriggerConfig:
+        if self.psnr is not None and self.ssim is not None:
+            raise ValueError(f"trigger.psnr ({self.psnr:g}) and trigger.ssim ({self.ssim:g}) both set the strength; keep one")
+        return self
 
     @property
     def family(self) -> str:
-        """The kind of mask, without its size: ``grid``, ``adaptive deepfool linf``."""
+        """The kind of trigger, without its size: ``grid``, ``adaptive deepfool linf``, ``wanet``."""
         return f"adaptive {self.method} {self.norm}" if self.kind == "adaptive" else self.kind
 
     @property
     def label(self) -> str:
         """The one display label of this trigger: ``grid c=10``, ``patch 3px c=255``,
-        ``image mask.png``, ``adaptive deepfool linf ξ=10``."""
+        ``image mask.png``, ``adaptive deepfool linf ξ=10``, ``blended α=0.2``, ``sig Δ=20 f=6``,
+        ``wanet k=4 s=0.5``, ``grid at PSNR 34.5 dB``."""
         if self.psnr is not None:
             return f"{self.family} at PSNR {self.psnr:g} dB"
-        if self.kind == "adaptive":
-            return f"{self.family} ξ={self.budget:g}"
+        if self.ssim is not None:
+            return f"{self.family} at SSIM {self.ssim:g}"
         if self.kind == "image":
             return f"image {self.path.name if self.path else '?'}"
-        size = f"{self.size}px " if self.kind == "patch" else ""
-        return f"{self.kind} {size}c={self.amplitude:g}"
+        before = {"patch": f"{self.size}px ", "wanet": f"k={self.grid_k} ", "blended": f"{self.path.name} " if self.path else ""}.get(self.kind, "")
+        after = f" f={self.frequency:g}" if self.kind == "sig" else ""
+        return f"{self.family} {before}{_SYMBOLS[self.strength_key]}={self.strength:g}{after}"
 
     @property
     def strength_key(self) -> str:
-        """The field that sets how strong the mask is: ``budget`` for adaptive masks, else ``amplitude``."""
-        return "budget" if self.kind == "adaptive" else "amplitude"
+        """The field that sets how strong the trigger is: ``budget`` for adaptive masks, ``alpha``
+        (blended), ``sig_amplitude`` (sig), ``warp_strength`` (wanet), else ``amplitude``."""
+        return STRENGTH_KEYS.get(self.kind, "amplitude")
 
     @property
     def strength(self) -> float:
-        """The size the label names: the budget ξ of an adaptive mask, else the amplitude c (the
-        PSNR asked for, when the strength is set by ``psnr``)."""
-        return self.psnr if self.psnr is not None else getattr(self, self.strength_key)
+        """The size the label names: the field :attr:`strength_key` names (the PSNR or SSIM asked
+        for, when the strength is set by ``psnr`` or ``ssim``)."""
+        goal = self.psnr if self.psnr is not None else self.ssim
+        return goal if goal is not None else getattr(self, self.strength_key)
 
 
 class PoisonConfig(Section):
@@ -133,23 +142,16 @@ class PoisonConfig(Section):
     target: int = Field(0, ge=0, description="target label t")
     sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
     quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
+    mode: Literal["dirty", "clean_label"] = Field("dirty", description="dirty: relabel poisoned images of other classes to the target; clean_label: poison target-class images only, labels kept")
 
 
 class AttackConfig(Section):
     setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
-    knowledge: Literal["full", "data", "model", "weights", "none"] = Field(
-        "full",
-        description="what the adversary knows: full (the victim's data and clean model), data (the data; a surrogate of another architecture), "
-        "model (the victim's architecture, retrained on auxiliary data), weights (the victim's deployed clean model, auxiliary data), none",
-    )
+    knowledge: Literal["full", "data", "model", "weights", "none"] = Field("full", description="what the adversary knows: full (the victim's data and clean model), data (the data; a surrogate of another architecture), model (the victim's architecture, retrained on auxiliary data), weights (the victim's deployed clean model, auxiliary data), none")
     surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
     surrogate_steps: int = Field(1000, ge=1, le=10_000_000, description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)")
     aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
-    same_victim: bool = Field(
-        True,
-        description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same "
-        "model whatever the adversary knows; false: only when the adversary does not know the data",
-    )
+    same_victim: bool = Field(True, description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same model whatever the adversary knows; false: only when the adversary does not know the data")
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate")
     update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")

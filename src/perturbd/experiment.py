@@ -130,7 +130,7 @@ def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained:
         poisoned_count=len(p.indices),
         poison_set_size=len(p.dataset),
         test_size=len(split.test),
-        trigger=TriggerNorms(kind=plan.trigger.kind, **plan.trigger.norms(split.test.image_shape[0])),
+        trigger=TriggerNorms(kind=plan.trigger.kind, **plan.trigger.norms(split.test.image_shape[0], p.clean_images)),
         stealth=Stealth(**stealth(p.clean_images, p.poisoned_images)),
         **others,
         **trained.facts,
@@ -192,9 +192,10 @@ def run(
     ready = preflight(cfg, TwinStore(twin_cache, monitor))
     split = ready.split
     plan = plan_attack(cfg, split, ready.part, ready.device, ready.twins, monitor)
-    norms = plan.trigger.norms(split.train.image_shape[0])
+    norms = plan.trigger.norms(split.train.image_shape[0], split.train.images[:1000])
     say(f"data {split.train.name}: {len(split.train)} train, {len(split.test)} test, shape {split.train.image_shape}; device {ready.device}")
-    say(f"trigger {plan.trigger.kind}: L∞ {norms['linf']:.1f}, L2 {norms['l2']:.1f} (pixel units)")
+    measured = "" if plan.trigger.additive else ", the largest change to 1,000 training images"
+    say(f"trigger {plan.trigger.kind}: L∞ {norms['linf']:.1f}, L2 {norms['l2']:.1f} (pixel units{measured})")
     trained = ready.setting.train(Context(cfg, split, ready.part, plan, ready.device, ready.twins, monitor, say))
     metrics = evaluate(cfg, split, plan, trained)
     say(
@@ -264,9 +265,10 @@ def write_run(
     write_json(folder / "timing.json", timing)
     write_json(folder / "environment.json", environment(device))
     p = trained.poisoned
-    write_json(folder / "poison_indices.json", {"indices": p.indices.tolist(), "original_labels": p.original_labels.tolist(), "target": cfg.poison.target})
+    noise = {"noise_indices": p.noise_indices.tolist()} if len(p.noise_indices) else {}  # wanet's noise mode: warped, labels kept
+    write_json(folder / "poison_indices.json", {"indices": p.indices.tolist(), "original_labels": p.original_labels.tolist(), "target": cfg.poison.target, **noise})
     plan.trigger.save(folder / "trigger.safetensors")
-    trigger_png(plan.trigger.delta, folder / "trigger.png", f"{plan.trigger.kind} trigger")
+    trigger_png(plan.trigger.preview(p.clean_images), folder / "trigger.png", f"{plan.trigger.kind} trigger")
     samples_png(p.clean_images, p.poisoned_images, folder / "samples.png")
     meta = {"config_hash": cfg.hash(), "seed": str(cfg.seed)}
     save_model(trained.backdoored, folder / "model.safetensors", meta)

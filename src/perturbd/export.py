@@ -9,6 +9,10 @@ The folder written::
     DIR/trigger.png             round(δ) + 128, clipped to 0–255 (grey 128 = no change): the applied
                                 mask pixel for pixel, exact where |δ| ≤ 127 (trigger.npy is always exact)
 
+A trigger that is not an additive mask (``blended``, ``wanet``) has no δ: ``trigger.safetensors``
+(the trigger itself, ``perturbd.triggers.Trigger.load``) replaces ``trigger.npy``, and
+``trigger.png`` shows the mean change it makes to the test images, + 128.
+
 PNGs are 8-bit and lossless: grey images as mode ``L``, colour as ``RGB``. ``<n>`` is the image's
 position in the run's set (the victim's training images, or the test set), zero-padded so that
 names sort in that order. Class folders are the data set's class names made safe for file names;
@@ -116,7 +120,7 @@ def export_run(run_dir: Path, dest: Path) -> Exported:
         rows += write_split(tmp, "train", train, folders, original, poisoned)
         rows += write_split(tmp, "test", inputs.test, folders, inputs.test.labels, torch.zeros(len(inputs.test), dtype=torch.bool))
         (tmp / "manifest.csv").write_text(manifest_csv(rows))
-        write_trigger_files(inputs.trigger, tmp)
+        write_trigger_files(inputs.trigger, tmp, inputs.test.images)
     return Exported(dest, len(train), len(inputs.test), len(indices), folders)
 
 
@@ -149,8 +153,12 @@ def manifest_csv(rows: list[tuple[str, int, int, int, str]]) -> str:
     return buf.getvalue()
 
 
-def write_trigger_files(trigger: Trigger, folder: Path) -> None:
-    """``trigger.npy`` (δ, float32, pixel units) and ``trigger.png`` (round(δ) + 128, clipped)."""
-    np.save(folder / "trigger.npy", trigger.delta.numpy().astype(np.float32))
-    shifted = (torch.round(trigger.delta) + 128).clamp(0, 255).to(torch.uint8).numpy()
+def write_trigger_files(trigger: Trigger, folder: Path, images: torch.Tensor | None = None) -> None:
+    """``trigger.npy`` (δ, float32, pixel units) and ``trigger.png`` (round(δ) + 128, clipped); for a
+    non-additive trigger ``trigger.safetensors`` and the mean change it makes to ``images``."""
+    if trigger.additive:
+        np.save(folder / "trigger.npy", trigger.delta.numpy().astype(np.float32))
+    else:
+        trigger.save(folder / "trigger.safetensors")
+    shifted = (torch.round(trigger.preview(images)) + 128).clamp(0, 255).to(torch.uint8).numpy()
     write_png(folder / "trigger.png", shifted)

@@ -4,13 +4,19 @@ The injection rate is relative to the set the poison is injected into (the whole
 before training, the update batch when updating): ``n = round(rate × len(set))``. Only images
 whose label is not the target (and, if given, is one of the source classes) are eligible.
 
+``poison.mode: clean_label`` (Barni et al. 2019, arXiv 1902.11237) poisons images *of* the target
+class instead and keeps every label: the rate is still a fraction of the whole set, the images are
+chosen among the target class's, and the attack succeeds when the network ties the trigger to the
+class. A trigger with a noise mode (``wanet``) also warps a further ``noise_ratio × n`` images, not
+poisoned and kept at their own labels (:attr:`PoisonedSet.noise_indices`).
+
 :func:`poison` does the same to the numpy arrays or torch tensors of another framework, in their
 own layout; it is the package's ``perturbd.poison(...)`` (this module is callable).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,6 +26,7 @@ from perturbd.config import PoisonConfig, TriggerConfig, validate
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.metrics import attacked
+from perturbd.seeding import complement, derived_generator
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 
 
@@ -33,6 +40,7 @@ class PoisonedSet:
         clean_images: the original images at ``indices`` (uint8), for stealth metrics.
         poisoned_images: the images at ``indices`` as injected.
         original_labels: the labels the poisoned images had before relabelling.
+        noise_indices: sorted positions of the noise mode's images (empty for other triggers).
     """
 
     dataset: ImageDataset
@@ -40,6 +48,7 @@ class PoisonedSet:
     clean_images: torch.Tensor
     poisoned_images: torch.Tensor
     original_labels: torch.Tensor
+    noise_indices: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def injection_rate(self) -> float:
@@ -64,7 +73,10 @@ def sources_of(cfg: PoisonConfig) -> list[int] | None:
 
 
 def eligible_mask(labels: torch.Tensor, cfg: PoisonConfig) -> torch.Tensor:
-    """Boolean mask of images that may be poisoned: not the target, and in the sources."""
+    """Boolean mask of images that may be poisoned: not the target, and in the sources (the
+    target class's images, for ``mode: clean_label``)."""
+    if cfg.mode == "clean_label":
+        return labels == cfg.target
     return attacked(labels, cfg.target, sources_of(cfg))
 
 
@@ -82,6 +94,11 @@ def choose_indices(labels: torch.Tensor, cfg: PoisonConfig, seed: int) -> torch.
             f"use a rate of at least {1 / len(labels):.2g}"
         )
     candidates = torch.nonzero(eligible_mask(labels, cfg)).flatten()
+    if count > len(candidates) and cfg.mode == "clean_label":
+        raise ConfigError(
+            f"poison.mode clean_label with poison.rate {cfg.rate} asks for {count} poisoned images but only {len(candidates)} "
+            f"images are of the target class {cfg.target}; lower poison.rate to at most {len(candidates) / len(labels):.3g}"
+        )
     if count > len(candidates):
         raise ConfigError(
             f"poison.rate {cfg.rate} asks for {count} poisoned images but only {len(candidates)} "
@@ -93,7 +110,8 @@ def choose_indices(labels: torch.Tensor, cfg: PoisonConfig, seed: int) -> torch.
 
 
 def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed: int, indices: torch.Tensor | None = None) -> PoisonedSet:
-    """Apply ``trigger`` to the chosen images and relabel them to ``cfg.target``.
+    """Apply ``trigger`` to the chosen images and relabel them to ``cfg.target`` (``mode:
+    clean_label``: keep their labels); a noise-mode trigger also warps its noise images.
 
     ``indices``: the positions to poison, already chosen (a run's
     :class:`~perturbd.attack.partition.Partition` chooses them once); default: :func:`choose_indices`.
@@ -111,9 +129,24 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
     images[indices] = poisoned
     labels = data.labels.clone()
     original = labels[indices].clone()
-    labels[indices] = cfg.target
+    if cfg.mode == "dirty":
+        labels[indices] = cfg.target
+    noise = noise_indices(len(data), indices, getattr(trigger, "noise_ratio", 0.0), seed)
+    if len(noise):
+        images[noise] = trigger.noisy(images[noise], derived_generator(seed, "noise-warps", "poison"))  # type: ignore[attr-defined]
     out = ImageDataset(images, labels, data.classes, f"{data.name}+poison")
-    return PoisonedSet(out, indices, clean, poisoned, original)
+    return PoisonedSet(out, indices, clean, poisoned, original, noise)
+
+
+def noise_indices(size: int, indices: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """The noise mode's images: ``round(ratio × len(indices))`` of the images not poisoned (any
+    class), seeded, sorted; as many as there are when fewer are left."""
+    count = min(round(ratio * len(indices)), size - len(indices))
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    rest = complement(size, indices)
+    pick = torch.randperm(len(rest), generator=derived_generator(seed, "noise-images", "poison"))[:count]
+    return rest[pick].sort().values
 
 
 # --------------------------------------------------------------------------- arrays of other frameworks
@@ -158,7 +191,7 @@ def _as_trigger(trigger: Trigger | str | np.ndarray | torch.Tensor, shape: tuple
     if isinstance(trigger, str):
         if needs_model(trigger):
             raise ConfigError(f"trigger '{trigger}' is computed from a model; build it with `perturbd trigger make` and pass Trigger.load(FILE)")
-        trigger = build_trigger(validate({"kind": trigger, **params}, TriggerConfig), TriggerContext(shape, seed, target))
+        trigger = build_trigger(validate({"kind": trigger, **params}, TriggerConfig), TriggerContext(shape, seed, target, quantize=quantize))
     elif isinstance(trigger, (np.ndarray, torch.Tensor)):
         delta = torch.as_tensor(np.asarray(trigger) if isinstance(trigger, np.ndarray) else trigger.detach().cpu(), dtype=torch.float32)
         delta = delta.unsqueeze(0) if delta.ndim == 2 else delta
@@ -167,7 +200,7 @@ def _as_trigger(trigger: Trigger | str | np.ndarray | torch.Tensor, shape: tuple
         trigger = Trigger(delta, "array")
     elif not isinstance(trigger, Trigger):
         raise ConfigError(f"trigger must be a perturbd Trigger, a trigger kind name or δ as an array, got {type(trigger).__name__}")
-    return Trigger(trigger.delta, trigger.kind, dict(trigger.info), quantize)
+    return replace(trigger, info=dict(trigger.info), quantize=quantize)
 
 
 def poison(
@@ -180,6 +213,7 @@ def poison(
     seed: int = 0,
     sources: str | list[int] = "all",
     quantize: bool = True,
+    mode: str = "dirty",
     layout: str | None = None,
     **params: Any,
 ) -> Poisoned:
@@ -187,17 +221,20 @@ def poison(
 
     The same choice and kernel as a perturbd run (:func:`choose_indices`, :func:`poison_dataset`):
     ``round(rate × N)`` images not of ``target`` (and of ``sources``) chosen with ``seed``,
-    ``clip(x + δ)`` rounded to uint8, relabelled to ``target``. The inputs are left untouched.
+    triggered (``clip(x + δ)`` for additive kinds) and rounded to uint8, relabelled to ``target``.
+    The inputs are left untouched.
 
     Args:
         x: uint8 pixels 0–255, numpy or torch, ``(N, H, W)``, ``(N, H, W, C)`` or
             ``(N, C, H, W)`` with C = 1 or 3 (``layout``: ``"NHW"``, ``"NHWC"`` or ``"NCHW"``
             where the shape is ambiguous).
         y: ``(N,)`` integer labels (numpy, torch or a sequence).
-        trigger: a :class:`~perturbd.triggers.Trigger`; a static kind's name with its
-            ``trigger.*`` settings as keyword arguments (``"grid", amplitude=10``); or δ in
+        trigger: a :class:`~perturbd.triggers.Trigger`; the name of a kind built without a model
+            with its ``trigger.*`` settings as keyword arguments (``"grid", amplitude=10``,
+            ``"blended", alpha=0.2``, ``"sig"``, ``"wanet"``); or δ in
             pixel units as ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``.
         quantize: ``False`` adds δ unrounded and returns float32 images, still in 0–255.
+        mode: ``"dirty"`` (relabel) or ``"clean_label"`` (poison ``target``'s images, keep labels).
 
     Returns:
         :class:`Poisoned` ``(x, y, indices)``: x in the layout, array type and device of the
@@ -215,7 +252,7 @@ def poison(
     if labels.shape != (len(images),) or not len(images) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ConfigError(f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}")
     labels = labels.long()
-    cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize}, PoisonConfig)
+    cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
     classes = max(int(labels.max()) if len(labels) else 0, target) + 1
     data = ImageDataset(nchw, labels, tuple(str(c) for c in range(max(2, classes))), "arrays")

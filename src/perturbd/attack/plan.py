@@ -45,17 +45,17 @@ def plan_attack(
 ) -> AttackPlan:
     """Build the trigger the adversary would build, given what it knows (reads ``split.train`` only).
 
-    With ``trigger.psnr`` the mask's strength is searched so that its poisoned images have that
-    mean PSNR, measured on up to :data:`VISIBILITY_IMAGES` of the adversary's own images
+    With ``trigger.psnr`` (``ssim``) the trigger's strength is searched so that its poisoned images
+    have that mean PSNR (SSIM), measured on up to :data:`VISIBILITY_IMAGES` of the adversary's own images
     (:mod:`perturbd.attack.visibility`)."""
     shape, target, quantize = split.train.image_shape, cfg.poison.target, cfg.poison.quantize
     if not needs_model(cfg.trigger.kind):
         own = part.take(split.train, part.fit)
 
         def static(tc: TriggerConfig) -> Trigger:
-            return replace(build_trigger(tc, TriggerContext(shape, cfg.seed, target, device=device)), quantize=quantize)
+            return replace(build_trigger(tc, TriggerContext(shape, cfg.seed, target, device=device, quantize=quantize)), quantize=quantize)
 
-        trigger = at_psnr(cfg.trigger, static, _visibility_images(cfg, own))
+        trigger = at_psnr(cfg.trigger, static, _visibility_images(cfg, own), cfg.seed)
         return AttackPlan(trigger, {"knowledge": cfg.attack.knowledge, "model": None, "data": None, "trigger": trigger.info})
     check_budget(cfg.trigger.norm, cfg.trigger.budget)  # before the adversary trains anything
 
@@ -65,7 +65,7 @@ def plan_attack(
         def adaptive(tc: TriggerConfig) -> Trigger:
             return adaptive_mask(cfg.model_copy(update={"trigger": tc}), adversary, device)
 
-        trigger = at_psnr(cfg.trigger, adaptive, _visibility_images(cfg, adversary.samples))
+        trigger = at_psnr(cfg.trigger, adaptive, _visibility_images(cfg, adversary.samples), cfg.seed)
         return trigger, {**adversary.record, "trigger": trigger.info}
 
     trigger, record = twins.mask(mask_key(cfg, split.train, device), plan)
@@ -73,9 +73,14 @@ def plan_attack(
 
 
 def _visibility_images(cfg: ExperimentConfig, own: ImageDataset) -> torch.Tensor:
-    """The adversary's images a ``trigger.psnr`` search measures: a seeded sample of those it may poison."""
-    if cfg.trigger.psnr is None:
+    """The adversary's images a ``trigger.psnr`` (``ssim``) search measures: a seeded sample of those
+    it may poison (of the target class, for ``poison.mode: clean_label``)."""
+    if cfg.trigger.psnr is None and cfg.trigger.ssim is None:
         return torch.zeros(0, dtype=torch.uint8)
+    if cfg.poison.mode == "clean_label":
+        pool = own.images[own.labels == cfg.poison.target]
+        keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))[:VISIBILITY_IMAGES].sort().values
+        return pool[keep]
     return pick_samples(own, cfg.poison.target, VISIBILITY_IMAGES, cfg.seed, sources_of(cfg.poison))
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from perturbd.attack.partition import partition
 from perturbd.attack.plan import AttackPlan, plan_attack
 from perturbd.config import ExperimentConfig
@@ -32,16 +34,17 @@ def make_trigger(cfg: ExperimentConfig, monitor: Monitor | None = None, output: 
     return plan_attack(cfg, split, part, device, TwinStore(monitor=monitor), monitor)
 
 
-def write_trigger(plan: AttackPlan, output: Path) -> list[Path]:
-    """Write ``output`` (safetensors), the amplified mask beside it (``.png``) and what the adversary
-    used (``.json``); all three are written to temporary names and renamed at the end."""
+def write_trigger(plan: AttackPlan, output: Path, samples: torch.Tensor | None = None) -> list[Path]:
+    """Write ``output`` (safetensors), the amplified mask beside it (``.png``; for a non-additive
+    trigger, the mean change it makes to ``samples``) and what the adversary used (``.json``);
+    all three are written to temporary names and renamed at the end."""
     output = Path(output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     finals = [output, output.with_suffix(".png"), output.with_suffix(".json")]
     tmps = [p.with_name(f".tmp-{os.getpid()}-{p.name}") for p in finals]
     try:
         plan.trigger.save(tmps[0])
-        trigger_png(plan.trigger.delta, tmps[1], f"{plan.trigger.kind} trigger")
+        trigger_png(plan.trigger.preview(samples), tmps[1], f"{plan.trigger.kind} trigger")
         write_json(tmps[2], plan.record)
         for tmp, final in zip(tmps, finals):
             os.replace(tmp, final)

@@ -13,7 +13,7 @@ from perturbd.cli.app import app, console, out_console
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `perturbd run`")],
-    to: Annotated[Path, typer.Option("--to", help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy, trigger.png")],
+    to: Annotated[Path, typer.Option("--to", help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy (trigger.safetensors for blended, wanet), trigger.png")],
 ) -> None:
     """Write a run's training set as trained on (poison included) and its test set as PNG class
     folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""
@@ -23,6 +23,6 @@ def export(
         done = export_run(run_dir, to)
     out_console.print(
         f"wrote {done.folder}: {done.train:,} training images ({done.poisoned:,} poisoned), {done.test:,} test images, "
-        f"{len(done.class_folders)} classes, manifest.csv, trigger.npy, trigger.png",
+        f"{len(done.class_folders)} classes, manifest.csv, {', '.join(p.name for p in sorted(done.folder.glob('trigger.*')))}",
         highlight=False,
     )

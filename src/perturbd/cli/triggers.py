@@ -31,7 +31,8 @@ def trigger_show(
     data: Annotated[str, typer.Option("--data", help="data set for the shape and the samples")] = "mnist5k",
     data_root: DataRootOpt = None,
 ) -> None:
-    """Write a static trigger as a PNG (amplified) beside clean and poisoned samples."""
+    """Write a trigger that needs no model as a PNG (amplified; a non-additive one: its mean change
+    to the samples) beside clean and poisoned samples."""
     from perturbd.data import load_data
     from perturbd.report.figures import trigger_sheet
     from perturbd.triggers import TriggerContext, build_trigger, needs_model
@@ -40,9 +41,9 @@ def trigger_show(
     if needs_model(kind):
         raise PerturbdError(f"trigger '{kind}' is computed from a model; use `perturbd trigger make` to build it first")
     split = load_data(cfg.data, cfg.seed)
-    trig = build_trigger(cfg.trigger, TriggerContext(split.test.image_shape, cfg.seed, cfg.poison.target))
+    trig = build_trigger(cfg.trigger, TriggerContext(split.test.image_shape, cfg.seed, cfg.poison.target, quantize=cfg.poison.quantize))
     clean = split.test.images[:4]
-    trigger_sheet(trig.delta, clean, trig.apply(clean), output, f"{kind}, c = {cfg.trigger.amplitude:g}")
+    trigger_sheet(trig.preview(clean), clean, trig.apply(clean), output, cfg.trigger.label, trig.norms(clean.shape[1], clean)["linf"])
     out_console.print(f"wrote {output}")
 
 
@@ -60,11 +61,16 @@ def trigger_make(
 
     with make_progress(console) as progress:
         plan = make_trigger(cfg, RichMonitor(progress), output)
-    written = write_trigger(plan, output)
+    samples = None
+    if not plan.trigger.additive:  # its picture and norms are measured on images: the test set's first
+        from perturbd.data import load_data
+
+        samples = load_data(cfg.data, cfg.seed).test.images[:256]
+    written = write_trigger(plan, output, samples)
     t = Table(title=f"perturbd trigger make · {output}", header_style="bold")
     t.add_column("fact")
     t.add_column("value", justify="right")
-    info, norms = plan.trigger.info, plan.trigger.norms()
+    info, norms = plan.trigger.info, plan.trigger.norms(None, samples)
     t.add_row("kind · knowledge", f"{plan.trigger.kind} · {cfg.attack.knowledge}")
     t.add_row("L∞ / L2 (0–255)", f"{norms['linf']:.0f} / {norms['l2']:.1f}")
     if "fooling_rate_samples" in info:

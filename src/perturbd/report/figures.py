@@ -60,13 +60,15 @@ def samples_png(clean: torch.Tensor, poisoned: torch.Tensor, path: Path, count: 
     plt.close(fig)
 
 
-def trigger_sheet(delta: torch.Tensor, clean: torch.Tensor, poisoned: torch.Tensor, path: Path, title: str = "") -> None:
-    """One picture for a slide: the mask amplified, then clean and poisoned samples side by side."""
+def trigger_sheet(delta: torch.Tensor, clean: torch.Tensor, poisoned: torch.Tensor, path: Path, title: str = "", linf: float | None = None) -> None:
+    """One picture for a slide: the mask amplified, then clean and poisoned samples side by side.
+    ``linf``: the L∞ to print (default: of round(δ)); a non-additive trigger passes the largest
+    change it made to the samples, its ``delta`` being their mean change."""
     count = min(4, len(clean))
     fig, axes = plt.subplots(2, count + 1, figsize=(1.7 * (count + 1), 3.8), dpi=120, squeeze=False)
     _show(axes[0, 0], amplify(delta), "trigger (amplified)")
     axes[1, 0].axis("off")
-    linf = float(torch.round(delta).abs().max())
+    linf = float(torch.round(delta).abs().max()) if linf is None else linf
     axes[1, 0].text(0.0, 0.5, f"{title}\nL∞ = {linf:.0f} / 255", fontsize=9, va="center")
     a, b = to_float01(clean[:count]), to_float01(poisoned[:count])
     for j in range(count):

@@ -1,4 +1,5 @@
-"""Triggers: static masks (``static.py``) and adaptive, model-computed masks (``adaptive.py``)."""
+"""Triggers: static masks (``static.py``), adaptive, model-computed masks (``adaptive.py``), and the
+invisible triggers that came after them: ``blended.py``, ``sig.py``, ``wanet.py``."""
 
 from perturbd.triggers.base import (
     Trigger,
@@ -9,9 +10,13 @@ from perturbd.triggers.base import (
     list_triggers,
     needs_model,
     register_trigger,
+    transform_images,
 )
 from perturbd.triggers import static  # noqa: F401  (fills the registry)
 from perturbd.triggers import adaptive  # noqa: F401  (fills the registry)
+from perturbd.triggers import blended  # noqa: F401  (fills the registry)
+from perturbd.triggers import sig  # noqa: F401  (fills the registry)
+from perturbd.triggers import wanet  # noqa: F401  (fills the registry)
 
 __all__ = [
     "Trigger",
@@ -22,4 +27,5 @@ __all__ = [
     "list_triggers",
     "needs_model",
     "register_trigger",
+    "transform_images",
 ]

@@ -1,4 +1,10 @@
-"""Triggers: an additive perturbation mask δ and the one kernel that applies it.
+"""Triggers: functions of the image, with an additive perturbation mask δ as the fast path.
+
+A trigger maps a batch of images to their poisoned copies. The *additive* family (every static
+mask, the adaptive mask, ``sig``) is ``x' = clip(x + δ)`` and runs through :func:`add_delta`;
+other families (``blended``, ``wanet``) subclass :class:`Trigger`, override :meth:`Trigger.transform`
+(float images in [0, 1] to float images) and run through :func:`transform_images`, which rounds
+their uint8 output to whole grey levels (round half to even), as writing a PNG would.
 
 δ is held as float32 ``(C, H, W)`` in pixel units of the 0–255 scale (a 1-channel δ is broadcast
 over colour channels). Applying it is ``x' = clip(x + δ)``:
@@ -16,7 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -53,12 +59,39 @@ def add_delta(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 
+def transform_images(images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``fn`` (float images in [0, 1] to float images) to uint8 or float ``images``.
+
+    uint8 images are converted to float32 in [0, 1], transformed, clamped and rounded to whole grey
+    levels (round half to even); float images are transformed and clamped to [0, 1], unrounded.
+    The input is left untouched."""
+    if images.dtype == torch.uint8:
+        out = fn(images.float() / 255.0).clamp_(0.0, 1.0)
+        return torch.round(out * 255.0).to(torch.uint8)
+    if images.is_floating_point():
+        return fn(images).clamp_(0.0, 1.0)
+    raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    """float64 in pixel units 0–255 (exact for uint8)."""
+    return images.double() if images.dtype == torch.uint8 else images.double() * 255.0
+
+
+_FAMILIES: dict[str, type[Trigger]] = {}
+
+
 @dataclass
 class Trigger:
-    """A perturbation mask, how it is applied and how it was made.
+    """A trigger: a function of the image, how it is applied and how it was made.
+
+    The base class is the additive mask ``x' = clip(x + δ)``; non-additive families subclass it,
+    override :meth:`transform` and set :attr:`family`, and keep their defining tensor in ``delta``
+    (see each subclass). Code that needs an additive δ asks :meth:`mask`, which refuses them.
 
     Attributes:
-        delta: float32 ``(C, H, W)``, pixel units 0–255.
+        delta: float32 ``(C, H, W)``: the additive mask in pixel units 0–255 (family
+            ``additive``), else the family's own tensor.
         kind: the registry name that built it.
         info: JSON-serialisable facts about it (amplitude, budget, fooling rate, …).
         quantize: applied as a shipped image file would carry it (default): uint8 images stay
@@ -71,6 +104,30 @@ class Trigger:
     kind: str
     info: dict[str, Any] = field(default_factory=dict)
     quantize: bool = True
+    family: ClassVar[str] = "additive"
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _FAMILIES[cls.family] = cls
+
+    @property
+    def additive(self) -> bool:
+        """Whether the trigger is ``x' = clip(x + δ)`` with one δ for every image."""
+        return self.family == "additive"
+
+    def mask(self) -> torch.Tensor:
+        """The additive δ (pixel units 0–255); a :class:`ConfigError` for other families."""
+        if not self.additive:
+            raise ConfigError(f"trigger '{self.kind}' ({self.family}) is a function of the image, not an additive mask; this needs an additive kind")
+        return self.delta
+
+    def params(self) -> dict[str, Any]:
+        """The family's scalar settings beside ``delta`` (saved in the metadata; none for additive)."""
+        return {}
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] to their triggered copies (before clamping); non-additive families override it."""
+        return images + self.delta.to(images.device, images.dtype) / 255.0
 
     def __post_init__(self) -> None:
         if self.delta.ndim != 3:
@@ -80,30 +137,53 @@ class Trigger:
         self.delta = self.delta.detach().to("cpu", torch.float32).contiguous()
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Add the mask to a batch of images (uint8 or float in [0, 1]); the input is untouched.
+        """The triggered copies of a batch of images (uint8 or float in [0, 1]); the input is untouched.
 
         Unquantized triggers (``quantize=False``) return float images, uint8 input included."""
         if not self.quantize and images.dtype == torch.uint8:
             images = to_float01(images)
-        return add_delta(images, self.delta)
+        if self.additive:
+            return add_delta(images, self.delta)
+        if images.shape[-2:] != self.delta.shape[-2:]:
+            raise ConfigError(f"trigger '{self.kind}' was built for {tuple(self.delta.shape[-2:])} images, got {tuple(images.shape[-2:])}; build it for this data set")
+        return transform_images(images, self.transform)
+
+    def preview(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``trigger.png`` shows, ``(C, H, W)`` pixel units: δ of an additive trigger; for
+        other families the mean of ``x' − x`` over ``images`` (what the trigger did to them)."""
+        if self.additive:
+            return self.delta
+        if images is None or not len(images):
+            raise ConfigError(f"trigger '{self.kind}' changes each image differently; its picture needs sample images")
+        return (_pixels(self.apply(images)) - _pixels(images)).mean(0).float()
 
     def applied(self, channels: int | None = None) -> torch.Tensor:
         """δ as it is added to an image of ``channels`` channels (default: δ's own): a 1-channel
         mask broadcast over colour, rounded to whole grey levels when quantized."""
-        delta = torch.round(self.delta) if self.quantize else self.delta
+        delta = torch.round(self.mask()) if self.quantize else self.mask()
         channels = channels or delta.shape[0]
         return delta.expand(channels, *delta.shape[1:]) if delta.shape[0] == 1 else delta
 
-    def norms(self, channels: int | None = None) -> dict[str, float]:
+    def norms(self, channels: int | None = None, images: torch.Tensor | None = None) -> dict[str, float]:
         """L∞ and L2 (over all pixels and channels) of the mask as applied to images of
-        ``channels`` channels (:meth:`applied`), pixel units."""
-        applied = self.applied(channels)
-        return {"linf": float(applied.abs().max()), "l2": float(applied.norm())}
+        ``channels`` channels (:meth:`applied`), pixel units: a bound on every poisoned image.
+
+        A non-additive trigger has no one δ: its norms are the largest ``x' − x`` over ``images``
+        (uint8 or float, as applied, rounded when quantized), measured; without images, an error."""
+        if self.additive:
+            applied = self.applied(channels)
+            return {"linf": float(applied.abs().max()), "l2": float(applied.norm())}
+        if images is None or not len(images):
+            raise ConfigError(f"trigger '{self.kind}' changes each image differently; its norms are measured on images, give some")
+        diff = (_pixels(self.apply(images)) - _pixels(images)).flatten(1)
+        return {"linf": float(diff.abs().amax()), "l2": float(diff.norm(dim=1).max())}
 
     def save(self, path: Path) -> None:
-        """Write the mask as safetensors with ``kind``, ``info`` and ``quantize`` in the metadata
-        (reproducible bytes)."""
+        """Write ``delta`` as safetensors with ``kind``, ``info`` and ``quantize`` in the metadata
+        (reproducible bytes); a non-additive trigger also writes its ``family`` and ``params``."""
         meta = {"kind": self.kind, "info": json.dumps(self.info, sort_keys=True), "quantize": json.dumps(self.quantize)}
+        if not self.additive:  # additive files stay byte for byte as before families existed
+            meta |= {"family": self.family, "params": json.dumps(self.params(), sort_keys=True)}
         save_tensors(Path(path), {"delta": self.delta}, meta)
 
     @classmethod
@@ -120,14 +200,23 @@ class Trigger:
             raise CheckpointError(f"{path} is not a readable safetensors trigger ({err}); write it with `perturbd trigger make`") from None
         if "delta" not in tensors:
             raise CheckpointError(f"{path} holds no 'delta' tensor; it is not a perturbd trigger")
-        return cls(tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
+        family = meta.get("family", "additive")
+        if family not in _FAMILIES:
+            raise CheckpointError(f"{path} holds a '{family}' trigger, which this perturbd does not know ({', '.join(sorted(_FAMILIES))}); upgrade perturbd")
+        try:
+            args = (tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
+            return _FAMILIES[family](*args, **json.loads(meta.get("params", "{}")))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its '{family}' trigger metadata does not read back ({err}); write it again with this perturbd") from None
 
 
 @dataclass(frozen=True)
 class TriggerContext:
     """What a trigger factory may use. Static masks need only the shape and seed; adaptive masks
     also need the adversary's model and sample images (``None`` for static ones), and, for a
-    source-specific attack, its source classes (the samples come from them)."""
+    source-specific attack, its source classes (the samples come from them). ``quantize``: the
+    trigger will be applied rounded to uint8 (``poison.quantize``), so non-integral mask values
+    are realised in whole grey levels by seeded dithering (static masks, ``sig``)."""
 
     image_shape: tuple[int, int, int]
     seed: int
@@ -137,7 +226,10 @@ class TriggerContext:
     holdout: ImageDataset | None = None
     device: torch.device = torch.device("cpu")
     sources: tuple[int, ...] | None = None
+    quantize: bool = True
 
+
+_FAMILIES["additive"] = Trigger
 
 TriggerFactory = Callable[["TriggerConfig", TriggerContext], Trigger]
 

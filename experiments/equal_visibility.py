@@ -1,0 +1,221 @@
+"""Invisible triggers at equal visibility: which one needs the fewest poisoned images?
+
+For each trigger kind (the paper's static grid and chessboard, its adaptive DeepFool L∞ mask, and
+the invisible triggers that came after it: blended, sig, wanet) at each visibility level (mean
+PSNR of the poisoned images, ``trigger.psnr``: 34.5 dB and 38.9 dB by default, those of the
+paper's grids of c = 10 and c = 6 on MNIST), it finds the smallest injection rate of the grid
+``--rates`` at which the backdoor reaches ASR ≥ 90 % in most seeds, and reports at that rate the
+clean-model ASR, the accuracy loss, and what four defences see: the detection AUROC of STRIP
+(inputs), activation clustering and spectral signatures (training samples), and Neural Cleanse's
+verdict on the target label (flagged in how many seeds; mean anomaly index).
+
+Every kind is poisoned the same way (dirty label: relabelled to the target, ``poison.mode`` left
+at its default) so that the rates compare the triggers, not the labelling; wanet keeps its noise
+mode (2 noise images per poisoned one, the paper's default), and sig its default frequency.
+
+Two phases, both resumable (rerun the same command: finished work is skipped):
+
+1. the rate grid, as a ``perturbd sweep`` (kinds × levels as variants, ``poison.rate`` as the
+   axis, ``--seeds``) into ``OUT/rates`` (the clean twins shared in ``OUT/rates/.twins``);
+2. the defences, on the saved runs of each row's smallest rate (no retraining: the models are
+   read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
+   parameters of ``defense_matrix.yaml``.
+
+The table goes to ``OUT/equal_visibility.md`` and ``.json``.
+
+    python experiments/equal_visibility.py --data mnist --data-root /work/shared/datasets \\
+        --seeds 0 1 2 --out runs/equal-visibility
+    python experiments/equal_visibility.py --data cifar10 --data-root DIR --set train.epochs=30 ...
+
+``--data cifar10`` reads the CIFAR-10 JPEG folder ``DATA_ROOT/cifar10-jpeg`` (``imagefolder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any
+
+from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml
+from perturbd.defenses.evaluate import run_defenses, write_defenses
+from perturbd.defenses.saved import load_inputs
+from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
+from perturbd.sweep import run_sweep
+from perturbd.sweep_config import SweepConfig, expand
+
+HERE = Path(__file__).resolve().parent
+GOAL = 0.9
+KINDS: dict[str, dict[str, Any]] = {
+    "grid": {"kind": "grid"},
+    "chessboard": {"kind": "chessboard"},
+    "adaptive": {"kind": "adaptive", "method": "deepfool", "norm": "linf"},
+    "blended": {"kind": "blended"},
+    "sig": {"kind": "sig"},
+    "wanet": {"kind": "wanet"},
+}
+LEVELS = [34.5, 38.9]
+RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+DEFENCES = ("strip", "activation_clustering", "spectral_signature", "neural_cleanse")
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=["mnist", "cifar10", "mnist5k"], default="mnist", help="mnist5k: the embedded slice, for a smoke test")
+    parser.add_argument("--data-root", type=Path, default=None, help="folder of the shared data sets (MNIST/, cifar10-jpeg/)")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument("--psnr", nargs="+", type=float, default=LEVELS, help="visibility levels, mean PSNR in dB")
+    parser.add_argument("--rates", nargs="+", type=float, default=RATES, help="injection rates tried (fractions of the training set)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--goal-asr", type=float, default=GOAL, help="ASR a rate must reach in most seeds (a fraction)")
+    parser.add_argument("--epochs", type=int, default=8, help="victim epochs (8: configs/paper/epochs.yaml)")
+    parser.add_argument("--workers", default="auto", help="runs at once (the sweep's workers)")
+    parser.add_argument("--no-defences", action="store_true", help="phase 1 only")
+    parser.add_argument("--param", dest="params", action="append", default=[], help="defence parameter NAME.KEY=VALUE (e.g. neural_cleanse.epochs=2)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value for every run")
+    parser.add_argument("--out", type=Path, default=Path("runs/equal-visibility"))
+    return parser.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The experiment every run starts from: the data, target 0, the victim's epochs, ``--set``."""
+    data: dict[str, Any] = {"name": args.data}
+    if args.data == "cifar10":
+        data["name"] = f"imagefolder:{(args.data_root or Path('.')) / 'cifar10-jpeg'}"
+    elif args.data_root is not None:
+        data["root"] = str(args.data_root)
+    base = {"data": data, "poison": {"target": 0}, "train": {"epochs": args.epochs}}
+    return apply_overrides(base, args.sets)
+
+
+def rate_sweep(args: argparse.Namespace) -> SweepConfig:
+    """Phase 1 as a sweep: one variant per (kind, level), the rates as its axis."""
+    variants = [{"trigger": {**KINDS[k], "psnr": level}} for k in args.kinds for level in args.psnr]
+    workers = args.workers if args.workers == "auto" else int(args.workers)
+    return SweepConfig(
+        name="equal-visibility", base=base_config(args), variants=variants, axes={"poison.rate": sorted(args.rates)},
+        seeds=args.seeds, workers=workers, out=args.out / "rates",
+    )  # fmt: skip
+
+
+def row_key(cfg: ExperimentConfig) -> tuple[str, float]:
+    return cfg.trigger.kind, float(cfg.trigger.psnr or 0)
+
+
+def smallest_rate(runs: list[tuple[ExperimentConfig, Path]], goal: float = GOAL) -> float | None:
+    """The smallest rate at which most seeds reach ASR ≥ ``goal`` (None: no rate does)."""
+    by_rate: dict[float, list[float]] = {}
+    for cfg, folder in runs:
+        by_rate.setdefault(cfg.poison.rate, []).append(read_json(folder / "metrics.json")["attack_success_rate"])
+    for rate in sorted(by_rate):
+        asr = by_rate[rate]
+        if sum(a >= goal for a in asr) * 2 > len(asr):
+            return rate
+    return None
+
+
+def defence_specs(params: list[str]) -> list[DefenseSpec]:
+    """The four defences with the parameters of ``defense_matrix.yaml``, then ``--param``."""
+    matrix = [{"name": d} if isinstance(d, str) else d for d in read_yaml(HERE / "defense_matrix.yaml").get("defenses", [])]
+    chosen = {d["name"]: dict(d.get("params", {})) for d in matrix if d["name"] in DEFENCES}
+    for name in DEFENCES:
+        chosen.setdefault(name, {})
+    for name, values in apply_overrides({}, params).items():
+        if name not in chosen or not isinstance(values, dict):
+            raise SystemExit(f"--param takes NAME.KEY=VALUE with NAME one of {', '.join(DEFENCES)}, got {name}")
+        chosen[name] |= values
+    return [DefenseSpec(name=name, params=chosen[name]) for name in DEFENCES]
+
+
+def defend(folder: Path, out: Path, specs: list[DefenseSpec]) -> Path:
+    """The four defences on a finished run, written to ``out/<run>/`` (skipped when there)."""
+    dest = out / folder.name
+    if not (dest / "defenses.json").is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        inputs = load_inputs(folder)
+        reports = run_defenses(specs, inputs, log=lambda m: print(f"[{folder.name}] {m}", flush=True))
+        with atomic_dir(dest, replace=True) as tmp:
+            write_defenses(tmp, reports, inputs.clean_source)
+    return dest
+
+
+def defence_facts(dest: Path) -> dict[str, Any]:
+    """AUROC of the three screens and Neural Cleanse's verdict on the target, from ``defenses.json``."""
+    reports = {r["name"]: r["metrics"] for r in read_json(dest / "defenses.json")["defenses"]}
+    facts: dict[str, Any] = {name: reports[name].get("auroc") for name in DEFENCES[:3] if name in reports}
+    nc = reports.get("neural_cleanse")
+    if nc is not None:
+        facts["nc_flagged"] = bool(nc.get("target_flagged"))
+        facts["nc_index"] = nc.get("target_anomaly_index")
+    return facts
+
+
+def mean(values: list[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]], specs: list[DefenseSpec]) -> list[dict[str, Any]]:
+    """One row per (kind, level): the smallest rate and, at it, the mean over seeds of each number."""
+    rows = []
+    groups: dict[tuple[str, float], list[tuple[ExperimentConfig, Path]]] = {}
+    for cfg, folder in runs:
+        groups.setdefault(row_key(cfg), []).append((cfg, folder))
+    for (kind, level), group in groups.items():
+        rate = smallest_rate(group, args.goal_asr)
+        row: dict[str, Any] = {"kind": kind, "psnr_goal": level, "smallest_rate": rate, "seeds": sorted({c.seed for c, _ in group})}
+        at = [(c, f) for c, f in group if c.poison.rate == rate]
+        if at:
+            metrics = [read_json(f / "metrics.json") for _, f in at]
+            row |= {
+                "asr": mean([m["attack_success_rate"] for m in metrics]),
+                "clean_model_asr": mean([m["clean_model_asr"] for m in metrics]),
+                "accuracy_loss": mean([m["accuracy_loss"] for m in metrics]),
+                "psnr_reached": mean([m["stealth"]["psnr_mean"] for m in metrics]),
+                "ssim": mean([m["stealth"]["ssim_mean"] for m in metrics]),
+            }
+            if specs:
+                facts = [defence_facts(defend(f, args.out / "defended", specs)) for _, f in at]
+                row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
+                row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)
+                row["nc_index"] = mean([x.get("nc_index") for x in facts])
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
+    return "–" if value is None else f"{scale * value:.{digits}f}"
+
+
+def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
+    head = "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (-r["psnr_goal"], r["kind"])):
+        nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{len(r['seeds'])} (index {_fmt(r['nc_index'])})"
+        lines.append(
+            f"| {r['kind']} | {r['psnr_goal']:g} | {_fmt(r['smallest_rate'], 100, 3) if r['smallest_rate'] else 'none tried'} | {_fmt(r.get('asr'), 100, 1)} "
+            f"| {_fmt(r.get('clean_model_asr'), 100, 1)} | {_fmt(r.get('accuracy_loss'), 100)} | {_fmt(r.get('psnr_reached'))} "
+            f"| {_fmt(r.get('strip'))} | {_fmt(r.get('activation_clustering'))} | {_fmt(r.get('spectral_signature'))} | {nc} |"
+        )
+    return "\n".join(lines) + f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens.\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = options(argv)
+    sweep = expand(rate_sweep(args))
+    print(f"phase 1: {len(sweep.runs)} runs into {sweep.out}", flush=True)
+    result = run_sweep(sweep, log=lambda m: print(m, flush=True))
+    if result.failed:
+        raise SystemExit(f"{len(result.failed)} runs failed (rerun to retry): {result.failed[0]['error']}")
+    runs = [(cfg, run_dir_for(cfg, sweep.out)) for cfg in sweep.runs]
+    specs = [] if args.no_defences else defence_specs(args.params)
+    rows = summarise(args, runs, specs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "equal_visibility.json", {"data": args.data, "rates": sorted(args.rates), "goal_asr": args.goal_asr, "seeds": args.seeds, "rows": rows})
+    (args.out / "equal_visibility.md").write_text(markdown(rows, args.goal_asr))
+    print(markdown(rows, args.goal_asr))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""SIG: a horizontal sinusoidal signal added to the image (Barni, Kallas and Tondi, "A new Backdoor
+Attack in CNNs by training set corruption without label poisoning", ICIP 2019, arXiv 1902.11237).
+
+``v(i, j) = Δ · sin(2π · j · f / m)`` for a pixel of row ``i`` and column ``j`` of an image ``m``
+pixels wide: the same on every row and every colour channel. It is additive (``x' = clip(x + v)``),
+so it is applied and saved as every other additive mask. Applied quantized (``ctx.quantize``,
+the default), it is realised in whole grey levels by seeded dithering (:func:`~perturbd.triggers.static.dithered_round`: each pixel ``floor`` or ``ceil``
+of ``v``, ``ceil`` with the probability of its fraction), so that rounding to uint8 changes nothing
+and the signal's mean square moves smoothly with Δ; a plain round of a sinusoid that takes a
+handful of values would move it in steps (and ``trigger.psnr`` could not land on its goal). The paper's MNIST setting is
+``Δ = 20`` and ``f = 6`` (``trigger.sig_amplitude``, ``trigger.frequency``), with the poison
+injected *clean-label*: only target-class training images carry the signal and keep their labels
+(``poison.mode: clean_label``); at test time the signal is added to images of other classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from perturbd.config import TriggerConfig
+from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
+from perturbd.triggers.static import dithered_round
+
+
+def sig_pattern(height: int, width: int, amplitude: float, frequency: float) -> torch.Tensor:
+    """``(1, H, W)`` float32: ``Δ · sin(2π j f / m)`` in pixel units 0–255, ``m`` = ``width``."""
+    cols = torch.arange(width, dtype=torch.float64)
+    row = amplitude * torch.sin(2 * math.pi * cols * frequency / width)
+    return row.float().expand(height, width).clone().unsqueeze(0)
+
+
+@register_trigger("sig")
+def sig(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    info = {"sig_amplitude": cfg.sig_amplitude, "frequency": cfg.frequency}
+    signal = sig_pattern(h, w, cfg.sig_amplitude, cfg.frequency)
+    return Trigger(dithered_round(signal, ctx.seed) if ctx.quantize else signal, "sig", info)

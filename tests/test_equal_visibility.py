@@ -1,0 +1,73 @@
+"""experiments/equal_visibility.py: its sweep, its choice of the smallest rate, its defences, and a
+tiny end-to-end pass (mnist5k, 300 images, 1 epoch) through both phases."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ev():
+    spec = importlib.util.spec_from_file_location("equal_visibility", ROOT / "experiments" / "equal_visibility.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_the_sweep_is_kinds_by_levels_by_rates_by_seeds(ev) -> None:
+    from perturbd.sweep_config import expand
+
+    args = ev.options(["--data", "mnist", "--data-root", "/data", "--seeds", "0", "1", "--rates", "0.01", "0.001"])
+    sweep = expand(ev.rate_sweep(args))
+    assert len(sweep.runs) == 6 * 2 * 2 * 2
+    kinds = {(c.trigger.kind, c.trigger.psnr) for c in sweep.runs}
+    assert kinds == {(k, p) for k in ev.KINDS for p in (34.5, 38.9)}
+    assert {c.poison.rate for c in sweep.runs} == {0.001, 0.01} and {c.data.name for c in sweep.runs} == {"mnist"}
+    cifar = ev.base_config(ev.options(["--data", "cifar10", "--data-root", "/data"]))
+    assert cifar["data"]["name"] == "imagefolder:/data/cifar10-jpeg"
+
+
+def test_smallest_rate_needs_most_seeds(ev, tmp_path) -> None:
+    from perturbd.config import load_config
+
+    runs = []
+    for rate, asrs in ((0.01, [0.95, 0.5, 0.92]), (0.001, [0.95, 0.2, 0.3]), (0.005, [0.91, 0.9, 0.1])):
+        for seed, asr in enumerate(asrs):
+            folder = tmp_path / f"{rate}-{seed}"
+            folder.mkdir()
+            (folder / "metrics.json").write_text(json.dumps({"attack_success_rate": asr}))
+            runs.append((load_config(overrides=[f"poison.rate={rate}", f"seed={seed}"]), folder))
+    assert ev.smallest_rate(runs) == 0.005
+    assert ev.smallest_rate(runs, goal=0.99) is None
+
+
+def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None:
+    specs = {s.name: s.params for s in ev.defence_specs(["neural_cleanse.epochs=3"])}
+    assert list(specs) == list(ev.DEFENCES)
+    assert specs["spectral_signature"] == {"components": 5} and specs["neural_cleanse"] == {"epochs": 3}
+    with pytest.raises(SystemExit, match="NAME.KEY=VALUE"):
+        ev.defence_specs(["fine_tuning.epochs=1"])
+
+
+@pytest.mark.slow
+def test_both_phases_on_a_tiny_slice(ev, tmp_path) -> None:
+    rows = ev.main([
+        "--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0", "--epochs", "1",
+        "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100", "--set", "train.threads=1",
+        "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1", "--param", "neural_cleanse.n_clean=16",
+        "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert {r["kind"] for r in rows} == {"grid", "wanet"} and all(r["smallest_rate"] == 0.05 for r in rows)
+    assert all(r["strip"] is not None and r["spectral_signature"] is not None and "nc_flagged_seeds" in r for r in rows)
+    assert (tmp_path / "equal_visibility.md").is_file() and json.loads((tmp_path / "equal_visibility.json").read_text())["rows"]
+    again = ev.main(["--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0", "--epochs", "1",
+                     "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100", "--set", "train.threads=1",
+                     "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1",
+                     "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path)])  # fmt: skip
+    assert again == rows, "a rerun reuses every run and every defence"
