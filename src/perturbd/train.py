@@ -78,14 +78,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def effective_threads(threads: int | None) -> int:
-    """The CPU threads ``train.threads`` means: itself; else the share of the cores a sweep's
-    worker was given (``PERTURBD_THREADS``, set by :mod:`perturbd.executors`); else all cores this
-    process may use.
-
-    The number matters: the same config and seed trained with 1 and with 2 threads give
-    different weights (oneDNN splits its reductions by thread, so float sums round otherwise:
-    one mnist5k epoch of cnn28 differed by up to 0.085 in a weight). Same seed, same threads,
-    same torch and CPU instruction set ⇒ same numbers."""
+    """The CPU threads ``train.threads`` means: itself; else a sweep worker's share of the cores
+    (``PERTURBD_THREADS``, set by :mod:`perturbd.executors`); else all cores this process may use.
+    It matters: oneDNN splits its reductions by thread, so 1 and 2 threads give other weights (one
+    mnist5k epoch of cnn28: up to 0.085). Same seed, threads, torch and CPU ⇒ same numbers."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return threads or int(os.environ.get("PERTURBD_THREADS") or 0) or cores
 
@@ -97,10 +93,8 @@ def set_threads(threads: int | None) -> None:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.precision`` on ``device``; ``None`` means plain fp32.
-
     ``auto`` → bf16 on a CUDA GPU that supports it, fp32 anywhere else. ``bf16`` is honoured on
-    the CPU too (slow without AMX/AVX512-BF16; it lets CPU tests run the autocast path).
-    """
+    the CPU too (slow without AMX/AVX512-BF16; it lets CPU tests run the autocast path)."""
     if precision == "fp32":
         return None
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
