@@ -9,7 +9,7 @@ import torch.nn as nn
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from perturbd.data.dataset import ImageDataset
-from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
+from perturbd.metrics import attack_success_rate, clean_accuracy, mean_finite, psnr_each, stealth
 from perturbd.triggers import Trigger
 
 
@@ -98,3 +98,16 @@ def test_psnr_is_ours_not_torchmetrics_whose_last_digits_differ() -> None:
     ours = 10 * torch.log10(255.0**2 / mse)
     assert stealth(clean, poisoned)["psnr_min"] == float(ours.min())
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_the_psnr_search_measures_what_stealth_reports() -> None:
+    """``trigger.psnr`` searches on :func:`psnr_each` alone (no SSIM per try); the mean it lands on
+    is bit-for-bit stealth's ``psnr_mean``, unchanged images (infinite PSNR) left out of both."""
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    poisoned = (clean.int() + torch.randint(-5, 6, clean.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+    poisoned[:4] = clean[:4]
+    each = psnr_each(clean, poisoned)
+    assert torch.isinf(each[:4]).all() and torch.isfinite(each[4:]).all()
+    assert mean_finite(each) == stealth(clean, poisoned)["psnr_mean"]
+    assert mean_finite(torch.full((3,), math.inf)) == math.inf

@@ -87,6 +87,22 @@ def _pixels(images: torch.Tensor) -> torch.Tensor:
     return to_float01(images).double() * 255.0
 
 
+def psnr_each(clean: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB; peak 255) of each poisoned image against its clean original; ``inf`` where unchanged."""
+    return _psnr((_pixels(poisoned) - _pixels(clean)).flatten(1))
+
+
+def _psnr(diff: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB; peak 255) of each row of pixel differences ``(N, D)`` in 0–255 units."""
+    return 10 * torch.log10(255.0**2 / diff.pow(2).mean(1))
+
+
+def mean_finite(values: torch.Tensor) -> float:
+    """The mean of the finite ``values`` (``inf`` when none is finite): the mean PSNR of a batch."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.inf
+
+
 def stealth(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
     """Distortion of each poisoned image against its clean original, in 0–255 pixel units.
 
@@ -101,18 +117,16 @@ def stealth(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
     diff = (b - a).flatten(1)
     linf = diff.abs().amax(1)
     l2 = diff.norm(dim=1)
-    mse = diff.pow(2).mean(1)
-    psnr = 10 * torch.log10(255.0**2 / mse)
+    psnr = _psnr(diff)
     side = min(clean.shape[-2:])
     kernel = 11 if side >= 11 else (side if side % 2 else side - 1)
     ssim = structural_similarity_index_measure(b.float(), a.float(), data_range=255.0, kernel_size=kernel, reduction="none")
-    finite = psnr[torch.isfinite(psnr)]
     return {
         "linf_mean": float(linf.mean()),
         "linf_max": float(linf.max()),
         "l2_mean": float(l2.mean()),
         "l2_max": float(l2.max()),
-        "psnr_mean": float(finite.mean()) if len(finite) else math.inf,
+        "psnr_mean": mean_finite(psnr),
         "psnr_min": float(psnr.min()),
         "ssim_mean": float(ssim.mean()),
         "ssim_min": float(ssim.min()),

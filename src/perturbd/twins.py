@@ -200,7 +200,7 @@ class TwinStore:
         with self._slot(key, "masks") as folder:
             if folder is not None and (folder / "record.json").is_file():
                 try:
-                    return Trigger.load(folder / "trigger.safetensors"), {**read_json(folder / "record.json"), "reused_from": str(folder)}
+                    return Trigger.load(folder / "trigger.safetensors"), {**read_json(folder / "record.json"), "reused_from": folder.name}
                 except (CheckpointError, OSError, ValueError):
                     shutil.rmtree(folder, ignore_errors=True)
             trigger, record = build()

@@ -17,6 +17,7 @@ from perturbd.attack.visibility import at_psnr
 from perturbd.config import ExperimentConfig, TriggerConfig
 from perturbd.data.dataset import DataSplit, ImageDataset
 from perturbd.poisoning import sources_of
+from perturbd.seeding import derived_generator
 from perturbd.train import Monitor
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 from perturbd.triggers.adaptive import check_budget, pick_samples
@@ -79,7 +80,7 @@ def _visibility_images(cfg: ExperimentConfig, own: ImageDataset) -> torch.Tensor
         return torch.zeros(0, dtype=torch.uint8)
     if cfg.poison.mode == "clean_label":
         pool = own.images[own.labels == cfg.poison.target]
-        keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))[:VISIBILITY_IMAGES].sort().values
+        keep = torch.randperm(len(pool), generator=derived_generator(cfg.seed, "visibility"))[:VISIBILITY_IMAGES].sort().values
         return pool[keep]
     return pick_samples(own, cfg.poison.target, VISIBILITY_IMAGES, cfg.seed, sources_of(cfg.poison))
 

@@ -28,7 +28,7 @@ import torch
 
 from perturbd.config import TriggerConfig
 from perturbd.errors import ConfigError
-from perturbd.metrics import stealth
+from perturbd.metrics import mean_finite, psnr_each, stealth
 from perturbd.seeding import derived_generator
 from perturbd.triggers import Trigger
 
@@ -38,8 +38,9 @@ LIMITS = {"amplitude": (1e-3, 255.0), "budget": (1.0, 10000.0), "alpha": (1e-4, 
 
 
 def mean_psnr(trigger: Trigger, images: torch.Tensor) -> float:
-    """Mean PSNR (dB) of ``images`` poisoned by ``trigger`` against themselves."""
-    return stealth(images, trigger.apply(images))["psnr_mean"]
+    """Mean PSNR (dB) of ``images`` poisoned by ``trigger`` against themselves (as
+    :func:`~perturbd.metrics.stealth` reports it, without its SSIM)."""
+    return mean_finite(psnr_each(images, trigger.apply(images)))
 
 
 def mean_ssim(trigger: Trigger, images: torch.Tensor) -> float:
@@ -66,7 +67,7 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
     tried: list[tuple[float, float, float, Trigger]] = []  # (log strength, dB − goal, value reached, trigger)
 
     def miss(trig: Trigger) -> tuple[float, float]:
-        reached = stealth(images, trig.apply(images))[f"{name}_mean"]
+        reached = mean_psnr(trig, images) if name == "psnr" else mean_ssim(trig, images)
         return (reached if name == "psnr" else _ssim_db(reached)) - goal, reached
 
     def attempt(strength: float) -> None:
