@@ -17,6 +17,7 @@ CASES = {
     "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--epochs", "1", "--n-clean", "32", "--train-limit", "200"]),
     "bench_e2e": ("perturbd.experiment", []),
     "bench_sweep": ("perturbd.sweep", []),
+    "bench_models": ("perturbd.models", []),
 }
 
 
@@ -28,7 +29,7 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     bench = importlib.import_module(f"benchmarks.{name}")
     payload = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), *extra])
     files = [p.name for p in tmp_path.glob("*.json")]
-    assert len(files) == 1 and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-")) and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e"))
+    assert len(files) == 1 and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-")) and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models"))
     written = json.loads((tmp_path / files[0]).read_text())
     assert written["benchmark"] == name == payload["benchmark"]
     assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]

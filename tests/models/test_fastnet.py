@@ -1,19 +1,20 @@
-"""fastnet32: trains on CPU on a small colour slice; its recipe is a valid train config."""
+"""fastnet32 and fastnet32_small: train on CPU on a small colour slice; their recipes are valid train configs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from perturbd.config import DataConfig, TrainConfig, load_config
 from perturbd.data import load_data
 from perturbd.models import get_model
-from perturbd.models.fastnet import RECIPE, FastNet, ScaledLinear
+from perturbd.models.fastnet import CPU_RECIPE, RECIPE, FastNet, ScaledLinear
 from perturbd.train import fit, predict
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10-fastnet.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_small_fastnet_learns_a_colour_slice() -> None:
@@ -44,8 +45,19 @@ def test_identity_init_passes_channels_through() -> None:
     assert second.weight[8:].abs().sum() > 0  # the other filters stay random
 
 
-def test_recipe_is_a_valid_train_config_and_matches_the_yaml() -> None:
-    TrainConfig(**RECIPE)
-    assert yaml.safe_load(CONFIG.read_text())["train"] == RECIPE
-    cfg = load_config(CONFIG)
-    assert cfg.model.name == "fastnet32" and cfg.train.batch_size == 1024
+@pytest.mark.parametrize(("file", "model", "recipe"), [("cifar10-fastnet.yaml", "fastnet32", RECIPE), ("cifar10-cpu.yaml", "fastnet32_small", CPU_RECIPE)])
+def test_recipe_is_a_valid_train_config_and_matches_the_yaml(file: str, model: str, recipe: dict) -> None:
+    TrainConfig(**recipe)
+    assert yaml.safe_load((CONFIGS / file).read_text())["train"] == recipe
+    cfg = load_config(CONFIGS / file)
+    assert cfg.model.name == model and cfg.train.batch_size == recipe["batch_size"]
+
+
+def test_the_cpu_model_is_fastnet_at_a_quarter_of_the_work() -> None:
+    """fastnet32_small: the same layers as fastnet32 at half the widths (stem 24, 32-128-128)."""
+    small, large = (get_model(name, (3, 32, 32), 10, seed=0) for name in ("fastnet32_small", "fastnet32"))
+    kinds = [type(m) for m in small.body]
+    assert kinds == [type(m) for m in large.body] and small.feature_dim == 128
+    convs = [m.out_channels for m in small.body if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [24, 32, 32, 128, 128, 128, 128]
+    assert CPU_RECIPE["lr"] / CPU_RECIPE["batch_size"] == RECIPE["lr"] / RECIPE["batch_size"]

@@ -1,0 +1,126 @@
+"""Training-step throughput of registered architectures, by precision: which model a CPU can afford.
+
+For each ``--models`` × ``--precisions``: the architecture built from ``--seed``, one SGD step
+(Nesterov momentum 0.9, as :func:`perturbd.train.fit`) on a fixed random batch of ``--batch``
+float images of ``--shape`` held channels-last, cross-entropy under the precision's autocast
+(``fp32``: none; ``bf16``: ``torch.autocast`` to bfloat16 — fast on a CPU only with AMX or
+AVX512-BF16). Three untimed warm-up steps, then ``--steps`` timed steps per repeat; repeats are
+interleaved across the contestants. Reported: images per second (mean ± std over repeats), the
+parameter count and the forward multiply-accumulates per image (counted by a forward hook on
+every conv and linear layer). No data loading and no augmentation: the arithmetic of the model
+alone, which is what choosing an architecture for a machine needs; ``bench_train`` times the
+whole trainer and ``bench_e2e`` whole experiments.
+
+    python -m benchmarks.bench_models                      # 3×32×32: cnn32, fastnet32_small, fastnet32
+    python -m benchmarks.bench_models --models cnn28 --shape 1 28 28 --precisions fp32 bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks._common import Series, machine, parser, pick_device, print_table, timed, write_result
+from perturbd.models import get_model
+
+NAME = "bench_models"
+
+
+def forward_macs(model: nn.Module, shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass of one image (conv and linear layers only)."""
+    total = 0
+
+    def count(module: nn.Module, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.weight[0].numel()  # C_in / groups × kH × kW
+            total += out[0].numel() * k
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.rand(1, *shape))
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def trainer(name: str, shape: Sequence[int], precision: str, batch: int, device: torch.device, seed: int):
+    """A function running one training step of ``name``, and the model it trains."""
+    model = get_model(name, shape, 10, seed=seed).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *shape, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+
+    def step() -> None:
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with amp:
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, model
+
+
+def options(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["cnn32", "fastnet32_small", "fastnet32"], help="registered architectures")
+    p.add_argument("--shape", nargs=3, type=int, default=[3, 32, 32], metavar=("C", "H", "W"))
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batch, args.steps, args.repeat = args.models[:1], 16, 2, 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = options(argv)
+    device = pick_device(args.device)
+    contestants: dict[str, tuple[Any, Series]] = {}
+    sizes: dict[str, dict[str, int]] = {}
+    for name in args.models:
+        for precision in args.precisions:
+            step, model = trainer(name, args.shape, precision, args.batch, device, args.seed)
+            for _ in range(3):
+                step()
+            contestants[f"{name} {precision}"] = (step, Series(f"{name} {precision}", "images/s"))
+        sizes[name] = {"parameters": sum(p.numel() for p in model.parameters()), "forward_macs": forward_macs(model.cpu(), args.shape)}
+        model.to(device)
+    for _ in range(args.repeat):
+        for step, series in contestants.values():
+            seconds, _ = timed(lambda: [step() for _ in range(args.steps)], device)
+            series.values.append(args.steps * args.batch / seconds)
+    print_table(
+        f"{NAME}: one training step, batch {args.batch}, {'×'.join(map(str, args.shape))}, {device}",
+        ["model", "precision", "images/s (mean ± std)", "parameters", "MMAC / image"],
+        [
+            [key.split()[0], key.split()[1], s.cell(0), f"{sizes[key.split()[0]]['parameters']:,}", f"{sizes[key.split()[0]]['forward_macs'] / 1e6:.1f}"]
+            for key, (_, s) in contestants.items()
+        ],
+    )
+    payload = {
+        "benchmark": NAME,
+        "machine": machine(device),
+        "args": vars(args),
+        "images_per_s": {k: s.as_json() for k, (_, s) in contestants.items()},
+        "sizes": sizes,
+        "met": {},
+    }
+    name = "-".join([NAME, "x".join(map(str, args.shape)), device.type])
+    print(f"wrote {write_result(args.out, name, payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
