@@ -33,7 +33,7 @@ command that checks it.
 ``fastnet32_small`` is the same design sized for a CPU: stem 24, block widths 32-128-128 (about
 0.5 M parameters, 38 MMAC per image, a quarter of fastnet32's work), trained by
 :data:`CPU_RECIPE` (also ``configs/cifar10-cpu.yaml``): batch 512, lr 0.4 (fastnet32's lr per
-image), 10 epochs, bf16 autocast, the rest as :data:`RECIPE`. Under bf16 autocast on a CPU with
+image), 15 epochs, bf16 autocast, the rest as :data:`RECIPE`. Under bf16 autocast on a CPU with
 AMX it trains at about 4× the images per second of fastnet32 in fp32 and 2.4× those of cnn32 in
 bf16 (``benchmarks/bench_cifar_cpu.py``); the accuracy and wall time of a whole CIFAR-10 (JPEG)
 experiment with it are in the README ("Speed") with the command that measured them.
@@ -67,8 +67,8 @@ RECIPE: dict[str, Any] = {
 }
 
 #: ``train`` section for fastnet32_small on a CPU (CIFAR-10-sized data): :data:`RECIPE` at half the
-#: batch and lr (the same lr per image), 10 epochs, bf16 autocast (fast only with AMX/AVX512-BF16).
-CPU_RECIPE: dict[str, Any] = {**RECIPE, "epochs": 10, "batch_size": 512, "lr": 0.4, "precision": "bf16"}
+#: batch and lr (the same lr per image), 15 epochs, bf16 autocast (fast only with AMX/AVX512-BF16).
+CPU_RECIPE: dict[str, Any] = {**RECIPE, "epochs": 15, "batch_size": 512, "lr": 0.4, "precision": "bf16"}
 
 
 class ScaledLinear(nn.Linear):
