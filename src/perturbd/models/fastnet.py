@@ -30,13 +30,13 @@ ResNet-9 (lr 0.4 at batch 512, peak at 21 % of training) scaled linearly to batc
 measured yet**: it was written on a machine without a GPU; ``benchmarks/README.md`` has the
 command that checks it.
 
-``fastnet32_small`` is the same design sized for a CPU: stem 24, block widths 32-128-128 (about
-0.5 M parameters, 38 MMAC per image, a quarter of fastnet32's work), trained by
-:data:`CPU_RECIPE` (also ``configs/cifar10-cpu.yaml``): batch 512, lr 0.4 (fastnet32's lr per
-image), 15 epochs, bf16 autocast, the rest as :data:`RECIPE`. Under bf16 autocast on a CPU with
-AMX it trains at about 4× the images per second of fastnet32 in fp32 and 2.4× those of cnn32 in
-bf16 (``benchmarks/bench_cifar_cpu.py``); the accuracy and wall time of a whole CIFAR-10 (JPEG)
-experiment with it are in the README ("Speed") with the command that measured them.
+``fastnet32_small`` is the same design sized for a CPU: stem 24, block widths 32-128-128 (0.5 M
+parameters, 41 M multiply-accumulates per 32×32 image, a quarter of fastnet32's 152 M), trained
+by :data:`CPU_RECIPE` (also ``configs/cifar10-cpu.yaml``): batch 512, lr 0.4 (fastnet32's lr
+per image), 15 epochs, bf16 autocast, the rest as :data:`RECIPE`. Its training speed beside
+cnn32 and fastnet32 in fp32 and bf16 is measured by ``python -m benchmarks.bench_models``, the
+accuracy and wall time of a whole CIFAR-10 (JPEG) experiment by ``python -m benchmarks.bench_e2e
+--cifar``; the README ("Speed") has the figures.
 """
 
 from __future__ import annotations
