@@ -32,8 +32,15 @@ from perturbd.models import get_model
 NAME = "bench_models"
 
 
+def sizes_of(name: str, shape: Sequence[int]) -> dict[str, int]:
+    """Parameters and forward multiply-accumulates per image of a fresh ``name`` on the CPU."""
+    model = get_model(name, shape, 10, seed=0)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "forward_macs": forward_macs(model, shape)}
+
+
 def forward_macs(model: nn.Module, shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass of one image (conv and linear layers only)."""
+    """Multiply-accumulates of one forward pass of one image (conv and linear layers only);
+    leaves ``model`` in eval mode."""
     total = 0
 
     def count(module: nn.Module, _: Any, out: torch.Tensor) -> None:
@@ -53,7 +60,7 @@ def forward_macs(model: nn.Module, shape: Sequence[int]) -> int:
 
 
 def trainer(name: str, shape: Sequence[int], precision: str, batch: int, device: torch.device, seed: int):
-    """A function running one training step of ``name``, and the model it trains."""
+    """A function running one training step of ``name`` (in training mode: batch statistics)."""
     model = get_model(name, shape, 10, seed=seed).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +75,7 @@ def trainer(name: str, shape: Sequence[int], precision: str, batch: int, device:
         loss.backward()
         opt.step()
 
-    return step, model
+    return step
 
 
 def options(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -87,16 +94,14 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
     device = pick_device(args.device)
-    contestants: dict[str, tuple[Any, Series]] = {}
-    sizes: dict[str, dict[str, int]] = {}
+    contestants: dict[tuple[str, str], tuple[Any, Series]] = {}
+    sizes = {name: sizes_of(name, args.shape) for name in args.models}
     for name in args.models:
         for precision in args.precisions:
-            step, model = trainer(name, args.shape, precision, args.batch, device, args.seed)
+            step = trainer(name, args.shape, precision, args.batch, device, args.seed)
             for _ in range(3):
                 step()
-            contestants[f"{name} {precision}"] = (step, Series(f"{name} {precision}", "images/s"))
-        sizes[name] = {"parameters": sum(p.numel() for p in model.parameters()), "forward_macs": forward_macs(model.cpu(), args.shape)}
-        model.to(device)
+            contestants[name, precision] = (step, Series(f"{name} {precision}", "images/s"))
     for _ in range(args.repeat):
         for step, series in contestants.values():
             seconds, _ = timed(lambda: [step() for _ in range(args.steps)], device)
@@ -105,15 +110,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{NAME}: one training step, batch {args.batch}, {'×'.join(map(str, args.shape))}, {device}",
         ["model", "precision", "images/s (mean ± std)", "parameters", "MMAC / image"],
         [
-            [key.split()[0], key.split()[1], s.cell(0), f"{sizes[key.split()[0]]['parameters']:,}", f"{sizes[key.split()[0]]['forward_macs'] / 1e6:.1f}"]
-            for key, (_, s) in contestants.items()
+            [name, precision, s.cell(0), f"{sizes[name]['parameters']:,}", f"{sizes[name]['forward_macs'] / 1e6:.1f}"]
+            for (name, precision), (_, s) in contestants.items()
         ],
     )
     payload = {
         "benchmark": NAME,
         "machine": machine(device),
         "args": vars(args),
-        "images_per_s": {k: s.as_json() for k, (_, s) in contestants.items()},
+        "images_per_s": {s.name: s.as_json() for _, s in contestants.values()},
         "sizes": sizes,
         "met": {},
     }

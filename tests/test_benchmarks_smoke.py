@@ -51,3 +51,26 @@ def test_e2e_children_are_told_where_the_data_is(tmp_path: Path, monkeypatch: py
     assert set(todo) == {"demo", "mnist", "cifar10"}
     assert f"data.root={tmp_path}" in todo["mnist"]
     assert f"data.name=imagefolder:{tmp_path / 'cifar10-jpeg'}" in todo["cifar10"]
+
+
+def test_bench_models_times_its_models_in_training_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting a model's multiply-accumulates runs it in eval mode; the timed steps must not."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    bench = importlib.import_module("benchmarks.bench_models")
+    import torch
+
+    seen: list[bool] = []
+    real = bench.get_model
+
+    def spy(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, _: seen.append(m.training))
+        return model
+
+    monkeypatch.setattr(bench, "get_model", spy)
+    sizes = bench.sizes_of("cnn32", (3, 32, 32))
+    assert sizes["parameters"] > 0 and sizes["forward_macs"] > 0 and seen == [False]
+    seen.clear()
+    step = bench.trainer("cnn32", (3, 32, 32), "fp32", 4, torch.device("cpu"), 0)
+    step()
+    assert seen == [True]
