@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from perturbd.attack import indices_hash, partition, plan_attack, prepare_adversary
+from perturbd.attack.adversary import surrogate_arch
 from perturbd.config import load_config
 from perturbd.data import load_data
 from perturbd.errors import ConfigError
@@ -46,6 +47,17 @@ def test_surrogate_of_the_victims_architecture_is_refused(split, train_only, fas
         _plan(split, train_only, fast, "attack.knowledge=data", "attack.surrogate=cnn28")
     with pytest.raises(ConfigError, match="unknown model"):
         _plan(split, train_only, fast, "attack.knowledge=data", "attack.surrogate=lenet")
+
+
+@pytest.mark.parametrize(
+    ("shape", "victim", "expected"),
+    [((1, 28, 28), "cnn28", "lenet5"), ((1, 28, 28), "lenet5", "cnn28"), ((3, 32, 32), "fastnet32_small", "cnn32"), ((3, 32, 32), "cnn32", "fastnet32_small")],
+)
+def test_the_automatic_surrogate_is_an_architecture_for_the_images_kind(shape, victim, expected) -> None:
+    """lenet5 is an MNIST network: on colour images the adversary takes a CIFAR one (lenet5 reached
+    48–55 % held-out accuracy on CIFAR-10 (JPEG) as a surrogate)."""
+    cfg = load_config(overrides=["attack.knowledge=none", f"model.name={victim}"])
+    assert surrogate_arch(cfg, victim, shape, 10) == expected
 
 
 def test_full_knowledge_model_is_the_victims_clean_model_trained_once(split, train_only, fast) -> None:
