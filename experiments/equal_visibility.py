@@ -15,8 +15,13 @@ mode (2 noise images per poisoned one, the paper's default), and sig its default
 
 Two phases, both resumable (rerun the same command: finished work is skipped):
 
-1. the rate grid, as a ``perturbd sweep`` (kinds × levels as variants, ``poison.rate`` as the
-   axis, ``--seeds``) into ``OUT/rates`` (the clean twins shared in ``OUT/rates/.twins``);
+1. the rates, as ``perturbd sweep`` runs (kinds × levels as variants, ``poison.rate`` as the axis,
+   ``--seeds``) into ``OUT/rates`` (the clean twins shared in ``OUT/rates/.twins``). By default
+   (``--search bisect``) a row does not train every rate of the grid: it bisects the sorted grid
+   for the smallest rate at which most seeds reach the goal, all seeds at each rate it tries
+   (at most ⌈log2(rates + 1)⌉ rates a row: 4 of the 8 by default, a third of the grid's runs
+   on full MNIST). That assumes a row that reaches the goal at one rate reaches it at every larger
+   one; the table lists the rates each row tried, and ``--search grid`` trains them all;
 2. the defences, on the saved runs of each row's smallest rate (no retraining: the models are
    read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
    parameters of ``defense_matrix.yaml``.
@@ -42,7 +47,7 @@ from perturbd.defenses.evaluate import run_defenses, write_defenses
 from perturbd.defenses.saved import load_inputs
 from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep import run_sweep
-from perturbd.sweep_config import SweepConfig, expand
+from perturbd.sweep_config import Sweep, SweepConfig, expand
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9
@@ -67,6 +72,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--psnr", nargs="+", type=float, default=LEVELS, help="visibility levels, mean PSNR in dB")
     parser.add_argument("--rates", nargs="+", type=float, default=RATES, help="injection rates tried (fractions of the training set)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--search", choices=["bisect", "grid"], default="bisect", help="bisect the rates of each row (default) or train every rate")
     parser.add_argument("--goal-asr", type=float, default=GOAL, help="ASR a rate must reach in most seeds (a fraction)")
     parser.add_argument("--epochs", type=int, default=8, help="victim epochs (8: configs/paper/epochs.yaml)")
     parser.add_argument("--workers", default="auto", help="runs at once (the sweep's workers)")
@@ -102,16 +108,72 @@ def row_key(cfg: ExperimentConfig) -> tuple[str, float]:
     return cfg.trigger.kind, float(cfg.trigger.psnr or 0)
 
 
-def smallest_rate(runs: list[tuple[ExperimentConfig, Path]], goal: float = GOAL) -> float | None:
-    """The smallest rate at which most seeds reach ASR ≥ ``goal`` (None: no rate does)."""
+def asr_by_rate(runs: list[tuple[ExperimentConfig, Path]]) -> dict[float, list[float]]:
     by_rate: dict[float, list[float]] = {}
     for cfg, folder in runs:
         by_rate.setdefault(cfg.poison.rate, []).append(read_json(folder / "metrics.json")["attack_success_rate"])
-    for rate in sorted(by_rate):
-        asr = by_rate[rate]
-        if sum(a >= goal for a in asr) * 2 > len(asr):
-            return rate
-    return None
+    return dict(sorted(by_rate.items()))
+
+
+def reached(asr: list[float], goal: float) -> bool:
+    """Most seeds reach ASR ≥ ``goal``."""
+    return sum(a >= goal for a in asr) * 2 > len(asr)
+
+
+def smallest_rate(runs: list[tuple[ExperimentConfig, Path]], goal: float = GOAL) -> float | None:
+    """The smallest rate at which most seeds reach ASR ≥ ``goal`` (None: no rate does)."""
+    return next((rate for rate, asr in asr_by_rate(runs).items() if reached(asr, goal)), None)
+
+
+def next_probe(rates: list[float], known: dict[float, bool]) -> float | None:
+    """The rate a bisection tries next, given which rates are known to reach the goal (True) or
+    not (False); None once the smallest reaching rate is pinned (or none of the grid reaches it).
+
+    The answer lies above the largest failing rate below the smallest reaching one and at most
+    at that reaching rate (past the grid's end when none reaches)."""
+    rates = sorted(rates)
+    hi = next((i for i, r in enumerate(rates) if known.get(r) is True), len(rates))
+    lo = max((i for i, r in enumerate(rates[:hi]) if known.get(r) is False), default=-1)
+    return rates[(lo + hi) // 2] if hi - lo > 1 else None
+
+
+def bisect_round(full: Sweep, goal: float) -> list[ExperimentConfig]:
+    """The runs of the next bisection round: for each row still searching, every seed at its
+    next rate that has no run directory yet (none: the search is over)."""
+    cells: dict[tuple[str, float], dict[float, list[ExperimentConfig]]] = {}
+    for cfg in full.runs:
+        cells.setdefault(row_key(cfg), {}).setdefault(cfg.poison.rate, []).append(cfg)
+    todo = []
+    for by_rate in cells.values():
+        known = {}
+        for rate, cfgs in by_rate.items():
+            folders = [run_dir_for(c, full.out) for c in cfgs]
+            if all((f / "metrics.json").is_file() for f in folders):
+                known[rate] = reached([read_json(f / "metrics.json")["attack_success_rate"] for f in folders], goal)
+        probe = next_probe(list(by_rate), known)
+        if probe is not None:
+            todo += [c for c in by_rate[probe] if not (run_dir_for(c, full.out) / "metrics.json").is_file()]
+    return sorted(todo, key=lambda c: c.seed)
+
+
+def run_rates(args: argparse.Namespace, full: Sweep, log: Any = print) -> list[tuple[ExperimentConfig, Path]]:
+    """Phase 1: every run of the grid, or the bisection's rounds; the finished runs."""
+    todo, number = (full.runs if args.search == "grid" else bisect_round(full, args.goal_asr)), 1
+    while todo:
+        log(f"phase 1, {args.search} round {number}: {len(todo)} runs into {full.out}")
+        result = run_sweep(Sweep(full.spec, todo), log=log)
+        if result.failed:
+            raise SystemExit(f"{len(result.failed)} runs failed (rerun to retry): {result.failed[0]['error']}")
+        if args.search == "grid":
+            break
+        again, number = bisect_round(full, args.goal_asr), number + 1
+        if again and {c.hash() for c in again} == {c.hash() for c in todo}:
+            raise SystemExit(f"{run_dir_for(again[0], full.out)} has no metrics.json: remove it and rerun")
+        todo = again
+    runs = [(cfg, run_dir_for(cfg, full.out)) for cfg in full.runs]
+    runs = [(cfg, folder) for cfg, folder in runs if (folder / "metrics.json").is_file()]
+    write_json(full.out / "sweep.json", {"name": full.spec.name, "runs": [folder.name for _, folder in runs]})
+    return runs
 
 
 def defence_specs(params: list[str]) -> list[DefenseSpec]:
@@ -164,6 +226,7 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
     for (kind, level), group in groups.items():
         rate = smallest_rate(group, args.goal_asr)
         row: dict[str, Any] = {"kind": kind, "psnr_goal": level, "smallest_rate": rate, "seeds": sorted({c.seed for c, _ in group})}
+        row["tried"] = {str(r): [sum(a >= args.goal_asr for a in asr), len(asr)] for r, asr in asr_by_rate(group).items()}
         at = [(c, f) for c, f in group if c.poison.rate == rate]
         if at:
             metrics = [read_json(f / "metrics.json") for _, f in at]
@@ -188,30 +251,29 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
-    head = "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t | rates tried: seeds reaching |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: (-r["psnr_goal"], r["kind"])):
         nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{len(r['seeds'])} (index {_fmt(r['nc_index'])})"
+        tried = " · ".join(f"{100 * float(rate):g} %: {k}/{n}" for rate, (k, n) in r.get("tried", {}).items())
         lines.append(
             f"| {r['kind']} | {r['psnr_goal']:g} | {_fmt(r['smallest_rate'], 100, 3) if r['smallest_rate'] else 'none tried'} | {_fmt(r.get('asr'), 100, 1)} "
             f"| {_fmt(r.get('clean_model_asr'), 100, 1)} | {_fmt(r.get('accuracy_loss'), 100)} | {_fmt(r.get('psnr_reached'))} "
-            f"| {_fmt(r.get('strip'))} | {_fmt(r.get('activation_clustering'))} | {_fmt(r.get('spectral_signature'))} | {nc} |"
+            f"| {_fmt(r.get('strip'))} | {_fmt(r.get('activation_clustering'))} | {_fmt(r.get('spectral_signature'))} | {nc} | {tried} |"
         )
-    return "\n".join(lines) + f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens.\n"
+    return "\n".join(lines) + (
+        f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens; "
+        "the last column: each rate a row trained, with how many of its seeds reach the goal there.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = options(argv)
-    sweep = expand(rate_sweep(args))
-    print(f"phase 1: {len(sweep.runs)} runs into {sweep.out}", flush=True)
-    result = run_sweep(sweep, log=lambda m: print(m, flush=True))
-    if result.failed:
-        raise SystemExit(f"{len(result.failed)} runs failed (rerun to retry): {result.failed[0]['error']}")
-    runs = [(cfg, run_dir_for(cfg, sweep.out)) for cfg in sweep.runs]
+    runs = run_rates(args, expand(rate_sweep(args)), log=lambda m: print(m, flush=True))
     specs = [] if args.no_defences else defence_specs(args.params)
     rows = summarise(args, runs, specs)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "equal_visibility.json", {"data": args.data, "rates": sorted(args.rates), "goal_asr": args.goal_asr, "seeds": args.seeds, "rows": rows})
+    write_json(args.out / "equal_visibility.json", {"data": args.data, "search": args.search, "rates": sorted(args.rates), "goal_asr": args.goal_asr, "seeds": args.seeds, "rows": rows})
     (args.out / "equal_visibility.md").write_text(markdown(rows, args.goal_asr))
     print(markdown(rows, args.goal_asr))
     return rows
