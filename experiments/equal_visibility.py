@@ -19,8 +19,8 @@ Two phases, both resumable (rerun the same command: finished work is skipped):
    ``--seeds``) into ``OUT/rates`` (the clean twins shared in ``OUT/rates/.twins``). By default
    (``--search bisect``) a row does not train every rate of the grid: it bisects the sorted grid
    for the smallest rate at which most seeds reach the goal, all seeds at each rate it tries
-   (at most ⌈log2(rates + 1)⌉ rates a row: 4 of the 8 by default, a third of the grid's runs
-   on full MNIST). That assumes a row that reaches the goal at one rate reaches it at every larger
+   (at most ⌈log2(rates + 1)⌉ rates a row: 4 of the 8 by default, at most half the grid's
+   runs). That assumes a row that reaches the goal at one rate reaches it at every larger
    one; the table lists the rates each row tried, and ``--search grid`` trains them all;
 2. the defences, on the saved runs of each row's smallest rate (no retraining: the models are
    read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
