@@ -31,6 +31,7 @@ The table goes to ``OUT/equal_visibility.md`` and ``.json``.
     python experiments/equal_visibility.py --data mnist --data-root /work/shared/datasets \\
         --seeds 0 1 2 --out runs/equal-visibility
     python experiments/equal_visibility.py --data cifar10 --data-root DIR --set train.epochs=30 ...
+    python experiments/equal_visibility.py ... --table-only     # the table so far, training nothing
 
 ``--data cifar10`` reads the CIFAR-10 JPEG folder ``DATA_ROOT/cifar10-jpeg`` (``imagefolder``).
 """
@@ -77,6 +78,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=8, help="victim epochs (8: configs/paper/epochs.yaml)")
     parser.add_argument("--workers", default="auto", help="runs at once (the sweep's workers)")
     parser.add_argument("--no-defences", action="store_true", help="phase 1 only")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs on disk (rows still searching say so)")
     parser.add_argument("--param", dest="params", action="append", default=[], help="defence parameter NAME.KEY=VALUE (e.g. neural_cleanse.epochs=2)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value for every run")
     parser.add_argument("--out", type=Path, default=Path("runs/equal-visibility"))
@@ -170,10 +172,15 @@ def run_rates(args: argparse.Namespace, full: Sweep, log: Any = print) -> list[t
         if again and {c.hash() for c in again} == {c.hash() for c in todo}:
             raise SystemExit(f"{run_dir_for(again[0], full.out)} has no metrics.json: remove it and rerun")
         todo = again
-    runs = [(cfg, run_dir_for(cfg, full.out)) for cfg in full.runs]
-    runs = [(cfg, folder) for cfg, folder in runs if (folder / "metrics.json").is_file()]
+    runs = finished(full)
     write_json(full.out / "sweep.json", {"name": full.spec.name, "runs": [folder.name for _, folder in runs]})
     return runs
+
+
+def finished(full: Sweep) -> list[tuple[ExperimentConfig, Path]]:
+    """The runs of ``full`` that have their metrics on disk."""
+    runs = [(cfg, run_dir_for(cfg, full.out)) for cfg in full.runs]
+    return [(cfg, folder) for cfg, folder in runs if (folder / "metrics.json").is_file()]
 
 
 def defence_specs(params: list[str]) -> list[DefenseSpec]:
@@ -218,15 +225,24 @@ def mean(values: list[Any]) -> float | None:
 
 
 def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]], specs: list[DefenseSpec]) -> list[dict[str, Any]]:
-    """One row per (kind, level): the smallest rate and, at it, the mean over seeds of each number."""
+    """One row per (kind, level): the smallest rate and, at it, the mean over seeds of each number.
+
+    A row whose search is not over (rates it still has to train: an interrupted run, or
+    ``--table-only``) is marked ``searching``; its defences wait for the search to end."""
     rows = []
     groups: dict[tuple[str, float], list[tuple[ExperimentConfig, Path]]] = {}
     for cfg, folder in runs:
         groups.setdefault(row_key(cfg), []).append((cfg, folder))
     for (kind, level), group in groups.items():
-        rate = smallest_rate(group, args.goal_asr)
+        by_rate = asr_by_rate(group)
+        known = {r: reached(asr, args.goal_asr) for r, asr in by_rate.items() if len(asr) == len(args.seeds)}  # every seed run
+        searching = next_probe(args.rates, known) is not None if args.search == "bisect" else len(known) < len(args.rates)
+        # searching: the smallest rate known to reach so far is an upper bound
+        rate = min((r for r, ok in known.items() if ok), default=None) if searching else smallest_rate(group, args.goal_asr)
         row: dict[str, Any] = {"kind": kind, "psnr_goal": level, "smallest_rate": rate, "seeds": sorted({c.seed for c, _ in group})}
-        row["tried"] = {str(r): [sum(a >= args.goal_asr for a in asr), len(asr)] for r, asr in asr_by_rate(group).items()}
+        row["tried"] = {str(r): [sum(a >= args.goal_asr for a in asr), len(asr)] for r, asr in by_rate.items()}
+        row["searching"] = searching
+        row["above"] = max((r for r, ok in known.items() if not ok), default=None) if searching and rate is None else None
         at = [(c, f) for c, f in group if c.poison.rate == rate]
         if at:
             metrics = [read_json(f / "metrics.json") for _, f in at]
@@ -237,7 +253,7 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
                 "psnr_reached": mean([m["stealth"]["psnr_mean"] for m in metrics]),
                 "ssim": mean([m["stealth"]["ssim_mean"] for m in metrics]),
             }
-            if specs:
+            if specs and not row["searching"]:
                 facts = [defence_facts(defend(f, args.out / "defended", specs)) for _, f in at]
                 row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
                 row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)
@@ -250,6 +266,16 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
     return "–" if value is None else f"{scale * value:.{digits}f}"
 
 
+def _smallest(row: dict[str, Any]) -> str:
+    """The smallest-rate cell: the rate, or while the row is searching the bound known so far."""
+    rate = row["smallest_rate"]
+    if not row.get("searching"):
+        return _fmt(rate, 100, 3) if rate else "none tried"
+    above = row.get("above")
+    bound = f"≤ {_fmt(rate, 100, 3)}" if rate else f"> {_fmt(above, 100, 3)}" if above else "?"
+    return f"{bound} (searching)"
+
+
 def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
     head = "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t | rates tried: seeds reaching |"
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -257,20 +283,22 @@ def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
         nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{len(r['seeds'])} (index {_fmt(r['nc_index'])})"
         tried = " · ".join(f"{100 * float(rate):g} %: {k}/{n}" for rate, (k, n) in r.get("tried", {}).items())
         lines.append(
-            f"| {r['kind']} | {r['psnr_goal']:g} | {_fmt(r['smallest_rate'], 100, 3) if r['smallest_rate'] else 'none tried'} | {_fmt(r.get('asr'), 100, 1)} "
+            f"| {r['kind']} | {r['psnr_goal']:g} | {_smallest(r)} | {_fmt(r.get('asr'), 100, 1)} "
             f"| {_fmt(r.get('clean_model_asr'), 100, 1)} | {_fmt(r.get('accuracy_loss'), 100)} | {_fmt(r.get('psnr_reached'))} "
             f"| {_fmt(r.get('strip'))} | {_fmt(r.get('activation_clustering'))} | {_fmt(r.get('spectral_signature'))} | {nc} | {tried} |"
         )
     return "\n".join(lines) + (
         f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens; "
-        "the last column: each rate a row trained, with how many of its seeds reach the goal there.\n"
+        "the last column: each rate a row trained, with how many of its seeds reach the goal there; "
+        "(searching): the row has rates left to train, and its cell is the bound known so far.\n"
     )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = options(argv)
-    runs = run_rates(args, expand(rate_sweep(args)), log=lambda m: print(m, flush=True))
-    specs = [] if args.no_defences else defence_specs(args.params)
+    full = expand(rate_sweep(args))
+    runs = finished(full) if args.table_only else run_rates(args, full, log=lambda m: print(m, flush=True))
+    specs = [] if args.no_defences or args.table_only else defence_specs(args.params)
     rows = summarise(args, runs, specs)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "equal_visibility.json", {"data": args.data, "search": args.search, "rates": sorted(args.rates), "goal_asr": args.goal_asr, "seeds": args.seeds, "rows": rows})

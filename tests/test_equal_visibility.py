@@ -87,6 +87,25 @@ def test_bisect_rounds_read_the_runs_on_disk_and_train_every_seed_of_a_probed_ra
     assert ev.smallest_rate([x for x in done if x[0].trigger.kind == "sig"]) is None
 
 
+def test_a_row_still_searching_says_so_and_gives_its_bound(ev, tmp_path) -> None:
+    from perturbd.config import load_config
+
+    args = ev.options(["--data", "mnist", "--seeds", "0", "1", "2", "--out", str(tmp_path)])
+    runs = []
+    for kind, rate, asrs in (("grid", 0.005, [0.95, 0.92, 0.1]), ("sig", 0.005, [0.1, 0.2, 0.95]), ("sig", 0.02, [0.95])):
+        for seed, asr in enumerate(asrs):
+            folder = tmp_path / f"{kind}-{rate}-{seed}"
+            folder.mkdir()
+            metrics = {"attack_success_rate": asr, "clean_model_asr": 0.001, "accuracy_loss": 0.0, "stealth": {"psnr_mean": 34.5, "ssim_mean": 0.9}}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            runs.append((load_config(overrides=[f"trigger.kind={kind}", "trigger.psnr=34.5", f"poison.rate={rate}", f"seed={seed}"]), folder))
+    rows = {r["kind"]: r for r in ev.summarise(args, runs, specs=[])}
+    assert rows["grid"]["searching"] and rows["grid"]["smallest_rate"] == 0.005 and rows["grid"]["tried"] == {"0.005": [2, 3]}
+    assert rows["sig"]["searching"] and rows["sig"]["smallest_rate"] is None and rows["sig"]["above"] == 0.005, "one seed of 2 % is not a majority"
+    table = ev.markdown(list(rows.values()))
+    assert "≤ 0.500 (searching)" in table and "> 0.500 (searching)" in table and "0.5 %: 2/3" in table
+
+
 def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None:
     specs = {s.name: s.params for s in ev.defence_specs(["neural_cleanse.epochs=3"])}
     assert list(specs) == list(ev.DEFENCES)
