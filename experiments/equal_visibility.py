@@ -127,6 +127,11 @@ def smallest_rate(runs: list[tuple[ExperimentConfig, Path]], goal: float = GOAL)
     return next((rate for rate, asr in asr_by_rate(runs).items() if reached(asr, goal)), None)
 
 
+def outcomes(runs: list[tuple[ExperimentConfig, Path]], seeds: int, goal: float) -> dict[float, bool]:
+    """Whether most seeds reach ASR ≥ ``goal``, at each rate that all ``seeds`` have run."""
+    return {rate: reached(asr, goal) for rate, asr in asr_by_rate(runs).items() if len(asr) == seeds}
+
+
 def next_probe(rates: list[float], known: dict[float, bool]) -> float | None:
     """The rate a bisection tries next, given which rates are known to reach the goal (True) or
     not (False); None once the smallest reaching rate is pinned (or none of the grid reaches it).
@@ -142,19 +147,14 @@ def next_probe(rates: list[float], known: dict[float, bool]) -> float | None:
 def bisect_round(full: Sweep, goal: float) -> list[ExperimentConfig]:
     """The runs of the next bisection round: for each row still searching, every seed at its
     next rate that has no run directory yet (none: the search is over)."""
-    cells: dict[tuple[str, float], dict[float, list[ExperimentConfig]]] = {}
-    for cfg in full.runs:
-        cells.setdefault(row_key(cfg), {}).setdefault(cfg.poison.rate, []).append(cfg)
+    done = finished(full)
+    finished_hashes = {cfg.hash() for cfg, _ in done}
     todo = []
-    for by_rate in cells.values():
-        known = {}
-        for rate, cfgs in by_rate.items():
-            folders = [run_dir_for(c, full.out) for c in cfgs]
-            if all((f / "metrics.json").is_file() for f in folders):
-                known[rate] = reached([read_json(f / "metrics.json")["attack_success_rate"] for f in folders], goal)
-        probe = next_probe(list(by_rate), known)
-        if probe is not None:
-            todo += [c for c in by_rate[probe] if not (run_dir_for(c, full.out) / "metrics.json").is_file()]
+    for key in dict.fromkeys(row_key(cfg) for cfg in full.runs):
+        cfgs = [cfg for cfg in full.runs if row_key(cfg) == key]
+        known = outcomes([(cfg, folder) for cfg, folder in done if row_key(cfg) == key], len(full.spec.seeds), goal)
+        probe = next_probe(sorted({cfg.poison.rate for cfg in cfgs}), known)
+        todo += [cfg for cfg in cfgs if cfg.poison.rate == probe and cfg.hash() not in finished_hashes]
     return sorted(todo, key=lambda c: c.seed)
 
 
@@ -235,7 +235,7 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
         groups.setdefault(row_key(cfg), []).append((cfg, folder))
     for (kind, level), group in groups.items():
         by_rate = asr_by_rate(group)
-        known = {r: reached(asr, args.goal_asr) for r, asr in by_rate.items() if len(asr) == len(args.seeds)}  # every seed run
+        known = outcomes(group, len(set(args.seeds)), args.goal_asr)
         searching = next_probe(args.rates, known) is not None if args.search == "bisect" else len(known) < len(args.rates)
         # searching: the smallest rate known to reach so far is an upper bound
         rate = min((r for r, ok in known.items() if ok), default=None) if searching else smallest_rate(group, args.goal_asr)
