@@ -9,7 +9,8 @@ import math
 import pytest
 import yaml
 
-from perturbd.report.aggregate import aggregate, cell, collect_runs, mean_ci, t975, to_csv, to_markdown, trigger_config
+from perturbd.errors import ConfigError
+from perturbd.report.aggregate import aggregate, cell, collect_runs, mean_ci, pivot_markdown, t975, to_csv, to_markdown, trigger_config
 
 
 def test_t_quantiles():
@@ -61,6 +62,17 @@ def test_csv_and_markdown(runs):
     md = to_markdown(columns, groups)
     assert md.startswith("| trigger | poison.rate | seeds | clean acc. %")
     assert "18.50 ± 6.35" in md  # c=6, rate 0.03: ASR 18 % and 19 %
+
+
+def test_pivot_puts_one_key_in_the_columns_and_marks_what_was_not_run(runs):
+    columns, groups = aggregate(collect_runs(runs))
+    kept = [g for g in groups if not (g.keys["poison.rate"] == 0.1 and g.trigger.label == "grid c=6")]
+    md = pivot_markdown(columns, kept, "poison.rate")
+    assert md.startswith("| trigger | poison.rate = 0.01 | poison.rate = 0.03 | poison.rate = 0.1 |\n|---|---:|---:|---:|\n")
+    assert "| grid c=6 | 6.50 ± 6.35 (0/2) | 18.50 ± 6.35 (0/2) | – |" in md  # ASR 6 and 7 %, 18 and 19 %
+    assert "| grid c=10 | 10.50 ± 6.35 (0/2) | 30.50 ± 6.35 (0/2) | 100.00 ± 0.00 (2/2) |" in md
+    with pytest.raises(ConfigError, match="not a key that varies.*trigger, poison.rate"):
+        pivot_markdown(columns, groups, "train.lr")
 
 
 def test_trigger_column_is_the_trigger_config_label(kinds):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from perturbd.errors import ConfigError
@@ -17,6 +20,19 @@ def test_folder_report_writes_tables_figures_and_html(runs, self_contained):
     assert html.count("data:image/png;base64,") == 3
     assert "grid c=10" in html and "Environment" in html
     assert all((r.path / "report.html").is_file() for r in rep.records)
+
+
+def test_pivot_is_written_beside_the_tables_and_a_wrong_key_writes_nothing(runs, tmp_path):
+    rep = build_report(runs, tmp_path / "out", pivot="poison.rate")
+    assert (tmp_path / "out" / "pivot_poison.rate.md").read_text().startswith("| trigger | poison.rate = 0.01 |")
+    assert tmp_path / "out" / "pivot_poison.rate.md" in rep.files
+    with pytest.raises(ConfigError, match="--pivot seed: not a key that varies"):
+        build_report(runs, tmp_path / "other", pivot="seed")
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ConfigError, match="is one run"):
+        build_report(rep.records[0].path, pivot="poison.rate")
+    done = subprocess.run([sys.executable, "-m", "perturbd", "report", str(runs), "--pivot", "seed"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--pivot seed" in done.stderr
 
 
 def test_run_report_embeds_trigger_and_samples_and_escapes_text(runs, self_contained):

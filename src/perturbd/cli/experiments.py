@@ -138,13 +138,14 @@ def sweep(
 def report(
     path: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs (searched recursively)")] = Path("runs"),
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the report files (default: beside the runs)")] = None,
+    pivot: Annotated[Optional[str], typer.Option("--pivot", help="a config key that varies (e.g. poison.rate): also write pivot_KEY.md, ASR with its values as columns")] = None,
 ) -> None:
     """Write report.html (and for a folder: aggregate.csv/.md, runs.csv, figures/) and print the table."""
     report_root(path)  # a wrong folder is answered before the plotting libraries load
     from perturbd.report.build import build_report
     from perturbd.results import RunMetrics
 
-    rep = build_report(path, out)
+    rep = build_report(path, out, pivot)
     if rep.single_run:
         out_console.print(summary_table(RunMetrics.read(rep.root), rep.root))
     else:

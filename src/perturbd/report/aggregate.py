@@ -258,6 +258,29 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
     )
 
 
+def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
+    """ASR with the values of one varying key (``axis``, e.g. ``poison.rate``) as the columns: a row
+    per setting of the other keys, each cell the mean ASR over the seeds and how many reach the
+    goal, ``–`` where that combination was not run. What ``perturbd report --pivot`` writes."""
+    if axis not in columns:
+        varying = ", ".join(columns) or "nothing (one config)"
+        raise ConfigError(f"--pivot {axis}: not a key that varies between these runs; they vary in: {varying}")
+    rest = [c for c in columns if c != axis]
+    values = sorted({g.keys[axis] for g in groups}, key=_sortable)
+    rows: dict[tuple[Any, ...], dict[Any, Group]] = {}
+    for g in groups:
+        rows.setdefault(tuple(g.keys[c] for c in rest), {})[g.keys[axis]] = g
+    head = [*rest, *(f"{axis} = {v}" for v in values)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(rest) else "---:" for i in range(len(head))) + "|"]
+    for key, by_value in rows.items():
+        cells = [f"{cell(g.stats['attack_success_rate'], 'pct')} ({g.reaching()})" if (g := by_value.get(v)) else "–" for v in values]
+        lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
+    return "\n".join(lines) + (
+        f"\n\nASR % of the backdoored model, mean ± half-width of the 95 % t-interval over the seeds; "
+        f"(k/N): how many of the N seeds reach ASR ≥ {100 * ASR_GOAL:g} %; –: not run.\n"
+    )
+
+
 def to_csv(columns: list[str], groups: list[Group]) -> str:
     """One row per group: distinguishing columns, n, seeds, ``<metric>_mean``, ``<metric>_ci95``
     and ``<metric>_n`` (runs that have it) for every metric (fractions, not %)."""

@@ -1,13 +1,15 @@
 """``perturbd report PATH``: a run directory → its ``report.html``; a folder of runs → the
 aggregated table (``aggregate.csv``, ``aggregate.md``, ``runs.csv``), ``figures/*.png``, a
-``report.html`` for every run and one for the whole folder; ``--out DIR`` puts them in DIR."""
+``report.html`` for every run and one for the whole folder; ``--pivot KEY`` adds the ASR table with
+KEY's values as columns (``pivot_KEY.md``); ``--out DIR`` puts them in DIR."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, report_root, runs_csv, to_csv, to_markdown
+from perturbd.errors import ConfigError
+from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, pivot_markdown, report_root, runs_csv, to_csv, to_markdown
 from perturbd.report.html import run_html, sweep_html
 from perturbd.report.plots import write_figures
 from perturbd.rundir import read_failures, read_json
@@ -31,22 +33,28 @@ class Report:
         return is_run_dir(self.root)
 
 
-def build_report(path: Path, out: Path | None = None) -> Report:
+def build_report(path: Path, out: Path | None = None, pivot: str | None = None) -> Report:
     """Write the reports for ``path`` (a run directory or any folder holding run directories)
     into ``out`` (default: ``path`` itself; each run's ``report.html`` goes to the same place
-    under ``out`` as the run under ``path``)."""
+    under ``out`` as the run under ``path``); ``pivot``: a varying config key for
+    :func:`pivot_markdown` (checked before anything is written)."""
     root = report_root(path)
     dest = Path(out).expanduser() if out is not None else root
     if is_run_dir(root):
+        if pivot is not None:
+            raise ConfigError(f"--pivot {pivot}: {root} is one run; pivot a folder of runs (a sweep's --out)")
         return Report(root, run_html(root, dest), collect_runs(root))
     records = collect_runs(root)
     failures = read_failures(root)
+    columns, groups = aggregate(records)
+    tables = [("aggregate.csv", to_csv(columns, groups)), ("aggregate.md", to_markdown(columns, groups)), ("runs.csv", runs_csv(records))]
+    if pivot is not None:
+        tables.append((f"pivot_{pivot}.md", pivot_markdown(columns, groups, pivot)))
     dest.mkdir(parents=True, exist_ok=True)
     for r in records:
         run_html(r.path, dest / r.path.relative_to(root))
-    columns, groups = aggregate(records)
     files = []
-    for name, text in (("aggregate.csv", to_csv(columns, groups)), ("aggregate.md", to_markdown(columns, groups)), ("runs.csv", runs_csv(records))):
+    for name, text in tables:
         (dest / name).write_text(text)
         files.append(dest / name)
     figures = write_figures(columns, groups, dest / "figures")
