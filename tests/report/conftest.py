@@ -41,6 +41,12 @@ def fake_run(
 
 
 @pytest.fixture
+def make_run():
+    """:func:`fake_run`, for a test that writes its own runs."""
+    return fake_run
+
+
+@pytest.fixture
 def runs(tmp_path: Path) -> Path:
     """2 amplitudes × 3 rates × 2 seeds of fake runs, plus the litter a sweep leaves (twins, tmp)."""
     out = tmp_path / "sweep"

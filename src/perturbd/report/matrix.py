@@ -1,6 +1,8 @@
 """The attack × defence matrix: rows are runs (trigger, setting, knowledge, rate), columns are
 defences, cells are detection AUROC (screening), the target's anomaly index (Neural Cleanse) or
-the ASR after mitigation with its clean-accuracy cost. Written as Markdown and CSV.
+the ASR after mitigation with its clean-accuracy cost. Written as Markdown and CSV; when an attack
+was run with several seeds, the Markdown starts with one row per attack that lists each seed's
+value and how many seeds a detector flags the target in.
 
 Example:
     >>> from perturbd.report.matrix import matrix_rows, write_matrix
@@ -44,6 +46,8 @@ def matrix_row(run_dir: Path | str) -> dict[str, Any]:
         "clean_accuracy": metrics.get("clean_accuracy"),
         "asr": metrics.get("attack_success_rate"),
         "cells": {r["name"]: r["cell"] for r in reports},
+        "kinds": {r["name"]: r.get("kind") for r in reports},
+        "metrics": {r["name"]: r.get("metrics", {}) for r in reports},
     }
 
 
@@ -59,11 +63,62 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def matrix_markdown(rows: list[dict[str, Any]]) -> str:
-    """The matrix as a Markdown table (cell texts; a blank where a run lacks that defence)."""
+def _dots(values: list[Any], fmt: str) -> str:
+    return " · ".join("–" if v is None else format(v, fmt) for v in values)
+
+
+def _over_seeds(kind: str | None, runs: list[dict[str, Any]], name: str) -> str:
+    """One defence on the seeds of one attack: each seed's value, in seed order."""
+    cells = [r["cells"].get(name) for r in runs]
+    if any(c is None for c in cells):
+        return f"run on {sum(c is not None for c in cells)} of {len(cells)} seeds"
+    values = [c.get("value") for c in cells]
+    metrics = [r["metrics"].get(name, {}) for r in runs]
+    if kind in ("dataset", "input"):
+        return f"AUROC {_dots(values, '.3f')}; TPR at 5 % FPR {_dots([m.get('tpr_at_5_fpr') for m in metrics], '.2f')}"
+    if kind == "model":
+        flagged = sum(bool(m.get("target_flagged")) for m in metrics)
+        return f"target flagged {flagged}/{len(runs)}; anomaly index {_dots(values, '.2f')}"
+    if kind == "mitigation":
+        after = _dots([None if v is None else 100 * v for v in values], ".1f")
+        costs = [c["accuracy_cost"] for c in cells if c.get("accuracy_cost") is not None]
+        change = f"; acc. {-100 * sum(costs) / len(costs):+.2f} pt (mean)" if costs else ""
+        return f"ASR after {after} %{change}"
+    return _dots(values, ".3g")
+
+
+def seeds_markdown(rows: list[dict[str, Any]]) -> str:
+    """One row per attack (runs with the same label), the seeds in order: clean accuracy and ASR
+    per seed, then per defence each seed's AUROC (and TPR at 5 % FPR), Neural Cleanse's verdict
+    on the target (flagged in k of N seeds, its anomaly index per seed) or the ASR after mitigation
+    per seed with the mean clean-accuracy change."""
     cols = _columns(rows)
-    head = ["run", "clean acc", "ASR", *cols]
+    attacks: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        attacks.setdefault(r["label"], []).append(r)
+    head = ["attack (seeds)", "clean acc. % per seed", "ASR % per seed", *cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, runs in attacks.items():
+        runs = sorted(runs, key=lambda r: r["seed"] if r["seed"] is not None else -1)
+        kinds = {c: next((r["kinds"].get(c) for r in runs if r["kinds"].get(c)), None) for c in cols}
+        base = [
+            f"{label} ({', '.join(str(r['seed']) for r in runs)})",
+            _dots([100 * r["clean_accuracy"] for r in runs], ".2f"),
+            _dots([100 * r["asr"] for r in runs], ".1f"),
+        ]
+        lines.append("| " + " | ".join(base + [_over_seeds(kinds[c], runs, c) for c in cols]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def matrix_markdown(rows: list[dict[str, Any]]) -> str:
+    """The matrix as a Markdown table (cell texts; a blank where a run lacks that defence),
+    after :func:`seeds_markdown` when some attack has more than one run."""
+    cols = _columns(rows)
+    labels = [r["label"] for r in rows]
+    over_seeds = len(set(labels)) < len(labels)
+    head = ["run", "clean acc", "ASR", *cols]
+    lines = ["## Over seeds", "", seeds_markdown(rows), "## Each run", ""] if over_seeds else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         base = [f"{r['label']} (seed {r['seed']})", f"{100 * r['clean_accuracy']:.2f} %", f"{100 * r['asr']:.1f} %"]
         cells = [r["cells"].get(c, {}).get("text", "") for c in cols]
