@@ -118,6 +118,15 @@ def test_dataset_screening_reports_its_operating_points(planted) -> None:
     assert r.cell["text"] == f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f} / FPR {m['fpr']:.2f} at its threshold; TPR {m['tpr_at_5_fpr']:.2f} at 5 % FPR)"
 
 
+def test_a_mitigations_facts_join_its_metrics_and_cell(planted) -> None:
+    r = evaluate_defense(build_defense("fine_pruning", n_clean=64, epochs=1), planted.inputs())
+    m = r.metrics
+    assert {"layer", "channels", "pruned", "validation_accuracy_unpruned", "validation_accuracy_pruned"} <= set(m)
+    assert r.cell["text"].endswith(f", 64 clean, pruned {m['pruned']}/{m['channels']} channels of {m['layer']}")
+    plain = evaluate_defense(build_defense("fine_tuning", n_clean=64, epochs=1), planted.inputs())
+    assert plain.cell["text"].endswith(", 64 clean") and "summary" not in plain.metrics
+
+
 def test_defender_clean_set_is_the_unpoisoned_images_in_a_derived_order(planted) -> None:
     clean = defender_clean_set(planted.train, planted.indices, 0)
     assert len(clean) == len(planted.train) - len(planted.indices)

@@ -71,6 +71,10 @@ def test_count_follows_the_accuracy_rule(planted) -> None:
     assert len(curve) <= 8, "bisection, not every count"
     # the pruned channels are the least active, by the layer's own mean output
     assert sorted(torch.argsort(d.activation_, stable=True)[:count].tolist()) == d.pruned_
+    assert d.facts_ == {
+        "layer": d.layer_, "channels": len(d.activation_), "pruned": count, "validation_accuracy_unpruned": d.base_accuracy_,
+        "validation_accuracy_pruned": d.pruned_accuracy_, "summary": f"pruned {count}/{len(d.activation_)} channels of {d.layer_}",
+    }  # fmt: skip
 
 
 def test_fixed_ratio_and_pruned_channels_stay_zero_after_tuning(planted) -> None:

@@ -169,7 +169,9 @@ class ModelInspector(Protocol):
 
 @runtime_checkable
 class Mitigator(Protocol):
-    """Repairs a model from clean images: ``model_`` is the repaired copy."""
+    """Repairs a model from clean images: ``model_`` is the repaired copy. It may also set
+    ``facts_`` (optional): what the repair did, JSON-ready, copied into the report's metrics; its
+    ``summary`` (text) joins the matrix cell (fine-pruning: how many channels it pruned)."""
 
     name: ClassVar[str]
     kind: ClassVar[str]

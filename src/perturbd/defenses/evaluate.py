@@ -210,7 +210,9 @@ def _eval_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluation
     m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)
     m["asr_after"] = asr(d.model_)
     m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
-    cost = f"acc {-100 * m['accuracy_cost']:+.2f} pt, {d.clean_used_} clean"
+    facts = getattr(d, "facts_", {})
+    m.update(facts)
+    cost = f"acc {-100 * m['accuracy_cost']:+.2f} pt, {d.clean_used_} clean" + (f", {facts['summary']}" if "summary" in facts else "")
     if m["asr_after"] is None:
         return m, {"value": None, "text": cost}, {}
     text = f"ASR {100 * m['asr_before']:.1f}→{100 * m['asr_after']:.1f} %, {cost}"

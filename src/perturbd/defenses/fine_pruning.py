@@ -27,7 +27,8 @@ assumes), about log₂(C) accuracy evaluations instead of C.
 After ``fit``: ``model_`` (the repaired copy; it carries the mask as a forward hook, which its
 ``state_dict`` does not hold), ``layer_`` (module name), ``pruned_`` (channel indices),
 ``activation_`` (per channel), ``base_accuracy_`` and ``pruned_accuracy_`` (validation accuracy
-unpruned and right after pruning), ``curve_`` (``[count, accuracy]`` pairs tried, by count).
+unpruned and right after pruning), ``curve_`` (``[count, accuracy]`` pairs tried, by count),
+``facts_`` (the layer, channels pruned of how many, the two accuracies: the report's metrics).
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ class FinePruning(Defense):
         mask.prune(order[:count])
         self.pruned_ = order[:count].sort().values.tolist()
         self.curve_ = [[c, curve[c]] for c in sorted(curve)]
+        self.facts_ = {
+            "layer": self.layer_, "channels": channels, "pruned": count, "validation_accuracy_unpruned": self.base_accuracy_,
+            "validation_accuracy_pruned": self.pruned_accuracy_, "summary": f"pruned {count}/{channels} channels of {self.layer_}",
+        }  # fmt: skip
         self.losses_ = tune(self.model_, rest, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name)
         return self
 
