@@ -69,8 +69,8 @@ def test_pivot_puts_one_key_in_the_columns_and_marks_what_was_not_run(runs):
     kept = [g for g in groups if not (g.keys["poison.rate"] == 0.1 and g.trigger.label == "grid c=6")]
     md = pivot_markdown(columns, kept, "poison.rate")
     assert md.startswith("| trigger | poison.rate = 0.01 | poison.rate = 0.03 | poison.rate = 0.1 |\n|---|---:|---:|---:|\n")
-    assert "| grid c=6 | 6.50 ± 6.35 (0/2) | 18.50 ± 6.35 (0/2) | – |" in md  # ASR 6 and 7 %, 18 and 19 %
-    assert "| grid c=10 | 10.50 ± 6.35 (0/2) | 30.50 ± 6.35 (0/2) | 100.00 ± 0.00 (2/2) |" in md
+    assert "| grid c=6 | 6.0 · 7.0 (0/2) | 18.0 · 19.0 (0/2) | – |" in md
+    assert "| grid c=10 | 10.0 · 11.0 (0/2) | 30.0 · 31.0 (0/2) | 100.0 · 100.0 (2/2) |" in md
     with pytest.raises(ConfigError, match="not a key that varies.*trigger, poison.rate"):
         pivot_markdown(columns, groups, "train.lr")
 

@@ -258,10 +258,15 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
     )
 
 
+def _per_seed(group: Group) -> str:
+    return " · ".join("–" if v is None else f"{100 * v:.1f}" for v in group.per_seed("attack_success_rate"))
+
+
 def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
     """ASR with the values of one varying key (``axis``, e.g. ``poison.rate``) as the columns: a row
-    per setting of the other keys, each cell the mean ASR over the seeds and how many reach the
-    goal, ``–`` where that combination was not run. What ``perturbd report --pivot`` writes."""
+    per setting of the other keys, each cell the ASR of every seed (in seed order: a backdoor is
+    often learned in some seeds and not others, which a mean hides) and how many reach the goal,
+    ``–`` where that combination was not run. What ``perturbd report --pivot`` writes."""
     if axis not in columns:
         varying = ", ".join(columns) or "nothing (one config)"
         raise ConfigError(f"--pivot {axis}: not a key that varies between these runs; they vary in: {varying}")
@@ -273,11 +278,11 @@ def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
     head = [*rest, *(f"{axis} = {v}" for v in values)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(rest) else "---:" for i in range(len(head))) + "|"]
     for key, by_value in rows.items():
-        cells = [f"{cell(g.stats['attack_success_rate'], 'pct')} ({g.reaching()})" if (g := by_value.get(v)) else "–" for v in values]
+        cells = [f"{_per_seed(g)} ({g.reaching()})" if (g := by_value.get(v)) else "–" for v in values]
         lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
     return "\n".join(lines) + (
-        f"\n\nASR % of the backdoored model, mean ± half-width of the 95 % t-interval over the seeds; "
-        f"(k/N): how many of the N seeds reach ASR ≥ {100 * ASR_GOAL:g} %; –: not run.\n"
+        f"\n\nASR % of the backdoored model per seed (seeds in order); (k/N): how many of the N seeds reach "
+        f"ASR ≥ {100 * ASR_GOAL:g} %; –: not run.\n"
     )
 
 
