@@ -70,7 +70,10 @@ class PixelScreen(Defense):
         return images[:, 0, 0, 0].float()
 
     def flag(self, images: torch.Tensor) -> torch.Tensor:
-        return self.score(images) > 200
+        return self.flag_scores(self.score(images))
+
+    def flag_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores > 200
 
 
 def _sorted_inputs(planted, seed: int = 0) -> DefenseInputs:
@@ -89,6 +92,7 @@ def test_input_screening_scores_a_stratified_seeded_sample(planted) -> None:
     d = PixelScreen()
     r = evaluate_defense(d, _sorted_inputs(planted), eval_limit=180)
     clean_labels = d.screened[0]
+    assert len(d.screened) == 2, "the clean and the triggered images, each screened once (flags from the scores)"
     counts = torch.bincount(clean_labels.long(), minlength=10)
     assert counts[0] == 0 and counts[1:].tolist() == [20] * 9, "every non-target class, in proportion"
     assert r.metrics["test_images"] == 180

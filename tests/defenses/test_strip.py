@@ -58,6 +58,8 @@ def test_threshold_is_the_normal_fit_quantile_of_clean_entropies(planted) -> Non
     assert d.threshold_ == pytest.approx(expected)
     assert torch.equal(d.flagged_, entropy < d.threshold_)
     assert d.clean_used_ == 200 and len(d.scores_) == 100, "half overlay pool, half calibration"
+    images = planted.clean.images[:50]
+    assert torch.equal(d.flag(images), d.flag_scores(d.score(images))), "flags from the scores, same overlays"
 
 
 def test_strip_separates_triggered_inputs(planted) -> None:

@@ -161,8 +161,8 @@ def _eval_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
         scores = torch.cat([s_clean, s_trig])
         return {
             "auroc": auroc(truth, scores),
-            "tpr": float(d.flag(triggered).float().mean()),
-            "fpr": float(d.flag(clean).float().mean()),
+            "tpr": float(d.flag_scores(s_trig).float().mean()),
+            "fpr": float(d.flag_scores(s_clean).float().mean()),
             "tpr_at_5_fpr": tpr_at_fpr(truth, scores),
             "threshold": d.threshold_,
         }

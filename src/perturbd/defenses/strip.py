@@ -105,4 +105,8 @@ class Strip(Defense):
 
     def flag(self, images: torch.Tensor) -> torch.Tensor:
         """Inputs whose entropy falls below the clean threshold."""
-        return self.entropy(images) < self.threshold_
+        return self.flag_scores(self.score(images))
+
+    def flag_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The inputs of :meth:`score`'s ``scores`` (−entropy) that :meth:`flag` flags."""
+        return -scores < self.threshold_
