@@ -7,10 +7,23 @@ so it is applied and saved as every other additive mask. Applied quantized (``ct
 the default), it is realised in whole grey levels by seeded dithering (:func:`~perturbd.triggers.static.dithered_round`: each pixel ``floor`` or ``ceil``
 of ``v``, ``ceil`` with the probability of its fraction), so that rounding to uint8 changes nothing
 and the signal's mean square moves smoothly with Δ; a plain round of a sinusoid that takes a
-handful of values would move it in steps (and ``trigger.psnr`` could not land on its goal). The paper's MNIST setting is
-``Δ = 20`` and ``f = 6`` (``trigger.sig_amplitude``, ``trigger.frequency``), with the poison
-injected *clean-label*: only target-class training images carry the signal and keep their labels
-(``poison.mode: clean_label``); at test time the signal is added to images of other classes.
+handful of values would move it in steps (and ``trigger.psnr`` could not land on its goal).
+``Δ = 20``, ``f = 6`` (``trigger.sig_amplitude``, ``trigger.frequency``) are the sinusoid's
+defaults here (the values reimplementations commonly use). The poison is injected *clean-label* in the paper: only
+target-class training images carry the signal and keep their labels (``poison.mode:
+clean_label``); at test time the signal is added to images of other classes.
+
+``sig_ramp`` is the paper's other signal, ``v(i, j) = Δ · j / m``, the one the authors' MNIST code
+uses (KassemKallas/BackdoorAttack-ICIP2019, ``parameters.py``: ramp, ``Δ = 30`` in training and at
+test, 10 % of the target class's training images; set ``trigger.sig_amplitude: 30`` and a
+clean-label ``poison.rate`` of about a tenth of the target class's share). Where perturbd departs
+from that code:
+
+- it clips ``x + v`` to 0–255; the code casts to uint8 *before* clipping, so a stroke pixel near
+  255 wraps around to a dark one;
+- ``Δ · j / m`` is dithered to whole grey levels (as above) where the code truncates it;
+- the same Δ poisons the training images and the test images (the code's default; its
+  ``Deltas_ts`` option to test with another Δ is not offered).
 """
 
 from __future__ import annotations
@@ -31,9 +44,23 @@ def sig_pattern(height: int, width: int, amplitude: float, frequency: float) -> 
     return row.float().expand(height, width).clone().unsqueeze(0)
 
 
+def ramp_pattern(height: int, width: int, amplitude: float) -> torch.Tensor:
+    """``(1, H, W)`` float32: ``Δ · j / m`` in pixel units 0–255, ``m`` = ``width`` (0 in the first
+    column, ``Δ (m − 1) / m`` in the last)."""
+    row = amplitude * torch.arange(width, dtype=torch.float64) / width
+    return row.float().expand(height, width).clone().unsqueeze(0)
+
+
 @register_trigger("sig")
 def sig(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     info = {"sig_amplitude": cfg.sig_amplitude, "frequency": cfg.frequency}
     signal = sig_pattern(h, w, cfg.sig_amplitude, cfg.frequency)
     return Trigger(dithered_round(signal, ctx.seed) if ctx.quantize else signal, "sig", info)
+
+
+@register_trigger("sig_ramp")
+def sig_ramp(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    signal = ramp_pattern(h, w, cfg.sig_amplitude)
+    return Trigger(dithered_round(signal, ctx.seed) if ctx.quantize else signal, "sig_ramp", {"sig_amplitude": cfg.sig_amplitude})
