@@ -31,7 +31,7 @@ The table goes to ``OUT/equal_visibility.md`` and ``.json``.
     python experiments/equal_visibility.py --data mnist --data-root /work/shared/datasets \\
         --seeds 0 1 2 --out runs/equal-visibility
     python experiments/equal_visibility.py --data cifar10 --data-root DIR --set train.epochs=30 ...
-    python experiments/equal_visibility.py ... --table-only     # the table so far, training nothing
+    python experiments/equal_visibility.py ... --table-only     # the table so far, training and defending nothing
 
 ``--data cifar10`` reads the CIFAR-10 JPEG folder ``DATA_ROOT/cifar10-jpeg`` (``imagefolder``).
 """
@@ -253,11 +253,15 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
                 "psnr_reached": mean([m["stealth"]["psnr_mean"] for m in metrics]),
                 "ssim": mean([m["stealth"]["ssim_mean"] for m in metrics]),
             }
-            if specs and not row["searching"]:
-                facts = [defence_facts(defend(f, args.out / "defended", specs)) for _, f in at]
-                row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
-                row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)
-                row["nc_index"] = mean([x.get("nc_index") for x in facts])
+            if not row["searching"]:
+                # with specs, every seed is defended (or read back); without (--table-only), the seeds defended so far
+                dests = [defend(f, args.out / "defended", specs) if specs else args.out / "defended" / f.name for _, f in at]
+                facts = [defence_facts(d) for d in dests if (d / "defenses.json").is_file()]
+                if facts:
+                    row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
+                    row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)
+                    row["nc_index"] = mean([x.get("nc_index") for x in facts])
+                    row["defended_seeds"] = len(facts)
         rows.append(row)
     return rows
 
@@ -280,7 +284,9 @@ def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
     head = "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t | rates tried: seeds reaching |"
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: (-r["psnr_goal"], r["kind"])):
-        nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{len(r['seeds'])} (index {_fmt(r['nc_index'])})"
+        nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{r['defended_seeds']} (index {_fmt(r['nc_index'])})"
+        if "defended_seeds" in r and r["defended_seeds"] < len(r["seeds"]):
+            nc += f"; defences: {r['defended_seeds']} of {len(r['seeds'])} seeds so far"
         tried = " · ".join(f"{100 * float(rate):g} %: {k}/{n}" for rate, (k, n) in r.get("tried", {}).items())
         lines.append(
             f"| {r['kind']} | {r['psnr_goal']:g} | {_smallest(r)} | {_fmt(r.get('asr'), 100, 1)} "
@@ -289,6 +295,7 @@ def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
         )
     return "\n".join(lines) + (
         f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens; "
+        "STRIP, AC, SS and NC over the seeds defended (NC flags t: in how many of them Neural Cleanse flags the target); "
         "the last column: each rate a row trained, with how many of its seeds reach the goal there; "
         "(searching): the row has rates left to train, and its cell is the bound known so far.\n"
     )

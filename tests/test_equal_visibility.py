@@ -106,6 +106,28 @@ def test_a_row_still_searching_says_so_and_gives_its_bound(ev, tmp_path) -> None
     assert "≤ 0.500 (searching)" in table and "> 0.500 (searching)" in table and "0.5 %: 2/3" in table
 
 
+def test_the_table_only_reads_the_defences_run_so_far(ev, tmp_path) -> None:
+    from perturbd.config import load_config
+
+    args = ev.options(["--data", "mnist", "--seeds", "0", "1", "--rates", "0.005", "--table-only", "--out", str(tmp_path)])
+    runs = []
+    for seed in (0, 1):
+        folder = tmp_path / "rates" / f"grid-{seed}"
+        folder.mkdir(parents=True)
+        metrics = {"attack_success_rate": 0.99, "clean_model_asr": 0.001, "accuracy_loss": 0.0, "stealth": {"psnr_mean": 34.5, "ssim_mean": 0.9}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        runs.append((load_config(overrides=["trigger.psnr=34.5", "poison.rate=0.005", f"seed={seed}"]), folder))
+    (row,) = ev.summarise(args, runs, specs=[])
+    assert "strip" not in row and "–" in ev.markdown([row]).splitlines()[2], "nothing defended yet: nothing run, nothing shown"
+    defended = tmp_path / "defended" / "grid-0"
+    defended.mkdir(parents=True)
+    reports = [{"name": "strip", "metrics": {"auroc": 0.8}}, {"name": "neural_cleanse", "metrics": {"target_flagged": True, "target_anomaly_index": 3.0}}]
+    (defended / "defenses.json").write_text(json.dumps({"defenses": reports}))
+    (row,) = ev.summarise(args, runs, specs=[])
+    assert row["strip"] == 0.8 and row["nc_flagged_seeds"] == 1 and row["defended_seeds"] == 1
+    assert "1/1 (index 3.00); defences: 1 of 2 seeds so far" in ev.markdown([row])
+
+
 def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None:
     specs = {s.name: s.params for s in ev.defence_specs(["neural_cleanse.epochs=3"])}
     assert list(specs) == list(ev.DEFENCES)
