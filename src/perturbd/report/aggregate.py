@@ -234,7 +234,7 @@ def _sortable(v: Any) -> tuple[int, Any]:
 def _fmt(value: float | None, kind: str) -> str:
     if value is None or not math.isfinite(value):
         return "–" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
-    return {"pct": f"{100 * value:.2f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(kind, f"{value:.2f}")
+    return {"pct": f"{100 * value:.2f}", "pct1": f"{100 * value:.1f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(kind, f"{value:.2f}")
 
 
 def cell(stat: Stat, kind: str) -> str:
@@ -249,7 +249,7 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
     head = [*columns, "seeds", *(METRICS[m][1] for m in metrics), "ASR % per seed", f"ASR ≥ {100 * ASR_GOAL:g} %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(columns) else "---:" for i in range(len(head))) + "|"]
     for g in groups:
-        per_seed = " · ".join(_fmt(v, "pct") for v in g.per_seed("attack_success_rate"))
+        per_seed = _asr_per_seed(g, "pct")
         row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m][2]) for m in metrics]
         lines.append("| " + " | ".join([*row, per_seed, g.reaching()]) + " |")
     return "\n".join(lines) + (
@@ -258,8 +258,8 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
     )
 
 
-def _per_seed(group: Group) -> str:
-    return " · ".join("–" if v is None else f"{100 * v:.1f}" for v in group.per_seed("attack_success_rate"))
+def _asr_per_seed(group: Group, kind: str) -> str:
+    return " · ".join(_fmt(v, kind) for v in group.per_seed("attack_success_rate"))
 
 
 def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
@@ -278,7 +278,7 @@ def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
     head = [*rest, *(f"{axis} = {v}" for v in values)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(rest) else "---:" for i in range(len(head))) + "|"]
     for key, by_value in rows.items():
-        cells = [f"{_per_seed(g)} ({g.reaching()})" if (g := by_value.get(v)) else "–" for v in values]
+        cells = [f"{_asr_per_seed(g, 'pct1')} ({g.reaching()})" if (g := by_value.get(v)) else "–" for v in values]
         lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
     return "\n".join(lines) + (
         f"\n\nASR % of the backdoored model per seed (seeds in order); (k/N): how many of the N seeds reach "
