@@ -30,7 +30,7 @@ The table goes to ``OUT/equal_visibility.md`` and ``.json``.
 
     python experiments/equal_visibility.py --data mnist --data-root /work/shared/datasets \\
         --seeds 0 1 2 --out runs/equal-visibility
-    python experiments/equal_visibility.py --data cifar10 --data-root DIR --set train.epochs=30 ...
+    python experiments/equal_visibility.py --data cifar10 --data-root DIR --recipe configs/cifar10-cpu.yaml ...
     python experiments/equal_visibility.py ... --table-only     # the table so far, training and defending nothing
 
 ``--data cifar10`` reads the CIFAR-10 JPEG folder ``DATA_ROOT/cifar10-jpeg`` (``imagefolder``).
@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml
 from perturbd.defenses.evaluate import run_defenses, write_defenses
 from perturbd.defenses.saved import load_inputs
+from perturbd.errors import PerturbdError
 from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep import run_sweep
 from perturbd.sweep_config import Sweep, SweepConfig, expand
@@ -75,7 +77,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--search", choices=["bisect", "grid"], default="bisect", help="bisect the rates of each row (default) or train every rate")
     parser.add_argument("--goal-asr", type=float, default=GOAL, help="ASR a rate must reach in most seeds (a fraction)")
-    parser.add_argument("--epochs", type=int, default=8, help="victim epochs (8: configs/paper/epochs.yaml)")
+    parser.add_argument("--recipe", type=Path, default=None, help="a config file whose model and train sections every run takes (e.g. configs/cifar10-cpu.yaml)")
+    parser.add_argument("--epochs", type=int, default=None, help="victim epochs (default: the recipe's; without one 8, as configs/paper/epochs.yaml)")
     parser.add_argument("--workers", default="auto", help="runs at once (the sweep's workers)")
     parser.add_argument("--no-defences", action="store_true", help="phase 1 only")
     parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs on disk (rows still searching say so)")
@@ -86,13 +89,17 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The experiment every run starts from: the data, target 0, the victim's epochs, ``--set``."""
+    """The experiment every run starts from: the data, target 0, the recipe's model and training,
+    the victim's epochs, ``--set``."""
     data: dict[str, Any] = {"name": args.data}
     if args.data == "cifar10":
         data["name"] = f"imagefolder:{(args.data_root or Path('.')) / 'cifar10-jpeg'}"
     elif args.data_root is not None:
         data["root"] = str(args.data_root)
-    base = {"data": data, "poison": {"target": 0}, "train": {"epochs": args.epochs}}
+    recipe = read_yaml(args.recipe) if args.recipe is not None else {}
+    train = dict(recipe.get("train") or {})
+    train["epochs"] = args.epochs or train.get("epochs") or 8
+    base = {"data": data, "poison": {"target": 0}, "train": train} | ({"model": recipe["model"]} if recipe.get("model") else {})
     return apply_overrides(base, args.sets)
 
 
@@ -314,5 +321,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main`, with a user's mistake (a missing recipe, a bad ``--set``) as one line and exit code 2."""
+    try:
+        main(argv)
+    except PerturbdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

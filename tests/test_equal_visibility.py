@@ -31,6 +31,19 @@ def test_the_sweep_is_kinds_by_levels_by_rates_by_seeds(ev) -> None:
     assert {c.poison.rate for c in sweep.runs} == {0.001, 0.01} and {c.data.name for c in sweep.runs} == {"mnist"}
     cifar = ev.base_config(ev.options(["--data", "cifar10", "--data-root", "/data"]))
     assert cifar["data"]["name"] == "imagefolder:/data/cifar10-jpeg"
+    assert "model" not in cifar and cifar["train"] == {"epochs": 8}
+
+
+def test_a_recipe_gives_every_run_its_model_and_training(ev, capsys) -> None:
+    recipe = ROOT / "configs" / "cifar10-cpu.yaml"
+    base = ev.base_config(ev.options(["--data", "cifar10", "--data-root", "/data", "--recipe", str(recipe)]))
+    assert base["model"] == {"name": "fastnet32_small"} and base["train"]["epochs"] == 15 and base["train"]["precision"] == "bf16"
+    assert "trigger" not in base and base["poison"] == {"target": 0}  # the rows set the trigger, the axis the rate
+    shorter = ev.base_config(ev.options(["--data", "cifar10", "--recipe", str(recipe), "--epochs", "5", "--set", "train.lr=0.2"]))
+    assert shorter["train"]["epochs"] == 5 and shorter["train"]["lr"] == 0.2 and shorter["train"]["batch_size"] == 512
+    assert ev.cli(["--recipe", "no-such-recipe.yaml", "--table-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-recipe.yaml" in err
 
 
 def test_smallest_rate_needs_most_seeds(ev, tmp_path) -> None:
