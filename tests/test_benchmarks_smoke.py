@@ -18,6 +18,7 @@ CASES = {
     "bench_e2e": ("perturbd.experiment", []),
     "bench_sweep": ("perturbd.sweep", []),
     "bench_models": ("perturbd.models", []),
+    "bench_colour": ("perturbd.models", []),
 }
 
 
@@ -29,7 +30,7 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     bench = importlib.import_module(f"benchmarks.{name}")
     payload = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), *extra])
     files = [p.name for p in tmp_path.glob("*.json")]
-    assert len(files) == 1 and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-")) and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models"))
+    assert len(files) == 1 and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-")) and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models", "bench_colour"))
     written = json.loads((tmp_path / files[0]).read_text())
     assert written["benchmark"] == name == payload["benchmark"]
     assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]
@@ -74,3 +75,19 @@ def test_bench_models_times_its_models_in_training_mode(monkeypatch: pytest.Monk
     step = bench.trainer("cnn32", (3, 32, 32), "fp32", 4, torch.device("cpu"), 0)
     step()
     assert seen == [True]
+
+
+def test_bench_colour_picks_from_the_frontier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    bench = importlib.import_module("benchmarks.bench_colour")
+    means = {
+        "slow_better": {"seconds": 700.0, "clean_accuracy": 0.87},
+        "fast": {"seconds": 300.0, "clean_accuracy": 0.80},
+        "beaten": {"seconds": 710.0, "clean_accuracy": 0.86},  # slower and less accurate than slow_better
+        "near_fast": {"seconds": 320.0, "clean_accuracy": 0.82},
+    }
+    assert bench.frontier(means) == ["slow_better", "fast", "near_fast"]
+    assert bench.pick(means, slack=1.1) == "near_fast"  # within 1.1× of the fastest, more accurate
+    assert bench.pick(means, slack=3.0) == "slow_better"
+    sets = bench.overrides(bench.options(["--data-root", "/d", "--epochs", "3"]), "cnn32", 2)
+    assert sets[:2] == ["model.name=cnn32", "seed=2"] and "train.epochs=3" in sets and "data.name=imagefolder:/d/cifar10-jpeg" in sets
