@@ -1,4 +1,4 @@
-"""Accuracy per CPU-second of the colour models: which one ``model.name: auto`` should pick.
+"""Accuracy per CPU-second of the colour models: which one a CPU recipe should train.
 
 Each of ``--models`` trains the clean model of a run of ``--config`` (default
 ``configs/cifar10-cpu.yaml``: CIFAR-10 (JPEG) and the CPU recipe — batch 512, lr 0.4, label
@@ -12,7 +12,9 @@ each seed in turn, so a change of machine load hits them alike only roughly: che
 
 A model is *on the frontier* when no other contestant is both faster and more accurate (means
 over the seeds); of those, the most accurate one whose mean training time is within
-``--slack`` (default 1.1×) of the fastest one's is the pick: the answer for ``auto``.
+``--slack`` (default 1.1×) of the fastest one's is marked ``pick``: the choice of a user who
+puts speed first. Which model perturbd's CPU recipe and ``auto`` take, and why, is in the
+README ("Speed").
 
     python -m benchmarks.bench_colour --data-root DIR                       # cnn32, cnn32_small, fastnet32_small
     python -m benchmarks.bench_colour --data-root DIR --models cnn32 fastnet32_small --seeds 0 1
