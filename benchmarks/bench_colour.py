@@ -4,9 +4,9 @@ Each of ``--models`` trains the clean model of a run of ``--config`` (default
 ``configs/cifar10-cpu.yaml``: CIFAR-10 (JPEG) and the CPU recipe — batch 512, lr 0.4, label
 smoothing 0.2, linear warm-up and decay, crop + flip, bf16 autocast, 15 epochs) with only
 ``model.name`` changed: the victim's own data (the training split less the adversary's auxiliary
-share, as in every run: :func:`perturbd.attack.partition.partition`), the run seed, the recipe's
-epochs (``--epochs`` for another count), by :func:`perturbd.train.fit`, the trainer every run
-uses. Reported per model and seed: the training seconds (``fit``'s own clock: no evaluation
+share, as in every run), the run seed, the recipe's epochs (``--epochs`` for another count),
+trained as a run trains its clean twin (:func:`perturbd.experiment.preflight`, then
+:meth:`perturbd.twins.TwinStore.clean_model`). Reported per model and seed: the training seconds (``fit``'s own clock: no evaluation
 inside), images per second, and the clean test accuracy. Contestants train one after the other,
 each seed in turn, so a change of machine load hits them alike only roughly: check ``uptime``.
 
@@ -28,12 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Series, machine, parser, pick_device, print_table, write_result
-from perturbd.attack.partition import partition
 from perturbd.config import load_config
-from perturbd.data import load_data
+from perturbd.experiment import preflight
 from perturbd.metrics import clean_accuracy
-from perturbd.models import build_model
-from perturbd.train import fit, set_threads
 
 NAME = "bench_colour"
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,17 +64,15 @@ def overrides(args: argparse.Namespace, model: str, seed: int) -> list[str]:
 
 
 def train_once(args: argparse.Namespace, model_name: str, seed: int) -> dict[str, float]:
-    """The clean model of one run: its training seconds, images per second and test accuracy."""
+    """The clean model of one run, trained as the run trains its clean twin: its training
+    seconds, images per second and test accuracy."""
     cfg = load_config(args.config, overrides(args, model_name, seed))
-    split = load_data(cfg.data, cfg.seed)
-    part = partition(cfg, split.train.labels, split.train.num_classes)
-    data = part.take(split.train, part.victim)
-    set_threads(cfg.train.threads)
-    model = build_model(cfg.model, data.image_shape, data.num_classes, seed=cfg.seed)
-    result = fit(model, data, cfg.train, cfg.seed, description=f"{model_name} seed {seed}")
-    accuracy = clean_accuracy(model, split.test, precision=cfg.train.precision)
-    print(f"{model_name} seed {seed}: {result.seconds:.1f} s, {result.images_per_s:.0f} img/s, clean accuracy {accuracy:.2%}", flush=True)
-    return {"seconds": result.seconds, "images_per_s": result.images_per_s, "clean_accuracy": accuracy, "epochs": cfg.train.epochs, "train_images": len(data)}
+    prep = preflight(cfg)
+    data = prep.part.take(prep.split.train, prep.part.victim)
+    twin = prep.twins.clean_model(cfg, data, prep.device, description=f"{model_name} seed {seed}")
+    accuracy = clean_accuracy(twin.model, prep.split.test, precision=cfg.train.precision)
+    print(f"{model_name} seed {seed}: {twin.seconds:.1f} s, {twin.images_per_s:.0f} img/s, clean accuracy {accuracy:.2%}", flush=True)
+    return {"seconds": twin.seconds, "images_per_s": twin.images_per_s, "clean_accuracy": accuracy, "epochs": cfg.train.epochs, "train_images": len(data)}
 
 
 def frontier(means: dict[str, dict[str, float]]) -> list[str]:

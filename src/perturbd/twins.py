@@ -141,11 +141,12 @@ class Pretrained:
 @dataclass
 class Twin:
     """A clean model and where it came from: ``seconds`` spent training it in this process
-    (0 when reused), ``source`` one line for logs."""
+    (0 when reused) and the training's ``images_per_s`` (0 when reused), ``source`` one line for logs."""
 
     model: nn.Module
     seconds: float
     source: str
+    images_per_s: float = 0.0
 
 
 class TwinStore:
@@ -176,7 +177,7 @@ class TwinStore:
                     save_model(model, tmp / "model.safetensors")
                     write_json(tmp / "twin.json", {"key": key, "train_seconds": result.seconds, "stored": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self._memo[key] = model
-        return Twin(model, result.seconds, f"trained in {result.seconds:.1f} s ({result.images_per_s:.0f} img/s)")
+        return Twin(model, result.seconds, f"trained in {result.seconds:.1f} s ({result.images_per_s:.0f} img/s)", result.images_per_s)
 
     def checkpoint(self, cfg: ExperimentConfig, image_shape: tuple[int, int, int], num_classes: int) -> Pretrained:
         """The victim architecture with the weights of ``attack.checkpoint``, and the file's
