@@ -34,13 +34,12 @@ from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.results import RunMetrics, Stealth, TriggerNorms
-from perturbd.rundir import atomic_dir, git_commit, made_elsewhere, run_dir_for, write_json
+from perturbd.rundir import atomic_dir, code_identity, made_elsewhere, run_dir_for, write_json
 from perturbd.settings import Context, Setting, Trained, get_setting
 from perturbd.settings.base import Log
 from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
-from perturbd.twins import TwinStore, code_digest
-from perturbd.version import __version__
+from perturbd.twins import TwinStore
 
 
 @dataclass
@@ -231,9 +230,7 @@ def with_inputs(cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = 
 def environment(device: str) -> dict[str, Any]:
     """Versions, device and commit that made a run."""
     info: dict[str, Any] = {
-        "perturbd": __version__,
-        "git_commit": git_commit(),
-        "code_digest": code_digest(),  # the source itself: tells uncommitted edits apart
+        **code_identity(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

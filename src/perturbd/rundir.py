@@ -10,6 +10,7 @@ removed when it succeeds.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -126,6 +127,25 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) of perturbd's own source files: the code that trains and evaluates."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(PACKAGE).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def code_identity() -> dict[str, str | None]:
+    """Which code made a result: the version, the commit and the digest of the sources (which
+    tells uncommitted edits apart from their commit)."""
+    return {"perturbd": __version__, "git_commit": git_commit(), "code_digest": code_digest()}
 
 
 def made_elsewhere(folder: Path) -> str | None:

@@ -26,7 +26,6 @@ its ``.lock`` file; the second one loads what the first one stored.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import shutil
@@ -45,7 +44,7 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.errors import CheckpointError
 from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
-from perturbd.rundir import atomic_dir, read_json, write_json
+from perturbd.rundir import atomic_dir, code_digest, read_json, write_json
 from perturbd.train import Monitor, effective_threads, fit
 from perturbd.triggers import Trigger
 
@@ -55,18 +54,6 @@ except ImportError:  # not POSIX: no cross-process lock; the atomic writes still
     fcntl = None  # type: ignore[assignment]
 
 VERSION = 2
-PACKAGE = Path(__file__).resolve().parent
-
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """SHA-256 (16 hex digits) of perturbd's own source files: the code that trains and evaluates."""
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
-        h.update(path.relative_to(PACKAGE).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes (hex)."""

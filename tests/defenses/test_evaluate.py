@@ -184,6 +184,8 @@ def test_experiment_writes_defenses_and_matrix(run_dir) -> None:
     report = json.loads((run_dir / "defenses.json").read_text())
     assert [d["name"] for d in report["defenses"]] == ["spectral_signature", "neural_cleanse", "fine_tuning"]
     assert "training split minus the poisoned images" in report["clean_source"]
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert report["code"] == {k: environment[k] for k in ("perturbd", "git_commit", "code_digest")}, "the code that defended is recorded"
     assert report["defenses"][2]["clean_images_used"] == 50
     assert (run_dir / "neural_cleanse_trigger.png").stat().st_size > 0
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -48,7 +48,7 @@ from perturbd.defenses.base import (
 from perturbd.defenses.detection import auroc, detection_text, screened_sample, tpr_at_fpr
 from perturbd.errors import ConfigError
 from perturbd.metrics import attack_success_rate, clean_accuracy
-from perturbd.rundir import write_json
+from perturbd.rundir import code_identity, write_json
 from perturbd.seeding import derived_generator
 from perturbd.triggers import Trigger
 
@@ -282,9 +282,11 @@ def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | Non
 
 
 def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:
-    """Write ``defenses.json`` and every report's figures into ``folder``."""
+    """Write ``defenses.json`` (with the code that defended: :func:`~perturbd.rundir.code_identity`)
+    and every report's figures into ``folder``."""
     folder = Path(folder)
-    write_json(folder / "defenses.json", {"clean_source": clean_source, "defenses": [r.to_json() for r in reports]})
+    record = {"clean_source": clean_source, "code": code_identity(), "defenses": [r.to_json() for r in reports]}
+    write_json(folder / "defenses.json", record)
     for r in reports:
         for filename, draw in r.figures.items():
             draw(folder / filename)
