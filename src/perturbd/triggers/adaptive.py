@@ -14,7 +14,7 @@
   projected once. A sample that an earlier sample's step would already have sent to ``t`` still
   gets its own step, and the sum overshoots the ball: the masks are denser (more pixels at ±ξ)
   and more visible than the paper's. With ``batch_size: 1`` it is the paper's algorithm. The
-  measured difference is in ``benchmarks/README.md`` (``bench_adaptive``).
+  measured difference is in the README's "Speed" table (``bench_adaptive``).
 - ``gradient`` (fast path): signed (L∞) or normalised (L2) gradient steps of ``lr`` pixel units on
   the targeted cross-entropy, on mini-batches, with the same projection.
 
