@@ -55,6 +55,7 @@ except ImportError:  # not POSIX: no cross-process lock; the atomic writes still
 
 VERSION = 2
 
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes (hex)."""
     h = hashlib.sha256()
