@@ -24,7 +24,9 @@ Two phases, both resumable (rerun the same command: finished work is skipped):
    one; the table lists the rates each row tried, and ``--search grid`` trains them all;
 2. the defences, on the saved runs of each row's smallest rate (no retraining: the models are
    read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
-   parameters of ``defense_matrix.yaml``.
+   parameters of ``defense_matrix.yaml``. A run whose weights are not on disk (results are
+   committed without them) is trained again first, and its weights are used only if it
+   reproduces the stored numbers exactly (:func:`restore_weights`; on another CPU it does not).
 
 The table goes to ``OUT/equal_visibility.md`` and ``.json``.
 
@@ -39,6 +41,8 @@ The table goes to ``OUT/equal_visibility.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -48,9 +52,10 @@ from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read
 from perturbd.defenses.evaluate import run_defenses, write_defenses
 from perturbd.defenses.saved import load_inputs
 from perturbd.errors import PerturbdError
+from perturbd.experiment import run
 from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep import run_sweep
-from perturbd.sweep_config import Sweep, SweepConfig, expand
+from perturbd.sweep_config import TWINS, Sweep, SweepConfig, expand
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9
@@ -203,10 +208,43 @@ def defence_specs(params: list[str]) -> list[DefenseSpec]:
     return [DefenseSpec(name=name, params=chosen[name]) for name in DEFENCES]
 
 
-def defend(folder: Path, out: Path, specs: list[DefenseSpec]) -> Path:
-    """The four defences on a finished run, written to ``out/<run>/`` (skipped when there)."""
+#: what a retrained run must reproduce, bit for bit, before its weights stand in for the lost ones
+REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")
+WEIGHTS = ("model.safetensors", "clean_model.safetensors")
+
+
+def restore_weights(cfg: ExperimentConfig, folder: Path, log: Any = print) -> None:
+    """Put back the model weights of a finished run that has its numbers but not its weights (they
+    are not committed with the results: a run made on another machine has none here).
+
+    The run is trained again, same config, seed and code, into ``folder/../.retrained`` (with the
+    sweep's clean twins, ``folder/../.twins``); its weights replace the lost ones only if its
+    metrics equal the stored ones exactly (:data:`REPRODUCED`), so that the defences see the model
+    that was measured. Otherwise one line says which number differs, and nothing is defended."""
+    if all((folder / name).is_file() for name in WEIGHTS):
+        return
+    log(f"{folder.name}: no model weights on disk; training it again to defend it")
+    scratch = folder.parent / ".retrained"
+    again = run(cfg, scratch, twin_cache=folder.parent / TWINS, force=True)
+    stored = read_json(folder / "metrics.json")
+    now = again.metrics.to_json()
+    differ = [f"{key} {now[key]} (stored {stored[key]})" for key in REPRODUCED if now[key] != stored[key]]
+    if differ:
+        raise SystemExit(
+            f"{folder.name} trained again does not reproduce its stored run: {', '.join(differ)}; "
+            f"nothing defended; the new run, with its own numbers, is kept in {again.run_dir}"
+        )
+    for name in WEIGHTS:
+        os.replace(again.run_dir / name, folder / name)
+    shutil.rmtree(again.run_dir)
+
+
+def defend(cfg: ExperimentConfig, folder: Path, out: Path, specs: list[DefenseSpec]) -> Path:
+    """The four defences on a finished run, written to ``out/<run>/`` (skipped when there; its
+    weights put back first when they are not on disk: :func:`restore_weights`)."""
     dest = out / folder.name
     if not (dest / "defenses.json").is_file():
+        restore_weights(cfg, folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
         inputs = load_inputs(folder)
         reports = run_defenses(specs, inputs, log=lambda m: print(f"[{folder.name}] {m}", flush=True))
@@ -262,7 +300,7 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
             }
             if not row["searching"]:
                 # with specs, every seed is defended (or read back); without (--table-only), the seeds defended so far
-                dests = [defend(f, args.out / "defended", specs) if specs else args.out / "defended" / f.name for _, f in at]
+                dests = [defend(c, f, args.out / "defended", specs) if specs else args.out / "defended" / f.name for c, f in at]
                 facts = [defence_facts(d) for d in dests if (d / "defenses.json").is_file()]
                 if facts:
                     row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}

@@ -150,6 +150,30 @@ def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None
 
 
 @pytest.mark.slow
+def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbers(ev, tmp_path) -> None:
+    from perturbd.config import load_config
+    from perturbd.experiment import run
+
+    cfg = load_config(overrides=["data.train_limit=300", "data.test_limit=100", "train.epochs=1", "train.threads=1", "poison.rate=0.05"])
+    out = tmp_path / "rates"
+    folder = run(cfg, out, twin_cache=out / ".twins").run_dir
+    weights = {name: (folder / name).read_bytes() for name in ev.WEIGHTS}
+    for name in ev.WEIGHTS:
+        (folder / name).unlink()  # as a run committed without its weights, on another machine
+    ev.restore_weights(cfg, folder, log=lambda m: None)
+    assert {name: (folder / name).read_bytes() for name in ev.WEIGHTS} == weights
+    assert not (out / ".retrained" / folder.name).exists(), "the scratch run is removed once its weights are moved"
+
+    for name in ev.WEIGHTS:
+        (folder / name).unlink()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps(metrics | {"attack_success_rate": metrics["attack_success_rate"] + 0.01}))
+    with pytest.raises(SystemExit, match="does not reproduce its stored run: attack_success_rate"):
+        ev.restore_weights(cfg, folder, log=lambda m: None)
+    assert not any((folder / name).exists() for name in ev.WEIGHTS), "weights that do not reproduce are not put in"
+
+
+@pytest.mark.slow
 def test_both_phases_on_a_tiny_slice(ev, tmp_path) -> None:
     rows = ev.main([
         "--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0", "--epochs", "1",

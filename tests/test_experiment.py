@@ -15,6 +15,7 @@ from perturbd.experiment import run
 from perturbd.models import get_model, save_model
 from perturbd.results import RunMetrics
 from perturbd.rundir import run_dir_for
+from perturbd.train import cpu_name
 
 FILES = {
     "config.yaml",
@@ -49,6 +50,7 @@ def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     assert again.skipped and again.metrics == m and again.stale is None
     # a run made by other code is still reused, but says so
     env = json.loads((result.run_dir / "environment.json").read_text())
+    assert env["cpu"] == cpu_name() and env["device"] == "cpu", "which CPU made the numbers"
     (result.run_dir / "environment.json").write_text(json.dumps({**env, "perturbd": "0.0.1", "git_commit": "0123456789abcdef"}))
     said: list[str] = []
     old = run(tiny_config, tmp_path, log=said.append)

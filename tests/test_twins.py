@@ -61,6 +61,21 @@ def test_twins_of_other_code_or_device_are_not_reused(fast, tmp_path: Path, monk
     monkeypatch.undo()
     monkeypatch.setattr(twins_module, "device_kind", lambda device: "cuda:NVIDIA H200")
     assert twin_key(cfg, train, CPU) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(twins_module, "cpu_name", lambda: "Another CPU (avx2 amx_bf16)")
+    assert twin_key(cfg, train, CPU) != key, "another CPU's kernels give other numbers"
+
+
+def test_the_cpu_is_named_by_its_model_and_the_instruction_sets_that_pick_kernels() -> None:
+    from perturbd.train import KERNEL_FLAGS, cpu_name
+
+    name = cpu_name()
+    model, _, isa = name.rpartition(" (")
+    assert model and isa.endswith(")") and twins_module.device_kind(CPU) == f"cpu:{name}"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), [])
+        assert isa[:-1].split() == [f for f in KERNEL_FLAGS if f in flags] or not flags
 
 
 def test_a_corrupt_stored_twin_is_retrained(fast, tmp_path: Path) -> None:

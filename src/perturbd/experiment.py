@@ -37,7 +37,7 @@ from perturbd.results import RunMetrics, Stealth, TriggerNorms
 from perturbd.rundir import atomic_dir, code_identity, made_elsewhere, run_dir_for, write_json
 from perturbd.settings import Context, Setting, Trained, get_setting
 from perturbd.settings.base import Log
-from perturbd.train import Monitor, SilentMonitor, resolve_device
+from perturbd.train import Monitor, SilentMonitor, cpu_name, resolve_device
 from perturbd.triggers import get_trigger
 from perturbd.twins import TwinStore
 
@@ -228,7 +228,7 @@ def with_inputs(cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = 
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions, device and commit that made a run."""
+    """Versions, device, CPU and commit that made a run."""
     info: dict[str, Any] = {
         **code_identity(),
         "python": platform.python_version(),
@@ -236,6 +236,7 @@ def environment(device: str) -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "platform": platform.platform(),
         "device": device,
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():

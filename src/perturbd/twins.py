@@ -10,7 +10,8 @@ data, model, training and seed loads it instead of training it again.
 The key of a clean model is the SHA-256 of what trains it: the architecture (with the SHA-256 of
 the files its model section names: weights, TorchScript file, factory's source), the training config
 (its ``device`` replaced by the device kind, and on a CPU its number of threads, which changes
-the float results), the seed, a fingerprint of the data's pixels and labels, the device kind and
+the float results), the seed, a fingerprint of the data's pixels and labels, the device kind (the
+GPU's name; on a CPU its model and instruction sets, which change the float results too) and
 the code (:func:`code_digest`: a twin trained by other code is never reused). A pre-trained
 checkpoint (``attack.checkpoint``) is read once and kept the same way, by its path.
 
@@ -45,7 +46,7 @@ from perturbd.errors import CheckpointError
 from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
 from perturbd.rundir import atomic_dir, code_digest, read_json, write_json
-from perturbd.train import Monitor, effective_threads, fit
+from perturbd.train import Monitor, cpu_name, effective_threads, fit
 from perturbd.triggers import Trigger
 
 try:
@@ -85,10 +86,11 @@ def cpu_threads(cfg: ExperimentConfig, device: torch.device) -> int | None:
 
 
 def device_kind(device: torch.device) -> str:
-    """``cpu``, or ``cuda:<GPU name>``: the device part of a twin key (results differ between them)."""
+    """``cpu:<CPU name>`` (:func:`~perturbd.train.cpu_name`) or ``cuda:<GPU name>``: the device part
+    of a twin key (results differ between them, from one CPU to another too)."""
     if device.type == "cuda" and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return device.type
+    return f"cpu:{cpu_name()}" if device.type == "cpu" else device.type
 
 
 def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) -> str:
