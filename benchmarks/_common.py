@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -128,7 +127,6 @@ def machine(device: torch.device) -> dict[str, Any]:
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         cpu_count=os.cpu_count(),
         cpu_cores_usable=cpu_cores(),
-        cpu=platform.processor() or platform.machine(),
         load_average_1_5_15=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_cores()} cores)",
     )

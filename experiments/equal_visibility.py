@@ -26,7 +26,8 @@ Two phases, both resumable (rerun the same command: finished work is skipped):
    read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
    parameters of ``defense_matrix.yaml``. A run whose weights are not on disk (results are
    committed without them) is trained again first, and its weights are used only if it
-   reproduces the stored numbers exactly (:func:`restore_weights`; on another CPU it does not).
+   reproduces the stored numbers exactly (:func:`restore_weights`); on another CPU it does not,
+   and ``--defend-retrained`` defends the retrain instead, its numbers recorded beside.
 
 The table goes to ``OUT/equal_visibility.md`` and ``.json``.
 
@@ -87,6 +88,10 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="auto", help="runs at once (the sweep's workers)")
     parser.add_argument("--no-defences", action="store_true", help="phase 1 only")
     parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs on disk (rows still searching say so)")
+    parser.add_argument(
+        "--defend-retrained", action="store_true",
+        help="a run whose weights are lost and whose retrain gives other numbers (another CPU): defend the retrain and say so",
+    )  # fmt: skip
     parser.add_argument("--param", dest="params", action="append", default=[], help="defence parameter NAME.KEY=VALUE (e.g. neural_cleanse.epochs=2)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value for every run")
     parser.add_argument("--out", type=Path, default=Path("runs/equal-visibility"))
@@ -211,45 +216,63 @@ def defence_specs(params: list[str]) -> list[DefenseSpec]:
 #: what a retrained run must reproduce, bit for bit, before its weights stand in for the lost ones
 REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")
 WEIGHTS = ("model.safetensors", "clean_model.safetensors")
+RETRAINED = "retrained.json"
 
 
-def restore_weights(cfg: ExperimentConfig, folder: Path, log: Any = print) -> None:
-    """Put back the model weights of a finished run that has its numbers but not its weights (they
-    are not committed with the results: a run made on another machine has none here).
+def restore_weights(cfg: ExperimentConfig, folder: Path, *, other_ok: bool = False, log: Any = print) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder whose weights the defences read for the finished run ``folder``, and, when
+    that is not ``folder`` itself, what tells the two apart.
 
-    The run is trained again, same config, seed and code, into ``folder/../.retrained`` (with the
-    sweep's clean twins, ``folder/../.twins``); its weights replace the lost ones only if its
-    metrics equal the stored ones exactly (:data:`REPRODUCED`), so that the defences see the model
-    that was measured. Otherwise one line says which number differs, and nothing is defended."""
+    Results are committed without their weights, so a run made on another machine has its numbers
+    here but not its model. It is trained again, same config, seed and code, into
+    ``folder/../.retrained`` (with the sweep's clean twins, ``folder/../.twins``). If its metrics
+    equal the stored ones exactly (:data:`REPRODUCED`), its weights are moved into ``folder`` and
+    the defences see the model that was measured. If not (another CPU gives other numbers), one
+    line says which number differs, and nothing is defended, unless ``other_ok``
+    (``--defend-retrained``): then the retrained run is defended, and the record returned (its
+    numbers beside the stored ones, and the CPU) goes into the defences' folder as
+    :data:`RETRAINED`."""
     if all((folder / name).is_file() for name in WEIGHTS):
-        return
+        return folder, None
     log(f"{folder.name}: no model weights on disk; training it again to defend it")
-    scratch = folder.parent / ".retrained"
-    again = run(cfg, scratch, twin_cache=folder.parent / TWINS, force=True)
+    again = run(cfg, folder.parent / ".retrained", twin_cache=folder.parent / TWINS)  # a retrain kept by a refusal is reused
     stored = read_json(folder / "metrics.json")
     now = again.metrics.to_json()
-    differ = [f"{key} {now[key]} (stored {stored[key]})" for key in REPRODUCED if now[key] != stored[key]]
-    if differ:
+    differ = [key for key in REPRODUCED if now[key] != stored[key]]
+    if not differ:
+        for name in WEIGHTS:
+            os.replace(again.run_dir / name, folder / name)
+        shutil.rmtree(again.run_dir)
+        return folder, None
+    if not other_ok:
+        said = ", ".join(f"{key} {now[key]} (stored {stored[key]})" for key in differ)
         raise SystemExit(
-            f"{folder.name} trained again does not reproduce its stored run: {', '.join(differ)}; "
-            f"nothing defended; the new run, with its own numbers, is kept in {again.run_dir}"
+            f"{folder.name} trained again does not reproduce its stored run: {said}; nothing defended "
+            f"(--defend-retrained defends the new run, {again.run_dir}, and records its numbers)"
         )
-    for name in WEIGHTS:
-        os.replace(again.run_dir / name, folder / name)
-    shutil.rmtree(again.run_dir)
+    record = {
+        "run": folder.name, "cpu": read_json(again.run_dir / "environment.json").get("cpu"),
+        "why": "the run's weights were not on disk, and training it again on this machine gave other numbers",
+        "retrained": {key: now[key] for key in REPRODUCED}, "stored": {key: stored[key] for key in REPRODUCED},
+    }  # fmt: skip
+    return again.run_dir, record
 
 
-def defend(cfg: ExperimentConfig, folder: Path, out: Path, specs: list[DefenseSpec]) -> Path:
-    """The four defences on a finished run, written to ``out/<run>/`` (skipped when there; its
-    weights put back first when they are not on disk: :func:`restore_weights`)."""
+def defend(cfg: ExperimentConfig, folder: Path, out: Path, specs: list[DefenseSpec], *, other_ok: bool = False) -> Path:
+    """The four defences on a finished run, written to ``out/<run>/`` (skipped when there), on its
+    weights or, when they are not on disk, a retrain's (:func:`restore_weights`)."""
     dest = out / folder.name
     if not (dest / "defenses.json").is_file():
-        restore_weights(cfg, folder)
+        source, retrained = restore_weights(cfg, folder, other_ok=other_ok)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        inputs = load_inputs(folder)
+        inputs = load_inputs(source)
         reports = run_defenses(specs, inputs, log=lambda m: print(f"[{folder.name}] {m}", flush=True))
         with atomic_dir(dest, replace=True) as tmp:
             write_defenses(tmp, reports, inputs.clean_source)
+            if retrained is not None:
+                write_json(tmp / RETRAINED, retrained)
+        if source != folder:
+            shutil.rmtree(source)
     return dest
 
 
@@ -257,6 +280,8 @@ def defence_facts(dest: Path) -> dict[str, Any]:
     """AUROC of the three screens and Neural Cleanse's verdict on the target, from ``defenses.json``."""
     reports = {r["name"]: r["metrics"] for r in read_json(dest / "defenses.json")["defenses"]}
     facts: dict[str, Any] = {name: reports[name].get("auroc") for name in DEFENCES[:3] if name in reports}
+    if (dest / RETRAINED).is_file():
+        facts["retrained_asr"] = read_json(dest / RETRAINED)["retrained"]["attack_success_rate"]
     nc = reports.get("neural_cleanse")
     if nc is not None:
         facts["nc_flagged"] = bool(nc.get("target_flagged"))
@@ -300,13 +325,17 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
             }
             if not row["searching"]:
                 # with specs, every seed is defended (or read back); without (--table-only), the seeds defended so far
-                dests = [defend(c, f, args.out / "defended", specs) if specs else args.out / "defended" / f.name for c, f in at]
+                defended = args.out / "defended"
+                dests = [defend(c, f, defended, specs, other_ok=args.defend_retrained) if specs else defended / f.name for c, f in at]
                 facts = [defence_facts(d) for d in dests if (d / "defenses.json").is_file()]
                 if facts:
                     row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
                     row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)
                     row["nc_index"] = mean([x.get("nc_index") for x in facts])
                     row["defended_seeds"] = len(facts)
+                    retrained = [x["retrained_asr"] for x in facts if "retrained_asr" in x]
+                    if retrained:
+                        row["retrained_seeds"], row["retrained_asr"] = len(retrained), mean(retrained)
         rows.append(row)
     return rows
 
@@ -316,10 +345,12 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _smallest(row: dict[str, Any]) -> str:
-    """The smallest-rate cell: the rate, or while the row is searching the bound known so far."""
+    """The smallest-rate cell: the rate; ``> largest`` when no rate trained reaches the goal; while
+    the row is searching, the bound known so far."""
     rate = row["smallest_rate"]
     if not row.get("searching"):
-        return _fmt(rate, 100, 3) if rate else "none tried"
+        tried = [float(r) for r in row.get("tried", {})]
+        return _fmt(rate, 100, 3) if rate else f"> {_fmt(max(tried), 100, 3)} (none reaches)" if tried else "none trained"
     above = row.get("above")
     bound = f"≤ {_fmt(rate, 100, 3)}" if rate else f"> {_fmt(above, 100, 3)}" if above else "?"
     return f"{bound} (searching)"
@@ -332,6 +363,8 @@ def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
         nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{r['defended_seeds']} (index {_fmt(r['nc_index'])})"
         if "defended_seeds" in r and r["defended_seeds"] < len(r["seeds"]):
             nc += f"; defences: {r['defended_seeds']} of {len(r['seeds'])} seeds so far"
+        if r.get("retrained_seeds"):
+            nc += f"; {r['retrained_seeds']} defended on a retrain (ASR {_fmt(r['retrained_asr'], 100, 1)} %)"
         tried = " · ".join(f"{100 * float(rate):g} %: {k}/{n}" for rate, (k, n) in r.get("tried", {}).items())
         lines.append(
             f"| {r['kind']} | {r['psnr_goal']:g} | {_smallest(r)} | {_fmt(r.get('asr'), 100, 1)} "
@@ -341,6 +374,8 @@ def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
     return "\n".join(lines) + (
         f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens; "
         "STRIP, AC, SS and NC over the seeds defended (NC flags t: in how many of them Neural Cleanse flags the target); "
+        "defended on a retrain: a run whose weights were lost, trained again with other numbers (--defend-retrained; "
+        "its ASR in that cell, its record in the defences' retrained.json); "
         "the last column: each rate a row trained, with how many of its seeds reach the goal there; "
         "(searching): the row has rates left to train, and its cell is the bound known so far.\n"
     )

@@ -117,6 +117,8 @@ def test_a_row_still_searching_says_so_and_gives_its_bound(ev, tmp_path) -> None
     assert rows["sig"]["searching"] and rows["sig"]["smallest_rate"] is None and rows["sig"]["above"] == 0.005, "one seed of 2 % is not a majority"
     table = ev.markdown(list(rows.values()))
     assert "≤ 0.500 (searching)" in table and "> 0.500 (searching)" in table and "0.5 %: 2/3" in table
+    over = rows["sig"] | {"searching": False, "tried": {"0.005": [1, 3], "0.1": [1, 3]}}
+    assert "| > 10.000 (none reaches) |" in ev.markdown([over]), "a row no rate of the grid passes says how far it was tried"
 
 
 def test_the_table_only_reads_the_defences_run_so_far(ev, tmp_path) -> None:
@@ -139,6 +141,9 @@ def test_the_table_only_reads_the_defences_run_so_far(ev, tmp_path) -> None:
     (row,) = ev.summarise(args, runs, specs=[])
     assert row["strip"] == 0.8 and row["nc_flagged_seeds"] == 1 and row["defended_seeds"] == 1
     assert "1/1 (index 3.00); defences: 1 of 2 seeds so far" in ev.markdown([row])
+    (defended / ev.RETRAINED).write_text(json.dumps({"retrained": {"attack_success_rate": 0.87}, "stored": {"attack_success_rate": 0.99}}))
+    (row,) = ev.summarise(args, runs, specs=[])
+    assert row["retrained_seeds"] == 1 and "1 defended on a retrain (ASR 87.0 %)" in ev.markdown([row])
 
 
 def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None:
@@ -160,7 +165,7 @@ def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbe
     weights = {name: (folder / name).read_bytes() for name in ev.WEIGHTS}
     for name in ev.WEIGHTS:
         (folder / name).unlink()  # as a run committed without its weights, on another machine
-    ev.restore_weights(cfg, folder, log=lambda m: None)
+    assert ev.restore_weights(cfg, folder, log=lambda m: None) == (folder, None)
     assert {name: (folder / name).read_bytes() for name in ev.WEIGHTS} == weights
     assert not (out / ".retrained" / folder.name).exists(), "the scratch run is removed once its weights are moved"
 
@@ -168,9 +173,19 @@ def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbe
         (folder / name).unlink()
     metrics = json.loads((folder / "metrics.json").read_text())
     (folder / "metrics.json").write_text(json.dumps(metrics | {"attack_success_rate": metrics["attack_success_rate"] + 0.01}))
-    with pytest.raises(SystemExit, match="does not reproduce its stored run: attack_success_rate"):
+    with pytest.raises(SystemExit, match="does not reproduce its stored run: attack_success_rate .*--defend-retrained"):
         ev.restore_weights(cfg, folder, log=lambda m: None)
     assert not any((folder / name).exists() for name in ev.WEIGHTS), "weights that do not reproduce are not put in"
+    # --defend-retrained: the retrain (kept by the refusal, not trained a third time) is defended, and said to be
+    source, record = ev.restore_weights(cfg, folder, other_ok=True, log=lambda m: None)
+    assert source == out / ".retrained" / folder.name and all((source / name).is_file() for name in ev.WEIGHTS)
+    assert record["stored"]["attack_success_rate"] == record["retrained"]["attack_success_rate"] + 0.01
+    assert record["run"] == folder.name and record["cpu"]
+    specs = ev.defence_specs(["strip.overlays=2", "strip.n_clean=16", "neural_cleanse.epochs=1", "neural_cleanse.n_clean=16"])
+    dest = ev.defend(cfg, folder, tmp_path / "defended", specs, other_ok=True)
+    assert json.loads((dest / ev.RETRAINED).read_text()) == record and (dest / "defenses.json").is_file()
+    assert ev.defence_facts(dest)["retrained_asr"] == record["retrained"]["attack_success_rate"]
+    assert not source.exists(), "the retrain is removed once defended"
 
 
 @pytest.mark.slow
