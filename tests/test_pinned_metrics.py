@@ -2,9 +2,10 @@
 recorded in ``pinned_metrics.json`` (a static grid; an adaptive mask under knowledge ``none``; the
 update setting from a checkpoint).
 
-A refactoring must leave these digests unchanged. A change that is *meant* to move the numbers
-re-records them (``PERTURBD_PIN_UPDATE=1 pytest tests/test_pinned_metrics.py``) and says why in its
-commit. Float results depend on the CPU and on torch's version, so the digests are kept per
+A refactoring must leave these digests unchanged. ``PERTURBD_PIN_UPDATE=1 pytest
+tests/test_pinned_metrics.py`` records this platform's digests and keeps the others'; a change
+that is *meant* to move the numbers deletes the file first (the other platforms' pins are stale
+then), re-records, and says why in its commit. Float results depend on the CPU and on torch's version, so the digests are kept per
 platform (torch's version and :func:`~perturbd.train.cpu_name`: the CPU's model and the instruction
 sets that pick its kernels) and compared on the platforms that recorded them; elsewhere the test
 skips. Two 2-core machines, both "AVX512" to torch, agreed on ``grid`` and differed on the other two.
