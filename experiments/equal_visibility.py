@@ -57,6 +57,7 @@ from perturbd.experiment import run
 from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep import run_sweep
 from perturbd.sweep_config import TWINS, Sweep, SweepConfig, expand
+from perturbd.train import cpu_name
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9
@@ -251,7 +252,7 @@ def restore_weights(cfg: ExperimentConfig, folder: Path, *, other_ok: bool = Fal
             f"(--defend-retrained defends the new run, {again.run_dir}, and records its numbers)"
         )
     record = {
-        "run": folder.name, "cpu": read_json(again.run_dir / "environment.json").get("cpu"),
+        "run": folder.name, "cpu": cpu_name(),
         "why": "the run's weights were not on disk, and training it again on this machine gave other numbers",
         "retrained": {key: now[key] for key in REPRODUCED}, "stored": {key: stored[key] for key in REPRODUCED},
     }  # fmt: skip
