@@ -42,7 +42,6 @@ The table goes to ``OUT/equal_visibility.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -53,11 +52,10 @@ from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read
 from perturbd.defenses.evaluate import run_defenses, write_defenses
 from perturbd.defenses.saved import load_inputs
 from perturbd.errors import PerturbdError
-from perturbd.experiment import run
+from perturbd.reproduce import WEIGHTS, reproduce, restore
 from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep import run_sweep
 from perturbd.sweep_config import TWINS, Sweep, SweepConfig, expand
-from perturbd.train import cpu_name
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9
@@ -214,57 +212,40 @@ def defence_specs(params: list[str]) -> list[DefenseSpec]:
     return [DefenseSpec(name=name, params=chosen[name]) for name in DEFENCES]
 
 
-#: what a retrained run must reproduce, bit for bit, before its weights stand in for the lost ones
-REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")
-WEIGHTS = ("model.safetensors", "clean_model.safetensors")
 RETRAINED = "retrained.json"
 
 
-def restore_weights(cfg: ExperimentConfig, folder: Path, *, other_ok: bool = False, log: Any = print) -> tuple[Path, dict[str, Any] | None]:
+def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -> tuple[Path, dict[str, Any] | None]:
     """The run folder whose weights the defences read for the finished run ``folder``, and, when
     that is not ``folder`` itself, what tells the two apart.
 
     Results are committed without their weights, so a run made on another machine has its numbers
-    here but not its model. It is trained again, same config, seed and code, into
-    ``folder/../.retrained`` (with the sweep's clean twins, ``folder/../.twins``). If its metrics
-    equal the stored ones exactly (:data:`REPRODUCED`), its weights are moved into ``folder`` and
-    the defences see the model that was measured. If not (another CPU gives other numbers), one
-    line says which number differs, and nothing is defended, unless ``other_ok``
-    (``--defend-retrained``): then the retrained run is defended, and the record returned (its
-    numbers beside the stored ones, and the CPU) goes into the defences' folder as
-    :data:`RETRAINED`."""
+    here but not its model. It is trained again (:func:`perturbd.reproduce.reproduce`: same config,
+    seed and code) into ``folder/../.retrained``, with the sweep's clean twins. If it reproduces the
+    stored numbers exactly, its weights are moved into ``folder`` and the defences see the model
+    that was measured. If not (another CPU gives other numbers), one line says which number
+    differs, and nothing is defended, unless ``other_ok`` (``--defend-retrained``): then the
+    retrained run is defended, and the record returned (its numbers beside the stored ones, and the
+    CPU) goes into the defences' folder as :data:`RETRAINED`."""
     if all((folder / name).is_file() for name in WEIGHTS):
         return folder, None
     log(f"{folder.name}: no model weights on disk; training it again to defend it")
-    again = run(cfg, folder.parent / ".retrained", twin_cache=folder.parent / TWINS)  # a retrain kept by a refusal is reused
-    stored = read_json(folder / "metrics.json")
-    now = again.metrics.to_json()
-    differ = [key for key in REPRODUCED if now[key] != stored[key]]
-    if not differ:
-        for name in WEIGHTS:
-            os.replace(again.run_dir / name, folder / name)
-        shutil.rmtree(again.run_dir)
+    rep = reproduce(folder, folder.parent / ".retrained", twin_cache=folder.parent / TWINS)  # a retrain kept by a refusal is reused
+    if rep.same:
+        restore(rep)
         return folder, None
     if not other_ok:
-        said = ", ".join(f"{key} {now[key]} (stored {stored[key]})" for key in differ)
-        raise SystemExit(
-            f"{folder.name} trained again does not reproduce its stored run: {said}; nothing defended "
-            f"(--defend-retrained defends the new run, {again.run_dir}, and records its numbers)"
-        )
-    record = {
-        "run": folder.name, "cpu": cpu_name(),
-        "why": "the run's weights were not on disk, and training it again on this machine gave other numbers",
-        "retrained": {key: now[key] for key in REPRODUCED}, "stored": {key: stored[key] for key in REPRODUCED},
-    }  # fmt: skip
-    return again.run_dir, record
+        raise SystemExit(f"{rep.summary()}; nothing defended (--defend-retrained defends the new run, {rep.again}, and records its numbers)")
+    why = "the run's weights were not on disk, and training it again on this machine gave other numbers"
+    return rep.again, {**rep.record(), "why": why}
 
 
-def defend(cfg: ExperimentConfig, folder: Path, out: Path, specs: list[DefenseSpec], *, other_ok: bool = False) -> Path:
+def defend(folder: Path, out: Path, specs: list[DefenseSpec], *, other_ok: bool = False) -> Path:
     """The four defences on a finished run, written to ``out/<run>/`` (skipped when there), on its
     weights or, when they are not on disk, a retrain's (:func:`restore_weights`)."""
     dest = out / folder.name
     if not (dest / "defenses.json").is_file():
-        source, retrained = restore_weights(cfg, folder, other_ok=other_ok)
+        source, retrained = restore_weights(folder, other_ok=other_ok)
         dest.parent.mkdir(parents=True, exist_ok=True)
         inputs = load_inputs(source)
         reports = run_defenses(specs, inputs, log=lambda m: print(f"[{folder.name}] {m}", flush=True))
@@ -327,7 +308,7 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
             if not row["searching"]:
                 # with specs, every seed is defended (or read back); without (--table-only), the seeds defended so far
                 defended = args.out / "defended"
-                dests = [defend(c, f, defended, specs, other_ok=args.defend_retrained) if specs else defended / f.name for c, f in at]
+                dests = [defend(f, defended, specs, other_ok=args.defend_retrained) if specs else defended / f.name for _, f in at]
                 facts = [defence_facts(d) for d in dests if (d / "defenses.json").is_file()]
                 if facts:
                     row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}

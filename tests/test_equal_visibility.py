@@ -165,7 +165,7 @@ def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbe
     weights = {name: (folder / name).read_bytes() for name in ev.WEIGHTS}
     for name in ev.WEIGHTS:
         (folder / name).unlink()  # as a run committed without its weights, on another machine
-    assert ev.restore_weights(cfg, folder, log=lambda m: None) == (folder, None)
+    assert ev.restore_weights(folder, log=lambda m: None) == (folder, None)
     assert {name: (folder / name).read_bytes() for name in ev.WEIGHTS} == weights
     assert not (out / ".retrained" / folder.name).exists(), "the scratch run is removed once its weights are moved"
 
@@ -174,15 +174,15 @@ def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbe
     metrics = json.loads((folder / "metrics.json").read_text())
     (folder / "metrics.json").write_text(json.dumps(metrics | {"attack_success_rate": metrics["attack_success_rate"] + 0.01}))
     with pytest.raises(SystemExit, match="does not reproduce its stored run: attack_success_rate .*--defend-retrained"):
-        ev.restore_weights(cfg, folder, log=lambda m: None)
+        ev.restore_weights(folder, log=lambda m: None)
     assert not any((folder / name).exists() for name in ev.WEIGHTS), "weights that do not reproduce are not put in"
     # --defend-retrained: the retrain (kept by the refusal, not trained a third time) is defended, and said to be
-    source, record = ev.restore_weights(cfg, folder, other_ok=True, log=lambda m: None)
+    source, record = ev.restore_weights(folder, other_ok=True, log=lambda m: None)
     assert source == out / ".retrained" / folder.name and all((source / name).is_file() for name in ev.WEIGHTS)
     assert record["stored"]["attack_success_rate"] == record["retrained"]["attack_success_rate"] + 0.01
     assert record["run"] == folder.name and record["cpu"]
     specs = ev.defence_specs(["strip.overlays=2", "strip.n_clean=16", "neural_cleanse.epochs=1", "neural_cleanse.n_clean=16"])
-    dest = ev.defend(cfg, folder, tmp_path / "defended", specs, other_ok=True)
+    dest = ev.defend(folder, tmp_path / "defended", specs, other_ok=True)
     assert json.loads((dest / ev.RETRAINED).read_text()) == record and (dest / "defenses.json").is_file()
     assert ev.defence_facts(dest)["retrained_asr"] == record["retrained"]["attack_success_rate"]
     assert not source.exists(), "the retrain is removed once defended"

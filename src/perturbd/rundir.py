@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from perturbd.config import ExperimentConfig
+from perturbd.config import ExperimentConfig, load_config
+from perturbd.errors import ConfigError
 from perturbd.version import __version__
 
 TMP_PREFIX = ".tmp-"
@@ -146,6 +147,17 @@ def code_identity() -> dict[str, str | None]:
     """Which code made a result: the version, the commit and the digest of the sources (which
     tells uncommitted edits apart from their commit)."""
     return {"perturbd": __version__, "git_commit": git_commit(), "code_digest": code_digest()}
+
+
+def finished_run_config(folder: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config of the finished run in ``folder`` (with ``overrides``, e.g. ``data.root=DIR`` on
+    another machine); a one-line :class:`ConfigError` if ``folder`` is not one."""
+    folder = Path(folder).expanduser()
+    missing = [name for name in ("config.yaml", "metrics.json") if not (folder / name).is_file()]
+    if missing:
+        what = "no such folder" if not folder.is_dir() else f"it has no {' and no '.join(missing)}"
+        raise ConfigError(f"{folder} is not a finished run directory ({what}); give a folder written by `perturbd run`")
+    return load_config(folder / "config.yaml", overrides)
 
 
 def made_elsewhere(folder: Path) -> str | None:

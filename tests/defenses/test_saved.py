@@ -34,6 +34,10 @@ def test_missing_model_is_a_checkpoint_error(tmp_path) -> None:
         locate(tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError, match="folder without model.safetensors"):
         locate(tmp_path)
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"a run kept without its weights; `perturbd reproduce .* --restore`"):
+        locate(tmp_path)
 
 
 def test_cli_defend_on_a_run_directory(run_dir, tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""Commands that run experiments and read their results: ``run``, ``sweep``, ``report``, ``datasets``, ``models``."""
+"""Commands that run experiments and read their results: ``run``, ``reproduce``, ``sweep``, ``report``, ``datasets``, ``models``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,45 @@ def run(
     if result.skipped:
         console.print(f"[yellow]already complete, not rerun (use --force to redo): {result.run_dir}")
     out_console.print(summary_table(result.metrics, result.run_dir))
+
+
+@app.command()
+def reproduce(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `perturbd run` or `perturbd sweep`")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the retrain (default: ./reproduce-<run>)")] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="if it reproduces, move the retrain's weights into the run (one kept without them)")] = False,
+    data_root: DataRootOpt = None,
+) -> None:
+    """Train a finished run again from its config.yaml with this code and compare its numbers bit
+    for bit: exit 0 if they are the same, 1 if not."""
+    from perturbd.rundir import finished_run_config
+
+    given = overrides(None, data_root)
+    finished_run_config(run_dir, given)  # a mistake is answered before torch loads
+    from perturbd.reproduce import REPRODUCED, WEIGHTS, reproduce as train_again, restore as put_back
+
+    with make_progress(console) as progress:
+        rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
+                          log=lambda m: progress.console.print(f"[dim]{m}"))  # fmt: skip
+    t = Table(title=f"perturbd reproduce · {run_dir}")
+    for column in ("number", "stored", "retrained", ""):
+        t.add_column(column)
+    for key in REPRODUCED:
+        t.add_row(key, str(rep.stored.get(key)), str(rep.retrained.get(key)), "same" if key not in rep.differ else "[red]differs")
+    out_console.print(t)
+    for note in rep.notes:
+        console.print(f"[yellow]{note}", highlight=False)
+    console.print(rep.summary(), highlight=False)
+    if not rep.same:
+        console.print(f"the retrain is kept in {rep.again}" + ("; weights not restored" if restore else ""), highlight=False)
+        raise typer.Exit(1)
+    if restore and all((run_dir / name).is_file() for name in WEIGHTS):
+        console.print(f"{run_dir} has its weights; nothing restored (the retrain is in {rep.again})", highlight=False)
+    elif restore:
+        put_back(rep)
+        console.print(f"weights put into {run_dir}: {', '.join(WEIGHTS)}", highlight=False)
+    else:
+        console.print(f"the retrain is in {rep.again}", highlight=False)
 
 
 @app.command()
