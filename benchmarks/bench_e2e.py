@@ -107,6 +107,17 @@ def not_training(wall: float, extra: dict[str, Any]) -> float:
     return (wall - timing.get("train_clean", 0.0) - timing.get("train_backdoored", 0.0)) / wall
 
 
+def outside_training(wall: float, extra: dict[str, Any]) -> dict[str, float]:
+    """Seconds of a run spent outside its two trainings, by stage: ``startup`` is the child's
+    wall time that ``timing.json``'s total does not cover (interpreter, imports, config, process
+    exit), the others are ``timing.json``'s own stages."""
+    timing = extra.get("timing", {})
+    if "total" not in timing:
+        return {}
+    trainings = {"train_clean", "train_backdoored", "total"}
+    return {"startup": wall - timing["total"], **{k: v for k, v in timing.items() if k not in trainings}}
+
+
 def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=None, help="folder holding MNIST/raw and cifar10-jpeg")
@@ -164,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if s.values
         ],
     )
+    for name, s in series.items():
+        if s.values and (parts := outside_training(s.values[-1], s.extra)):
+            print(f"{name}, outside training (s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     for name, why in failures.items():
         print(f"FAILED {name}: {why}")
     payload = {
@@ -173,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_seconds": {k: s.as_json() for k, s in series.items()},
         "peak_rss_mib": {k: s.as_json() for k, s in peaks.items()},
         "not_training_share": {k: not_training(s.values[-1], s.extra) for k, s in series.items() if s.values},
+        "outside_training_seconds": {k: outside_training(s.values[-1], s.extra) for k, s in series.items() if s.values},
         "targets": TARGETS,
         "met": met,
         "failures": failures,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn as nn
-from torchmetrics.functional.image import peak_signal_noise_ratio
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from perturbd.data.dataset import ImageDataset
-from perturbd.metrics import attack_success_rate, clean_accuracy, mean_finite, psnr_each, stealth
+from perturbd.errors import DataError
+from perturbd.metrics import attack_success_rate, clean_accuracy, mean_finite, psnr_each, ssim_each, stealth
 from perturbd.triggers import Trigger
 
 
@@ -64,6 +66,22 @@ def test_stealth_in_pixel_units() -> None:
     assert math.isclose(s["psnr_min"], min(psnr1, psnr2), rel_tol=1e-9)
     assert math.isclose(s["psnr_mean"], (psnr1 + psnr2) / 2, rel_tol=1e-9)
     assert 0 < s["ssim_min"] <= s["ssim_mean"] <= 1
+
+
+def test_ssim_is_torchmetrics_bit_for_bit() -> None:
+    """Our SSIM is torchmetrics' computation with its defaults (11×11 Gaussian window, σ 1.5,
+    reflected borders), equal to the last bit: grey and colour, faint and strong perturbations,
+    sizes from the smallest it takes to 32×32."""
+    g = torch.Generator().manual_seed(0)
+    for shape, amplitude in [((5, 1, 28, 28), 10), ((4, 3, 32, 32), 3), ((3, 3, 32, 32), 80), ((2, 1, 6, 9), 20)]:
+        clean = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        poisoned = (clean.int() + torch.randint(-amplitude, amplitude + 1, shape, generator=g)).clamp(0, 255).to(torch.uint8)
+        a, b = clean.double().float(), poisoned.double().float()
+        theirs = structural_similarity_index_measure(b, a, data_range=255.0, reduction="none")
+        assert torch.equal(ssim_each(a, b), theirs), shape
+    assert torch.equal(ssim_each(a, a), torch.ones(len(a))), "an unchanged image has SSIM 1"
+    with pytest.raises(DataError, match="SSIM needs images larger than 5 pixels"):
+        ssim_each(torch.zeros(1, 1, 5, 28), torch.zeros(1, 1, 5, 28))
 
 
 def test_a_source_specific_attack_is_measured_on_its_sources_and_apart_on_the_others() -> None:

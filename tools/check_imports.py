@@ -10,9 +10,11 @@ Run: ``python tools/check_imports.py``. Exit 0 when clean; exit 1 with one line 
   (they are already initialised when A runs). Imports under ``if TYPE_CHECKING:`` are ignored.
 - ``import inside a function: FILE:LINE in FUNC: STATEMENT``: every ``import`` and
   ``from … import`` in a function or method body. Allowed: imports of the optional dependencies
-  in :data:`OPTIONAL` (absent from a plain install), and every deferred import of the entry
-  points in :data:`ENTRY_POINTS`: the command line defers the library so that ``perturbd --help``
-  and a config mistake answer before torch loads, and ``import perturbd`` stays cheap.
+  in :data:`OPTIONAL` (absent from a plain install), of the heavy dependencies in :data:`DEFERRED`
+  (loaded only by the work that needs them, so that a run that does not never pays for them),
+  and every deferred import of the entry points in :data:`ENTRY_POINTS`: the command line defers
+  the library so that ``perturbd --help`` and a config mistake answer before torch loads, and
+  ``import perturbd`` stays cheap.
 
 Pure ``ast``: the package is read, never imported.
 """
@@ -30,6 +32,10 @@ PACKAGE = ROOT / "src" / "perturbd"
 # modules of optional dependencies (and their submodules), imported where they are used;
 # torch.utils.tensorboard is part of torch but needs the optional tensorboard package
 OPTIONAL = frozenset({"ray", "tensorboard", "torch.utils.tensorboard"})
+# heavy dependencies imported where they are used: with torch loaded, torchvision costs a process
+# 1.2 s of CPU and scikit-learn 1.1 s (time.process_time around the import, 2-core AMD EPYC), paid by
+# every run and sweep worker that decodes no data set, builds no tv: model and runs no defence
+DEFERRED = frozenset({"torchvision", "sklearn", "threadpoolctl"})
 # files and folders (relative to the package folder) that may defer imports into their functions
 ENTRY_POINTS = frozenset({"cli/", "__init__.py"})
 # stop listing cycles after this many (one tangle can hold very many)
@@ -137,7 +143,7 @@ def scan(root: Path) -> tuple[dict[str, set[str]], list[str]]:
 
 
 def _is_optional(module: str) -> bool:
-    return any(module == name or module.startswith(name + ".") for name in OPTIONAL)
+    return any(module == name or module.startswith(name + ".") for name in OPTIONAL | DEFERRED)
 
 
 def _optional(node: ast.Import | ast.ImportFrom) -> bool:

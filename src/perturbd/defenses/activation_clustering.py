@@ -31,11 +31,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import Field
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA, FastICA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
-from threadpoolctl import threadpool_limits
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, DefenseParams, penultimate, register_defense, require_features
@@ -56,6 +51,13 @@ class ActivationClustering(Defense):
 
     def fit(self, model: nn.Module, data: ImageDataset) -> ActivationClustering:
         """Cluster every class of ``data`` (the training set as trained on, labels as given)."""
+        # scikit-learn loads here, not at the top: a run without this defence never pays its CPU
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import PCA, FastICA
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.metrics import silhouette_score
+        from threadpoolctl import threadpool_limits
+
         require_features(model, self.name)
         feats = penultimate(model, data.images, self.batch_size).double().numpy()
         seed = self.rng_seed() % 2**32  # scikit-learn takes 32-bit seeds

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from perturbd.data import stratified_indices
 from perturbd.data.dataset import ImageDataset
@@ -15,6 +14,8 @@ from perturbd.seeding import derived_generator
 
 
 def auroc(positive: torch.Tensor, scores: torch.Tensor) -> float | None:
+    from sklearn.metrics import roc_auc_score  # here, not at the top: a run without defences never loads scikit-learn
+
     y = positive.numpy().astype(bool)
     if y.all() or not y.any():
         return None
@@ -23,6 +24,8 @@ def auroc(positive: torch.Tensor, scores: torch.Tensor) -> float | None:
 
 def tpr_at_fpr(positive: torch.Tensor, scores: torch.Tensor, fpr: float = 0.05) -> float | None:
     """The highest TPR over thresholds on ``scores`` whose FPR is at most ``fpr`` (None without both classes)."""
+    from sklearn.metrics import roc_curve
+
     y = positive.numpy().astype(bool)
     if y.all() or not y.any():
         return None
