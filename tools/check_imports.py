@@ -32,10 +32,10 @@ PACKAGE = ROOT / "src" / "perturbd"
 # modules of optional dependencies (and their submodules), imported where they are used;
 # torch.utils.tensorboard is part of torch but needs the optional tensorboard package
 OPTIONAL = frozenset({"ray", "tensorboard", "torch.utils.tensorboard"})
-# heavy dependencies imported where they are used: with torch loaded, torchvision costs a process
-# 1.2 s of CPU and scikit-learn 1.1 s (time.process_time around the import, 2-core AMD EPYC), paid by
-# every run and sweep worker that decodes no data set, builds no tv: model and runs no defence
-DEFERRED = frozenset({"torchvision", "sklearn", "threadpoolctl"})
+# heavy dependencies imported where they are used: with torch loaded, scikit-learn costs a process
+# 1.2 s of CPU (time.process_time around the import, 2-core AMD EPYC), paid by every run and sweep
+# worker that runs no defence
+DEFERRED = frozenset({"sklearn", "threadpoolctl"})
 # files and folders (relative to the package folder) that may defer imports into their functions
 ENTRY_POINTS = frozenset({"cli/", "__init__.py"})
 # stop listing cycles after this many (one tangle can hold very many)

@@ -37,6 +37,11 @@ from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, cache_file, make_split, read_cache, register_source, write_cache
 from perturbd.errors import DataError
 
+try:  # torchvision's decoders are faster than Pillow's; deprecated since 0.29, so perhaps gone one day
+    import torchvision.io as tvio
+except ImportError:
+    tvio = None
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 TORCHVISION_SUFFIXES = frozenset({".png", ".gif", ".webp"}) | JPEG_SUFFIXES
@@ -168,12 +173,8 @@ def _png_palette(data: torch.Tensor) -> bool:
 
 @functools.cache
 def _torchvision_io() -> Any:
-    """``torchvision.io`` if it still decodes images (deprecated since 0.29), else ``None``: Pillow.
-    Its decoders are faster than Pillow's; it is imported on the first decode, so a run from the
-    cache never pays torchvision's 1.2 s of CPU."""
-    try:
-        import torchvision.io as tvio
-    except ImportError:
+    """``torchvision.io`` if it still decodes images (deprecated since 0.29), else ``None``: Pillow."""
+    if tvio is None:
         return None
     return tvio if all(hasattr(tvio, f) for f in ("decode_image", "decode_jpeg", "ImageReadMode")) else None
 

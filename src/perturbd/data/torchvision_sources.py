@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.datasets
 from PIL import Image
 
 from perturbd.data.dataset import DataSplit
@@ -198,8 +199,6 @@ def _read(spec: TorchvisionSpec, root: Path, download: bool, name: str) -> DataS
     """Construct the torchvision data sets and convert them; DataError on any file problem."""
     if not download and not _present(spec, root):
         raise DataError(_missing_message(spec, root))
-    import torchvision.datasets  # here, not at the top: a run from the cache never pays its 1.2 s of CPU
-
     cls = getattr(torchvision.datasets, spec.cls)
     try:
         with safe_extraction():

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torchvision
 from torch import Tensor, nn
 
 from perturbd.errors import ConfigError
@@ -41,8 +42,6 @@ class TorchvisionClassifier(Classifier):
         channels = self.image_shape[0]
         if channels not in (1, 3):
             raise ConfigError(f"tv:{tv_name} takes 1 or 3 image channels, got {channels}; use cnn32 or preact_resnet18")
-        import torchvision  # here, not at the top: a run of perturbd's own models never pays its 1.2 s of CPU
-
         net = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **_EXTRA_KWARGS.get(tv_name, {}))
         linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
         if not linears or linears[-1][1].out_features != num_classes:
@@ -71,8 +70,6 @@ class TorchvisionClassifier(Classifier):
 
 
 def _resolve(tv_name: str) -> Builder:
-    import torchvision
-
     names = torchvision.models.list_models(module=torchvision.models)
     if tv_name not in names:
         close = suggest(f"tv:{tv_name}", [f"tv:{n}" for n in names]) if tv_name else ""
