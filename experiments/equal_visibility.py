@@ -52,7 +52,7 @@ from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read
 from perturbd.defenses.evaluate import run_defenses, write_defenses
 from perturbd.defenses.saved import load_inputs
 from perturbd.errors import PerturbdError
-from perturbd.reproduce import WEIGHTS, reproduce, restore
+from perturbd.reproduce import has_weights, reproduce, restore
 from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep import run_sweep
 from perturbd.sweep_config import TWINS, Sweep, SweepConfig, expand
@@ -227,7 +227,7 @@ def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -
     differs, and nothing is defended, unless ``other_ok`` (``--defend-retrained``): then the
     retrained run is defended, and the record returned (its numbers beside the stored ones, and the
     CPU) goes into the defences' folder as :data:`RETRAINED`."""
-    if all((folder / name).is_file() for name in WEIGHTS):
+    if has_weights(folder):
         return folder, None
     log(f"{folder.name}: no model weights on disk; training it again to defend it")
     rep = reproduce(folder, folder.parent / ".retrained", twin_cache=folder.parent / TWINS)  # a retrain kept by a refusal is reused

@@ -21,7 +21,7 @@ from typing import Any
 
 from perturbd.errors import ConfigError
 from perturbd.experiment import run
-from perturbd.rundir import finished_run_config, made_elsewhere, read_json, run_dir_for
+from perturbd.rundir import finished_run_config, other_code, read_json, run_dir_for
 from perturbd.train import Monitor, cpu_name
 
 #: the numbers a retrain must give bit for bit to count as the same run
@@ -66,25 +66,29 @@ class Reproduction:
         }  # fmt: skip
 
 
+def has_weights(folder: Path) -> bool:
+    """Whether the run in ``folder`` holds both its models (:data:`WEIGHTS`)."""
+    return all((folder / name).is_file() for name in WEIGHTS)
+
+
+def _cpu_of(folder: Path) -> str | None:
+    """The CPU that made the run in ``folder`` (``None`` if its ``environment.json`` does not say)."""
+    try:
+        return read_json(folder / "environment.json").get("cpu")
+    except (OSError, ValueError):
+        return None
+
+
 def _made_here(folder: Path) -> bool:
     """Whether the run in ``folder`` was made by this code on this CPU (a retrain kept from
     before is reused only then)."""
-    try:
-        cpu = read_json(folder / "environment.json").get("cpu")
-    except (OSError, ValueError):
-        return False
-    return made_elsewhere(folder) is None and cpu == cpu_name()
+    return other_code(folder) is None and _cpu_of(folder) == cpu_name()
 
 
 def _notes(folder: Path) -> list[str]:
     """How the making of the stored run differs from a retrain here: its code, its CPU."""
-    notes = []
-    if (stale := made_elsewhere(folder)) is not None:
-        notes.append(stale.replace("; --force redoes it with this code", ""))
-    try:
-        cpu = read_json(folder / "environment.json").get("cpu")
-    except (OSError, ValueError):
-        cpu = None
+    notes = [line for line in [other_code(folder)] if line is not None]
+    cpu = _cpu_of(folder)
     if cpu is None:
         notes.append(f"{folder} does not name the CPU that made it; this is {cpu_name()}")
     elif cpu != cpu_name():

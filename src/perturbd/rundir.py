@@ -162,11 +162,21 @@ def finished_run_config(folder: Path, overrides: list[str] | None = None) -> Exp
 
 def made_elsewhere(folder: Path) -> str | None:
     """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise one
-    line saying which code made it (a reused run measures what *that* code did)."""
+    line saying which code made it (a reused run measures what *that* code did) and that
+    ``--force`` redoes it."""
+    other = other_code(folder)
+    if other is None:
+        return None
+    return other + ("; --force redoes it" if other.endswith("unknown") else "; --force redoes it with this code")
+
+
+def other_code(folder: Path) -> str | None:
+    """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise
+    which code made it, against this one, in one line."""
     try:
         env = read_json(folder / "environment.json")
     except (OSError, ValueError):
-        return f"{folder} has no readable environment.json: which code made it is unknown; --force redoes it"
+        return f"{folder} has no readable environment.json: which code made it is unknown"
     then = (env.get("perturbd"), env.get("git_commit"))
     now = (__version__, git_commit())
     if then == now:
@@ -175,4 +185,4 @@ def made_elsewhere(folder: Path) -> str | None:
     def name(version: str | None, commit: str | None) -> str:
         return f"perturbd {version}" + (f" at {commit[:10]}" if commit else "")
 
-    return f"{folder} was made by {name(*then)}, this is {name(*now)}; --force redoes it with this code"
+    return f"{folder} was made by {name(*then)}, this is {name(*now)}"

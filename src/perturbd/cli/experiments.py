@@ -50,7 +50,7 @@ def reproduce(
 
     given = overrides(None, data_root)
     finished_run_config(run_dir, given)  # a mistake is answered before torch loads
-    from perturbd.reproduce import REPRODUCED, WEIGHTS, reproduce as train_again, restore as put_back
+    from perturbd.reproduce import REPRODUCED, WEIGHTS, has_weights, reproduce as train_again, restore as put_back
 
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
@@ -67,7 +67,7 @@ def reproduce(
     if not rep.same:
         console.print(f"the retrain is kept in {rep.again}" + ("; weights not restored" if restore else ""), highlight=False)
         raise typer.Exit(1)
-    if restore and all((run_dir / name).is_file() for name in WEIGHTS):
+    if restore and has_weights(run_dir):
         console.print(f"{run_dir} has its weights; nothing restored (the retrain is in {rep.again})", highlight=False)
     elif restore:
         put_back(rep)

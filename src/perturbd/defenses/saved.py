@@ -55,9 +55,9 @@ def locate(path: Path) -> SavedRun:
         path = path.parent  # a run directory's model: use the whole run
     if path.is_dir():
         model = path / "model.safetensors"
-        if not model.is_file() and (path / "metrics.json").is_file() and (path / "config.yaml").is_file():
-            raise CheckpointError(f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces")
         if not model.is_file():
+            if (path / "metrics.json").is_file() and (path / "config.yaml").is_file():
+                raise CheckpointError(f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces")
             raise CheckpointError(f"{path} is a folder without model.safetensors; give a run directory or a model file")
         cfg = validate(read_yaml(path / "config.yaml")) if (path / "config.yaml").is_file() else None
         return SavedRun(model, cfg, path)
