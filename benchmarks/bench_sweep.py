@@ -13,21 +13,35 @@ metrics of the two are compared run by run (same config and seed): runs with a d
 count may differ in the last float bits, so the JSON gives the largest difference of ASR and
 clean accuracy.
 
+Then the *ceiling* of that ratio for training, which is most of a run: the same training (the
+sweep's model, one epoch of the full training set, :func:`perturbd.train.fit`) in fresh
+processes, started together, first one alone with every core, then ``N`` at once with
+``cores // N`` threads each. The images per second of the ``N`` together (all their images over
+the seconds from the first start to the last end) over those of the one alone is what running
+``N`` trainings side by side can gain over one after the other: below 1.3, the cores are
+already busy inside one training, and what is left to gain is the time outside it.
+
     python -m benchmarks.bench_sweep --data-root DIR            # full MNIST, 8 runs
     python -m benchmarks.bench_sweep --quick                    # mnist5k, 4 runs, a smoke test
+    python -m benchmarks.bench_sweep --data-root DIR --ceiling-only  # only the trainings' ceiling
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import queue
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmarks._common import Series, cpu_cores, machine, parser, pick_device, print_table, speedup, timed, write_result
+from benchmarks._common import Series, cpu_cores, load_split, machine, parser, pick_device, print_table, speedup, timed, write_result
+from perturbd.config import TrainConfig
+from perturbd.models import default_model_name, get_model
 from perturbd.report.aggregate import collect_runs
 from perturbd.sweep import load_sweep, run_sweep
 
@@ -52,6 +66,63 @@ def sweep_file(folder: Path, args: Any, workers: int) -> Path:
     return path
 
 
+def train_at_once(data: str, root: Path | None, limit: int | None, threads: int, seed: int, start: Any, out: Any) -> None:
+    """One training in a fresh process (spawned): load the data, wait for the others at ``start``,
+    train one epoch with ``threads`` threads, put ``(images, start, end)`` on ``out`` (wall clock)."""
+    from perturbd.train import fit  # a spawned child imports its own torch
+
+    split = load_split(data, root, limit, 10, seed)
+    model = get_model(default_model_name(split.train.image_shape), split.train.image_shape, split.train.num_classes, seed=seed)
+    cfg = TrainConfig(epochs=1, device="cpu", threads=threads)
+    start.wait()
+    begin = time.time()
+    fit(model, split.train, cfg, seed=seed)
+    out.put((len(split.train) // cfg.batch_size * cfg.batch_size, begin, time.time()))
+
+
+def trainings_at_once(args: Any, count: int) -> float:
+    """Images per second of ``count`` trainings run at once, the cores split between them: all
+    their images over the seconds from the first start to the last end."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(count), ctx.Queue()
+    data, limit = ("mnist5k", 1000) if args.quick else ("mnist", None)
+    threads = max(1, cpu_cores() // count)
+    procs = [ctx.Process(target=train_at_once, args=(data, args.data_root, limit, threads, args.seed, start, out)) for _ in range(count)]
+    for p in procs:
+        p.start()
+    done: list[tuple[int, float, float]] = []
+    try:
+        while len(done) < count:
+            try:
+                done.append(out.get(timeout=5))
+            except queue.Empty:
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed:
+                    raise RuntimeError(f"a training process exited with code {failed[0]}") from None
+    finally:
+        for p in procs:
+            if len(done) < count:
+                p.terminate()
+            p.join()
+    return sum(n for n, _, _ in done) / (max(end for _, _, end in done) - min(begin for _, begin, _ in done))
+
+
+def ceiling(args: Any) -> dict[str, Any]:
+    """One training alone on every core against ``args.workers`` at once (:func:`trainings_at_once`),
+    interleaved ``args.repeat`` times: the most parallel runs can gain on training."""
+    alone, together = Series("alone", "img/s"), Series("together", "img/s")
+    for _ in range(args.repeat):
+        alone.values.append(trainings_at_once(args, 1))
+        together.values.append(trainings_at_once(args, args.workers))
+    ratio = together.mean / alone.mean
+    print_table(
+        f"training side by side: one epoch of {'mnist5k' if args.quick else 'full MNIST'}, {cpu_cores()} cores",
+        ["trainings at once", "threads each", "img/s in all (mean ± std)", "over one alone"],
+        [["1", str(cpu_cores()), alone.cell(0), "1.00×"], [str(args.workers), str(max(1, cpu_cores() // args.workers)), together.cell(0), f"{ratio:.2f}×"]],
+    )
+    return {"alone": alone.as_json(), "together": together.as_json(), "workers": args.workers, "ceiling": ratio}
+
+
 def options(argv: Sequence[str] | None) -> Any:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=None, help="folder holding MNIST/raw (full MNIST)")
@@ -59,6 +130,7 @@ def options(argv: Sequence[str] | None) -> Any:
     p.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--workers", type=int, default=max(2, cpu_cores()), help="workers of the parallel contestant")
+    p.add_argument("--ceiling-only", action="store_true", help="measure only the trainings' ceiling, no sweep")
     args = p.parse_args(argv)
     if args.quick:
         args.rates, args.seeds, args.epochs, args.repeat = [0.1], [0, 1], 1, 1
@@ -70,6 +142,10 @@ def options(argv: Sequence[str] | None) -> Any:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
     device = pick_device("cpu")
+    if args.ceiling_only:
+        payload = {"benchmark": NAME, "machine": machine(device), "args": vars(args), "ceiling": ceiling(args), "target_speedup": TARGET_SPEEDUP}
+        print(f"wrote {write_result(args.out, f'{NAME}-ceiling', payload)}")
+        return payload
     contestants = {"sequential": 1, "parallel": args.workers}
     series = {name: Series(name, "s") for name in contestants}
     metrics: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
@@ -95,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         [[n, f"{w} × {max(1, cpu_cores() // w)}", series[n].cell(1), f"{speedup(series['sequential'], series[n]):.2f}×"] for n, w in contestants.items()],
     )
     print(f"largest difference, sequential vs parallel: ASR {diff['attack_success_rate']:.4f}, clean accuracy {diff['clean_accuracy']:.4f}")
+    bound = ceiling(args)
     payload = {
         "benchmark": NAME,
         "machine": machine(device),
@@ -104,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "largest_metric_difference": diff,
         "target_speedup": TARGET_SPEEDUP,
         "met": ratio >= TARGET_SPEEDUP,
+        "ceiling": bound,
     }
     print(f"wrote {write_result(args.out, NAME, payload)}")
     return payload

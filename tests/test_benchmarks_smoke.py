@@ -35,6 +35,10 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     assert written["benchmark"] == name == payload["benchmark"]
     assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]
     assert "met" in written
+    if name == "bench_sweep":  # the trainings' ceiling: one alone, then the workers at once
+        bound = written["ceiling"]
+        assert bound["workers"] >= 2 and bound["alone"]["n"] == bound["together"]["n"] == 1
+        assert bound["alone"]["mean"] > 0 and bound["ceiling"] == pytest.approx(bound["together"]["mean"] / bound["alone"]["mean"])
     if name in ("bench_adaptive", "bench_neural_cleanse"):
         ceiling = written["batching_ceiling"]
         assert ceiling["batch_large"] > ceiling["batch_small"] >= 1
