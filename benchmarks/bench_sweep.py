@@ -44,6 +44,7 @@ from perturbd.config import TrainConfig
 from perturbd.models import default_model_name, get_model
 from perturbd.report.aggregate import collect_runs
 from perturbd.sweep import load_sweep, run_sweep
+from perturbd.train import fit
 
 NAME = "bench_sweep"
 TARGET_SPEEDUP = 1.3
@@ -69,8 +70,6 @@ def sweep_file(folder: Path, args: Any, workers: int) -> Path:
 def train_at_once(data: str, root: Path | None, limit: int | None, threads: int, seed: int, start: Any, out: Any) -> None:
     """One training in a fresh process (spawned): load the data, wait for the others at ``start``,
     train one epoch with ``threads`` threads, put ``(images, start, end)`` on ``out`` (wall clock)."""
-    from perturbd.train import fit  # a spawned child imports its own torch
-
     split = load_split(data, root, limit, 10, seed)
     model = get_model(default_model_name(split.train.image_shape), split.train.image_shape, split.train.num_classes, seed=seed)
     cfg = TrainConfig(epochs=1, device="cpu", threads=threads)
