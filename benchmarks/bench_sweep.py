@@ -11,7 +11,11 @@ epochs: 8 runs, 2 clean twins) is run from scratch in a fresh folder with each c
 Reported: wall seconds of each (setup and data loading included) and sequential / parallel. The
 metrics of the two are compared run by run (same config and seed): runs with a different thread
 count may differ in the last float bits, so the JSON gives the largest difference of ASR and
-clean accuracy.
+clean accuracy. Where each contestant's seconds go, from every run's ``timing.json``: the runs'
+own seconds added up (each from its start to its run directory written), the part of them spent
+training (clean twin and backdoored model), and the *occupancy*: the runs' seconds over the
+contestant's wall time × its workers (1.0 when every worker is always inside a run; the rest is
+process start, imports, waits and an uneven last round).
 
 Then the *ceiling* of that ratio for training, which is most of a run: the same training (the
 sweep's model, one epoch of the full training set, :func:`perturbd.train.fit`) in fresh
@@ -43,6 +47,7 @@ from benchmarks._common import Series, cpu_cores, load_split, machine, parser, p
 from perturbd.config import TrainConfig
 from perturbd.models import default_model_name, get_model
 from perturbd.report.aggregate import collect_runs
+from perturbd.rundir import read_json
 from perturbd.sweep import load_sweep, run_sweep
 from perturbd.train import fit
 
@@ -65,6 +70,16 @@ def sweep_file(folder: Path, args: Any, workers: int) -> Path:
     path = folder / f"sweep-{workers}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def breakdown(out: Path, wall: float, workers: int) -> dict[str, float]:
+    """Where a contestant's ``wall`` seconds went, from the ``timing.json`` of every run under
+    ``out``: the runs' own seconds in all, their training seconds, what is not training, and the
+    occupancy (run seconds over wall × workers)."""
+    timings = [read_json(r.path / "timing.json") for r in collect_runs(out)]
+    runs = sum(t["total"] for t in timings)
+    training = sum(t.get("train_clean", 0.0) + t.get("train_backdoored", 0.0) for t in timings)
+    return {"wall": wall, "workers": workers, "run_seconds": runs, "training": training, "outside_training": runs - training, "occupancy": runs / (wall * workers)}
 
 
 def train_at_once(data: str, root: Path | None, limit: int | None, threads: int, seed: int, start: Any, out: Any) -> None:
@@ -148,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     contestants = {"sequential": 1, "parallel": args.workers}
     series = {name: Series(name, "s") for name in contestants}
     metrics: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+    spent: dict[str, list[dict[str, float]]] = {name: [] for name in contestants}
     for _ in range(args.repeat):
         for name, workers in contestants.items():
             folder = Path(tempfile.mkdtemp(prefix=f"{NAME}-"))
@@ -158,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     raise RuntimeError(f"{name}: {len(result.failed)} runs failed: {result.failed[0]['error']}")
                 series[name].values.append(seconds)
                 metrics[name] = {(r.config["poison"]["rate"], r.config["seed"]): r.metrics for r in collect_runs(sweep.out)}
+                spent[name].append(breakdown(sweep.out, seconds, workers))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     ratio = speedup(series["sequential"], series["parallel"])
@@ -169,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ["contestant", "workers × threads", "seconds (mean ± std)", "sequential / this"],
         [[n, f"{w} × {max(1, cpu_cores() // w)}", series[n].cell(1), f"{speedup(series['sequential'], series[n]):.2f}×"] for n, w in contestants.items()],
     )
+    mean = {n: {k: sum(b[k] for b in spent[n]) / len(spent[n]) for k in spent[n][0]} for n in contestants}
+    print_table(
+        "where the seconds go (timing.json of every run; means over the repeats)",
+        ["contestant", "wall s", "runs' seconds in all", "of which training", "outside training", "occupancy"],
+        [[n, f"{m['wall']:.1f}", f"{m['run_seconds']:.1f}", f"{m['training']:.1f}", f"{m['outside_training']:.1f}", f"{m['occupancy']:.2f}"] for n, m in mean.items()],
+    )
     print(f"largest difference, sequential vs parallel: ASR {diff['attack_success_rate']:.4f}, clean accuracy {diff['clean_accuracy']:.4f}")
     bound = ceiling(args)
     payload = {
@@ -178,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "series": {k: s.as_json() for k, s in series.items()},
         "speedup": ratio,
         "largest_metric_difference": diff,
+        "breakdown": spent,
         "target_speedup": TARGET_SPEEDUP,
         "met": ratio >= TARGET_SPEEDUP,
         "ceiling": bound,

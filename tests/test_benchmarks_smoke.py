@@ -39,6 +39,11 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
         bound = written["ceiling"]
         assert bound["workers"] >= 2 and bound["alone"]["n"] == bound["together"]["n"] == 1
         assert bound["alone"]["mean"] > 0 and bound["ceiling"] == pytest.approx(bound["together"]["mean"] / bound["alone"]["mean"])
+        for contestant, series in written["series"].items():  # where each contestant's seconds went
+            (spent,) = written["breakdown"][contestant]
+            assert spent["wall"] == pytest.approx(series["values"][0]) and spent["workers"] == (1 if contestant == "sequential" else bound["workers"])
+            assert 0 < spent["training"] < spent["run_seconds"] and spent["outside_training"] == pytest.approx(spent["run_seconds"] - spent["training"])
+            assert 0 < spent["occupancy"] <= 1 and spent["occupancy"] == pytest.approx(spent["run_seconds"] / (spent["wall"] * spent["workers"]))
     if name in ("bench_adaptive", "bench_neural_cleanse"):
         ceiling = written["batching_ceiling"]
         assert ceiling["batch_large"] > ceiling["batch_small"] >= 1
