@@ -25,6 +25,7 @@ import torch
 from perturbd.config import DataConfig
 from perturbd.data import DataSplit, load_data
 from perturbd.experiment import environment
+from perturbd.malloc import tune_malloc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
@@ -42,6 +43,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device ``--device`` names. Also sets glibc's malloc as perturbd's runs have it
+    (:func:`perturbd.malloc.tune_malloc`; ``PERTURBD_MALLOC=system`` for glibc's defaults), so a
+    benchmark measures what a run does; the result file's ``machine.malloc`` says which held."""
+    tune_malloc()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

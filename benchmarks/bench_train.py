@@ -5,8 +5,9 @@ in one process, with the same optimiser (SGD, Nesterov momentum 0.9, weight deca
 
 - ``ours``: :func:`perturbd.train.fit` (uint8 tensors on the device, batched augmentation).
 - ``minimal``: a bare hand-written loop over the same in-memory tensors: shuffle, slice, convert,
-  forward, backward, step. The same batched crop/flip kernels for colour data, the same bf16
-  autocast and channels-last on CUDA. Nothing else: the floor, and ours / minimal is our overhead.
+  forward, backward, step. The same batched crop/flip kernels for colour data, the same autocast
+  (``--precision``; ``auto``: bf16 on CUDA, fp32 on a CPU), channels-last on CUDA. Nothing else:
+  the floor, and ours / minimal is our overhead.
 - ``dataloader``: a ``torch.utils.data.Dataset`` that turns each image into a PIL image and runs
   torchvision transforms on it, fed through a ``DataLoader`` — the way BackdoorBench and
   BackdoorBox feed their trainers: ``ToTensor()`` for digits; ``RandomCrop(32, padding=4)``,
@@ -78,7 +79,7 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def train_ours(model: nn.Module, data: ImageDataset, args: argparse.Namespace, device: torch.device) -> int:
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=str(device), threads=args.threads)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=str(device), threads=args.threads, precision=args.precision)
     fit(model, data, cfg, seed=args.seed)
     return (len(data) // min(args.batch_size, len(data))) * min(args.batch_size, len(data)) * args.epochs
 
@@ -87,7 +88,7 @@ def train_minimal(model: nn.Module, data: ImageDataset, args: argparse.Namespace
     model.to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    amp = resolve_precision("auto", device)
+    amp = resolve_precision(args.precision, device)
     images, labels = data.images.to(device), data.labels.to(device)
     colour = resolve_augment("auto", data.image_shape[0]) == "crop_flip"
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(args.seed)
@@ -160,6 +161,7 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--peer-batch-size", type=int, default=128, help="batch of the DataLoader loop (the peers use 128)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="of ours and minimal (train.precision; the DataLoader loop stays fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable cores)")
     p.add_argument("--only", nargs="+", choices=list(CONTESTANTS), default=list(CONTESTANTS), help="contestants to run")
     args = p.parse_args(argv)

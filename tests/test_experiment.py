@@ -58,6 +58,7 @@ def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     # a run made by other code is still reused, but says so
     env = json.loads((result.run_dir / "environment.json").read_text())
     assert env["cpu"] == cpu_name() and env["device"] == "cpu", "which CPU made the numbers"
+    assert env["malloc"] in ("tuned", "system", "own", "unavailable"), "how memory was served: it changes timings, not numbers"
     (result.run_dir / "environment.json").write_text(json.dumps({**env, "perturbd": "0.0.1", "git_commit": "0123456789abcdef"}))
     said: list[str] = []
     old = run(tiny_config, tmp_path, log=said.append)

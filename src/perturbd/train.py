@@ -37,6 +37,7 @@ from perturbd.config import TrainConfig
 from perturbd.data.augment import augment, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.malloc import tune_malloc
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -113,7 +114,9 @@ def effective_threads(threads: int | None) -> int:
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads (default: all cores this process may use)."""
+    """Use ``threads`` CPU threads (default: all cores this process may use), and glibc's malloc
+    set for tensors (:func:`perturbd.malloc.tune_malloc`)."""
+    tune_malloc()
     torch.set_num_threads(effective_threads(threads))
 
 
