@@ -15,9 +15,8 @@ from perturbd.errors import ConfigError
 # (blocks far above glibc's 32 MiB mmap ceiling); prints the mode and a digest of both results
 CHILD = """
 import hashlib, torch
-from perturbd.config import TrainConfig
+from perturbd.config import DataConfig, TrainConfig
 from perturbd.data import load_data
-from perturbd.config import DataConfig
 from perturbd.malloc import tune_malloc
 from perturbd.models import get_model
 from perturbd.train import fit
