@@ -65,12 +65,12 @@ class ModelConfig(Section):
 
 
 # The field that sets how strong each kind is (the others: ``amplitude``), and its symbol in labels.
-STRENGTH_KEYS = {"adaptive": "budget", "blended": "alpha", "sig": "sig_amplitude", "sig_ramp": "sig_amplitude", "wanet": "warp_strength"}
+STRENGTH_KEYS = {"adaptive": "budget", "blended": "alpha", "sig": "sig_amplitude", "sig_ramp": "sig_amplitude", "sig_wrap": "sig_amplitude", "sig_ramp_wrap": "sig_amplitude", "wanet": "warp_strength"}
 _SYMBOLS = {"budget": "ξ", "alpha": "α", "sig_amplitude": "Δ", "warp_strength": "s", "amplitude": "c"}
 
 
 class TriggerConfig(Section):
-    kind: str = Field("grid", description="grid, chessboard, ring, random, patch, image, adaptive, blended, sig, sig_ramp or wanet (see `perturbd trigger list`)")
+    kind: str = Field("grid", description="grid, chessboard, ring, random, patch, image, adaptive, blended, sig, sig_ramp, sig_wrap, sig_ramp_wrap or wanet (see `perturbd trigger list`)")
     amplitude: float = Field(10.0, gt=0, le=255, description="static mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)")
     path: Path | None = Field(None, description="mask file for kind=image (PNG/NPY, pixel units, or a .safetensors trigger); blend image for kind=blended")
     size: int = Field(3, ge=1, description="patch side in pixels for kind=patch")
@@ -89,7 +89,7 @@ class TriggerConfig(Section):
     batch_size: int = Field(64, ge=1, description="deepfool_batched and gradient: samples per vectorised update")
     # blended, sig, wanet
     alpha: float = Field(0.2, gt=0, lt=1, description="blended: weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)")
-    sig_amplitude: float = Field(20.0, gt=0, le=255, description="sig: peak Δ of the sinusoid (default 20); sig_ramp: Δ of the ramp Δ·j/m (the authors' MNIST code: 30); pixel units 0–255")
+    sig_amplitude: float = Field(20.0, gt=0, le=255, description="sig: peak Δ of the sinusoid (default 20); sig_ramp: Δ of the ramp Δ·j/m (the authors' MNIST code: 30); the same for their _wrap kinds; pixel units 0–255")
     frequency: float = Field(6.0, gt=0, description="sig: periods f of the sinusoid across the image width (default 6)")
     grid_k: int = Field(4, ge=2, description="wanet: side k of the k×k grid of random offsets, control points (Nguyen & Tran 2021: 4)")
     warp_strength: float = Field(0.5, gt=0, le=10, description="wanet: strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)")
@@ -120,7 +120,7 @@ class TriggerConfig(Section):
         if self.kind == "image":
             return f"image {self.path.name if self.path else '?'}"
         before = {"patch": f"{self.size}px ", "wanet": f"k={self.grid_k} ", "blended": f"{self.path.name} " if self.path else ""}.get(self.kind, "")
-        after = f" f={self.frequency:g}" if self.kind == "sig" else ""
+        after = f" f={self.frequency:g}" if self.kind in ("sig", "sig_wrap") else ""
         return f"{self.family} {before}{_SYMBOLS[self.strength_key]}={self.strength:g}{after}"
 
     @property

@@ -12,7 +12,7 @@ from perturbd.models import Classifier, get_model, list_models
 # every registered name, and one torchvision model through the tv: prefix
 ARCHS = [*list_models(), "tv:resnet18"]
 # the grey 28×28 nets; every other architecture is meant for colour 32×32 images
-NATURAL = {"cnn28": (1, 28, 28), "lenet5": (1, 28, 28)}
+NATURAL = {"cnn28": (1, 28, 28), "lenet5": (1, 28, 28), "lenet5_valid": (1, 28, 28)}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -50,3 +50,36 @@ def test_quantized_ramp_is_dithered_and_clipped_not_wrapped() -> None:
     white = torch.full((1, 1, 28, 28), 250, dtype=torch.uint8)
     assert int(rounded.apply(white).min()) >= 250, "a bright pixel saturates at 255, it does not wrap to a dark one"
     assert cfg.label == "sig_ramp Δ=30" and cfg.strength_key == "sig_amplitude"
+
+
+def test_the_wrap_kinds_are_the_authors_uint8_cast_of_the_same_signal() -> None:
+    """``sig_ramp_wrap``: ``(x + v) mod 256`` of the dithered ramp of ``sig_ramp``, as the authors'
+    ``np.uint8(x + Δ·ramp)``: a saturated stroke pixel wraps to a dark one; below 255 it adds."""
+    cfg = TriggerConfig(kind="sig_ramp_wrap", sig_amplitude=30)
+    wrapped = build_trigger(cfg, TriggerContext((1, 28, 28), 0))
+    clipped = build_trigger(TriggerConfig(kind="sig_ramp", sig_amplitude=30), TriggerContext((1, 28, 28), 0))
+    assert not wrapped.additive and wrapped.family == "wrap" and wrapped.kind == "sig_ramp_wrap"
+    assert torch.equal(wrapped.delta, clipped.delta), "the same dithered signal; only overflow differs"
+    v = clipped.delta.round().to(torch.int64)
+    images = torch.randint(0, 256, (5, 1, 28, 28), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    images[0] = 255
+    expected = ((images.to(torch.int64) + v) % 256).to(torch.uint8)
+    out = wrapped.apply(images)
+    assert torch.equal(out, expected)
+    assert int(out[0, 0, :, 0].min()) == 255 and int(out[0, 0, :, -1].max()) <= 29, "255 + 0 stays, 255 + 28 or 29 wraps to 27 or 28"
+    small = images.to(torch.int64) + v < 256
+    assert torch.equal(out[small], clipped.apply(images)[small]), "where nothing overflows, it is sig_ramp"
+    floats = wrapped.apply(images.float() / 255)  # quantized trigger on float images: the same sum, unrounded δ is whole anyway
+    assert torch.allclose(floats * 255, expected.float(), atol=1e-3)
+    soft = build_trigger(cfg, TriggerContext((1, 28, 28), 0, quantize=False))
+    assert torch.equal(soft.delta, ramp_pattern(28, 28, 30.0))
+    assert cfg.label == "sig_ramp_wrap Δ=30" and cfg.strength_key == "sig_amplitude"
+
+
+def test_sig_wrap_wraps_below_zero_too() -> None:
+    cfg = TriggerConfig(kind="sig_wrap", sig_amplitude=20, frequency=6)
+    trig = build_trigger(cfg, TriggerContext((1, 8, 28), 0))
+    black = torch.zeros(1, 1, 8, 28, dtype=torch.uint8)
+    v = trig.delta.round().to(torch.int64)
+    assert torch.equal(trig.apply(black)[0].to(torch.int64), v % 256), "a black pixel minus k grey levels is 256 − k"
+    assert int(trig.apply(black).max()) > 230 and cfg.label == "sig_wrap Δ=20 f=6"

@@ -15,7 +15,7 @@ from perturbd.errors import ConfigError
 from perturbd.triggers import TriggerContext, build_trigger, list_triggers, needs_model
 from perturbd.triggers.static import grid_pattern
 
-STATIC = [k for k in list_triggers() if not needs_model(k) and k not in ("image", "blended", "sig", "sig_ramp", "wanet")]  # the masks of amplitude c
+STATIC = [k for k in list_triggers() if not needs_model(k) and k not in ("image", "blended", "sig", "sig_ramp", "sig_wrap", "sig_ramp_wrap", "wanet")]  # the masks of amplitude c
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 
 

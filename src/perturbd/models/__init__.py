@@ -8,7 +8,7 @@ Example::
     import torch
     from perturbd.models import build_from_checkpoint, get_model, list_models, save_model
 
-    list_models()  # ['cnn28', 'cnn32', 'cnn32_small', 'fastnet32', 'fastnet32_small', 'lenet5', 'preact_resnet18']
+    list_models()  # ['cnn28', 'cnn32', 'cnn32_small', 'fastnet32', 'fastnet32_small', 'lenet5', 'lenet5_valid', 'preact_resnet18']
     torch.manual_seed(0)  # same seed, same initial weights
     model = get_model("auto", image_shape=(1, 28, 28), num_classes=10)  # cnn28
     save_model(model, "model.safetensors", {"seed": "0"})

@@ -20,7 +20,10 @@ clean-label ``poison.rate`` of about a tenth of the target class's share). Where
 from that code:
 
 - it clips ``x + v`` to 0–255; the code casts to uint8 *before* clipping, so a stroke pixel near
-  255 wraps around to a dark one;
+  255 wraps around to a dark one. ``sig_ramp_wrap`` and ``sig_wrap`` are that cast: the same
+  dithered signal, added modulo 256 (``x' = (x + v) mod 256``), so on MNIST the ramp hollows out
+  the bright core of every stroke right of the first column (a saturated pixel plus one grey level
+  wraps to 0): another, far more visible trigger, kept under its own names;
 - ``Δ · j / m`` is dithered to whole grey levels (as above) where the code truncates it;
 - the same Δ poisons the training images and the test images (the code's default; its
   ``Deltas_ts`` option to test with another Δ is not offered).
@@ -29,6 +32,8 @@ from that code:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -64,3 +69,39 @@ def sig_ramp(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     signal = ramp_pattern(h, w, cfg.sig_amplitude)
     return Trigger(dithered_round(signal, ctx.seed) if ctx.quantize else signal, "sig_ramp", {"sig_amplitude": cfg.sig_amplitude})
+
+
+@dataclass
+class Wrapped(Trigger):
+    """``x' = (x + δ) mod 256``: the additive signal ``δ`` (pixel units, held in ``delta``) with the
+    uint8 wrap-around of the SIG authors' code in place of clipping. uint8 images are added in
+    integers (δ rounded, as :func:`~perturbd.triggers.base.add_delta` rounds); float images in
+    [0, 1] (``quantize=False``) take the same sum modulo 256 grey levels, unrounded (a sum within
+    10⁻⁴ grey level below a multiple of 256 counts as reaching it, so that ``255/255`` plus one
+    level wraps to 0 as in uint8 despite float rounding)."""
+
+    family: ClassVar[str] = "wrap"
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        total = images * 255.0 + self.delta.to(images.device, images.dtype)
+        return (total - 256.0 * torch.floor((total + 1e-4) / 256.0)) / 255.0
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        if self.quantize and images.dtype == torch.uint8:
+            if images.shape[-2:] != self.delta.shape[-2:]:
+                return super().apply(images)  # the base class says what does not fit
+            step = torch.round(self.delta).to(images.device, torch.int16)
+            return torch.remainder(images.to(torch.int16) + step, 256).to(torch.uint8)
+        return super().apply(images)
+
+
+@register_trigger("sig_wrap")
+def sig_wrap(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    base = sig(cfg, ctx)
+    return Wrapped(base.delta, "sig_wrap", base.info)
+
+
+@register_trigger("sig_ramp_wrap")
+def sig_ramp_wrap(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+    base = sig_ramp(cfg, ctx)
+    return Wrapped(base.delta, "sig_ramp_wrap", base.info)
