@@ -2,9 +2,10 @@
 
 A trigger maps a batch of images to their poisoned copies. The *additive* family (every static
 mask, the adaptive mask, ``sig``) is ``x' = clip(x + δ)`` and runs through :func:`add_delta`;
-other families (``blended``, ``wanet``) subclass :class:`Trigger`, override :meth:`Trigger.transform`
-(float images in [0, 1] to float images) and run through :func:`transform_images`, which rounds
-their uint8 output to whole grey levels (round half to even), as writing a PNG would.
+other families (``blended``, ``wanet``, the wrapped ``sig_wrap`` and ``sig_ramp_wrap``) subclass
+:class:`Trigger`, override :meth:`Trigger.transform` (float images in [0, 1] to float images) and
+run through :func:`transform_images`, which rounds their uint8 output to whole grey levels (round
+half to even), as writing a PNG would.
 
 δ is held as float32 ``(C, H, W)`` in pixel units of the 0–255 scale (a 1-channel δ is broadcast
 over colour channels). Applying it is ``x' = clip(x + δ)``:
