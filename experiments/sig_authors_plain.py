@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torchvision.datasets import MNIST
 
 TARGET = 3
 
@@ -63,12 +64,11 @@ def their_lenet5() -> nn.Sequential:
 
 
 def load_mnist(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from torchvision.datasets import MNIST
-
     try:
         train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
     except RuntimeError as err:
-        sys.exit(f"error: no MNIST under {root}/MNIST/raw ({err}); pass --data-root DIR")
+        print(f"error: no MNIST under {root}/MNIST/raw ({err}); pass --data-root DIR", file=sys.stderr)
+        sys.exit(2)
     return train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
 
 

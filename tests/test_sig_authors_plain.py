@@ -50,3 +50,10 @@ def test_a_tiny_run_is_seeded_and_reports_twin_and_backdoored(plain, data_root, 
     assert 0 <= run["clean_model_asr"] <= 1 and run["clean_accuracy"] > 0.5
     assert {k: v for k, v in run.items() if k != "seconds"} == {k: v for k, v in again["runs"][0].items() if k != "seconds"}, "same seed, same numbers"
     assert (tmp_path / "a.json").is_file()
+
+
+def test_a_folder_without_mnist_is_one_line_and_exit_2(plain, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        plain.main(["--data-root", str(tmp_path), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "pass --data-root" in err
