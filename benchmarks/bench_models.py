@@ -11,6 +11,12 @@ every conv and linear layer). No data loading and no augmentation: the arithmeti
 alone, which is what choosing an architecture for a machine needs; ``bench_train`` times the
 whole trainer and ``bench_e2e`` whole experiments.
 
+Beside it, the arithmetic ceiling: the floating-point operations of one training step per image
+(forward, backward and all, counted by ``torch.utils.flop_counter``), the machine's dense fp32
+matrix-multiply rate (``--peak-size``² matrices, best of the repeats: what the CPU's BLAS reaches at
+its best), and so the GFLOP/s each contestant reaches and its share of that rate. A training
+throughput that would need more than 100 % of it is out of this machine's reach for that model.
+
     python -m benchmarks.bench_models                      # 3×32×32: cnn32, fastnet32_small, fastnet32
     python -m benchmarks.bench_models --models cnn28 --shape 1 28 28 --precisions fp32 bf16
 """
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import Series, machine, parser, pick_device, print_table, timed, write_result
 from perturbd.models import get_model
@@ -59,6 +66,27 @@ def forward_macs(model: nn.Module, shape: Sequence[int]) -> int:
     return total
 
 
+def train_flops(name: str, shape: Sequence[int], batch: int = 16) -> float:
+    """Floating-point operations of one training step (forward, loss, backward) per image."""
+    model = get_model(name, shape, 10, seed=0).train()
+    x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(size: int, repeat: int, device: torch.device) -> float:
+    """GFLOP/s of a dense fp32 ``size × size`` matrix product on ``device``, best of ``repeat``."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen).to(device) for _ in range(2))
+    a @ b  # warm-up
+    best = 0.0
+    for _ in range(repeat):
+        seconds, _ = timed(lambda: [a @ b for _ in range(5)], device)
+        best = max(best, 5 * 2 * size**3 / seconds / 1e9)
+    return best
+
+
 def trainer(name: str, shape: Sequence[int], precision: str, batch: int, device: torch.device, seed: int):
     """A function running one training step of ``name`` (in training mode: batch statistics)."""
     model = get_model(name, shape, 10, seed=seed).to(device).train()
@@ -85,9 +113,10 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--peak-size", type=int, default=2048, help="side of the matrices of the fp32 matmul ceiling")
     args = p.parse_args(argv)
     if args.quick:
-        args.models, args.batch, args.steps, args.repeat = args.models[:1], 16, 2, 1
+        args.models, args.batch, args.steps, args.repeat, args.peak_size = args.models[:1], 16, 2, 1, 128
     return args
 
 
@@ -95,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
     device = pick_device(args.device)
     contestants: dict[tuple[str, str], tuple[Any, Series]] = {}
-    sizes = {name: sizes_of(name, args.shape) for name in args.models}
+    sizes = {name: sizes_of(name, args.shape) | {"train_flops": train_flops(name, args.shape)} for name in args.models}
     for name in args.models:
         for precision in args.precisions:
             step = trainer(name, args.shape, precision, args.batch, device, args.seed)
@@ -106,20 +135,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for step, series in contestants.values():
             seconds, _ = timed(lambda: [step() for _ in range(args.steps)], device)
             series.values.append(args.steps * args.batch / seconds)
+    peak = matmul_peak(args.peak_size, max(args.repeat, 3), device)
+    share = {s.name: s.mean * sizes[name]["train_flops"] / 1e9 / peak for (name, _), (_, s) in contestants.items()}
     print_table(
-        f"{NAME}: one training step, batch {args.batch}, {'×'.join(map(str, args.shape))}, {device}",
-        ["model", "precision", "images/s (mean ± std)", "parameters", "MMAC / image"],
+        f"{NAME}: one training step, batch {args.batch}, {'×'.join(map(str, args.shape))}, {device}; fp32 matmul {peak:.1f} GFLOP/s",
+        ["model", "precision", "images/s (mean ± std)", "parameters", "MMAC / image", "MFLOP / image trained", "GFLOP/s", "of fp32 matmul"],
         [
-            [name, precision, s.cell(0), f"{sizes[name]['parameters']:,}", f"{sizes[name]['forward_macs'] / 1e6:.1f}"]
+            [name, precision, s.cell(0), f"{sizes[name]['parameters']:,}", f"{sizes[name]['forward_macs'] / 1e6:.1f}",
+             f"{sizes[name]['train_flops'] / 1e6:.2f}", f"{s.mean * sizes[name]['train_flops'] / 1e9:.1f}", f"{share[s.name]:.0%}"]
             for (name, precision), (_, s) in contestants.items()
         ],
-    )
+    )  # fmt: skip
     payload = {
         "benchmark": NAME,
         "machine": machine(device),
         "args": vars(args),
         "images_per_s": {s.name: s.as_json() for _, s in contestants.values()},
         "sizes": sizes,
+        "matmul_peak_gflops": peak,
+        "share_of_matmul_peak": share,
         "met": {},
     }
     name = "-".join([NAME, "x".join(map(str, args.shape)), device.type])

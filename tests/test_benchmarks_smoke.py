@@ -44,6 +44,10 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
             assert spent["wall"] == pytest.approx(series["values"][0]) and spent["workers"] == (1 if contestant == "sequential" else bound["workers"])
             assert 0 < spent["training"] < spent["run_seconds"] and spent["outside_training"] == pytest.approx(spent["run_seconds"] - spent["training"])
             assert 0 < spent["occupancy"] <= 1 and spent["occupancy"] == pytest.approx(spent["run_seconds"] / (spent["wall"] * spent["workers"]))
+    if name == "bench_models":  # the arithmetic ceiling: training FLOPs per image against the fp32 matmul rate
+        (model,) = written["sizes"]
+        assert written["sizes"][model]["train_flops"] > 2 * written["sizes"][model]["forward_macs"] > 0
+        assert written["matmul_peak_gflops"] > 0 and all(v > 0 for v in written["share_of_matmul_peak"].values())
     if name in ("bench_adaptive", "bench_neural_cleanse"):
         ceiling = written["batching_ceiling"]
         assert ceiling["batch_large"] > ceiling["batch_small"] >= 1
