@@ -1,11 +1,14 @@
-"""Shared fixtures: a private cache folder, and a tiny, seconds-long experiment config."""
+"""Shared fixtures: a private cache folder, a tiny, seconds-long experiment config, and the scripts
+under ``experiments/`` as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +20,14 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Decoded data sets are cached per test session, never in the user's home."""
     if "PERTURBD_CACHE" not in os.environ:
         os.environ["PERTURBD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def load_experiment(name: str) -> ModuleType:
+    """The script ``experiments/<name>.py`` imported as a module (it is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 @pytest.fixture

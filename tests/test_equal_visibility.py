@@ -3,21 +3,18 @@ tiny end-to-end pass (mnist5k, 300 images, 1 epoch) through both phases."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ev():
-    spec = importlib.util.spec_from_file_location("equal_visibility", ROOT / "experiments" / "equal_visibility.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_experiment("equal_visibility")
 
 
 def test_the_sweep_is_kinds_by_levels_by_rates_by_seeds(ev) -> None:

@@ -3,21 +3,14 @@ uint8 cast, their LeNet-5, and a tiny seeded pass on full MNIST."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_experiment
 
 
 @pytest.fixture(scope="module")
 def plain():
-    spec = importlib.util.spec_from_file_location("sig_authors_plain", ROOT / "experiments" / "sig_authors_plain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_experiment("sig_authors_plain")
 
 
 def test_the_trigger_is_numpys_uint8_cast_of_the_float_sum(plain) -> None:
