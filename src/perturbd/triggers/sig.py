@@ -74,25 +74,18 @@ def sig_ramp(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
 @dataclass
 class Wrapped(Trigger):
     """``x' = (x + δ) mod 256``: the additive signal ``δ`` (pixel units, held in ``delta``) with the
-    uint8 wrap-around of the SIG authors' code in place of clipping. uint8 images are added in
-    integers (δ rounded, as :func:`~perturbd.triggers.base.add_delta` rounds); float images in
-    [0, 1] (``quantize=False``) take the same sum modulo 256 grey levels, unrounded (a sum within
-    10⁻⁴ grey level below a multiple of 256 counts as reaching it, so that ``255/255`` plus one
-    level wraps to 0 as in uint8 despite float rounding)."""
+    uint8 wrap-around of the SIG authors' code in place of clipping. The sum is taken modulo 256
+    grey levels on float images (:func:`~perturbd.triggers.base.transform_images` rounds the result
+    back to uint8 for uint8 images); a sum within 10⁻⁴ grey level below a multiple of 256 counts as
+    reaching it, so that ``255/255`` plus one level wraps to 0 as in uint8 despite float rounding.
+    δ is whole grey levels when quantized (dithered by the factories), so uint8 images get exactly
+    ``(x + δ) mod 256``."""
 
     family: ClassVar[str] = "wrap"
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         total = images * 255.0 + self.delta.to(images.device, images.dtype)
         return (total - 256.0 * torch.floor((total + 1e-4) / 256.0)) / 255.0
-
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        if self.quantize and images.dtype == torch.uint8:
-            if images.shape[-2:] != self.delta.shape[-2:]:
-                return super().apply(images)  # the base class says what does not fit
-            step = torch.round(self.delta).to(images.device, torch.int16)
-            return torch.remainder(images.to(torch.int16) + step, 256).to(torch.uint8)
-        return super().apply(images)
 
 
 @register_trigger("sig_wrap")
