@@ -24,7 +24,7 @@ import torch
 
 from perturbd.config import DataConfig
 from perturbd.data import DataSplit, load_data
-from perturbd.experiment import environment
+from perturbd.runs.experiment import environment
 from perturbd.malloc import tune_malloc
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,8 +5,8 @@ Each of ``--models`` trains the clean model of a run of ``--config`` (default
 smoothing 0.2, linear warm-up and decay, crop + flip, bf16 autocast, 15 epochs) with only
 ``model.name`` changed: the victim's own data (the training split less the adversary's auxiliary
 share, as in every run), the run seed, the recipe's epochs (``--epochs`` for another count),
-trained as a run trains its clean twin (:func:`perturbd.experiment.preflight`, then
-:meth:`perturbd.twins.TwinStore.clean_model`). Reported per model and seed: the training seconds (``fit``'s own clock: no evaluation
+trained as a run trains its clean twin (:func:`perturbd.runs.experiment.preflight`, then
+:meth:`perturbd.runs.twins.TwinStore.clean_model`). Reported per model and seed: the training seconds (``fit``'s own clock: no evaluation
 inside), images per second, and the clean test accuracy. Contestants train one after the other,
 each seed in turn, so a change of machine load hits them alike only roughly: check ``uptime``.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks._common import Series, machine, parser, pick_device, print_table, write_result
 from perturbd.config import load_config
-from perturbd.experiment import preflight
+from perturbd.runs.experiment import preflight
 from perturbd.metrics import clean_accuracy
 
 NAME = "bench_colour"

@@ -47,8 +47,8 @@ from benchmarks._common import Series, cpu_cores, load_split, machine, parser, p
 from perturbd.config import TrainConfig
 from perturbd.models import default_model_name, get_model
 from perturbd.report.aggregate import collect_runs
-from perturbd.rundir import read_json
-from perturbd.sweep import load_sweep, run_sweep
+from perturbd.runs.rundir import read_json
+from perturbd.sweep.runner import load_sweep, run_sweep
 from perturbd.train import fit
 
 NAME = "bench_sweep"

@@ -56,10 +56,10 @@ from perturbd.config import read_yaml, validate
 from perturbd.data import load_data
 from perturbd.data.dataset import to_float01
 from perturbd.defenses import build_defense
-from perturbd.defenses.saved import load_inputs
+from perturbd.runs.saved import load_inputs
 from perturbd.metrics import attack_success_rate
 from perturbd.poisoning import poison_dataset
-from perturbd.rundir import read_json
+from perturbd.runs.rundir import read_json
 
 OUT = Path("experiments/results/crosscheck_art")
 RUNS = {  # trigger → overrides of `perturbd run` (embedded mnist5k data, 5 % poison)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from perturbd.config import apply_overrides, read_yaml, validate
-from perturbd.experiment import run
+from perturbd.runs.experiment import run
 from perturbd.report.matrix import matrix_rows, write_matrix
 
 HERE = Path(__file__).resolve().parent

@@ -50,12 +50,12 @@ from typing import Any
 
 from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml
 from perturbd.defenses.evaluate import run_defenses, write_defenses
-from perturbd.defenses.saved import load_inputs
+from perturbd.runs.saved import load_inputs
 from perturbd.errors import PerturbdError
-from perturbd.reproduce import has_weights, reproduce, restore
-from perturbd.rundir import atomic_dir, read_json, run_dir_for, write_json
-from perturbd.sweep import run_sweep
-from perturbd.sweep_config import TWINS, Sweep, SweepConfig, expand
+from perturbd.runs.reproduce import has_weights, reproduce, restore
+from perturbd.runs.rundir import atomic_dir, read_json, run_dir_for, write_json
+from perturbd.sweep.runner import run_sweep
+from perturbd.sweep.config import TWINS, Sweep, SweepConfig, expand
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9
@@ -220,7 +220,7 @@ def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -
     that is not ``folder`` itself, what tells the two apart.
 
     Results are committed without their weights, so a run made on another machine has its numbers
-    here but not its model. It is trained again (:func:`perturbd.reproduce.reproduce`: same config,
+    here but not its model. It is trained again (:func:`perturbd.runs.reproduce.reproduce`: same config,
     seed and code) into ``folder/../.retrained``, with the sweep's clean twins. If it reproduces the
     stored numbers exactly, its weights are moved into ``folder`` and the defences see the model
     that was measured. If not (another CPU gives other numbers), one line says which number

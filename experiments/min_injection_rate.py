@@ -39,7 +39,7 @@ from perturbd.models import build_from_checkpoint, get_model
 from perturbd.poisoning import poison_dataset
 from perturbd.train import fit, resolve_device
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
-from perturbd.twins import TwinStore
+from perturbd.runs.twins import TwinStore
 
 GOAL = 0.9
 

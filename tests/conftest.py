@@ -1,4 +1,5 @@
-"""Shared fixtures: a private cache folder, a tiny, seconds-long experiment config, and the scripts
+"""Shared fixtures: a private cache folder, a tiny, seconds-long experiment config, a finished run
+directory with defences (``run_dir``; ``tiny_run``: its overrides without them), and the scripts
 under ``experiments/`` as modules."""
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from types import ModuleType
 import pytest
 
 from perturbd.config import ExperimentConfig, load_config
+from perturbd.runs.experiment import run
+
+# a whole experiment in seconds: synthetic bars, a 3×3 patch, three defences of three kinds
+TINY_RUN = [
+    "data.name=synthetic", "data.train_limit=500", "data.test_limit=200", "train.epochs=2", "train.batch_size=50",
+    "train.device=cpu", "train.threads=1", "trigger.kind=patch", "trigger.amplitude=255", "poison.rate=0.05",
+]  # fmt: skip
+RUN_DEFENSES = (
+    "defenses=[spectral_signature, {name: neural_cleanse, params: {epochs: 2, batch_size: 4, n_clean: 50}},"
+    " {name: fine_tuning, params: {n_clean: 50, epochs: 1}}]"
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -114,3 +126,15 @@ def sweep_file() -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def tiny_run() -> list[str]:
+    """``--set`` values of a whole experiment on the synthetic bars in seconds (no defences)."""
+    return list(TINY_RUN)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run directory of :data:`TINY_RUN` with :data:`RUN_DEFENSES`."""
+    return run(load_config(overrides=[*TINY_RUN, RUN_DEFENSES]), tmp_path_factory.mktemp("runs")).run_dir

@@ -15,7 +15,7 @@ CASES = {
     "bench_train": ("perturbd.train", ["--limit", "256", "--workers", "0"]),
     "bench_adaptive": ("perturbd.triggers.adaptive", ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "deepfool_batched", "gradient"]),
     "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--epochs", "1", "--n-clean", "32", "--train-limit", "200"]),
-    "bench_e2e": ("perturbd.experiment", []),
+    "bench_e2e": ("perturbd.runs.experiment", []),
     "bench_sweep": ("perturbd.sweep", []),
     "bench_models": ("perturbd.models", []),
     "bench_colour": ("perturbd.models", []),

@@ -18,7 +18,7 @@ def ev():
 
 
 def test_the_sweep_is_kinds_by_levels_by_rates_by_seeds(ev) -> None:
-    from perturbd.sweep_config import expand
+    from perturbd.sweep.config import expand
 
     args = ev.options(["--data", "mnist", "--data-root", "/data", "--seeds", "0", "1", "--rates", "0.01", "0.001"])
     sweep = expand(ev.rate_sweep(args))
@@ -72,8 +72,8 @@ def test_bisection_pins_the_smallest_rate_of_a_monotone_row(ev) -> None:
 
 
 def test_bisect_rounds_read_the_runs_on_disk_and_train_every_seed_of_a_probed_rate(ev, tmp_path) -> None:
-    from perturbd.rundir import run_dir_for
-    from perturbd.sweep_config import expand
+    from perturbd.runs.rundir import run_dir_for
+    from perturbd.sweep.config import expand
 
     args = ev.options(["--data", "mnist", "--kinds", "grid", "sig", "--psnr", "34.5", "--seeds", "0", "1", "2", "--out", str(tmp_path)])
     full = expand(ev.rate_sweep(args))
@@ -154,8 +154,8 @@ def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None
 @pytest.mark.slow
 def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbers(ev, tmp_path) -> None:
     from perturbd.config import load_config
-    from perturbd.experiment import run
-    from perturbd.reproduce import WEIGHTS
+    from perturbd.runs.experiment import run
+    from perturbd.runs.reproduce import WEIGHTS
 
     cfg = load_config(overrides=["data.train_limit=300", "data.test_limit=100", "train.epochs=1", "train.threads=1", "poison.rate=0.05"])
     out = tmp_path / "rates"

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from perturbd.config import load_config
-from perturbd.experiment import run
-from perturbd.rundir import run_dir_for
+from perturbd.runs.experiment import run
+from perturbd.runs.rundir import run_dir_for
 
 
 @pytest.mark.parametrize(("sig", "delay"), [(signal.SIGKILL, 2.5), (signal.SIGINT, 4.0), (signal.SIGKILL, 6.0)])

@@ -23,7 +23,7 @@ import torch
 
 from perturbd.config import TrainConfig, load_config
 from perturbd.data import load_data
-from perturbd.experiment import run
+from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
 from perturbd.train import cpu_name, fit
 

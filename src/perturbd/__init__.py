@@ -21,7 +21,7 @@ from perturbd.version import __version__
 
 
 def run(cfg: ExperimentConfig, out: str = "runs", *, model=None, data=None, **kwargs):  # type: ignore[no-untyped-def]
-    """Run one experiment (see :func:`perturbd.experiment.run`).
+    """Run one experiment (see :func:`perturbd.runs.experiment.run`).
 
     ``model``: a function returning a fresh ``nn.Module`` (your architecture; called once per model
     perturbd trains, seeded); ``data``: ``(x_train, y_train, x_test, y_test)`` as numpy arrays or
@@ -29,7 +29,7 @@ def run(cfg: ExperimentConfig, out: str = "runs", *, model=None, data=None, **kw
     """
     from pathlib import Path
 
-    from perturbd.experiment import run as _run
+    from perturbd.runs.experiment import run as _run
 
     return _run(cfg, Path(out), model=model, data=data, **kwargs)
 

@@ -10,7 +10,7 @@ changes no number, only where tensors live (``tests/test_malloc.py`` checks the 
 training bit for bit); the price is that the process keeps its peak memory until it exits.
 
 It is applied once per process, by the trainer (:func:`perturbd.train.set_threads`), a run
-(:func:`perturbd.experiment.run`) and the defences (:func:`perturbd.defenses.evaluate.run_defenses`).
+(:func:`perturbd.runs.experiment.run`) and the defences (:func:`perturbd.defenses.evaluate.run_defenses`).
 ``PERTURBD_MALLOC=system`` keeps glibc's defaults; so do ``MALLOC_*`` variables of your own, and
 any C library but glibc. What it gains is in ``benchmarks/README.md``.
 """

@@ -106,7 +106,7 @@ def cpu_name() -> str:
 
 def effective_threads(threads: int | None) -> int:
     """The CPU threads ``train.threads`` means: itself; else a sweep worker's share of the cores
-    (``PERTURBD_THREADS``, set by :mod:`perturbd.executors`); else all cores this process may use.
+    (``PERTURBD_THREADS``, set by :mod:`perturbd.sweep.executors`); else all cores this process may use.
     It matters: oneDNN splits its reductions by thread, so 1 and 2 threads give other weights (one
     mnist5k epoch of cnn28: up to 0.085). Same seed, threads, torch and CPU ⇒ same numbers."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -12,7 +12,7 @@ from perturbd.data import load_data
 from perturbd.errors import ConfigError
 from perturbd.models import get_model, save_model
 from perturbd.train import fit
-from perturbd.twins import TwinStore
+from perturbd.runs.twins import TwinStore
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,7 @@ import torch
 from perturbd.attack import partition, plan_attack
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
-from perturbd.twins import TwinStore
+from perturbd.runs.twins import TwinStore
 
 
 def test_static_triggers_train_nothing_and_keep_the_victim_off_the_auxiliary_data(split, train_only, monkeypatch) -> None:

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from perturbd.config import load_config
-from perturbd.experiment import run
+from perturbd.runs.experiment import run
 
 from conftest import SYNTHETIC
 

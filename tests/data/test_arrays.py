@@ -10,7 +10,7 @@ from perturbd.config import load_config
 from perturbd.data import load_data
 from perturbd.data.arrays import register_arrays
 from perturbd.errors import DataError
-from perturbd.experiment import run
+from perturbd.runs.experiment import run
 
 
 def _arrays(n_train: int = 300, n_test: int = 100) -> tuple[np.ndarray, ...]:

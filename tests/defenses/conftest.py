@@ -5,8 +5,8 @@ backdoored with an obvious trigger (a 3×3 white patch, BadNets style, 3 % of th
 relabelled to 0), its clean twin (same seed, no poison), the poisoned training set with its
 indices, the test set and the defender's clean images (training images that were not poisoned).
 ``updates`` holds the two updates of the audit tests: the clean twin fine-tuned on a clean update
-batch, and on the same batch with poison. ``run_dir`` is a whole experiment run with defences
-(``tiny_run``: its overrides without them).
+batch, and on the same batch with poison. (``run_dir``, a whole experiment run with defences, is in
+the root ``conftest.py``.)
 ``mitigates`` checks that a mitigation lowers the planted backdoor's ASR and keeps accuracy.
 """
 
@@ -26,7 +26,6 @@ from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
 from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, evaluate_defense
-from perturbd.experiment import run
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.models import Classifier
 from perturbd.poisoning import poison_dataset
@@ -35,15 +34,6 @@ from perturbd.triggers import Trigger, TriggerContext, build_trigger
 
 TARGET = 0
 TRAIN = TrainConfig(epochs=4, batch_size=64, lr=0.05, device="cpu", threads=1)
-# a whole experiment in seconds: synthetic bars, a 3×3 patch, three defences of three kinds
-TINY_RUN = [
-    "data.name=synthetic", "data.train_limit=500", "data.test_limit=200", "train.epochs=2", "train.batch_size=50",
-    "train.device=cpu", "train.threads=1", "trigger.kind=patch", "trigger.amplitude=255", "poison.rate=0.05",
-]  # fmt: skip
-RUN_DEFENSES = (
-    "defenses=[spectral_signature, {name: neural_cleanse, params: {epochs: 2, batch_size: 4, n_clean: 50}},"
-    " {name: fine_tuning, params: {n_clean: 50, epochs: 1}}]"
-)
 
 
 class TinyNet(Classifier):
@@ -133,18 +123,6 @@ def planted() -> Planted:
 def updates(planted: Planted) -> Updates:
     clean_batch, poisoned_batch = _update_batches(planted.trigger)
     return Updates(planted.clean_model, _updated(planted.clean_model, clean_batch), _updated(planted.clean_model, poisoned_batch))
-
-
-@pytest.fixture
-def tiny_run() -> list[str]:
-    """``--set`` values of a whole experiment on the synthetic bars in seconds (no defences)."""
-    return list(TINY_RUN)
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run directory of :data:`TINY_RUN` with :data:`RUN_DEFENSES`."""
-    return run(load_config(overrides=[*TINY_RUN, RUN_DEFENSES]), tmp_path_factory.mktemp("runs")).run_dir
 
 
 @pytest.fixture

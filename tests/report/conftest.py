@@ -10,7 +10,7 @@ import torch
 
 from perturbd.config import ExperimentConfig, dump_yaml
 from perturbd.report.figures import samples_png, trigger_png
-from perturbd.rundir import write_json
+from perturbd.runs.rundir import write_json
 
 
 def fake_run(

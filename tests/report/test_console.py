@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from perturbd.cli import app
 from perturbd.report.build import build_report
 from perturbd.report.console import aggregate_table, summary_table
-from perturbd.results import BeforeUpdate, RunMetrics
+from perturbd.runs.results import BeforeUpdate, RunMetrics
 
 
 def cells(table) -> list[tuple[str, ...]]:

@@ -8,7 +8,7 @@ import pytest
 
 from perturbd.errors import DataError
 from perturbd.report.matrix import matrix_markdown, matrix_rows, seeds_markdown, write_matrix
-from perturbd.rundir import write_json
+from perturbd.runs.rundir import write_json
 
 
 def test_row_labels_are_the_trigger_label_then_the_attack(kinds):

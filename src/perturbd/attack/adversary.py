@@ -38,7 +38,7 @@ from perturbd.metrics import clean_accuracy
 from perturbd.models import build_model, default_model_name, get_model, list_models
 from perturbd.seeding import ADVERSARY_SEED_OFFSET
 from perturbd.train import Monitor, fit
-from perturbd.twins import TwinStore
+from perturbd.runs.twins import TwinStore
 
 # knowledge level → does the adversary know the victim's architecture?
 VICTIM_ARCH = {"full": True, "data": False, "model": True, "weights": True, "none": False}

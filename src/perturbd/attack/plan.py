@@ -21,7 +21,7 @@ from perturbd.seeding import derived_generator
 from perturbd.train import Monitor
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 from perturbd.triggers.adaptive import check_budget, pick_samples
-from perturbd.twins import TwinStore, mask_key
+from perturbd.runs.twins import TwinStore, mask_key
 
 
 VISIBILITY_IMAGES = 2000

@@ -15,9 +15,9 @@ from perturbd.data import load_data
 from perturbd.errors import ConfigError
 from perturbd.poisoning import check_target
 from perturbd.report.figures import trigger_png
-from perturbd.rundir import write_json
+from perturbd.runs.rundir import write_json
 from perturbd.train import Monitor, resolve_device
-from perturbd.twins import TwinStore
+from perturbd.runs.twins import TwinStore
 
 
 def make_trigger(cfg: ExperimentConfig, monitor: Monitor | None = None, output: Path | None = None) -> AttackPlan:

@@ -51,7 +51,7 @@ def defend(
     with --arch); --param applies to every --defense given."""
     from perturbd.config import DefenseSpec
     from perturbd.defenses.evaluate import run_defenses, write_defenses
-    from perturbd.defenses.saved import load_inputs
+    from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
     inputs = load_inputs(model, data=data, data_root=data_root, trigger=trigger, target=target, model=model_options(arch, features, sets))
@@ -86,7 +86,7 @@ def audit(
 ) -> None:
     """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
     from perturbd.defenses.base import seed_from_run
-    from perturbd.defenses.saved import load_inputs, load_model, locate
+    from perturbd.runs.saved import load_inputs, load_model, locate
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
 
     auditor = UpdateAudit(**params_of(params))
@@ -110,7 +110,7 @@ def audit(
     out_console.print(t)
     out_console.print(f"suspicious labels: {result.suspicious_labels_ or 'none'} ({result.clean_used_} clean images, {result.seconds_:.1f} s)")
     if out is not None:
-        from perturbd.rundir import write_json
+        from perturbd.runs.rundir import write_json
 
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "audit.json", result.to_json())

@@ -13,8 +13,8 @@ from perturbd.config import load_config
 from perturbd.errors import ConfigError
 from perturbd.report.aggregate import report_root
 from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, make_progress, pct, summary_table
-from perturbd.rundir import run_dir_for
-from perturbd.sweep_config import read_sweep
+from perturbd.runs.rundir import run_dir_for
+from perturbd.sweep.config import read_sweep
 
 
 @app.command()
@@ -28,7 +28,7 @@ def run(
 ) -> None:
     """Run one experiment: poison, train the clean twin and the backdoored model, evaluate."""
     cfg = load_config(config, overrides(sets, data_root))  # a config mistake is answered before torch loads
-    from perturbd.experiment import run as run_experiment
+    from perturbd.runs.experiment import run as run_experiment
 
     with make_progress(console) as progress, with_tensorboard(RichMonitor(progress), tensorboard, run_dir_for(cfg, out).name) as monitor:
         result = run_experiment(cfg, out, monitor=monitor, log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
@@ -46,11 +46,11 @@ def reproduce(
 ) -> None:
     """Train a finished run again from its config.yaml with this code and compare its numbers bit
     for bit: exit 0 if they are the same, 1 if not."""
-    from perturbd.rundir import finished_run_config
+    from perturbd.runs.rundir import finished_run_config
 
     given = overrides(None, data_root)
     finished_run_config(run_dir, given)  # a mistake is answered before torch loads
-    from perturbd.reproduce import REPRODUCED, WEIGHTS, has_weights, reproduce as train_again, restore as put_back
+    from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, has_weights, reproduce as train_again, restore as put_back
 
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
@@ -121,8 +121,8 @@ def sweep(
     if tensorboard is not None and (sw.spec.executor != "local" or sw.spec.workers != 1):
         raise ConfigError("--tensorboard logs the runs trained in this process; use it with --executor local --workers 1")
     from perturbd.report.build import build_report
-    from perturbd.executors import busy_warning
-    from perturbd.sweep import check_sweep, made_elsewhere_runs, run_sweep, status
+    from perturbd.sweep.executors import busy_warning
+    from perturbd.sweep.runner import check_sweep, made_elsewhere_runs, run_sweep, status
 
     check_sweep(sw)
     st = status(sw)
@@ -182,7 +182,7 @@ def report(
     """Write report.html (and for a folder: aggregate.csv/.md, runs.csv, figures/) and print the table."""
     report_root(path)  # a wrong folder is answered before the plotting libraries load
     from perturbd.report.build import build_report
-    from perturbd.results import RunMetrics
+    from perturbd.runs.results import RunMetrics
 
     rep = build_report(path, out, pivot)
     if rep.single_run:

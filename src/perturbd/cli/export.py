@@ -17,7 +17,7 @@ def export(
 ) -> None:
     """Write a run's training set as trained on (poison included) and its test set as PNG class
     folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""
-    from perturbd.export import export_run
+    from perturbd.runs.export import export_run
 
     with console.status(f"exporting {run_dir}"):
         done = export_run(run_dir, to)

@@ -21,7 +21,7 @@ import yaml
 
 from perturbd.config import TriggerConfig, validate
 from perturbd.errors import ConfigError
-from perturbd.rundir import FAILURES, read_json
+from perturbd.runs.rundir import FAILURES, read_json
 
 # metric column → (path in metrics.json, label, format); "pct" values are fractions shown in %
 METRICS: dict[str, tuple[str, str, str]] = {

@@ -12,7 +12,7 @@ from perturbd.errors import ConfigError
 from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, pivot_markdown, report_root, runs_csv, to_csv, to_markdown
 from perturbd.report.html import run_html, sweep_html
 from perturbd.report.plots import write_figures
-from perturbd.rundir import read_failures, read_json
+from perturbd.runs.rundir import read_failures, read_json
 
 
 @dataclass

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from perturbd.report.aggregate import METRICS, TABLE_METRICS, cell
-from perturbd.results import RunMetrics, pct
+from perturbd.runs.results import RunMetrics, pct
 
 __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.report.aggregate import METRICS, TABLE_METRICS, Group, RunRecord, cell
-from perturbd.results import RunMetrics, pct
-from perturbd.rundir import read_json
+from perturbd.runs.results import RunMetrics, pct
+from perturbd.runs.rundir import read_json
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 20px;color:#1d232a;line-height:1.45}

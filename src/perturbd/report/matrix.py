@@ -21,7 +21,7 @@ import yaml
 
 from perturbd.errors import DataError
 from perturbd.report.aggregate import trigger_config
-from perturbd.rundir import read_json
+from perturbd.runs.rundir import read_json
 
 
 def _row_label(cfg: dict[str, Any]) -> str:

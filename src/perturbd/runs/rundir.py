@@ -1,0 +1,188 @@
+"""Run directories and failure records: where a run's files go, written whole or not at all.
+
+A run directory ``<out>/<name>-<confighash8>/`` (:func:`run_dir_for`) is either all there or not
+there: readers and sweeps treat an existing directory as complete. Partial work lives in
+``<out>/.tmp-*`` folders, removed on failure and swept away when their process is gone. A run of a
+sweep that failed leaves ``<out>/failures/<name>-<confighash8>.json`` (:func:`record_failure`),
+removed when it succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from perturbd.config import ExperimentConfig, load_config
+from perturbd.errors import ConfigError
+from perturbd.version import __version__
+
+TMP_PREFIX = ".tmp-"
+FAILURES = "failures"
+
+
+def run_dir_for(cfg: ExperimentConfig, out: Path) -> Path:
+    """The run directory of ``cfg`` under ``out``: ``<out>/<name>-<confighash8>``."""
+    return Path(out).expanduser() / f"{cfg.run_name}-{cfg.hash()}"
+
+
+def failure_path(cfg: ExperimentConfig, out: Path) -> Path:
+    return Path(out) / FAILURES / f"{cfg.run_name}-{cfg.hash()}.json"
+
+
+def record_failure(cfg: ExperimentConfig, out: Path, error: str, kind: str, detail: str = "") -> Path:
+    """Write ``<out>/failures/<name>-<hash>.json`` (overwriting an older record of the same run)."""
+    path = failure_path(cfg, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    write_json(tmp, {
+        "config_hash": cfg.hash(), "name": cfg.run_name, "seed": cfg.seed, "error": error,
+        "type": kind, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": cfg.model_dump(mode="json"),
+    })  # fmt: skip
+    tmp.replace(path)
+    return path
+
+
+def clear_failure(cfg: ExperimentConfig, out: Path) -> None:
+    failure_path(cfg, out).unlink(missing_ok=True)
+
+
+def read_failures(out: Path) -> list[dict[str, Any]]:
+    """Every failure record under ``out``, by file name."""
+    folder = Path(out) / FAILURES
+    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> None:
+    """Delete ``.tmp-*`` folders left by processes that no longer run (killed runs)."""
+    if not out.is_dir():
+        return
+    for tmp in out.glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[-1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``final``; rename it to ``final`` when the block succeeds.
+
+    On any exception (or a signal turned into one) the temporary folder is removed and ``final``
+    is untouched. With ``replace`` an existing ``final`` is swapped out only at the very end.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final.parent)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists() and replace:
+            old = final.parent / f"{TMP_PREFIX}{final.name}-old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the perturbd checkout this code runs from, if it is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) of perturbd's own source files: the code that trains and evaluates."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(PACKAGE).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def code_identity() -> dict[str, str | None]:
+    """Which code made a result: the version, the commit and the digest of the sources (which
+    tells uncommitted edits apart from their commit)."""
+    return {"perturbd": __version__, "git_commit": git_commit(), "code_digest": code_digest()}
+
+
+def finished_run_config(folder: Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config of the finished run in ``folder`` (with ``overrides``, e.g. ``data.root=DIR`` on
+    another machine); a one-line :class:`ConfigError` if ``folder`` is not one."""
+    folder = Path(folder).expanduser()
+    missing = [name for name in ("config.yaml", "metrics.json") if not (folder / name).is_file()]
+    if missing:
+        what = "no such folder" if not folder.is_dir() else f"it has no {' and no '.join(missing)}"
+        raise ConfigError(f"{folder} is not a finished run directory ({what}); give a folder written by `perturbd run`")
+    return load_config(folder / "config.yaml", overrides)
+
+
+def made_elsewhere(folder: Path) -> str | None:
+    """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise one
+    line saying which code made it (a reused run measures what *that* code did) and that
+    ``--force`` redoes it."""
+    other = other_code(folder)
+    if other is None:
+        return None
+    return other + ("; --force redoes it" if other.endswith("unknown") else "; --force redoes it with this code")
+
+
+def other_code(folder: Path) -> str | None:
+    """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise
+    which code made it, against this one, in one line."""
+    try:
+        env = read_json(folder / "environment.json")
+    except (OSError, ValueError):
+        return f"{folder} has no readable environment.json: which code made it is unknown"
+    then = (env.get("perturbd"), env.get("git_commit"))
+    now = (__version__, git_commit())
+    if then == now:
+        return None
+
+    def name(version: str | None, commit: str | None) -> str:
+        return f"perturbd {version}" + (f" at {commit[:10]}" if commit else "")
+
+    return f"{folder} was made by {name(*then)}, this is {name(*now)}"

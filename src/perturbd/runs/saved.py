@@ -1,0 +1,154 @@
+"""Defence inputs for a saved model: a run directory, a model file of perturbd's, or any other.
+
+A run directory gives everything: ``model.safetensors`` (under test), ``clean_model.safetensors``
+(the clean twin, for baselines), ``trigger.safetensors``, and from ``config.yaml`` the data, the
+target and the seed. The poisoned training set is rebuilt from the config: the run's partition
+(:func:`perturbd.attack.partition.partition`, seeded) gives the victim's images and the poison's
+positions among them, used only if those equal the saved ``poison_indices.json`` (a run of the
+update setting, whose poison is in the update batch, then has no dataset screening here: run the
+defence from the experiment config instead).
+
+A bare model file needs ``data``; ``trigger`` and ``target`` are optional (without them, STRIP and
+the ASR of mitigations cannot be measured). Its training split is taken as the defender's data:
+all of it may be screened, and its images are the clean set. The file is a perturbd checkpoint
+(it records its architecture), a TorchScript file (it is its architecture), or a state dict
+(``.safetensors``/``.pt``/``.pth``) whose architecture ``model`` names (``{"name": "tv:resnet18"}``:
+``--arch``); ``model`` also sets the other keys of the config's model section (``features``,
+``input_range``, ``mean``, ``std``), over a run's own (:func:`model_spec`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perturbd.attack.partition import partition
+from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, read_yaml, validate
+from perturbd.data import ImageDataset, load_data
+from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set
+from perturbd.errors import CheckpointError, ConfigError
+from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
+from perturbd.models.checkpoint import USER_CODE, is_torchscript, read_weights
+from perturbd.poisoning import poison_dataset
+from perturbd.runs.rundir import read_json
+from perturbd.triggers import Trigger
+
+CLEAN_SOURCE = "training split minus the poisoned images, seeded random order (disjoint from the test split)"
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """Paths and config of a saved model (``config`` is ``None`` for a bare model file)."""
+
+    model: Path
+    config: ExperimentConfig | None = None
+    folder: Path | None = None
+
+
+def locate(path: Path) -> SavedRun:
+    """A run directory (holding ``model.safetensors``) or a model file; a CheckpointError if neither."""
+    path = Path(path).expanduser()
+    if path.name == "model.safetensors" and (path.parent / "config.yaml").is_file():
+        path = path.parent  # a run directory's model: use the whole run
+    if path.is_dir():
+        model = path / "model.safetensors"
+        if not model.is_file():
+            if (path / "metrics.json").is_file() and (path / "config.yaml").is_file():
+                raise CheckpointError(f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces")
+            raise CheckpointError(f"{path} is a folder without model.safetensors; give a run directory or a model file")
+        cfg = validate(read_yaml(path / "config.yaml")) if (path / "config.yaml").is_file() else None
+        return SavedRun(model, cfg, path)
+    if not path.is_file():
+        raise CheckpointError(f"model not found: {path}; give a run directory or a model file (.safetensors, .pt, .pth)")
+    return SavedRun(path)
+
+
+def model_spec(saved: SavedRun, model: dict[str, Any] | None = None) -> ModelConfig:
+    """The model section that builds ``saved.model``: a run's own (its weights are that file), the
+    file's record (a perturbd checkpoint), the file itself (TorchScript), or ``model["name"]``
+    (a state dict); ``model``'s keys override."""
+    over, path = dict(model or {}), saved.model
+    if saved.config is not None:
+        base = {**saved.config.model.model_dump(mode="json"), "weights": None, "replace_head": False}
+    elif is_torchscript(path):
+        if "name" in over:
+            raise ConfigError(f"{path} is a TorchScript file: it holds its own architecture; drop --arch {over['name']}")
+        base = {"name": f"torchscript:{path}"}
+    elif "name" in over:
+        base = {"weights": str(path)}
+    else:
+        read_weights(path)  # a corrupt or unsafe file says so first
+        arch = checkpoint_metadata(path).get("arch", "") if is_checkpoint(path) else ""
+        if not arch or arch.partition(":")[0] in USER_CODE:
+            what = f"a model of '{arch}'" if arch else "weights without their architecture"
+            raise CheckpointError(f"{path} holds {what}; name the architecture with --arch tv:NAME or --arch factory:package.module:function")
+        base = {"name": arch, "weights": str(path)}
+    return validate({**base, **over}, ModelConfig)
+
+
+def load_model(saved: SavedRun, data: ImageDataset, model: dict[str, Any] | None = None) -> Classifier:
+    """``saved.model`` built for ``data`` (:func:`model_spec`), in eval mode; torch's global RNG is
+    left as it was."""
+    spec = model_spec(saved, model)
+    if saved.config is None and is_checkpoint(saved.model) and "name" not in (model or {}):
+        meta = checkpoint_metadata(saved.model)
+        shape = "x".join(str(s) for s in data.image_shape)
+        if meta.get("image_shape") != shape or meta.get("num_classes") != str(data.num_classes):
+            raise ConfigError(
+                f"{saved.model} takes {meta.get('num_classes')} classes of shape {meta.get('image_shape')} but data "
+                f"'{data.name}' has {data.num_classes} of shape {shape}; pass the data it was trained on"
+            )
+    with torch.random.fork_rng(devices=[]):
+        return build_model(spec, data.image_shape, data.num_classes, weights=saved.model if saved.config is not None else None).eval()
+
+
+def _data_config(saved: SavedRun, data: str | None, data_root: Path | None) -> DataConfig:
+    base = saved.config.data if saved.config is not None else None
+    if base is None and data is None:
+        raise ConfigError(f"{saved.model} comes with no run config; say which data it was trained on with --data NAME (or pass its run directory)")
+    fields = (base.model_dump() if base is not None else {}) | ({"name": data} if data else {}) | ({"root": data_root} if data_root else {})
+    return DataConfig(**fields)
+
+
+def load_inputs(
+    path: Path,
+    *,
+    data: str | None = None,
+    data_root: Path | None = None,
+    trigger: Path | None = None,
+    target: int | None = None,
+    seed: int | None = None,
+    model: dict[str, Any] | None = None,
+) -> DefenseInputs:
+    """Everything :func:`~perturbd.defenses.evaluate.run_defenses` needs for a saved model
+    (``model``: keys of the config's model section, see :func:`model_spec`)."""
+    saved = locate(path)
+    cfg = saved.config
+    seed = seed if seed is not None else (cfg.seed if cfg is not None else 0)
+    split = load_data(_data_config(saved, data, data_root), seed)
+    net = load_model(saved, split.train, model)
+    folder = saved.folder
+    if trigger is None and folder is not None and (folder / "trigger.safetensors").is_file():
+        trigger = folder / "trigger.safetensors"
+    trig = Trigger.load(trigger) if trigger is not None else None
+    if target is None and cfg is not None:
+        target = cfg.poison.target
+    if target is not None and not 0 <= target < split.train.num_classes:
+        raise ConfigError(f"--target must be in [0, {split.train.num_classes - 1}], got {target}")
+    clean_model = None
+    if folder is not None and (folder / "clean_model.safetensors").is_file():
+        clean_model = load_model(SavedRun(folder / "clean_model.safetensors", cfg, folder), split.train, model)
+    train, indices = split.train, None
+    if folder is not None and cfg is not None and trig is not None and (folder / "poison_indices.json").is_file():
+        saved_idx = torch.tensor(read_json(folder / "poison_indices.json")["indices"], dtype=torch.long)
+        train = None
+        if cfg.attack.setting == "before_training":
+            part = partition(cfg, split.train.labels, split.train.num_classes)
+            if torch.equal(part.poison, saved_idx):
+                victim = part.take(split.train, part.victim)
+                train, indices = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison).dataset, saved_idx
+    clean = defender_clean_set(train if train is not None else split.train, indices, seed)
+    return DefenseInputs(net, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed)

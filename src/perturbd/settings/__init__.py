@@ -1,7 +1,0 @@
-"""The paper's attack settings, one file each, registered by name (``attack.setting``):
-``before_training`` (:mod:`.before_training`) and ``update`` (:mod:`.update`)."""
-
-from perturbd.settings.base import SETTINGS, Context, Setting, Trained, get_setting, list_settings, register_setting
-from perturbd.settings import before_training, update  # noqa: E402,F401  (each registers its setting)  isort: skip
-
-__all__ = ["SETTINGS", "Context", "Setting", "Trained", "get_setting", "list_settings", "register_setting"]

@@ -1,0 +1,118 @@
+"""Sweep axes: value generators (``range``, ``linspace``, ``logspace``), key checks and merging
+of partial configs into a base config. Used by :mod:`perturbd.sweep.runner`."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from perturbd.config import ExperimentConfig
+from perturbd.errors import ConfigError
+from perturbd.registry import suggest
+
+
+def axis_values(key: str, spec: Any) -> list[Any]:
+    """The values of one axis: a list as is, or ``{range: [start, stop, step]}`` (stop excluded),
+    ``{linspace: [start, stop, n]}`` or ``{logspace: [start, stop, n]}`` (both inclusive)."""
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"sweep axis '{key}' has no values; give a non-empty list")
+        return spec
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        maker = _RANGES.get(kind)
+        if maker is None:
+            raise ConfigError(f"sweep axis '{key}': unknown generator '{kind}'{suggest(str(kind), list(_RANGES))}")
+        if not (isinstance(args, list) and len(args) == 3 and all(isinstance(a, (int, float)) for a in args)):
+            raise ConfigError(f"sweep axis '{key}': {kind} takes [start, stop, {'step' if kind == 'range' else 'n'}], got {args!r}")
+        values = maker(*args)
+        if not values:
+            raise ConfigError(f"sweep axis '{key}': {kind} {args} gives no value")
+        return values
+    raise ConfigError(f"sweep axis '{key}' must be a list of values or {{range|linspace|logspace: [a, b, c]}}, got {spec!r}")
+
+
+def _tidy(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _range(start: float, stop: float, step: float) -> list[Any]:
+    if step == 0:
+        raise ConfigError("sweep axis range step must not be 0")
+    if all(isinstance(a, int) for a in (start, stop, step)):
+        return list(range(start, stop, step))  # type: ignore[arg-type]
+    n = math.ceil((stop - start) / step - 1e-9)
+    return [_tidy(start + i * step) for i in range(max(0, n))]
+
+
+def _linspace(start: float, stop: float, n: float) -> list[Any]:
+    n = int(n)
+    return [_tidy(start + (stop - start) * i / (n - 1)) for i in range(n)] if n > 1 else [start]
+
+
+def _logspace(start: float, stop: float, n: float) -> list[Any]:
+    if start <= 0 or stop <= 0:
+        raise ConfigError(f"sweep axis logspace needs positive start and stop, got {start}, {stop}")
+    n = int(n)
+    if n <= 1:
+        return [start]
+    ratio = (stop / start) ** (1 / (n - 1))
+    return [_tidy(start * ratio**i) for i in range(n)]
+
+
+_RANGES: dict[str, Callable[[float, float, float], list[Any]]] = {"range": _range, "linspace": _linspace, "logspace": _logspace}
+
+
+def check_key(key: str) -> None:
+    """A :class:`ConfigError` unless ``key`` names a field (or section) of the experiment config."""
+    if key == "seed":
+        raise ConfigError("sweep axis 'seed': list seeds under `seeds:`, not in `axes:`")
+    model: type[BaseModel] = ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "config"
+            raise ConfigError(f"sweep axis '{key}': '{part}' is not a key of {where}{suggest(part, list(fields))}")
+        ann = fields[part].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif i < len(parts) - 1:
+            if "dict" in str(ann):
+                return  # free-form mapping (e.g. defence params): anything below is allowed
+            raise ConfigError(f"sweep axis '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, mappings merged recursively (``base`` is modified)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = json.loads(json.dumps(value, default=str))
+    return base
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``; a mapping value is merged into a
+    mapping already there (so ``trigger: {kind: adaptive, budget: 10}`` keeps other trigger keys)."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    old = node.get(parts[-1])
+    node[parts[-1]] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value

@@ -1,0 +1,112 @@
+"""RunMetrics: metrics.json round trip, optional parts, infinite PSNR, rows, unknown keys refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from perturbd.errors import DataError
+from perturbd.runs.results import BeforeUpdate, RunMetrics, Stealth, TriggerNorms, UpdateFacts, pct
+from perturbd.runs.rundir import write_json
+
+
+def metrics(**extra) -> RunMetrics:
+    """A before-training run's metrics, built by hand; ``extra`` sets or adds parts."""
+    fields = dict(
+        config_hash="0123abcd", seed=1, setting="before_training", knowledge="full", target=0,
+        clean_accuracy=0.981, clean_twin_accuracy=0.985, accuracy_loss=0.004, attack_success_rate=0.97,
+        clean_model_asr=0.012, injection_rate=0.1, poisoned_count=100, poison_set_size=1000, test_size=300,
+        trigger=TriggerNorms(kind="grid", linf=24.0, l2=336.0),
+        stealth=Stealth(linf_mean=23.5, linf_max=24.0, l2_mean=300.2, l2_max=336.0, psnr_mean=31.2, psnr_min=29.9,
+                        ssim_mean=0.91, ssim_min=0.85),
+    )  # fmt: skip
+    return RunMetrics(**{**fields, **extra})
+
+
+BEFORE = BeforeUpdate(clean_accuracy=0.99, attack_success_rate=0.05)
+UPDATE = UpdateFacts(batch_size=100, batch="fresh", initial_train_size=4000, epochs=1, lr=0.01,
+                     pre_update_model="trained here", checkpoint_sha256=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("parts", [{}, {"before_update": BEFORE, "update": UPDATE, "setting": "update"},
+                                   {"defenses": {"strip": {"auc": 0.93, "text": "AUC 0.93"}}}],
+                         ids=["plain", "update", "defenses"])  # fmt: skip
+def test_round_trip_through_metrics_json(tmp_path, parts) -> None:
+    m = metrics(**parts)
+    write_json(tmp_path / "metrics.json", m.to_json())
+    back = RunMetrics.read(tmp_path)
+    assert back == m and back.to_json() == m.to_json()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == m.to_json()
+
+
+def test_optional_parts_are_absent_when_none() -> None:
+    plain = metrics().to_json()
+    assert not {"before_update", "update", "defenses"} & set(plain)
+    assert plain["trigger"] == {"kind": "grid", "linf": 24.0, "l2": 336.0} and plain["seed"] == 1
+    full = metrics(before_update=BEFORE, update=UPDATE, defenses={"strip": {"auc": 0.9}}).to_json()
+    assert full["before_update"] == {"clean_accuracy": 0.99, "attack_success_rate": 0.05}
+    assert full["update"]["checkpoint_sha256"] is None  # a None inside a part is kept
+    assert full["defenses"] == {"strip": {"auc": 0.9}}
+
+
+def test_an_infinite_psnr_survives_to_json_and_read(tmp_path) -> None:
+    # an image the trigger leaves unchanged has an infinite PSNR; it must not be lost or turned into null
+    stealth = metrics().stealth.model_copy(update={"psnr_mean": math.inf, "psnr_min": math.inf})
+    m = metrics(stealth=stealth)
+    assert m.to_json()["stealth"]["psnr_min"] == math.inf
+    write_json(tmp_path / "metrics.json", m.to_json())
+    assert RunMetrics.read(tmp_path).stealth.psnr_mean == math.inf
+    assert ("PSNR mean / worst", "inf / inf dB") in m.rows()
+
+
+def test_rows_have_the_before_update_row_only_for_update_runs() -> None:
+    plain = dict(metrics().rows())
+    assert not any(what.startswith("before update") for what in plain)
+    assert plain["attack success rate"] == "97.00 %" and plain["accuracy loss"] == "+0.40 points"
+    assert plain["injection rate"] == "10.00 % (100 of 1000 images)" and plain["setting / knowledge"] == "before_training / full"
+    rows = metrics(setting="update", before_update=BEFORE, update=UPDATE).rows()
+    assert rows[0] == ("before update: accuracy / ASR", "99.00 % / 5.00 %")
+    assert len(rows) == len(plain) + 1
+
+
+def test_rows_end_with_one_row_per_defense() -> None:
+    rows = metrics(defenses={"strip": {"text": "flagged 12 %"}, "fine_pruning": {"auc": 0.5}}).rows()
+    assert rows[-2:] == [("defense strip", "flagged 12 %"), ("defense fine_pruning", "")]
+
+
+def test_extra_keys_are_rejected(tmp_path) -> None:
+    data = metrics().to_json()
+    with pytest.raises(ValidationError, match="bogus"):
+        RunMetrics.model_validate({**data, "bogus": 1})
+    with pytest.raises(ValidationError, match="psnr"):
+        RunMetrics.model_validate({**data, "stealth": {**data["stealth"], "psnr": 30.0}})
+    write_json(tmp_path / "metrics.json", {**data, "asr": 0.9})
+    with pytest.raises(DataError, match=r"metrics.json is not a perturbd run's metrics \(asr: Extra inputs are not permitted\); .*--force") as err:
+        RunMetrics.read(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [None, "{bad json"], ids=["missing", "corrupt"])
+def test_unreadable_metrics_are_one_line_data_error(tmp_path, content) -> None:
+    if content is not None:
+        (tmp_path / "metrics.json").write_text(content)
+    with pytest.raises(DataError, match=r"^cannot read .*metrics\.json \(.*\); rerun the run with --force$") as err:
+        RunMetrics.read(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_keys_are_rejected_and_values_are_final() -> None:
+    data = metrics().to_json()
+    del data["clean_accuracy"]
+    with pytest.raises(ValidationError, match="clean_accuracy"):
+        RunMetrics.model_validate(data)
+    with pytest.raises(ValidationError):
+        metrics().seed = 2  # type: ignore[misc]
+
+
+def test_pct() -> None:
+    assert pct(0.12345) == "12.35 %" and pct(1) == "100.00 %"
+    assert pct(None) == pct(math.nan) == pct(math.inf) == "–"
