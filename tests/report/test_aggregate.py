@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from perturbd.errors import ConfigError
-from perturbd.report.aggregate import aggregate, cell, collect_runs, mean_ci, pivot_markdown, t975, to_csv, to_markdown, trigger_config
+from perturbd.report.aggregate import aggregate, cell, collect_runs, mean_ci, pivot_markdown, t975, to_csv, to_markdown
+from perturbd.runs.folder import trigger_section
 
 
 def test_t_quantiles():
@@ -91,8 +92,8 @@ def test_a_config_written_by_another_version_still_reads(runs):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["trigger"]["a_key_from_another_version"] = 1
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert trigger_config(cfg).label == collect_runs(run)[0].trigger.label == "grid c=6"
-    assert trigger_config({}).label == "grid c=10"  # no trigger section: the defaults
+    assert trigger_section(cfg).label == collect_runs(run)[0].trigger.label == "grid c=6"
+    assert trigger_section({}).label == "grid c=10"  # no trigger section: the defaults
 
 
 def test_asr_per_seed_and_how_many_seeds_reach_the_goal(three_seeds):

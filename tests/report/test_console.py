@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from perturbd.cli import app
 from perturbd.report.build import build_report
 from perturbd.report.console import aggregate_table, summary_table
-from perturbd.runs.results import BeforeUpdate, RunMetrics
+from perturbd.runs.results import BeforeUpdate
+from perturbd.runs.folder import RunDir
 
 
 def cells(table) -> list[tuple[str, ...]]:
@@ -18,7 +19,7 @@ def cells(table) -> list[tuple[str, ...]]:
 
 def test_summary_shows_the_rows_of_run_metrics(runs):
     run = next(p for p in runs.iterdir() if not p.name.startswith("."))
-    metrics = RunMetrics.read(run)
+    metrics = RunDir(run).metrics()
     assert cells(summary_table(metrics, run)) == metrics.rows()
     updated = metrics.model_copy(update={"before_update": BeforeUpdate(clean_accuracy=0.97, attack_success_rate=0.02)})
     assert cells(summary_table(updated, run))[0] == ("before update: accuracy / ASR", "97.00 % / 2.00 %")
@@ -63,6 +64,6 @@ def test_cli_report_on_one_run_prints_its_summary(runs):
     run = next(p for p in runs.iterdir() if not p.name.startswith("."))
     result = CliRunner().invoke(app, ["report", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for what, value in RunMetrics.read(run).rows():
+    for what, value in RunDir(run).metrics().rows():
         assert what in result.output and value in result.output
     assert f"report: {run / 'report.html'}" in result.output.replace("\n", "")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from perturbd.report.aggregate import collect_runs
 from perturbd.report.html import esc, run_html, sweep_html
-from perturbd.runs.results import RunMetrics
 from perturbd.runs.rundir import read_json, write_json
+from perturbd.runs.folder import RunDir
 
 
 def test_run_page_shows_the_rows_of_run_metrics(runs, self_contained):
     run = next(p for p in runs.iterdir() if (p / "trigger.png").is_file())
     html = run_html(run).read_text()
     assert self_contained(html)
-    for what, value in RunMetrics.read(run).rows():
+    for what, value in RunDir(run).metrics().rows():
         assert f"<tr><th>{esc(what)}</th><td>{esc(value)}</td></tr>" in html
     assert "<h2>Update</h2>" not in html
 

@@ -15,9 +15,9 @@ from perturbd.config import load_config
 from perturbd.errors import ConfigError
 from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
-from perturbd.runs.results import RunMetrics
 from perturbd.runs.rundir import run_dir_for
 from perturbd.train import cpu_name
+from perturbd.runs.folder import RunDir
 
 FILES = {
     "config.yaml",
@@ -45,7 +45,7 @@ def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     assert m.clean_accuracy >= 0.85 and m.clean_twin_accuracy >= 0.85
     assert m.poisoned_count == 80 and m.injection_rate == 0.1, "10 % of the victim's 800 images (20 % held out for the adversary)"
     assert m.trigger.linf == 24 and m.stealth.linf_max <= 24
-    assert RunMetrics.read(result.run_dir) == m and json.loads((result.run_dir / "metrics.json").read_text()) == m.to_json()
+    assert RunDir(result.run_dir).metrics() == m and json.loads((result.run_dir / "metrics.json").read_text()) == m.to_json()
     saved = json.loads((result.run_dir / "poison_indices.json").read_text())
     assert len(saved["indices"]) == 80 and 0 not in saved["original_labels"]
     timing = json.loads((result.run_dir / "timing.json").read_text())

@@ -22,9 +22,9 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.runs.export import class_folders, export_run, safe_name, write_split
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.models import get_model
-from perturbd.runs.results import RunMetrics
 from perturbd.train import fit
 from perturbd.triggers import Trigger
+from perturbd.runs.folder import RunDir
 
 from conftest import TINY
 
@@ -93,7 +93,7 @@ def test_training_on_the_export_gives_the_run_metrics(exported) -> None:
     model = get_model(cfg.model.name, train.image_shape, train.num_classes, seed=cfg.seed)
     fit(model, train, cfg.train, cfg.seed)
     trigger = Trigger(torch.from_numpy(np.load(folder / "trigger.npy")), "image")
-    metrics = RunMetrics.read(run_dir)
+    metrics = RunDir(run_dir).metrics()
     assert clean_accuracy(model, split.test) == metrics.clean_accuracy
     assert attack_success_rate(model, split.test, trigger, cfg.poison.target) == metrics.attack_success_rate
 

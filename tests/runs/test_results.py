@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from perturbd.errors import DataError
 from perturbd.runs.results import BeforeUpdate, RunMetrics, Stealth, TriggerNorms, UpdateFacts, pct
 from perturbd.runs.rundir import write_json
+from perturbd.runs.folder import RunDir
 
 
 def metrics(**extra) -> RunMetrics:
@@ -37,7 +38,7 @@ UPDATE = UpdateFacts(batch_size=100, batch="fresh", initial_train_size=4000, epo
 def test_round_trip_through_metrics_json(tmp_path, parts) -> None:
     m = metrics(**parts)
     write_json(tmp_path / "metrics.json", m.to_json())
-    back = RunMetrics.read(tmp_path)
+    back = RunDir(tmp_path).metrics()
     assert back == m and back.to_json() == m.to_json()
     assert json.loads((tmp_path / "metrics.json").read_text()) == m.to_json()
 
@@ -58,7 +59,7 @@ def test_an_infinite_psnr_survives_to_json_and_read(tmp_path) -> None:
     m = metrics(stealth=stealth)
     assert m.to_json()["stealth"]["psnr_min"] == math.inf
     write_json(tmp_path / "metrics.json", m.to_json())
-    assert RunMetrics.read(tmp_path).stealth.psnr_mean == math.inf
+    assert RunDir(tmp_path).metrics().stealth.psnr_mean == math.inf
     assert ("PSNR mean / worst", "inf / inf dB") in m.rows()
 
 
@@ -85,7 +86,7 @@ def test_extra_keys_are_rejected(tmp_path) -> None:
         RunMetrics.model_validate({**data, "stealth": {**data["stealth"], "psnr": 30.0}})
     write_json(tmp_path / "metrics.json", {**data, "asr": 0.9})
     with pytest.raises(DataError, match=r"metrics.json is not a perturbd run's metrics \(asr: Extra inputs are not permitted\); .*--force") as err:
-        RunMetrics.read(tmp_path)
+        RunDir(tmp_path).metrics()
     assert "\n" not in str(err.value)
 
 
@@ -94,7 +95,7 @@ def test_unreadable_metrics_are_one_line_data_error(tmp_path, content) -> None:
     if content is not None:
         (tmp_path / "metrics.json").write_text(content)
     with pytest.raises(DataError, match=r"^cannot read .*metrics\.json \(.*\); rerun the run with --force$") as err:
-        RunMetrics.read(tmp_path)
+        RunDir(tmp_path).metrics()
     assert "\n" not in str(err.value)
 
 

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from perturbd import __version__
 from perturbd.config import load_config
 from perturbd.runs.rundir import (
     atomic_dir,
     clear_failure,
     failure_path,
     git_commit,
-    made_elsewhere,
     read_failures,
     record_failure,
     remove_stale,
@@ -128,27 +126,3 @@ def test_record_read_and_clear_failures(tiny_overrides, tmp_path) -> None:
     clear_failure(a, tmp_path)
     clear_failure(a, tmp_path)  # clearing twice is fine
     assert [r["error"] for r in read_failures(tmp_path)] == ["worker died"]
-
-
-# --------------------------------------------------------------------------- made elsewhere
-
-
-def test_made_elsewhere_names_the_code_that_made_a_run(tmp_path) -> None:
-    here = {"perturbd": __version__, "git_commit": git_commit()}
-    (tmp_path / "environment.json").write_text(json.dumps({**here, "python": "3.x"}))
-    assert made_elsewhere(tmp_path) is None
-    (tmp_path / "environment.json").write_text(json.dumps({"perturbd": "0.0.1", "git_commit": "0123456789abcdef"}))
-    said = made_elsewhere(tmp_path)
-    assert said is not None and "\n" not in said
-    assert said.startswith(f"{tmp_path} was made by perturbd 0.0.1 at 0123456789, this is perturbd {__version__}")
-    assert said.endswith("--force redoes it with this code")
-    (tmp_path / "environment.json").write_text(json.dumps({"perturbd": "0.0.1", "git_commit": None}))
-    assert "was made by perturbd 0.0.1, this is" in made_elsewhere(tmp_path)
-
-
-@pytest.mark.parametrize("content", [None, "not json"])
-def test_made_elsewhere_without_a_readable_environment(tmp_path, content) -> None:
-    if content is not None:
-        (tmp_path / "environment.json").write_text(content)
-    said = made_elsewhere(tmp_path)
-    assert said == f"{tmp_path} has no readable environment.json: which code made it is unknown; --force redoes it"

@@ -185,7 +185,7 @@ def test_clean_twin_is_trained_once_per_seed(interrupted_sweep):
     assert len([p for p in (r.out / ".twins").iterdir() if p.is_dir()]) == 2
     twins = {}
     for run in collect_runs(r.out):
-        twins.setdefault(run.config["seed"], set()).add(run.metrics["clean_twin_accuracy"])
+        twins.setdefault(run.config["seed"], set()).add(run.metrics.clean_twin_accuracy)
     assert all(len(v) == 1 for v in twins.values())
 
 

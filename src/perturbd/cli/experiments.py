@@ -46,11 +46,12 @@ def reproduce(
 ) -> None:
     """Train a finished run again from its config.yaml with this code and compare its numbers bit
     for bit: exit 0 if they are the same, 1 if not."""
-    from perturbd.runs.rundir import finished_run_config
+    from perturbd.runs.folder import RunDir
 
     given = overrides(None, data_root)
-    finished_run_config(run_dir, given)  # a mistake is answered before torch loads
-    from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, has_weights, reproduce as train_again, restore as put_back
+    stored = RunDir(run_dir)
+    stored.config(given)  # a mistake is answered before torch loads
+    from perturbd.runs.reproduce import REPRODUCED, reproduce as train_again, restore as put_back
 
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
@@ -67,11 +68,11 @@ def reproduce(
     if not rep.same:
         console.print(f"the retrain is kept in {rep.again}" + ("; weights not restored" if restore else ""), highlight=False)
         raise typer.Exit(1)
-    if restore and has_weights(run_dir):
+    if restore and stored.has_weights():
         console.print(f"{run_dir} has its weights; nothing restored (the retrain is in {rep.again})", highlight=False)
     elif restore:
         put_back(rep)
-        console.print(f"weights put into {run_dir}: {', '.join(WEIGHTS)}", highlight=False)
+        console.print(f"weights put into {run_dir}: {', '.join(RunDir.WEIGHTS)}", highlight=False)
     else:
         console.print(f"the retrain is in {rep.again}", highlight=False)
 
@@ -182,11 +183,11 @@ def report(
     """Write report.html (and for a folder: aggregate.csv/.md, runs.csv, figures/) and print the table."""
     report_root(path)  # a wrong folder is answered before the plotting libraries load
     from perturbd.report.build import build_report
-    from perturbd.runs.results import RunMetrics
+    from perturbd.runs.folder import RunDir
 
     rep = build_report(path, out, pivot)
     if rep.single_run:
-        out_console.print(summary_table(RunMetrics.read(rep.root), rep.root))
+        out_console.print(summary_table(RunDir(rep.root).metrics(), rep.root))
     else:
         out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, mean ± 95 % CI over seeds"))
         for f in rep.files[:-1]:

@@ -12,6 +12,7 @@ from perturbd.cli.app import DataRootOpt, SetOpt, console, out_console, override
 from perturbd.config import load_config
 from perturbd.errors import PerturbdError
 from perturbd.report.console import RichMonitor, make_progress, pct
+from perturbd.runs.folder import RunDir  # the defaults are named as a run folder names its trigger
 
 
 @trigger_app.command("list")
@@ -27,7 +28,7 @@ def trigger_list() -> None:
 def trigger_show(
     kind: Annotated[str, typer.Argument(help="trigger kind, e.g. grid")] = "grid",
     sets: SetOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")] = Path("trigger.png"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write")] = Path(RunDir.TRIGGER_PNG),
     data: Annotated[str, typer.Option("--data", help="data set for the shape and the samples")] = "mnist5k",
     data_root: DataRootOpt = None,
 ) -> None:
@@ -51,7 +52,7 @@ def trigger_show(
 def trigger_make(
     config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (optional)")] = None,
     sets: SetOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help=".safetensors file to write (a .png and a .json beside it)")] = Path("trigger.safetensors"),
+    output: Annotated[Path, typer.Option("--output", "-o", help=".safetensors file to write (a .png and a .json beside it)")] = Path(RunDir.TRIGGER),
     data_root: DataRootOpt = None,
 ) -> None:
     """Build a trigger as the adversary would (adaptive by default) and save it; no victim is trained."""

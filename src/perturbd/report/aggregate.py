@@ -1,7 +1,9 @@
 """Collect run directories into one table: mean and 95 % interval over seeds per config.
 
-A run directory is any folder holding ``metrics.json`` and ``config.yaml`` (hidden folders such as
-``.twins`` and ``.tmp-*`` are skipped). Runs are grouped by their config without ``seed``; each
+A run directory is any folder holding a finished run (:meth:`~perturbd.runs.folder.RunDir.is_run`;
+hidden folders such as ``.twins`` and ``.tmp-*`` are skipped). Metrics are read typed
+(:class:`~perturbd.runs.results.RunMetrics`) and named and formatted by the metric table
+(:data:`~perturbd.runs.results.METRICS`). Runs are grouped by their config without ``seed``; each
 group gets, for every metric, the mean over its seeds and the half-width of the two-sided 95 %
 confidence interval of the mean (Student's t, ``n - 1`` degrees of freedom; blank for one seed).
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,23 +20,12 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from perturbd.config import TriggerConfig, validate
+from perturbd.config import TriggerConfig
 from perturbd.errors import ConfigError
-from perturbd.runs.rundir import FAILURES, read_json
+from perturbd.runs.folder import RunDir, run_dirs, trigger_section
+from perturbd.runs.results import METRICS, RunMetrics, format_value
+from perturbd.runs.rundir import FAILURES
 
-# metric column → (path in metrics.json, label, format); "pct" values are fractions shown in %
-METRICS: dict[str, tuple[str, str, str]] = {
-    "clean_accuracy": ("clean_accuracy", "clean acc. %", "pct"),
-    "accuracy_loss": ("accuracy_loss", "acc. loss (points)", "pct"),
-    "attack_success_rate": ("attack_success_rate", "ASR %", "pct"),
-    "clean_model_asr": ("clean_model_asr", "clean-model ASR %", "pct"),
-    "injection_rate": ("injection_rate", "injection %", "pct"),
-    "poisoned_count": ("poisoned_count", "poisoned", "int"),
-    "trigger_linf": ("trigger.linf", "L∞", "num"),
-    "trigger_l2": ("trigger.l2", "L2", "num"),
-    "psnr_mean": ("stealth.psnr_mean", "PSNR dB", "num"),
-    "ssim_mean": ("stealth.ssim_mean", "SSIM", "num3"),
-}
 ASR_GOAL = 0.9  # the paper's claim: ASR above 90 %
 TABLE_METRICS = ["clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate", "psnr_mean", "ssim_mean"]
 
@@ -85,9 +75,19 @@ def mean_ci(values: list[float | None]) -> Stat:
 
 @dataclass
 class RunRecord:
+    """One run as the reports read it: its folder, its config as written, its metrics."""
+
     path: Path
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: RunMetrics
+
+    @classmethod
+    def read(cls, run: RunDir) -> RunRecord:
+        return cls(run.path, run.settings(), run.metrics())
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.path)
 
     @property
     def flat_config(self) -> dict[str, Any]:
@@ -95,13 +95,11 @@ class RunRecord:
 
     @cached_property
     def trigger(self) -> TriggerConfig:
-        return trigger_config(self.config)
+        return trigger_section(self.config)
 
     def metric(self, name: str) -> float | None:
-        node: Any = self.metrics
-        for part in METRICS[name][0].split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+        """The metric ``name`` (a key of :data:`METRICS`) of this run."""
+        return METRICS[name].value(self.metrics)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -118,26 +116,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "metrics.json").is_file() and (path / "config.yaml").is_file()
-
-
-def run_dirs(root: Path) -> Iterator[Path]:
-    """``root`` if it is a run directory, else every run directory below it (hidden folders
-    skipped), sorted by path."""
-    if is_run_dir(root):
-        yield root
-        return
-    for metrics in sorted(root.rglob("metrics.json")):
-        rel = metrics.parent.relative_to(root)
-        if not any(part.startswith(".") for part in rel.parts) and is_run_dir(metrics.parent):
-            yield metrics.parent
-
-
 def collect_runs(root: Path) -> list[RunRecord]:
     """Every run directory at or below ``root``, sorted by path."""
-    found = run_dirs(Path(root).expanduser())
-    return [RunRecord(p, yaml.safe_load((p / "config.yaml").read_text()) or {}, read_json(p / "metrics.json")) for p in found]
+    return [RunRecord.read(run) for run in run_dirs(Path(root).expanduser())]
 
 
 def report_root(path: Path) -> Path:
@@ -147,15 +128,8 @@ def report_root(path: Path) -> Path:
     if not root.is_dir():
         raise ConfigError(f"no such folder: {root}; give a run directory or a folder of runs (e.g. runs/)")
     if next(run_dirs(root), None) is None and not any((root / FAILURES).glob("*.json")):
-        raise ConfigError(f"no run directories (with metrics.json and config.yaml) under {root}; run `perturbd run` or `perturbd sweep` first")
+        raise ConfigError(f"no run directories (with {RunDir.METRICS} and {RunDir.CONFIG}) under {root}; run `perturbd run` or `perturbd sweep` first")
     return root
-
-
-def trigger_config(config: dict[str, Any]) -> TriggerConfig:
-    """The ``trigger`` section of a run's config as a :class:`TriggerConfig`; keys this version
-    does not know are left out, so a config written by another version still reads."""
-    section = config.get("trigger") or {}
-    return validate({k: v for k, v in section.items() if k in TriggerConfig.model_fields}, TriggerConfig)
 
 
 @dataclass
@@ -231,26 +205,20 @@ def _sortable(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
 
 
-def _fmt(value: float | None, kind: str) -> str:
-    if value is None or not math.isfinite(value):
-        return "–" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
-    return {"pct": f"{100 * value:.2f}", "pct1": f"{100 * value:.1f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(kind, f"{value:.2f}")
-
-
 def cell(stat: Stat, kind: str) -> str:
     """``mean ± ci`` as text (no ± for one value), with ``(n=k/N)`` when only k of the group's
     N runs have the metric."""
-    text = _fmt(stat.mean, kind) if not math.isfinite(stat.ci) else f"{_fmt(stat.mean, kind)} ± {_fmt(stat.ci, kind)}"
+    text = format_value(stat.mean, kind) if not math.isfinite(stat.ci) else f"{format_value(stat.mean, kind)} ± {format_value(stat.ci, kind)}"
     return text if stat.n == stat.of else f"{text} (n={stat.n}/{stat.of})"
 
 
 def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TABLE_METRICS) -> str:
     """A Markdown table: distinguishing columns, seeds, then mean ± 95 % CI per metric."""
-    head = [*columns, "seeds", *(METRICS[m][1] for m in metrics), "ASR % per seed", f"ASR ≥ {100 * ASR_GOAL:g} %"]
+    head = [*columns, "seeds", *(METRICS[m].label for m in metrics), f"{METRICS['attack_success_rate'].label} per seed", f"ASR ≥ {100 * ASR_GOAL:g} %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(columns) else "---:" for i in range(len(head))) + "|"]
     for g in groups:
         per_seed = _asr_per_seed(g, "pct")
-        row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m][2]) for m in metrics]
+        row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m].fmt) for m in metrics]
         lines.append("| " + " | ".join([*row, per_seed, g.reaching()]) + " |")
     return "\n".join(lines) + (
         "\n\nMean ± half-width of the 95 % t-interval over the seeds listed; % of test images, accuracy loss in points; "
@@ -259,7 +227,7 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
 
 
 def _asr_per_seed(group: Group, kind: str) -> str:
-    return " · ".join(_fmt(v, kind) for v in group.per_seed("attack_success_rate"))
+    return " · ".join(format_value(v, kind) for v in group.per_seed("attack_success_rate"))
 
 
 def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perturbd.errors import ConfigError
-from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, is_run_dir, pivot_markdown, report_root, runs_csv, to_csv, to_markdown
+from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, pivot_markdown, report_root, runs_csv, to_csv, to_markdown
 from perturbd.report.html import run_html, sweep_html
 from perturbd.report.plots import write_figures
+from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import read_failures, read_json
 
 
@@ -30,7 +31,7 @@ class Report:
 
     @property
     def single_run(self) -> bool:
-        return is_run_dir(self.root)
+        return RunDir(self.root).is_run()
 
 
 def build_report(path: Path, out: Path | None = None, pivot: str | None = None) -> Report:
@@ -40,7 +41,7 @@ def build_report(path: Path, out: Path | None = None, pivot: str | None = None) 
     :func:`pivot_markdown` (checked before anything is written)."""
     root = report_root(path)
     dest = Path(out).expanduser() if out is not None else root
-    if is_run_dir(root):
+    if RunDir(root).is_run():
         if pivot is not None:
             raise ConfigError(f"--pivot {pivot}: {root} is one run; pivot a folder of runs (a sweep's --out)")
         return Report(root, run_html(root, dest), collect_runs(root))

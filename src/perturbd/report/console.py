@@ -10,8 +10,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from perturbd.report.aggregate import METRICS, TABLE_METRICS, cell
-from perturbd.runs.results import RunMetrics, pct
+from perturbd.report.aggregate import TABLE_METRICS, cell
+from perturbd.runs.results import METRICS, RunMetrics, pct
 
 __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
 
@@ -81,9 +81,8 @@ class SweepMonitor(RichMonitor):
             self.progress.reset(self.task, total=total_steps, description=description, info="")
 
 
-# narrow terminals: short metric headers (explained in the caption), then metrics left out in this order
-SHORT = {"clean_accuracy": "acc %", "accuracy_loss": "loss pts", "attack_success_rate": "ASR %", "clean_model_asr": "twin ASR %", "injection_rate": "inj %", "psnr_mean": "PSNR", "ssim_mean": "SSIM"}
-SHORT_MEANS = {"clean_accuracy": "acc: clean accuracy", "accuracy_loss": "loss: accuracy loss", "clean_model_asr": "twin ASR: clean-model ASR", "injection_rate": "inj: injection rate"}
+# narrow terminals: short metric headers (METRICS' short labels, explained in the caption), then
+# metrics left out in this order
 LEFT_OUT_FIRST = ["ssim_mean", "psnr_mean", "injection_rate", "accuracy_loss", "clean_model_asr"]
 
 
@@ -104,7 +103,7 @@ class AggregateTable:
         self.title = title
         self.keys = [*report.columns, "seeds"]
         self.rows = [[str(g.keys[c]) for c in report.columns] + [",".join(map(str, g.seeds))] for g in report.groups]
-        self.cells = {m: [cell(g.stats[m], METRICS[m][2]) for g in report.groups] for m in TABLE_METRICS}
+        self.cells = {m: [cell(g.stats[m], METRICS[m].fmt) for g in report.groups] for m in TABLE_METRICS}
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.table(options.max_width)
@@ -112,19 +111,19 @@ class AggregateTable:
     def table(self, width: int | None = None) -> Table:
         """The table for ``width`` columns (``None``: every metric with its full header)."""
         fixed = [_width(k, [r[i] for r in self.rows]) for i, k in enumerate(self.keys)]
-        metrics, labels, notes = list(TABLE_METRICS), {m: METRICS[m][1] for m in TABLE_METRICS}, []
+        metrics, labels, notes = list(TABLE_METRICS), {m: METRICS[m].label for m in TABLE_METRICS}, []
 
         def total() -> int:  # content + 2 padding + 1 rule per column, and the closing rule
             return sum(w + 3 for w in fixed) + sum(_width(labels[m], self.cells[m]) + 3 for m in metrics) + 1
 
         if width is not None and total() > width:
-            labels, left_out = dict(SHORT), []
+            labels, left_out = {m: METRICS[m].short for m in TABLE_METRICS}, []
             for m in LEFT_OUT_FIRST:
                 if total() <= width:
                     break
                 metrics.remove(m)
-                left_out.append(METRICS[m][1])
-            notes.append(" · ".join(SHORT_MEANS[m] for m in metrics if m in SHORT_MEANS))
+                left_out.append(METRICS[m].label)
+            notes.append(" · ".join(METRICS[m].legend for m in metrics if METRICS[m].legend))
             if left_out:
                 notes.append(f"left out for width: {', '.join(left_out)} (see aggregate.md)")
         t = Table(title=self.title, header_style="bold", caption="; ".join(notes) or None)

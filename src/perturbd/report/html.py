@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from perturbd.report.aggregate import METRICS, TABLE_METRICS, Group, RunRecord, cell
-from perturbd.runs.results import RunMetrics, pct
+from perturbd.report.aggregate import TABLE_METRICS, Group, RunRecord, cell
+from perturbd.runs.folder import RunDir
+from perturbd.runs.results import METRICS
 from perturbd.runs.rundir import read_json
 
 CSS = """
@@ -73,23 +73,21 @@ def _read(path: Path) -> Any:
         return None
 
 
+#: the headline numbers of a run's page, as cards
+CARDS = ("attack_success_rate", "clean_accuracy", "accuracy_loss", "injection_rate", "clean_model_asr")
+
+
 def run_html(run_dir: Path, dest: Path | None = None) -> Path:
-    """Write ``<dest>/report.html`` (default: in ``run_dir``) and return its path."""
-    run_dir = Path(run_dir)
-    m = RunMetrics.read(run_dir)
-    config = _read(run_dir / "config.yaml") or ""
-    env = _read(run_dir / "environment.json") or {}
-    timing = _read(run_dir / "timing.json") or {}
-    adversary = _read(run_dir / "adversary.json")
-    log = _read(run_dir / "log.txt") or ""
-    body = [f"<h1>{esc(run_dir.name)}</h1>", f'<p class="sub">perturbd run · config hash {esc(m.config_hash)} · seed {esc(m.seed)}</p>']
-    body.append(cards([("attack success rate", pct(m.attack_success_rate)), ("clean accuracy", pct(m.clean_accuracy)),
-                       ("accuracy loss", f"{100 * m.accuracy_loss:+.2f} pts"), ("injection rate", pct(m.injection_rate)),
-                       ("clean-model ASR", pct(m.clean_model_asr))]))
+    """Write the run's report page into ``dest`` (default: ``run_dir``) and return its path."""
+    run = RunDir(run_dir)
+    m = run.metrics()
+    config, env, timing, adversary, log = run.config_text(), run.environment(), run.timing(), run.adversary(), run.log()
+    body = [f"<h1>{esc(run.name)}</h1>", f'<p class="sub">perturbd run · config hash {esc(m.config_hash)} · seed {esc(m.seed)}</p>']
+    body.append(cards([(METRICS[k].name, METRICS[k].show(m)) for k in CARDS]))
     body.append("<h2>Metrics</h2>" + kv_table(m.rows()))
     if m.update is not None:  # attack.setting=update: what was fine-tuned, on what, how
         body.append("<h2>Update</h2>" + kv_table(m.update.model_dump()))
-    body.append('<h2>Trigger and samples</h2><div class="pair">' + img(run_dir / "trigger.png", "trigger, amplified") + img(run_dir / "samples.png", "clean, poisoned, difference") + "</div>")
+    body.append('<h2>Trigger and samples</h2><div class="pair">' + img(run.trigger_png, "trigger, amplified") + img(run.samples_png, "clean, poisoned, difference") + "</div>")
     body.append('<p class="sub">Trigger δ amplified to be seen (grey = 0). Samples: clean, poisoned (as injected, 8-bit), difference amplified.</p>')
     body.append(f"<h2>Config</h2><pre>{esc(config)}</pre>")
     if timing:
@@ -99,32 +97,35 @@ def run_html(run_dir: Path, dest: Path | None = None) -> Path:
     body.append("<h2>Environment</h2>" + kv_table(env))
     if log:
         body.append(f"<h2>Log</h2><pre>{esc(log)}</pre>")
-    path = Path(dest or run_dir) / "report.html"
+    path = RunDir(dest or run.path).report_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page(f"perturbd · {run_dir.name}", "".join(body)))
+    path.write_text(page(f"perturbd · {run.name}", "".join(body)))
     return path
 
 
 def _aggregate_table(columns: list[str], groups: list[Group]) -> str:
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns) + "<th>seeds</th>" + "".join(f"<th>{esc(METRICS[m][1])}</th>" for m in TABLE_METRICS)
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns) + "<th>seeds</th>" + "".join(f"<th>{esc(METRICS[m].label)}</th>" for m in TABLE_METRICS)
     rows = []
     for g in groups:
         tds = "".join(f"<td>{esc(g.keys[c])}</td>" for c in columns) + f"<td>{esc(','.join(map(str, g.seeds)))}</td>"
-        tds += "".join(f'<td class="n">{esc(cell(g.stats[m], METRICS[m][2]))}</td>' for m in TABLE_METRICS)
+        tds += "".join(f'<td class="n">{esc(cell(g.stats[m], METRICS[m].fmt))}</td>' for m in TABLE_METRICS)
         rows.append(f"<tr>{tds}</tr>")
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
+
+
+#: the metrics of each run in the list of a folder's page
+RUN_COLUMNS = ("injection_rate", "attack_success_rate", "clean_accuracy", "accuracy_loss")
 
 
 def _runs_table(root: Path, records: list[RunRecord], dest: Path) -> str:
     rows = []
     for r in records:
         rel = r.path.relative_to(root) if r.path != root else Path(".")
-        link = f'<a href="{esc((rel / "report.html").as_posix())}">{esc(rel.as_posix())}</a>' if (dest / rel / "report.html").is_file() else esc(rel.as_posix())
-        loss = r.metric("accuracy_loss")
-        rows.append(f"<tr><td>{link}</td><td>{esc(r.trigger.label)}</td><td class='n'>{esc(r.config.get('seed', ''))}</td>"
-                    f"<td class='n'>{pct(r.metric('injection_rate'))}</td><td class='n'>{pct(r.metric('attack_success_rate'))}</td>"
-                    f"<td class='n'>{pct(r.metric('clean_accuracy'))}</td><td class='n'>{100 * (math.nan if loss is None else loss):+.2f}</td></tr>")
-    head = "<tr><th>run</th><th>trigger</th><th>seed</th><th>injection</th><th>ASR</th><th>clean acc.</th><th>acc. loss (pts)</th></tr>"
+        page_of = RunDir(rel).report_path
+        link = f'<a href="{esc(page_of.as_posix())}">{esc(rel.as_posix())}</a>' if (dest / page_of).is_file() else esc(rel.as_posix())
+        numbers = "".join(f"<td class='n'>{esc(METRICS[k].text(r.metric(k)))}</td>" for k in RUN_COLUMNS)
+        rows.append(f"<tr><td>{link}</td><td>{esc(r.trigger.label)}</td><td class='n'>{esc(r.config.get('seed', ''))}</td>{numbers}</tr>")
+    head = "<tr><th>run</th><th>trigger</th><th>seed</th>" + "".join(f"<th>{esc(METRICS[k].label)}</th>" for k in RUN_COLUMNS) + "</tr>"
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
 
@@ -132,7 +133,7 @@ def environment_summary(records: list[RunRecord]) -> dict[str, str]:
     """Every environment field with the distinct values seen across runs (and how many runs)."""
     seen: dict[str, dict[str, int]] = {}
     for r in records:
-        env = _read(r.path / "environment.json") or {}
+        env = r.run.environment()
         for k, v in env.items():
             seen.setdefault(k, {}).setdefault(str(v), 0)
             seen[k][str(v)] += 1
@@ -149,8 +150,8 @@ def sweep_html(
     expected: int | None = None,
     dest: Path | None = None,
 ) -> Path:
-    """Write ``<dest>/report.html`` (default: in ``root``) for every run under ``root`` and
-    return its path; the runs' own reports are linked at the same place under ``dest``."""
+    """Write the report page of every run under ``root`` into ``dest`` (default: ``root``) and
+    return its path; the runs' own pages are linked at the same place under ``dest``."""
     root = Path(root)
     dest = Path(dest or root)
     spec = _read(root / "sweep.yaml")
@@ -170,6 +171,6 @@ def sweep_html(
     if spec:
         body.append(f"<h2>Sweep</h2><pre>{esc(spec)}</pre>")
     body.append("<h2>Environment</h2>" + kv_table(environment_summary(records)))
-    path = dest / "report.html"
+    path = RunDir(dest).report_path
     path.write_text(page(f"perturbd · {root.name}", "".join(body)))
     return path

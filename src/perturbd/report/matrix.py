@@ -17,34 +17,28 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from perturbd.errors import DataError
-from perturbd.report.aggregate import trigger_config
-from perturbd.runs.rundir import read_json
+from perturbd.runs.folder import RunDir, trigger_section
+from perturbd.runs.results import METRICS
 
 
 def _row_label(cfg: dict[str, Any]) -> str:
     """``grid c=10, before_training/full, rate 5 %``: the trigger's label, the attack, the rate."""
     attack = cfg.get("attack", {})
     rate = cfg.get("poison", {}).get("rate", 0)
-    return f"{trigger_config(cfg).label}, {attack.get('setting', '?')}/{attack.get('knowledge', '?')}, rate {100 * rate:g} %"
+    return f"{trigger_section(cfg).label}, {attack.get('setting', '?')}/{attack.get('knowledge', '?')}, rate {100 * rate:g} %"
 
 
 def matrix_row(run_dir: Path | str) -> dict[str, Any]:
-    """One matrix row from a run directory holding ``defenses.json``."""
-    folder = Path(run_dir)
-    if not (folder / "defenses.json").is_file():
-        raise DataError(f"{folder} has no defenses.json; run it with `defenses: [...]` in its config")
-    cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    metrics = read_json(folder / "metrics.json")
-    reports = read_json(folder / "defenses.json")["defenses"]
+    """One matrix row from a run directory whose defences ran (:meth:`RunDir.defenses`)."""
+    folder = RunDir(run_dir)
+    reports = folder.defenses()["defenses"]
+    metrics = folder.metrics()
     return {
         "run": folder.name,
-        "label": _row_label(cfg),
-        "seed": metrics.get("seed"),
-        "clean_accuracy": metrics.get("clean_accuracy"),
-        "asr": metrics.get("attack_success_rate"),
+        "label": _row_label(folder.settings()),
+        "seed": metrics.seed,
+        "clean_accuracy": metrics.clean_accuracy,
+        "asr": metrics.attack_success_rate,
         "cells": {r["name"]: r["cell"] for r in reports},
         "kinds": {r["name"]: r.get("kind") for r in reports},
         "metrics": {r["name"]: r.get("metrics", {}) for r in reports},
@@ -96,7 +90,7 @@ def seeds_markdown(rows: list[dict[str, Any]]) -> str:
     attacks: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         attacks.setdefault(r["label"], []).append(r)
-    head = ["attack (seeds)", "clean acc. % per seed", "ASR % per seed", *cols]
+    head = ["attack (seeds)", *(f"{METRICS[m].label} per seed" for m in ("clean_accuracy", "attack_success_rate")), *cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, runs in attacks.items():
         runs = sorted(runs, key=lambda r: r["seed"] if r["seed"] is not None else -1)
@@ -131,7 +125,7 @@ def matrix_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + legend + "\n"
 
 
-def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = "matrix") -> tuple[Path, Path]:
+def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = RunDir.MATRIX) -> tuple[Path, Path]:
     """Write ``<stem>.md`` and ``<stem>.csv`` into ``folder``; returns both paths.
 
     CSV columns per defence: ``<name>`` (the cell value: AUROC, anomaly index or ASR after) and,

@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from perturbd.attack import AttackPlan, Partition, partition, plan_attack
-from perturbd.config import ExperimentConfig, dump_yaml
+from perturbd.config import ExperimentConfig
 from perturbd.data import get_source, load_data, source_status
 from perturbd.data.arrays import register_arrays
 from perturbd.data.dataset import DataSplit
@@ -34,8 +34,9 @@ from perturbd.poisoning import check_target, sources_of
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
-from perturbd.runs.results import RunMetrics, Stealth, TriggerNorms
-from perturbd.runs.rundir import atomic_dir, code_identity, made_elsewhere, run_dir_for, write_json
+from perturbd.runs.folder import RunDir
+from perturbd.runs.results import PoisonRecord, RunMetrics, Stealth, TriggerNorms
+from perturbd.runs.rundir import atomic_dir, code_identity, run_dir_for
 from perturbd.attack.settings import Context, Setting, Trained, get_setting
 from perturbd.attack.settings.base import Log
 from perturbd.train import Monitor, SilentMonitor, cpu_name, resolve_device
@@ -176,10 +177,11 @@ def run(
     cfg = with_inputs(cfg, model, data)
     final = run_dir_for(cfg, out)
     if final.is_dir() and not force:
-        stale = made_elsewhere(final)
+        done = RunDir(final)
+        stale = done.made_elsewhere()
         if stale and log:
             log(stale)
-        return RunResult(final, RunMetrics.read(final), skipped=True, stale=stale)
+        return RunResult(final, done.metrics(), skipped=True, stale=stale)
     lines: list[str] = []
 
     def say(msg: str) -> None:
@@ -215,7 +217,7 @@ def run(
     with atomic_dir(final, replace=force) as tmp:
         write_run(tmp, cfg, plan, trained, metrics, str(ready.device), lines, reports)
         stages.lap("write")
-        write_json(tmp / "timing.json", {**trained.seconds, **stages.seconds, "total": time.perf_counter() - started})
+        RunDir(tmp).write_timing({**trained.seconds, **stages.seconds, "total": time.perf_counter() - started})
     return RunResult(final, metrics)
 
 
@@ -278,22 +280,22 @@ def write_run(
     lines: list[str],
     reports: list[DefenseReport] | None = None,
 ) -> None:
-    """Write every file of a run directory into ``folder`` (with ``defenses.json``, their figures
-    and the one-row ``matrix.md`` / ``matrix.csv`` when defences ran)."""
-    (folder / "config.yaml").write_text(dump_yaml(cfg))
-    write_json(folder / "metrics.json", metrics.to_json())
-    write_json(folder / "adversary.json", plan.record)
-    write_json(folder / "environment.json", environment(device))
+    """Write every file of a run folder (:class:`~perturbd.runs.folder.RunDir`) into ``folder``
+    (with the defences' report, their figures and the one-row matrix when defences ran)."""
+    out = RunDir(folder)
+    out.write_config(cfg)
+    out.write_metrics(metrics)
+    out.write_adversary(plan.record)
+    out.write_environment(environment(device))
     p = trained.poisoned
-    noise = {"noise_indices": p.noise_indices.tolist()} if len(p.noise_indices) else {}  # wanet's noise mode: warped, labels kept
-    write_json(folder / "poison_indices.json", {"indices": p.indices.tolist(), "original_labels": p.original_labels.tolist(), "target": cfg.poison.target, **noise})
-    plan.trigger.save(folder / "trigger.safetensors")
-    trigger_png(plan.trigger.preview(p.clean_images), folder / "trigger.png", f"{plan.trigger.kind} trigger")
-    samples_png(p.clean_images, p.poisoned_images, folder / "samples.png")
+    out.write_poison_indices(PoisonRecord(indices=p.indices.tolist(), original_labels=p.original_labels.tolist(), target=cfg.poison.target, noise_indices=p.noise_indices.tolist()))
+    plan.trigger.save(out.trigger_path)
+    trigger_png(plan.trigger.preview(p.clean_images), out.trigger_png, f"{plan.trigger.kind} trigger")
+    samples_png(p.clean_images, p.poisoned_images, out.samples_png)
     meta = {"config_hash": cfg.hash(), "seed": str(cfg.seed)}
-    save_model(trained.backdoored, folder / "model.safetensors", meta)
-    save_model(trained.clean, folder / "clean_model.safetensors", meta)
+    save_model(trained.backdoored, out.model_path, meta)
+    save_model(trained.clean, out.clean_model_path, meta)
     if reports:
         write_defenses(folder, reports, CLEAN_SOURCE)
         write_matrix(matrix_rows([folder]), folder)
-    (folder / "log.txt").write_text("\n".join(lines) + "\n")
+    out.write_log(lines)

@@ -20,7 +20,7 @@ where those names would not sort in label order (or collide), each is prefixed w
 (``03_cat``), so that ``data.name=imagefolder:DIR`` reads back the same labels and pixels.
 
 The training set is rebuilt through :func:`perturbd.runs.saved.load_inputs` (the run's
-partition, checked against ``poison_indices.json``). Runs of ``attack.setting: update`` (their
+partition, checked against its poison record). Runs of ``attack.setting: update`` (their
 poison is in the update batch) and unquantized runs (their poison is float, not an image file)
 cannot be exported. The folder is written to a temporary folder and renamed when complete.
 """
@@ -41,13 +41,15 @@ from PIL import Image
 
 from perturbd.config import ExperimentConfig, read_yaml, validate
 from perturbd.data.dataset import ImageDataset
-from perturbd.runs.saved import load_inputs
 from perturbd.errors import ConfigError
-from perturbd.runs.rundir import atomic_dir, read_json
+from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import atomic_dir
+from perturbd.runs.saved import load_inputs
 from perturbd.triggers import Trigger
 
 MANIFEST_FIELDS = ("file", "label", "original_label", "poisoned", "split")
-RUN_FILES = ("config.yaml", "poison_indices.json", "trigger.safetensors", "model.safetensors")
+#: the files of a run folder that an export reads
+RUN_FILES = (RunDir.CONFIG, RunDir.POISON_INDICES, RunDir.TRIGGER, RunDir.MODEL)
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 
@@ -80,14 +82,16 @@ def class_folders(classes: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
     """Every mistake that can be found before loading anything: a one-line :class:`ConfigError`."""
-    run_dir, dest = Path(run_dir).expanduser(), Path(dest).expanduser()
-    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+    run, dest = RunDir(run_dir), Path(dest).expanduser()
+    run_dir = run.path
+    missing = run.missing(RUN_FILES)
     if not run_dir.is_dir() or missing:
         what = "no such folder" if not run_dir.is_dir() else f"it has no {', '.join(missing)}"
         raise ConfigError(f"{run_dir} is not a run directory ({what}); give a folder written by `perturbd run`")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"--to {dest} exists and is not an empty folder; give a new folder")
-    cfg = validate(read_yaml(run_dir / "config.yaml"))
+    run.check_format()
+    cfg = validate(read_yaml(run.config_path))
     if cfg.attack.setting != "before_training":
         raise ConfigError(f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; export runs of before_training")
     if not cfg.poison.quantize:
@@ -107,11 +111,11 @@ def export_run(run_dir: Path, dest: Path) -> Exported:
     inputs = load_inputs(run_dir)
     train, indices = inputs.train, inputs.poison_indices
     if train is None or indices is None or inputs.trigger is None:
-        raise ConfigError(f"{run_dir}: its poisoned training set cannot be rebuilt (the run's partition does not give poison_indices.json; another perturbd version made it?)")
+        raise ConfigError(f"{run_dir}: its poisoned training set cannot be rebuilt (the run's partition does not give {RunDir.POISON_INDICES}; another perturbd version made it?)")
     if train.images.dtype != torch.uint8:
         raise ConfigError(f"{run_dir}: the poisoned images are float and cannot be PNG files; export a quantized run")
     original = train.labels.clone()
-    original[indices] = torch.tensor(read_json(run_dir / "poison_indices.json")["original_labels"], dtype=torch.long)
+    original[indices] = torch.tensor(RunDir(run_dir).poison_indices().original_labels, dtype=torch.long)
     folders = class_folders(train.classes)
     rows: list[tuple[str, int, int, int, str]] = []
     with atomic_dir(dest) as tmp:
@@ -159,6 +163,6 @@ def write_trigger_files(trigger: Trigger, folder: Path, images: torch.Tensor | N
     if trigger.additive:
         np.save(folder / "trigger.npy", trigger.delta.numpy().astype(np.float32))
     else:
-        trigger.save(folder / "trigger.safetensors")
+        trigger.save(folder / RunDir.TRIGGER)  # named as in a run folder
     shifted = (torch.round(trigger.preview(images)) + 128).clamp(0, 255).to(torch.uint8).numpy()
-    write_png(folder / "trigger.png", shifted)
+    write_png(folder / RunDir.TRIGGER_PNG, shifted)

@@ -2,7 +2,7 @@
 
 This is the check behind "same seed ⇒ same numbers", and the way back to a run's weights when only
 its numbers were kept (results are committed without their weights). The retrain uses the run's
-own ``config.yaml`` and this code. It *reproduces* the run when it gives exactly the stored
+own config and this code. It *reproduces* the run when it gives exactly the stored
 :data:`REPRODUCED` numbers. Float results depend on the code and on the CPU's kernels (instruction
 sets, thread count), so a :class:`Reproduction` says which code and which CPU made each side.
 
@@ -21,13 +21,14 @@ from typing import Any
 
 from perturbd.errors import ConfigError
 from perturbd.runs.experiment import run
-from perturbd.runs.rundir import finished_run_config, other_code, read_json, run_dir_for
+from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import run_dir_for
 from perturbd.train import Monitor, cpu_name
 
 #: the numbers a retrain must give bit for bit to count as the same run
 REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")
 #: the files a run's retrain can give back to it
-WEIGHTS = ("model.safetensors", "clean_model.safetensors")
+WEIGHTS = RunDir.WEIGHTS
 
 
 @dataclass
@@ -68,26 +69,24 @@ class Reproduction:
 
 def has_weights(folder: Path) -> bool:
     """Whether the run in ``folder`` holds both its models (:data:`WEIGHTS`)."""
-    return all((folder / name).is_file() for name in WEIGHTS)
+    return RunDir(folder).has_weights()
 
 
 def _cpu_of(folder: Path) -> str | None:
-    """The CPU that made the run in ``folder`` (``None`` if its ``environment.json`` does not say)."""
-    try:
-        return read_json(folder / "environment.json").get("cpu")
-    except (OSError, ValueError):
-        return None
+    """The CPU that made the run in ``folder`` (``None`` if its environment record does not say)."""
+    cpu = RunDir(folder).environment().get("cpu")
+    return cpu if isinstance(cpu, str) else None
 
 
 def _made_here(folder: Path) -> bool:
     """Whether the run in ``folder`` was made by this code on this CPU (a retrain kept from
     before is reused only then)."""
-    return other_code(folder) is None and _cpu_of(folder) == cpu_name()
+    return RunDir(folder).other_code() is None and _cpu_of(folder) == cpu_name()
 
 
 def _notes(folder: Path) -> list[str]:
     """How the making of the stored run differs from a retrain here: its code, its CPU."""
-    notes = [line for line in [other_code(folder)] if line is not None]
+    notes = [line for line in [RunDir(folder).other_code()] if line is not None]
     cpu = _cpu_of(folder)
     if cpu is None:
         notes.append(f"{folder} does not name the CPU that made it; this is {cpu_name()}")
@@ -111,13 +110,14 @@ def reproduce(
     time). ``overrides``: config keys to change first, such as ``data.root=DIR`` on another
     machine. ``twin_cache``: the clean-twin store the run used, if any (see :mod:`perturbd.runs.twins`).
     """
-    folder = Path(folder).expanduser()
-    cfg = finished_run_config(folder, overrides)
+    stored = RunDir(folder)
+    folder = stored.path
+    cfg = stored.config(overrides)
     dest = run_dir_for(cfg, out)
     if dest.resolve() == folder.resolve():
         raise ConfigError(f"the retrain of {folder} would be the run itself; give another --out folder")
     again = run(cfg, out, twin_cache=twin_cache, monitor=monitor, log=log, force=dest.is_dir() and not _made_here(dest))
-    return Reproduction(folder, again.run_dir, read_json(folder / "metrics.json"), again.metrics.to_json(), _notes(folder))
+    return Reproduction(folder, again.run_dir, stored.metrics().to_json(), again.metrics.to_json(), _notes(folder))
 
 
 def restore(rep: Reproduction) -> None:

@@ -1,17 +1,22 @@
-"""A run's metrics as one typed object: what ``metrics.json`` holds and the rows people read.
+"""A run's metrics as one typed object, and the one table of how every report names and shows them.
 
-:class:`RunMetrics` is built by :func:`perturbd.runs.experiment.evaluate`, written as
-``metrics.json`` (:meth:`RunMetrics.to_json`), read back by the reports
-(:meth:`RunMetrics.read`), and shown, row by row, by the console summary and the HTML report
-(:meth:`RunMetrics.rows`). The metric definitions are in :mod:`perturbd.metrics`; rates are
-fractions in [0, 1], norms in pixel units of the 0–255 scale.
+:class:`RunMetrics` is built by :func:`perturbd.runs.experiment.evaluate`, written into the run
+folder (:meth:`RunMetrics.to_json`, through :class:`~perturbd.runs.folder.RunDir`), read back by
+the reports (:meth:`~perturbd.runs.folder.RunDir.metrics`), and shown, row by row, by the console
+summary and the HTML report (:meth:`RunMetrics.rows`). :data:`METRICS` is the metric table (key,
+label, short label, unit, format, how to read it from a :class:`RunMetrics`) that the aggregated
+tables, the console and the HTML report all use. The metric definitions are in
+:mod:`perturbd.metrics`; rates are fractions in [0, 1], norms in pixel units of the 0–255 scale.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -96,29 +101,23 @@ class RunMetrics(Record):
         return {k: v for k, v in self.model_dump().items() if v is not None or k not in optional}
 
     @classmethod
-    def read(cls, run_dir: Path) -> RunMetrics:
-        """The metrics of a run directory; a one-line :class:`DataError` if they cannot be read
-        (a missing or corrupt file, or metrics written by another perturbd version)."""
-        path = Path(run_dir) / "metrics.json"
-        try:
-            return cls.model_validate(read_json(path))
-        except (OSError, ValueError) as err:
-            if isinstance(err, ValidationError):
-                first = err.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "metrics"
-                raise DataError(f"{path} is not a perturbd run's metrics ({where}: {first['msg']}); it was written by another version: rerun it with --force") from None
-            raise DataError(f"cannot read {path} ({err}); rerun the run with --force") from None
+    def from_file(cls, path: Path) -> RunMetrics:
+        """The metrics in the file ``path`` (a run folder's: :meth:`~perturbd.runs.folder.RunDir.metrics`);
+        a one-line :class:`DataError` if they cannot be read (a missing or corrupt file, or metrics
+        written by another perturbd version)."""
+        return _read_record(cls, Path(path), "metrics")
 
     def rows(self) -> list[tuple[str, str]]:
         """``(what, value)`` for people: the console summary and the HTML report show these."""
         s, t = self.stealth, self.trigger
+        acc, loss, asr, twin_asr, rate = (METRICS[k] for k in ("clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate"))
         rows = [
-            ("clean accuracy (backdoored)", pct(self.clean_accuracy)),
-            ("clean accuracy (clean twin)", pct(self.clean_twin_accuracy)),
-            ("accuracy loss", f"{100 * self.accuracy_loss:+.2f} points"),
-            ("attack success rate" + (f" (sources {self.sources})" if self.sources is not None else ""), pct(self.attack_success_rate)),
-            ("clean-model ASR", pct(self.clean_model_asr)),
-            ("injection rate", f"{pct(self.injection_rate)} ({self.poisoned_count} of {self.poison_set_size} images)"),
+            (f"{acc.name} (backdoored)", acc.show(self)),
+            (f"{acc.name} (clean twin)", pct(self.clean_twin_accuracy)),
+            (loss.name, loss.show(self)),
+            (asr.name + (f" (sources {self.sources})" if self.sources is not None else ""), asr.show(self)),
+            (twin_asr.name, twin_asr.show(self)),
+            (rate.name, f"{rate.show(self)} ({self.poisoned_count} of {self.poison_set_size} images)"),
             ("trigger L∞ / L2 (0–255)", f"{t.linf:.1f} / {t.l2:.1f}"),
             ("PSNR mean / worst", f"{s.psnr_mean:.1f} / {s.psnr_min:.1f} dB"),
             ("SSIM mean / worst", f"{s.ssim_mean:.4f} / {s.ssim_min:.4f}"),
@@ -138,3 +137,94 @@ class RunMetrics(Record):
 def pct(x: float | None) -> str:
     """A fraction as a percentage with two decimals; ``–`` when there is none."""
     return f"{100 * x:.2f} %" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
+
+
+class PoisonRecord(Record):
+    """Which images of the poisoned set were poisoned (positions), their labels before, the target;
+    ``noise_indices``: images transformed but kept at their label (wanet's noise mode)."""
+
+    indices: list[int]
+    original_labels: list[int]
+    target: int
+    noise_indices: list[int] = []
+
+    def to_json(self) -> dict[str, Any]:
+        """The mapping written: ``noise_indices`` only where there are some."""
+        return self.model_dump(exclude=set() if self.noise_indices else {"noise_indices"})
+
+    @classmethod
+    def from_file(cls, path: Path) -> PoisonRecord:
+        """The record in the file ``path``; a one-line :class:`DataError` if it cannot be read."""
+        return _read_record(cls, Path(path), "poison record")
+
+
+R = TypeVar("R", bound=Record)
+
+
+def _read_record(cls: type[R], path: Path, what: str) -> R:
+    try:
+        return cls.model_validate(read_json(path))
+    except (OSError, ValueError) as err:
+        if isinstance(err, ValidationError):
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or what
+            raise DataError(f"{path} is not a perturbd run's {what} ({where}: {first['msg']}); it was written by another version: rerun it with --force") from None
+        raise DataError(f"cannot read {path} ({err}); rerun the run with --force") from None
+
+
+def format_value(value: float | None, fmt: str) -> str:
+    """``value`` as text in format ``fmt``: ``pct`` (a fraction in % with 2 decimals), ``pct1``
+    (1 decimal), ``int``, ``num3`` (4 decimals), else 2 decimals; ``–`` for none or NaN, ``∞``."""
+    if value is None or not math.isfinite(value):
+        return "–" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
+    return {"pct": f"{100 * value:.2f}", "pct1": f"{100 * value:.1f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(fmt, f"{value:.2f}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric: ``key`` (its column in ``aggregate.csv`` / ``runs.csv``), ``name``
+    (in words), ``label`` (table header), ``short`` (header on a narrow terminal), ``legend`` (what
+    ``short`` stands for, where it needs saying), ``unit`` (of the value stored), ``fmt`` (how
+    tables show it: see :func:`format_value`), ``read`` (its value in a :class:`RunMetrics`)."""
+
+    key: str
+    name: str
+    label: str
+    short: str
+    unit: str
+    fmt: str
+    read: Callable[[RunMetrics], float]
+    legend: str = ""
+
+    def value(self, metrics: RunMetrics) -> float:
+        return float(self.read(metrics))
+
+    def text(self, value: float | None) -> str:
+        """``value`` as a table cell (no unit: the header says it)."""
+        return format_value(value, self.fmt)
+
+    def show(self, metrics: RunMetrics) -> str:
+        """The value in ``metrics`` for people, with its unit: ``12.34 %``, ``+0.50 points``."""
+        value = self.value(metrics)
+        if self.unit == "fraction difference":
+            return f"{100 * value:+.2f} points"
+        return pct(value) if self.fmt == "pct" else f"{self.text(value)} {self.unit}".strip()
+
+
+def _metric(key: str, name: str, label: str, short: str, unit: str, fmt: str, path: str, legend: str = "") -> Metric:
+    return Metric(key, name, label, short, unit, fmt, attrgetter(path), legend)
+
+
+#: the metric table, in column order: every report and the console name and format metrics from it
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    _metric("clean_accuracy", "clean accuracy", "clean acc. %", "acc %", "fraction", "pct", "clean_accuracy", "acc: clean accuracy"),
+    _metric("accuracy_loss", "accuracy loss", "acc. loss (points)", "loss pts", "fraction difference", "pct", "accuracy_loss", "loss: accuracy loss"),
+    _metric("attack_success_rate", "attack success rate", "ASR %", "ASR %", "fraction", "pct", "attack_success_rate"),
+    _metric("clean_model_asr", "clean-model ASR", "clean-model ASR %", "twin ASR %", "fraction", "pct", "clean_model_asr", "twin ASR: clean-model ASR"),
+    _metric("injection_rate", "injection rate", "injection %", "inj %", "fraction", "pct", "injection_rate", "inj: injection rate"),
+    _metric("poisoned_count", "poisoned images", "poisoned", "poisoned", "images", "int", "poisoned_count"),
+    _metric("trigger_linf", "trigger L∞", "L∞", "L∞", "pixel units (0–255)", "num", "trigger.linf"),
+    _metric("trigger_l2", "trigger L2", "L2", "L2", "pixel units (0–255)", "num", "trigger.l2"),
+    _metric("psnr_mean", "PSNR mean", "PSNR dB", "PSNR", "dB", "num", "stealth.psnr_mean"),
+    _metric("ssim_mean", "SSIM mean", "SSIM", "SSIM", "", "num3", "stealth.ssim_mean"),
+)}  # fmt: skip

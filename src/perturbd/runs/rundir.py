@@ -21,8 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from perturbd.config import ExperimentConfig, load_config
-from perturbd.errors import ConfigError
+from perturbd.config import ExperimentConfig
 from perturbd.version import __version__
 
 TMP_PREFIX = ".tmp-"
@@ -148,41 +147,3 @@ def code_identity() -> dict[str, str | None]:
     tells uncommitted edits apart from their commit)."""
     return {"perturbd": __version__, "git_commit": git_commit(), "code_digest": code_digest()}
 
-
-def finished_run_config(folder: Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The config of the finished run in ``folder`` (with ``overrides``, e.g. ``data.root=DIR`` on
-    another machine); a one-line :class:`ConfigError` if ``folder`` is not one."""
-    folder = Path(folder).expanduser()
-    missing = [name for name in ("config.yaml", "metrics.json") if not (folder / name).is_file()]
-    if missing:
-        what = "no such folder" if not folder.is_dir() else f"it has no {' and no '.join(missing)}"
-        raise ConfigError(f"{folder} is not a finished run directory ({what}); give a folder written by `perturbd run`")
-    return load_config(folder / "config.yaml", overrides)
-
-
-def made_elsewhere(folder: Path) -> str | None:
-    """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise one
-    line saying which code made it (a reused run measures what *that* code did) and that
-    ``--force`` redoes it."""
-    other = other_code(folder)
-    if other is None:
-        return None
-    return other + ("; --force redoes it" if other.endswith("unknown") else "; --force redoes it with this code")
-
-
-def other_code(folder: Path) -> str | None:
-    """``None`` if the run in ``folder`` was made by this perturbd version and commit; otherwise
-    which code made it, against this one, in one line."""
-    try:
-        env = read_json(folder / "environment.json")
-    except (OSError, ValueError):
-        return f"{folder} has no readable environment.json: which code made it is unknown"
-    then = (env.get("perturbd"), env.get("git_commit"))
-    now = (__version__, git_commit())
-    if then == now:
-        return None
-
-    def name(version: str | None, commit: str | None) -> str:
-        return f"perturbd {version}" + (f" at {commit[:10]}" if commit else "")
-
-    return f"{folder} was made by {name(*then)}, this is {name(*now)}"

@@ -1,10 +1,10 @@
 """Defence inputs for a saved model: a run directory, a model file of perturbd's, or any other.
 
-A run directory gives everything: ``model.safetensors`` (under test), ``clean_model.safetensors``
-(the clean twin, for baselines), ``trigger.safetensors``, and from ``config.yaml`` the data, the
+A run directory (:class:`~perturbd.runs.folder.RunDir`) gives everything: its model (under test),
+its clean model (the clean twin, for baselines), its trigger, and from its config the data, the
 target and the seed. The poisoned training set is rebuilt from the config: the run's partition
 (:func:`perturbd.attack.partition.partition`, seeded) gives the victim's images and the poison's
-positions among them, used only if those equal the saved ``poison_indices.json`` (a run of the
+positions among them, used only if those equal the saved poison record (a run of the
 update setting, whose poison is in the update batch, then has no dataset screening here: run the
 defence from the experiment config instead).
 
@@ -33,7 +33,7 @@ from perturbd.errors import CheckpointError, ConfigError
 from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
 from perturbd.models.checkpoint import USER_CODE, is_torchscript, read_weights
 from perturbd.poisoning import poison_dataset
-from perturbd.runs.rundir import read_json
+from perturbd.runs.folder import RunDir
 from perturbd.triggers import Trigger
 
 CLEAN_SOURCE = "training split minus the poisoned images, seeded random order (disjoint from the test split)"
@@ -49,21 +49,28 @@ class SavedRun:
 
 
 def locate(path: Path) -> SavedRun:
-    """A run directory (holding ``model.safetensors``) or a model file; a CheckpointError if neither."""
+    """A run directory (holding its model) or a model file; a CheckpointError if neither."""
     path = Path(path).expanduser()
-    if path.name == "model.safetensors" and (path.parent / "config.yaml").is_file():
+    if path.name == RunDir.MODEL and RunDir(path.parent).has(RunDir.CONFIG):
         path = path.parent  # a run directory's model: use the whole run
     if path.is_dir():
-        model = path / "model.safetensors"
-        if not model.is_file():
-            if (path / "metrics.json").is_file() and (path / "config.yaml").is_file():
+        run = RunDir(path)
+        if not run.has(RunDir.MODEL):
+            if run.is_run():
                 raise CheckpointError(f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces")
-            raise CheckpointError(f"{path} is a folder without model.safetensors; give a run directory or a model file")
-        cfg = validate(read_yaml(path / "config.yaml")) if (path / "config.yaml").is_file() else None
-        return SavedRun(model, cfg, path)
+            raise CheckpointError(f"{path} is a folder without {RunDir.MODEL}; give a run directory or a model file")
+        run.check_format()
+        cfg = validate(read_yaml(run.config_path)) if run.has(RunDir.CONFIG) else None
+        return SavedRun(run.model_path, cfg, path)
     if not path.is_file():
         raise CheckpointError(f"model not found: {path}; give a run directory or a model file (.safetensors, .pt, .pth)")
     return SavedRun(path)
+
+
+def load_trigger(run: RunDir) -> Trigger | None:
+    """The trigger of the run in ``run`` (``None`` if it kept none): the typed reader of its trigger
+    file, here rather than on :class:`RunDir` because it needs torch."""
+    return Trigger.load(run.trigger_path) if run.has(RunDir.TRIGGER) else None
 
 
 def model_spec(saved: SavedRun, model: dict[str, Any] | None = None) -> ModelConfig:
@@ -130,20 +137,18 @@ def load_inputs(
     seed = seed if seed is not None else (cfg.seed if cfg is not None else 0)
     split = load_data(_data_config(saved, data, data_root), seed)
     net = load_model(saved, split.train, model)
-    folder = saved.folder
-    if trigger is None and folder is not None and (folder / "trigger.safetensors").is_file():
-        trigger = folder / "trigger.safetensors"
-    trig = Trigger.load(trigger) if trigger is not None else None
+    folder = RunDir(saved.folder) if saved.folder is not None else None
+    trig = Trigger.load(trigger) if trigger is not None else (load_trigger(folder) if folder is not None else None)
     if target is None and cfg is not None:
         target = cfg.poison.target
     if target is not None and not 0 <= target < split.train.num_classes:
         raise ConfigError(f"--target must be in [0, {split.train.num_classes - 1}], got {target}")
     clean_model = None
-    if folder is not None and (folder / "clean_model.safetensors").is_file():
-        clean_model = load_model(SavedRun(folder / "clean_model.safetensors", cfg, folder), split.train, model)
+    if folder is not None and folder.has(RunDir.CLEAN_MODEL):
+        clean_model = load_model(SavedRun(folder.clean_model_path, cfg, folder.path), split.train, model)
     train, indices = split.train, None
-    if folder is not None and cfg is not None and trig is not None and (folder / "poison_indices.json").is_file():
-        saved_idx = torch.tensor(read_json(folder / "poison_indices.json")["indices"], dtype=torch.long)
+    if folder is not None and cfg is not None and trig is not None and folder.has(RunDir.POISON_INDICES):
+        saved_idx = torch.tensor(folder.poison_indices().indices, dtype=torch.long)
         train = None
         if cfg.attack.setting == "before_training":
             part = partition(cfg, split.train.labels, split.train.num_classes)

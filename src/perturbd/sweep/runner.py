@@ -23,7 +23,8 @@ import yaml
 from perturbd.config import ExperimentConfig
 from perturbd.sweep.executors import Executor, LocalExecutor, RayExecutor, auto_workers
 from perturbd.runs.experiment import check_config
-from perturbd.runs.rundir import clear_failure, failure_path, made_elsewhere, record_failure, run_dir_for, write_json
+from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import clear_failure, failure_path, record_failure, run_dir_for, write_json
 from perturbd.sweep.config import TWINS, RayConfig, Sweep, SweepConfig, expand, read_sweep
 
 __all__ = [
@@ -77,7 +78,7 @@ def status(sweep: Sweep) -> Status:
 def made_elsewhere_runs(sweep: Sweep, state: Status) -> list[Path]:
     """The finished run directories of ``sweep`` that another perturbd version or commit made:
     they are kept and not rerun (their config hash matches), so the user is told."""
-    return [folder for folder in (run_dir_for(c, sweep.out) for c in state.done) if made_elsewhere(folder)]
+    return [folder for folder in (run_dir_for(c, sweep.out) for c in state.done) if RunDir(folder).made_elsewhere()]
 
 
 # --------------------------------------------------------------------------- running

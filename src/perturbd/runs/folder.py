@@ -1,0 +1,311 @@
+"""A run folder as one type: :class:`RunDir` is the only code that knows the names of a run's files.
+
+The folder ``<out>/<name>-<confighash8>/`` that :func:`perturbd.runs.experiment.run` writes holds
+(as :class:`RunDir`'s constants name them): the config (``config.yaml``), the metrics
+(``metrics.json``, :class:`~perturbd.runs.results.RunMetrics`), the trigger
+(``trigger.safetensors``, and ``trigger.png`` to look at), poisoned samples (``samples.png``), both
+models (``model.safetensors``, ``clean_model.safetensors``), the poison's positions
+(``poison_indices.json``), what the adversary had (``adversary.json``), the machine and code that
+made it (``environment.json``), seconds per stage (``timing.json``), the run's log (``log.txt``);
+when defences ran, their report (``defenses.json``), their figures (named by each defence) and the
+one-row attack × defence matrix (``matrix.md``, ``matrix.csv``); ``perturbd report`` adds
+``report.html``.
+
+The layout is versioned: ``environment.json`` records its ``format`` (:data:`FORMAT`); a folder
+without one was written before formats were recorded and is format 1, today's layout. A folder of a
+newer format than this code reads is refused in one line (:meth:`RunDir.check_format`).
+
+Loading a run's weights and trigger needs torch; those readers are in :mod:`perturbd.runs.saved`
+(this module stays light: the command line imports it before torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from perturbd.config import ExperimentConfig, TriggerConfig, dump_yaml, load_config, read_yaml, validate
+from perturbd.errors import ConfigError, DataError
+from perturbd.runs.results import PoisonRecord, RunMetrics
+from perturbd.runs.rundir import git_commit, read_json, write_json
+from perturbd.version import __version__
+
+#: the run-folder format this code writes and the newest it reads (1: the layout described above)
+FORMAT = 1
+
+
+class RunDir:
+    """One run folder: its files' names and paths, typed readers and the writers of its records.
+
+    Readers of a file that is missing or corrupt raise a one-line :class:`DataError` (or
+    :class:`ConfigError` for the config), as does a folder of a format newer than :data:`FORMAT`.
+    """
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.json"
+    TRIGGER = "trigger.safetensors"
+    TRIGGER_PNG = "trigger.png"
+    SAMPLES_PNG = "samples.png"
+    MODEL = "model.safetensors"
+    CLEAN_MODEL = "clean_model.safetensors"
+    POISON_INDICES = "poison_indices.json"
+    ADVERSARY = "adversary.json"
+    ENVIRONMENT = "environment.json"
+    TIMING = "timing.json"
+    LOG = "log.txt"
+    DEFENSES = "defenses.json"
+    MATRIX = "matrix"  # the stem of matrix.md and matrix.csv
+    MATRIX_MD = "matrix.md"
+    MATRIX_CSV = "matrix.csv"
+    REPORT = "report.html"
+    #: every file name above: what no module outside perturbd.runs may spell
+    NAMES = (
+        CONFIG, METRICS, TRIGGER, TRIGGER_PNG, SAMPLES_PNG, MODEL, CLEAN_MODEL, POISON_INDICES, ADVERSARY,
+        ENVIRONMENT, TIMING, LOG, DEFENSES, MATRIX_MD, MATRIX_CSV, REPORT,
+    )  # fmt: skip
+    #: the two models: what a run kept without its weights lacks
+    WEIGHTS = (MODEL, CLEAN_MODEL)
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def trigger_path(self) -> Path:
+        return self.path / self.TRIGGER
+
+    @property
+    def trigger_png(self) -> Path:
+        return self.path / self.TRIGGER_PNG
+
+    @property
+    def samples_png(self) -> Path:
+        return self.path / self.SAMPLES_PNG
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def clean_model_path(self) -> Path:
+        return self.path / self.CLEAN_MODEL
+
+    @property
+    def poison_indices_path(self) -> Path:
+        return self.path / self.POISON_INDICES
+
+    @property
+    def environment_path(self) -> Path:
+        return self.path / self.ENVIRONMENT
+
+    @property
+    def defenses_path(self) -> Path:
+        return self.path / self.DEFENSES
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
+
+    # what the folder is
+
+    def is_run(self) -> bool:
+        """Whether this is a finished run's folder: it holds its config and its metrics."""
+        return self.config_path.is_file() and self.metrics_path.is_file()
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def has_weights(self) -> bool:
+        """Whether the run holds both its models (:attr:`WEIGHTS`)."""
+        return all(self.has(name) for name in self.WEIGHTS)
+
+    def missing(self, names: tuple[str, ...]) -> list[str]:
+        """Those of ``names`` that the folder lacks."""
+        return [name for name in names if not self.has(name)]
+
+    @property
+    def format(self) -> int:
+        """The folder's format: ``environment.json``'s ``format``, 1 where it records none."""
+        env = self._json_or_none(self.ENVIRONMENT)
+        value = env.get("format", 1) if isinstance(env, dict) else 1
+        return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+    def check_format(self) -> None:
+        """A one-line :class:`DataError` if the folder is of a format newer than :data:`FORMAT`."""
+        if self.format > FORMAT:
+            raise DataError(f"{self.path} is a run folder of format {self.format}; this perturbd ({__version__}) reads format {FORMAT} and older: upgrade perturbd")
+
+    def check_finished(self) -> None:
+        """A one-line :class:`ConfigError` unless this is a finished run's folder of a known format."""
+        missing = self.missing((self.CONFIG, self.METRICS))
+        if missing:
+            what = "no such folder" if not self.path.is_dir() else f"it has no {' and no '.join(missing)}"
+            raise ConfigError(f"{self.path} is not a finished run directory ({what}); give a folder written by `perturbd run`")
+        self.check_format()
+
+    # readers
+
+    def config(self, overrides: list[str] | None = None) -> ExperimentConfig:
+        """The run's config (with ``overrides``, e.g. ``data.root=DIR`` on another machine); a
+        one-line :class:`ConfigError` if the folder is not a finished run's."""
+        self.check_finished()
+        return load_config(self.config_path, overrides)
+
+    def settings(self) -> dict[str, Any]:
+        """The run's config as the mapping written (unvalidated: a report groups runs of other
+        perturbd versions by it too)."""
+        self.check_format()
+        data = read_yaml(self.config_path)
+        return data if isinstance(data, dict) else {}
+
+    def trigger_config(self) -> TriggerConfig:
+        """The trigger section of the run's config (see :func:`trigger_section`)."""
+        return trigger_section(self.settings())
+
+    def metrics(self) -> RunMetrics:
+        """The run's metrics (:meth:`RunMetrics.from_file`)."""
+        self.check_format()
+        return RunMetrics.from_file(self.metrics_path)
+
+    def poison_indices(self) -> PoisonRecord:
+        """Which training images were poisoned, their labels before, and the target."""
+        return PoisonRecord.from_file(self.poison_indices_path)
+
+    def environment(self) -> dict[str, Any]:
+        """Versions, device, CPU and commit that made the run (``{}`` if unreadable)."""
+        data = self._json_or_none(self.ENVIRONMENT)
+        return data if isinstance(data, dict) else {}
+
+    def adversary(self) -> dict[str, Any] | None:
+        """What the adversary had and did (``None`` if the folder does not say)."""
+        data = self._json_or_none(self.ADVERSARY)
+        return data if isinstance(data, dict) else None
+
+    def timing(self) -> dict[str, Any]:
+        """Seconds per stage of the run (``{}`` if unreadable)."""
+        data = self._json_or_none(self.TIMING)
+        return data if isinstance(data, dict) else {}
+
+    def defenses(self) -> dict[str, Any]:
+        """``defenses.json``: the clean source, the code that defended, one report per defence; a
+        one-line :class:`DataError` if no defence ran on this run."""
+        if not self.defenses_path.is_file():
+            raise DataError(f"{self.path} has no {self.DEFENSES}; run it with `defenses: [...]` in its config")
+        data = read_json(self.defenses_path)
+        return data if isinstance(data, dict) else {}
+
+    def config_text(self) -> str:
+        return self._text_or_none(self.CONFIG) or ""
+
+    def log(self) -> str:
+        return self._text_or_none(self.LOG) or ""
+
+    def _json_or_none(self, name: str) -> Any:
+        try:
+            return read_json(self.path / name)
+        except (OSError, ValueError):
+            return None
+
+    def _text_or_none(self, name: str) -> str | None:
+        try:
+            return (self.path / name).read_text()
+        except OSError:
+            return None
+
+    # writers (into a folder being made: see perturbd.runs.rundir.atomic_dir)
+
+    def write_config(self, cfg: ExperimentConfig) -> None:
+        self.config_path.write_text(dump_yaml(cfg))
+
+    def write_metrics(self, metrics: RunMetrics) -> None:
+        write_json(self.metrics_path, metrics.to_json())
+
+    def write_poison_indices(self, record: PoisonRecord) -> None:
+        write_json(self.poison_indices_path, record.to_json())
+
+    def write_environment(self, env: dict[str, Any]) -> None:
+        """``environment.json``: ``env`` and the folder's :data:`FORMAT`."""
+        write_json(self.environment_path, {**env, "format": FORMAT})
+
+    def write_adversary(self, record: dict[str, Any]) -> None:
+        write_json(self.path / self.ADVERSARY, record)
+
+    def write_timing(self, seconds: dict[str, float]) -> None:
+        write_json(self.path / self.TIMING, seconds)
+
+    def write_defenses(self, record: dict[str, Any]) -> None:
+        write_json(self.defenses_path, record)
+
+    def write_log(self, lines: list[str]) -> None:
+        (self.path / self.LOG).write_text("\n".join(lines) + "\n")
+
+    # which code made it
+
+    def other_code(self) -> str | None:
+        """``None`` if the run was made by this perturbd version and commit; otherwise which code
+        made it, against this one, in one line."""
+        env = self._json_or_none(self.ENVIRONMENT)
+        if not isinstance(env, dict):
+            return f"{self.path} has no readable {self.ENVIRONMENT}: which code made it is unknown"
+        then = (env.get("perturbd"), env.get("git_commit"))
+        now = (__version__, git_commit())
+        if then == now:
+            return None
+
+        def name(version: str | None, commit: str | None) -> str:
+            return f"perturbd {version}" + (f" at {commit[:10]}" if commit else "")
+
+        return f"{self.path} was made by {name(*then)}, this is {name(*now)}"
+
+    def made_elsewhere(self) -> str | None:
+        """``None`` if the run was made by this perturbd version and commit; otherwise one line
+        saying which code made it (a reused run measures what *that* code did) and that
+        ``--force`` redoes it."""
+        other = self.other_code()
+        if other is None:
+            return None
+        return other + ("; --force redoes it" if other.endswith("unknown") else "; --force redoes it with this code")
+
+
+def trigger_section(config: dict[str, Any]) -> TriggerConfig:
+    """The ``trigger`` section of a run's config mapping as a :class:`TriggerConfig`; keys this
+    version does not know are left out, so a config written by another version still reads (the
+    one tolerant reader of an old run's config)."""
+    section = config.get("trigger") or {}
+    trigger: TriggerConfig = validate({k: v for k, v in section.items() if k in TriggerConfig.model_fields}, TriggerConfig)
+    return trigger
+
+
+def run_dirs(root: Path) -> Iterator[RunDir]:
+    """``root`` if it is a run folder, else every run folder below it (hidden folders such as
+    ``.twins`` and ``.tmp-*`` skipped), sorted by path."""
+    top = RunDir(root)
+    if top.is_run():
+        yield top
+        return
+    for metrics in sorted(top.path.rglob(RunDir.METRICS)):
+        rel = metrics.parent.relative_to(top.path)
+        run = RunDir(metrics.parent)
+        if not any(part.startswith(".") for part in rel.parts) and run.is_run():
+            yield run
