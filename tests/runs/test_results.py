@@ -1,4 +1,5 @@
-"""RunMetrics: metrics.json round trip, optional parts, infinite PSNR, rows, unknown keys refused."""
+"""RunMetrics: metrics.json round trip, optional parts, infinite PSNR, rows, unknown keys refused;
+the metric table."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from perturbd.errors import DataError
-from perturbd.runs.results import BeforeUpdate, RunMetrics, Stealth, TriggerNorms, UpdateFacts, pct
-from perturbd.runs.rundir import write_json
 from perturbd.runs.folder import RunDir
+from perturbd.runs.results import METRICS, BeforeUpdate, RunMetrics, Stealth, TriggerNorms, UpdateFacts, pct
+from perturbd.runs.rundir import write_json
 
 
 def metrics(**extra) -> RunMetrics:
@@ -111,3 +112,16 @@ def test_missing_keys_are_rejected_and_values_are_final() -> None:
 def test_pct() -> None:
     assert pct(0.12345) == "12.35 %" and pct(1) == "100.00 %"
     assert pct(None) == pct(math.nan) == pct(math.inf) == "–"
+
+
+def test_the_metric_table_reads_every_metric_from_run_metrics() -> None:
+    m = metrics()
+    assert list(METRICS) == [
+        "clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate",
+        "poisoned_count", "trigger_linf", "trigger_l2", "psnr_mean", "ssim_mean",
+    ], "the column order of aggregate.csv and runs.csv"  # fmt: skip
+    values = {k: metric.value(m) for k, metric in METRICS.items()}
+    assert values["psnr_mean"] == 31.2 and values["trigger_l2"] == 336.0 and values["poisoned_count"] == 100.0
+    assert len({metric.label for metric in METRICS.values()}) == len(METRICS)
+    assert METRICS["ssim_mean"].text(0.91) == "0.9100" and METRICS["attack_success_rate"].text(None) == "–"
+    assert METRICS["accuracy_loss"].show(m) == "+0.40 points" == dict(m.rows())["accuracy loss"]

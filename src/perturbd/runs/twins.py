@@ -45,6 +45,7 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.errors import CheckpointError
 from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
+from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import atomic_dir, code_digest, read_json, write_json
 from perturbd.train import Monitor, cpu_name, effective_threads, fit
 from perturbd.triggers import Trigger
@@ -164,7 +165,7 @@ class TwinStore:
             result = fit(model, data, cfg.train, cfg.seed, monitor=self.monitor, description=description)
             if folder is not None:
                 with atomic_dir(folder) as tmp:
-                    save_model(model, tmp / "model.safetensors")
+                    save_model(model, tmp / RunDir.MODEL)
                     write_json(tmp / "twin.json", {"key": key, "train_seconds": result.seconds, "stored": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self._memo[key] = model
         return Twin(model, result.seconds, f"trained in {result.seconds:.1f} s ({result.images_per_s:.0f} img/s)", result.images_per_s)
@@ -191,13 +192,13 @@ class TwinStore:
         with self._slot(key, "masks") as folder:
             if folder is not None and (folder / "record.json").is_file():
                 try:
-                    return Trigger.load(folder / "trigger.safetensors"), {**read_json(folder / "record.json"), "reused_from": folder.name}
+                    return Trigger.load(folder / RunDir.TRIGGER), {**read_json(folder / "record.json"), "reused_from": folder.name}
                 except (CheckpointError, OSError, ValueError):
                     shutil.rmtree(folder, ignore_errors=True)
             trigger, record = build()
             if folder is not None:
                 with atomic_dir(folder) as tmp:
-                    trigger.save(tmp / "trigger.safetensors")
+                    trigger.save(tmp / RunDir.TRIGGER)
                     write_json(tmp / "record.json", record)
         return trigger, record
 
@@ -225,7 +226,7 @@ def _load(model: nn.Module, folder: Path, device: torch.device) -> bool:
     if not folder.is_dir():
         return False
     try:
-        load_model_weights(model, folder / "model.safetensors")
+        load_model_weights(model, folder / RunDir.MODEL)
     except (CheckpointError, OSError, ValueError):
         shutil.rmtree(folder, ignore_errors=True)
         return False
