@@ -49,11 +49,11 @@ from perturbd.defenses.detection import auroc, detection_text, screened_sample, 
 from perturbd.errors import ConfigError
 from perturbd.malloc import tune_malloc
 from perturbd.metrics import attack_success_rate, clean_accuracy
+from perturbd.progress import Log
 from perturbd.runs.rundir import code_identity, write_json
 from perturbd.seeding import derived_generator
 from perturbd.triggers import Trigger
 
-Log = Callable[[str], None]
 Evaluation = tuple[dict[str, Any], dict[str, Any], Figures]
 
 

@@ -31,13 +31,13 @@ from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_
 from perturbd.models import build_model, list_models, register_factory, save_model
 from perturbd.models.external import check_spec
 from perturbd.poisoning import check_target, sources_of
+from perturbd.progress import Log
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.results import RunMetrics, Stealth, TriggerNorms
 from perturbd.runs.rundir import atomic_dir, code_identity, made_elsewhere, run_dir_for, write_json
 from perturbd.attack.settings import Context, Setting, Trained, get_setting
-from perturbd.attack.settings.base import Log
 from perturbd.train import Monitor, SilentMonitor, cpu_name, resolve_device
 from perturbd.triggers import get_trigger
 from perturbd.runs.twins import TwinStore
