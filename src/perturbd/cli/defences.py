@@ -50,7 +50,7 @@ def defend(
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
     with --arch); --param applies to every --defense given."""
     from perturbd.config import DefenseSpec
-    from perturbd.defenses.evaluate import run_defenses, write_defenses
+    from perturbd.evaluation.harness import run_defenses, write_defenses
     from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]

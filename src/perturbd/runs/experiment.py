@@ -23,7 +23,7 @@ from perturbd.data import get_source, load_data, source_status
 from perturbd.data.arrays import register_arrays
 from perturbd.data.dataset import DataSplit
 from perturbd.defenses import build_defense
-from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
+from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
 from perturbd.malloc import tune_malloc
