@@ -16,13 +16,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from perturbd.config import DataConfig, PoisonConfig, TrainConfig, TriggerConfig, load_config
+from perturbd.config import DataConfig, PoisonConfig, TrainConfig, TriggerConfig
 from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
