@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml
-from perturbd.defenses.evaluate import run_defenses, write_defenses
+from perturbd.evaluation.harness import run_defenses, write_defenses
 from perturbd.runs.saved import load_inputs
 from perturbd.errors import PerturbdError
 from perturbd.runs.reproduce import has_weights, reproduce, restore

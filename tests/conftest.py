@@ -1,6 +1,7 @@
 """Shared fixtures: a private cache folder, a tiny, seconds-long experiment config, a finished run
 directory with defences (``run_dir``; ``tiny_run``: its overrides without them), and the scripts
-under ``experiments/`` as modules."""
+under ``experiments/`` as modules; the planted backdoors of :mod:`planted` (``planted``,
+``updates``, ``mitigates``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 
 from perturbd.config import ExperimentConfig, load_config
 from perturbd.runs.experiment import run
+
+# the planted backdoors of the defence and the evaluation tests (tests/planted.py)
+pytest_plugins = ["planted"]
 
 # a whole experiment in seconds: synthetic bars, a 3×3 patch, three defences of three kinds
 TINY_RUN = [

@@ -51,6 +51,13 @@ def test_datasets_and_models_list(cli) -> None:
     assert code == 0 and "cnn28" in out and "preact_resnet18" in out
 
 
+def test_defenses_list_each_with_its_kind_and_what_the_kind_does(cli) -> None:
+    code, out, _ = cli("defenses")
+    assert code == 0
+    assert "strip                  input       screens inputs at inference" in out.splitlines()
+    assert all(len(line) <= 80 for line in out.splitlines()), "one line per defence"
+
+
 def test_trigger_show_writes_png(cli, tmp_path) -> None:
     png = tmp_path / "grid.png"
     code, out, err = cli("trigger", "show", "grid", "--set", "trigger.amplitude=10", "-o", str(png))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from perturbd.defenses import build_defense
-from perturbd.defenses.evaluate import evaluate_defense
+from perturbd.evaluation.harness import evaluate_defense
 
 
 # PCA, seeds 0–9: AUROC 0.69–0.83 (k-means lands on one of two splits: 0.69 on 8 seeds), only

@@ -1,19 +1,29 @@
 """One contract over every registered defence, the update audit included (sklearn's
 ``parametrize_with_checks`` in spirit): builds with defaults, rejects each out-of-range parameter
 and unknown ones with one-line ConfigErrors, ``fit`` returns ``self`` with every result its kind's
-protocol declares, and its results are finite."""
+protocol declares, and its results are finite. A throw-away defence shows that a new defence of
+an existing kind is one class and one registry line: the contract and the harness take it."""
 
 from __future__ import annotations
 
 import math
 
+from typing import ClassVar
+
 import annotated_types as at
 import pytest
 import torch
+from pydantic import Field
+from torch import nn
 
-from perturbd.defenses import KINDS, PROTOCOLS, build_defense, get_defense, list_defenses, register_defense
-from perturbd.defenses.base import Defense, missing_results
+from perturbd.config import DefenseSpec
+from perturbd.data.dataset import ImageDataset
+
+from perturbd.defenses import build_defense, get_defense, list_defenses, register_defense
+from perturbd.defenses.base import _DEFENSES, Defense, DefenseParams
 from perturbd.errors import ConfigError
+from perturbd.evaluation import run_defenses
+from perturbd.evaluation.kinds import KINDS, kind_of, missing_results
 
 ALL = list_defenses()
 # cheap settings so that every fit takes well under a second on the planted model
@@ -46,18 +56,25 @@ def _out_of_range(name: str) -> list[tuple[str, object]]:
 
 def test_registry_lists_every_kind() -> None:
     kinds = {get_defense(n).kind for n in ALL}
-    assert kinds == set(KINDS) == set(PROTOCOLS) == {"dataset", "input", "model", "mitigation", "update"}
+    assert kinds == set(KINDS) == {"dataset", "input", "model", "mitigation", "update"}
     assert list_defenses("fine_*") == ["fine_pruning", "fine_tuning"]
     assert "update_audit" in ALL
 
 
-def test_unknown_kind_cannot_register() -> None:
+@pytest.mark.parametrize("name", ALL)
+def test_its_kind_is_a_row_of_the_kinds_table(name: str) -> None:
+    kind = kind_of(build_defense(name))
+    assert kind.name == get_defense(name).kind and kind.about and "\n" not in kind.about
+
+
+def test_an_unknown_kind_is_a_one_line_error_naming_the_kinds() -> None:
     class Odd(Defense):
         name = "odd"
-        kind = "odd"
+        kind = "modle"
 
-    with pytest.raises(ValueError, match="has kind 'odd'; use one of dataset, input, model, mitigation, update"):
-        register_defense(Odd)
+    with pytest.raises(ConfigError, match="has kind 'modle', which no evaluator measures; did you mean 'model'") as err:
+        kind_of(Odd())
+    assert "\n" not in str(err.value)
 
 
 def test_duplicate_and_unknown_names() -> None:
@@ -105,7 +122,7 @@ def test_fit_returns_self_with_finite_results(name: str, planted) -> None:
         assert d.fit(planted.model, planted.clean, before=planted.clean_model) is d
     else:
         assert d.fit(planted.model, planted.train if d.kind == "dataset" else planted.clean) is d
-    assert missing_results(d) == [] and isinstance(d, PROTOCOLS[d.kind])
+    assert missing_results(d) == [] and isinstance(d, kind_of(d).protocol)
     assert d.clean_used_ == (0 if d.kind == "dataset" else min(64, len(planted.clean)))
     if d.kind == "mitigation":
         assert d.model_ is not planted.model
@@ -123,3 +140,39 @@ def test_mitigation_leaves_the_input_model_untouched(name: str, planted) -> None
     build_defense(name, **_cheap(name)).fit(planted.model, planted.clean)
     after = planted.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class LabelScreen(Defense):
+    """A throw-away dataset screen (the whole of a new defence's file): an image is suspicious
+    when its label is ``label``."""
+
+    name: ClassVar[str] = "label_screen"
+    kind: ClassVar[str] = "dataset"
+
+    class Params(DefenseParams):
+        label: int = Field(0, ge=0, le=1000, description="the label screened as poisoned")
+
+    def fit(self, model: nn.Module, data: ImageDataset) -> LabelScreen:
+        self.scores_ = (data.labels == self.label).float()
+        self.flagged_ = self.scores_ > 0.5
+        return self
+
+
+def test_a_new_defence_of_a_kind_is_one_class_and_one_registry_line(planted, monkeypatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(_DEFENSES, "_entries", dict(_DEFENSES._entries))  # registered for this test only
+        register_defense(LabelScreen)  # the registry line
+        name = LabelScreen.name
+        assert name in list_defenses()
+        test_its_kind_is_a_row_of_the_kinds_table(name)
+        test_builds_with_defaults(name)
+        assert _out_of_range(name) == [("label", -1), ("label", 1001)]
+        for key, value in _out_of_range(name):
+            test_rejects_out_of_range_parameter(name, key, value)
+        test_rejects_unknown_and_mistyped_parameters(name)
+        test_fit_returns_self_with_finite_results(name, planted)
+        (report,) = run_defenses([DefenseSpec(name=name, params={"label": planted.target})], planted.inputs())
+        assert report.kind == "dataset" and report.metrics["poisoned"] == len(planted.indices)
+        assert report.metrics["tpr"] == 1.0, "every poisoned image carries the target label"
+        assert report.cell["text"].startswith(f"AUROC {report.metrics['auroc']:.3f} (TPR 1.00 / FPR ")
+    assert name not in list_defenses()

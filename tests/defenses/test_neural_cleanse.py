@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from perturbd.defenses import build_defense
-from perturbd.defenses.evaluate import evaluate_defense, write_defenses
+from perturbd.evaluation.harness import evaluate_defense, write_defenses
 from perturbd.defenses.neural_cleanse import NeuralCleanse, anomaly_index, initial_trigger, reverse_triggers
 
 # 30 epochs of 10 mini-batches of 8 (the schedule sets the cost after 5 epochs and moves it every

@@ -7,7 +7,7 @@ import torch
 
 from perturbd.defenses import build_defense
 from perturbd.defenses.base import penultimate
-from perturbd.defenses.evaluate import evaluate_defense
+from perturbd.evaluation.harness import evaluate_defense
 
 
 @pytest.mark.parametrize("params", [{}, {"components": 5}], ids=["k=1", "k=5"])

@@ -11,7 +11,7 @@ from torch import nn
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
-from perturbd.defenses.evaluate import evaluate_defense
+from perturbd.evaluation.harness import evaluate_defense
 from perturbd.defenses.strip import Strip
 
 # 200 clean images, 8 overlays, 200 test images: over 4 seeds (the defender's clean order and the

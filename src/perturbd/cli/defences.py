@@ -50,7 +50,7 @@ def defend(
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
     with --arch); --param applies to every --defense given."""
     from perturbd.config import DefenseSpec
-    from perturbd.defenses.evaluate import run_defenses, write_defenses
+    from perturbd.evaluation.harness import run_defenses, write_defenses
     from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
@@ -65,11 +65,14 @@ def defend(
 
 @app.command()
 def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter")] = "*") -> None:
-    """List the registered defences and their kind."""
+    """List the registered defences, their kind and what a defence of that kind does."""
     from perturbd.defenses import get_defense, list_defenses
+    from perturbd.evaluation.kinds import KINDS
 
     for name in list_defenses(pattern):
-        out_console.print(f"{name:<22} {get_defense(name).kind}")
+        kind = get_defense(name).kind
+        about = KINDS[kind].about if kind in KINDS else "(no evaluator measures this kind)"
+        out_console.print(f"{name:<22} {kind:<11} {about}")
 
 
 @app.command()

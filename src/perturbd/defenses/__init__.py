@@ -7,8 +7,9 @@
   :mod:`adversarial_training`
 - update audit (:class:`UpdateAuditor`): :mod:`update_audit`
 
-Helpers: :mod:`nc_schedule` (Neural Cleanse's cost schedule and early stop), :mod:`detection`
-(AUROC, TPR at 5 % FPR, the screened test sample), :mod:`evaluate` (measure defences on a run).
+Neural Cleanse's own helpers: :mod:`nc_schedule` (its cost schedule and early stop) and
+:mod:`nc_figures` (its figures). What a kind means and how defences are measured on a run:
+:mod:`perturbd.evaluation`.
 
 Example:
     >>> from perturbd.defenses import build_defense, list_defenses
@@ -18,8 +19,6 @@ Example:
 """
 
 from perturbd.defenses.base import (
-    KINDS,
-    PROTOCOLS,
     DatasetScreen,
     Defense,
     DefenseParams,
@@ -45,8 +44,6 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
 )
 
 __all__ = [
-    "KINDS",
-    "PROTOCOLS",
     "DatasetScreen",
     "Defense",
     "DefenseParams",

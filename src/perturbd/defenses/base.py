@@ -4,8 +4,9 @@ Defences follow scikit-learn's shape: parameters go in ``__init__`` and are vali
 bad value is a one-line :class:`~perturbd.errors.ConfigError` naming the parameter, the value and
 the valid range); ``fit`` does the work and returns ``self``; results end in ``_``.
 
-A defence's ``kind`` names the protocol its fitted results follow (:data:`PROTOCOLS`), which is all
-:mod:`perturbd.defenses.evaluate` reads:
+A defence's ``kind`` names the protocol its fitted results follow, which is all its evaluation
+reads; the table of kinds (protocol, evaluation, report cell) is
+:data:`perturbd.evaluation.kinds.KINDS`:
 
 - ``"dataset"`` (:class:`DatasetScreen`): one score per training image, which are poisoned.
 - ``"input"`` (:class:`InputScreen`): screens inputs at inference after a ``fit`` on clean images.
@@ -204,32 +205,15 @@ class UpdateAuditor(Protocol):
     def figures(self) -> Figures: ...
 
 
-PROTOCOLS: dict[str, type] = {
-    "dataset": DatasetScreen,
-    "input": InputScreen,
-    "model": ModelInspector,
-    "mitigation": Mitigator,
-    "update": UpdateAuditor,
-}
-KINDS = tuple(PROTOCOLS)
-
-
-def missing_results(defense: Defense) -> list[str]:
-    """The members its kind's protocol declares that a (fitted) ``defense`` lacks; ``[]`` if none."""
-    protocol = PROTOCOLS[defense.kind]
-    names = set(protocol.__annotations__) | {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
-    return sorted(n for n in names if not hasattr(defense, n))
-
-
 # --------------------------------------------------------------------------- registry
 
 _DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:
-    """Class decorator: register a defence under its ``name``; a duplicate raises ``ValueError``."""
-    if cls.kind not in KINDS:
-        raise ValueError(f"defense '{cls.name}' has kind '{cls.kind}'; use one of {', '.join(KINDS)}")
+    """Class decorator: register a defence under its ``name``; a duplicate raises ``ValueError``.
+    Its ``kind`` is looked up when it is evaluated (:func:`perturbd.evaluation.kinds.kind_of`);
+    the contract tests check that every registered defence's kind has a row there."""
     return _DEFENSES.register(cls.name)(cls)
 
 

@@ -58,7 +58,7 @@ from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.defenses.base import Defense, DefenseParams, Figures, register_defense, take
-from perturbd.defenses.figures import mask_norms_png, recovered_trigger_png
+from perturbd.defenses.nc_figures import mask_norms_png, recovered_trigger_png
 from perturbd.defenses.nc_schedule import CostSchedule
 from perturbd.models import frozen, model_device
 from perturbd.seeding import derived_seed

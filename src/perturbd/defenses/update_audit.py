@@ -41,7 +41,7 @@ from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, DefenseParams, Figures, register_defense
-from perturbd.defenses.figures import recovered_trigger_png
+from perturbd.defenses.nc_figures import recovered_trigger_png
 from perturbd.defenses.neural_cleanse import NeuralCleanse
 from perturbd.errors import ConfigError
 from perturbd.triggers.adaptive import target_rates, targeted_uaps

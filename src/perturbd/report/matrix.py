@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from perturbd.evaluation.kinds import dots, over_seeds
 from perturbd.runs.folder import RunDir, trigger_section
 from perturbd.runs.results import METRICS
 
@@ -57,28 +58,13 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def _dots(values: list[Any], fmt: str) -> str:
-    return " · ".join("–" if v is None else format(v, fmt) for v in values)
-
-
 def _over_seeds(kind: str | None, runs: list[dict[str, Any]], name: str) -> str:
-    """One defence on the seeds of one attack: each seed's value, in seed order."""
-    cells = [r["cells"].get(name) for r in runs]
-    if any(c is None for c in cells):
-        return f"run on {sum(c is not None for c in cells)} of {len(cells)} seeds"
-    values = [c.get("value") for c in cells]
-    metrics = [r["metrics"].get(name, {}) for r in runs]
-    if kind in ("dataset", "input"):
-        return f"AUROC {_dots(values, '.3f')}; TPR at 5 % FPR {_dots([m.get('tpr_at_5_fpr') for m in metrics], '.2f')}"
-    if kind == "model":
-        flagged = sum(bool(m.get("target_flagged")) for m in metrics)
-        return f"target flagged {flagged}/{len(runs)}; anomaly index {_dots(values, '.2f')}"
-    if kind == "mitigation":
-        after = _dots([None if v is None else 100 * v for v in values], ".1f")
-        costs = [c["accuracy_cost"] for c in cells if c.get("accuracy_cost") is not None]
-        change = f"; acc. {-100 * sum(costs) / len(costs):+.2f} pt (mean)" if costs else ""
-        return f"ASR after {after} %{change}"
-    return _dots(values, ".3g")
+    """One defence on the seeds of one attack: each seed's value, in seed order, in the form its
+    kind gives (:func:`perturbd.evaluation.kinds.over_seeds`)."""
+    cells = [r["cells"][name] for r in runs if r["cells"].get(name) is not None]
+    if len(cells) < len(runs):
+        return f"run on {len(cells)} of {len(runs)} seeds"
+    return over_seeds(kind, cells, [r["metrics"].get(name, {}) for r in runs])
 
 
 def seeds_markdown(rows: list[dict[str, Any]]) -> str:
@@ -97,8 +83,8 @@ def seeds_markdown(rows: list[dict[str, Any]]) -> str:
         kinds = {c: next((r["kinds"].get(c) for r in runs if r["kinds"].get(c)), None) for c in cols}
         base = [
             f"{label} ({', '.join(str(r['seed']) for r in runs)})",
-            _dots([100 * r["clean_accuracy"] for r in runs], ".2f"),
-            _dots([100 * r["asr"] for r in runs], ".1f"),
+            dots([100 * r["clean_accuracy"] for r in runs], ".2f"),
+            dots([100 * r["asr"] for r in runs], ".1f"),
         ]
         lines.append("| " + " | ".join(base + [_over_seeds(kinds[c], runs, c) for c in cols]) + " |")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from perturbd.data import get_source, load_data, source_status
 from perturbd.data.arrays import register_arrays
 from perturbd.data.dataset import DataSplit
 from perturbd.defenses import build_defense
-from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
+from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
 from perturbd.malloc import tune_malloc
@@ -31,6 +31,7 @@ from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_
 from perturbd.models import build_model, list_models, register_factory, save_model
 from perturbd.models.external import check_spec
 from perturbd.poisoning import check_target, sources_of
+from perturbd.progress import Log
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
@@ -38,7 +39,6 @@ from perturbd.runs.folder import RunDir
 from perturbd.runs.results import PoisonRecord, RunMetrics, Stealth, TriggerNorms
 from perturbd.runs.rundir import atomic_dir, code_identity, run_dir_for
 from perturbd.attack.settings import Context, Setting, Trained, get_setting
-from perturbd.attack.settings.base import Log
 from perturbd.train import Monitor, SilentMonitor, cpu_name, resolve_device
 from perturbd.triggers import get_trigger
 from perturbd.runs.twins import TwinStore

@@ -28,7 +28,7 @@ import torch
 from perturbd.attack.partition import partition
 from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, read_yaml, validate
 from perturbd.data import ImageDataset, load_data
-from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set
+from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
 from perturbd.models.checkpoint import USER_CODE, is_torchscript, read_weights
@@ -130,7 +130,7 @@ def load_inputs(
     seed: int | None = None,
     model: dict[str, Any] | None = None,
 ) -> DefenseInputs:
-    """Everything :func:`~perturbd.defenses.evaluate.run_defenses` needs for a saved model
+    """Everything :func:`~perturbd.evaluation.harness.run_defenses` needs for a saved model
     (``model``: keys of the config's model section, see :func:`model_spec`)."""
     saved = locate(path)
     cfg = saved.config

@@ -20,11 +20,10 @@ from perturbd.attack import AttackPlan, Partition
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.poisoning import PoisonedSet
+from perturbd.progress import Log
 from perturbd.registry import Registry
 from perturbd.train import Monitor
 from perturbd.runs.twins import TwinStore
-
-Log = Callable[[str], None]
 
 
 @dataclass

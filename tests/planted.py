@@ -1,4 +1,5 @@
-"""Fixtures of the defence tests: tiny planted backdoors on the synthetic bars, built once per session.
+"""Fixtures of the defence and the evaluation tests (a pytest plugin that ``tests/conftest.py``
+loads): tiny planted backdoors on the synthetic bars, built once per session.
 
 Everything trains in seconds on one CPU thread with a 2-conv net. ``planted`` holds a model
 backdoored with an obvious trigger (a 3×3 white patch, BadNets style, 3 % of the training set
@@ -15,17 +16,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from perturbd.config import DataConfig, PoisonConfig, TrainConfig, TriggerConfig, load_config
+from perturbd.config import DataConfig, PoisonConfig, TrainConfig, TriggerConfig
 from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
-from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, evaluate_defense
+from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, evaluate_defense
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.models import Classifier
 from perturbd.poisoning import poison_dataset

@@ -17,7 +17,7 @@ from perturbd.config import DefenseSpec, load_config
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
 from perturbd.defenses.base import Defense, DefenseParams, Figures, ModelInspector
-from perturbd.defenses.evaluate import DefenseInputs, defender_clean_set, evaluate_defense, run_defenses, write_defenses
+from perturbd.evaluation import DefenseInputs, defender_clean_set, evaluate_defense, run_defenses, write_defenses
 from perturbd.errors import ConfigError
 from perturbd.runs.experiment import run
 from perturbd.report.matrix import matrix_rows, write_matrix

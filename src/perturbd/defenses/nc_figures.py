@@ -1,4 +1,6 @@
-"""PNG figures of defence results (matplotlib, Agg backend)."""
+"""Neural Cleanse's figures (matplotlib, Agg backend): the recovered trigger of a label and the
+reversed masks' L1 norms per label. :mod:`~perturbd.defenses.neural_cleanse` and
+:mod:`~perturbd.defenses.update_audit` (which runs Neural Cleanse) draw them."""
 
 from __future__ import annotations
 

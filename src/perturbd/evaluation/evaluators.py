@@ -1,0 +1,176 @@
+"""How each defence kind is measured: one function per kind, reading only what its protocol in
+:mod:`perturbd.defenses.base` declares. :data:`perturbd.evaluation.kinds.KINDS` names which
+function measures which kind.
+
+Each function takes the defence (built, not yet fitted), the :class:`DefenseInputs` and
+``limit`` (the most test images an input screen is measured on) and returns the defence's
+metrics (JSON-ready), its matrix cell (``value``: the number the matrix's CSV holds, ``text``:
+the Markdown cell) and its figures (file name → draw into that path):
+
+- dataset: fit on the training set as trained on; against the saved poison indices, AUROC of
+  ``scores_``, TPR / FPR of ``flagged_`` (the method's own threshold) and TPR at 5 % FPR (the
+  best threshold on ``scores_`` whose FPR is at most 5 %).
+- input: fit on the defender's clean images; on clean versus triggered test images, AUROC,
+  TPR / FPR at the method's own threshold (set for ``frr`` on the clean calibration images) and
+  TPR at 5 % FPR from the ROC. The test images screened are a seeded random sample of at most
+  ``limit`` images whose true label is not the target, stratified over those classes
+  (image-folder test sets are sorted by class: their first images are one class), drawn from
+  ``derived_generator(seed, "strip-sample")``; the triggered images are the same images with the trigger.
+- model: fit on the defender's clean images, for the backdoored model and the clean twin;
+  flagged labels, anomaly indices, the defence's per-label evidence and its figures.
+- mitigation: fit on the defender's clean images; clean accuracy and ASR on the test set
+  before and after, and the clean images used.
+- update: needs the model before the update (a run of the update setting); audits
+  before → model, and before → clean twin (the clean update) as the false-positive baseline;
+  suspicious labels, per-label rows and the recovered triggers as PNG.
+
+Every detection cell shows an operating point beside the AUROC, e.g.
+``AUROC 0.864 (TPR 0.00 / FPR 0.01 at its threshold; TPR 0.31 at 5 % FPR)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from perturbd.defenses.base import DatasetScreen, Figures, InputScreen, Mitigator, ModelInspector, UpdateAuditor
+from perturbd.errors import ConfigError
+from perturbd.evaluation.detection import auroc, detection_text, screened_sample, tpr_at_fpr
+from perturbd.evaluation.inputs import DefenseInputs
+from perturbd.metrics import attack_success_rate, clean_accuracy
+
+Evaluation = tuple[dict[str, Any], dict[str, Any], Figures]
+"""What an evaluator returns: the metrics, the matrix cell and the figures."""
+
+
+def _need(value: Any, what: str, name: str) -> Any:
+    if value is None:
+        raise ConfigError(f"defense '{name}' needs {what}; give it (e.g. --trigger FILE --target T, or a run directory)")
+    return value
+
+
+def measure_dataset(d: DatasetScreen, inp: DefenseInputs, limit: int) -> Evaluation:
+    """Dataset screening: see the module docstring."""
+    train = _need(inp.train, "the training set (run it from an experiment or on a run directory)", d.name)
+    d.fit(inp.model, train)
+    flagged = d.flagged_
+    m: dict[str, Any] = {"samples": len(train), "flagged": int(flagged.sum())}
+    if inp.poison_indices is None or not len(inp.poison_indices):
+        return m, {"value": None, "text": f"{m['flagged']} flagged (no ground truth)"}, {}
+    truth = torch.zeros(len(train), dtype=torch.bool)
+    truth[inp.poison_indices] = True
+    m.update(
+        poisoned=int(truth.sum()),
+        auroc=auroc(truth, d.scores_),
+        tpr=float(flagged[truth].float().mean()),
+        fpr=float(flagged[~truth].float().mean()),
+        tpr_at_5_fpr=tpr_at_fpr(truth, d.scores_),
+    )
+    return m, {"value": m["auroc"], "text": detection_text(m)}, {}
+
+
+def _triggered_pair(inp: DefenseInputs, name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    trigger = _need(inp.trigger, "the trigger", name)
+    target = _need(inp.target, "the target label", name)
+    clean = inp.test.images[screened_sample(inp.test, target, limit, inp.seed)]
+    return clean, trigger.apply(clean)
+
+
+def measure_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
+    """Input screening: see the module docstring."""
+    clean, triggered = _triggered_pair(inp, d.name, limit)
+
+    def measure(model: nn.Module) -> dict[str, Any]:
+        d.fit(model, inp.clean)
+        s_clean, s_trig = d.score(clean), d.score(triggered)
+        truth = torch.cat([torch.zeros(len(s_clean)), torch.ones(len(s_trig))]).bool()
+        scores = torch.cat([s_clean, s_trig])
+        return {
+            "auroc": auroc(truth, scores),
+            "tpr": float(d.flag_scores(s_trig).float().mean()),
+            "fpr": float(d.flag_scores(s_clean).float().mean()),
+            "tpr_at_5_fpr": tpr_at_fpr(truth, scores),
+            "threshold": d.threshold_,
+        }
+
+    m: dict[str, Any] = {"test_images": len(clean), "frr_target": d.frr}
+    if inp.clean_model is not None:
+        m["clean_model"] = measure(inp.clean_model)
+    m.update(measure(inp.model))
+    return m, {"value": m["auroc"], "text": detection_text(m)}, {}
+
+
+def measure_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluation:
+    """Model inspection: see the module docstring."""
+
+    def inspect(model: nn.Module) -> dict[str, Any]:
+        d.fit(model, inp.clean)
+        return {
+            "flagged_labels": list(d.flagged_labels_),
+            "anomaly_index": [round(float(v), 4) for v in d.scores_],
+            **d.evidence_,
+            "seconds": d.seconds_,
+        }
+
+    m: dict[str, Any] = {}
+    if inp.clean_model is not None:
+        m["clean_model"] = inspect(inp.clean_model)
+    m.update(inspect(inp.model))
+    figures = d.figures()
+    if inp.target is not None:
+        t = inp.target
+        m["target"] = t
+        m["target_flagged"] = t in m["flagged_labels"]
+        m["target_anomaly_index"] = m["anomaly_index"][t]
+        verdict = f"flags {m['flagged_labels'] or 'none'}; t={t} index {m['target_anomaly_index']:.2f}"
+        return m, {"value": m["target_anomaly_index"], "text": verdict}, figures
+    return m, {"value": max(m["anomaly_index"]), "text": f"flags {m['flagged_labels'] or 'none'}"}, figures
+
+
+def measure_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluation:
+    """Mitigation: see the module docstring."""
+
+    def asr(model: nn.Module) -> float | None:
+        if inp.trigger is None or inp.target is None:
+            return None
+        return attack_success_rate(model, inp.test, inp.trigger, inp.target)
+
+    m: dict[str, Any] = {"clean_accuracy_before": clean_accuracy(inp.model, inp.test), "asr_before": asr(inp.model)}
+    d.fit(inp.model, inp.clean)
+    m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)
+    m["asr_after"] = asr(d.model_)
+    m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
+    facts = getattr(d, "facts_", {})
+    m.update(facts)
+    cost = f"acc {-100 * m['accuracy_cost']:+.2f} pt, {d.clean_used_} clean" + (f", {facts['summary']}" if "summary" in facts else "")
+    if m["asr_after"] is None:
+        return m, {"value": None, "text": cost}, {}
+    text = f"ASR {100 * m['asr_before']:.1f}→{100 * m['asr_after']:.1f} %, {cost}"
+    return m, {"value": m["asr_after"], "accuracy_cost": m["accuracy_cost"], "text": text}, {}
+
+
+def measure_update(d: UpdateAuditor, inp: DefenseInputs, limit: int) -> Evaluation:
+    """Update audit: see the module docstring."""
+    if inp.before_model is None:
+        raise ConfigError(f"defense '{d.name}' audits a model update and needs a run of the update setting (attack.setting=update)")
+    before = inp.before_model
+
+    def audit(model: nn.Module) -> dict[str, Any]:
+        d.fit(model, inp.clean, before=before)
+        return {"suspicious_labels": list(d.suspicious_labels_), "scores": [round(float(v), 4) for v in d.scores_], "labels": d.rows_, "seconds": d.seconds_}
+
+    m: dict[str, Any] = {}
+    if inp.clean_model is not None:
+        m["clean_model"] = audit(inp.clean_model)
+    m.update(audit(inp.model))
+    figures = d.figures()
+    text = f"suspicious {m['suspicious_labels'] or 'none'}"
+    if "clean_model" in m:
+        text += f" (clean update: {m['clean_model']['suspicious_labels'] or 'none'})"
+    if inp.target is None:
+        return m, {"value": max(m["scores"]), "text": text}, figures
+    t = inp.target
+    m.update(target=t, target_flagged=t in m["suspicious_labels"], target_score=m["scores"][t])
+    return m, {"value": m["target_score"], "text": f"{text}; t={t} UAP rise {100 * m['target_score']:+.1f} pt"}, figures

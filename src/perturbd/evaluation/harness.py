@@ -1,0 +1,94 @@
+"""Run defences on a trained model and measure them with the metrics of DESIGN.md.
+
+:func:`run_defenses` builds every defence first (a bad parameter or kind fails before any work),
+then :func:`evaluate_defense` fits and measures each one the way its kind says
+(:data:`perturbd.evaluation.kinds.KINDS`; what each kind reports:
+:mod:`perturbd.evaluation.evaluators`); :func:`write_defenses` writes the reports and figures.
+
+A defence's ``seed`` left at None is filled with ``derived_seed(seed, "defense:<name>")`` from
+the run seed (:func:`~perturbd.defenses.base.seed_from_run`); a seed the user set is kept; the
+report's params record the seed used.
+
+The defender's clean images never overlap the test images used to measure: they come from the
+training split's clean (not poisoned) images (see :func:`~perturbd.evaluation.inputs.defender_clean_set`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perturbd.config import DefenseSpec
+from perturbd.defenses.base import Defense, Figures, build_defense, seed_from_run
+from perturbd.evaluation.inputs import DefenseInputs
+from perturbd.evaluation.kinds import kind_of
+from perturbd.malloc import tune_malloc
+from perturbd.progress import Log
+from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import code_identity
+
+
+@dataclass
+class DefenseReport:
+    """One defence's numbers, its matrix cell and its figures (written by :func:`write_defenses`)."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    seconds: float
+    clean_used: int
+    metrics: dict[str, Any]
+    cell: dict[str, Any]
+    figures: Figures = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "params": self.params, "seconds": self.seconds,
+            "clean_images_used": self.clean_used, "metrics": self.metrics, "cell": self.cell, "figures": sorted(self.figures),
+        }  # fmt: skip
+
+
+def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 2000) -> DefenseReport:
+    """Fit ``defense`` and measure it the way its kind says (what each kind reports:
+    :mod:`perturbd.evaluation.evaluators`).
+
+    ``eval_limit`` caps the clean and the triggered test images screened by input detectors (a
+    stratified seeded sample, see :func:`~perturbd.evaluation.detection.screened_sample`). An unset ``seed`` of ``defense`` is
+    filled from ``inp.seed`` first, so the report's params hold the seed used.
+    A defence whose kind is not in :data:`~perturbd.evaluation.kinds.KINDS` is a ConfigError naming those.
+    """
+    kind = kind_of(defense)
+    seed_from_run(defense, inp.seed)
+    started = time.perf_counter()
+    metrics, cell, figures = kind.evaluate(defense, inp, eval_limit)
+    seconds = time.perf_counter() - started
+    return DefenseReport(defense.name, defense.kind, defense.get_params(), seconds, defense.clean_used_, metrics, cell, figures)
+
+
+def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
+    """Build every defence and find its kind first (so a bad parameter or kind fails before any
+    work), then run each (with glibc's malloc set for tensors: :func:`perturbd.malloc.tune_malloc`)."""
+    defenses = [build_defense(s.name, **s.params) for s in specs]
+    for d in defenses:
+        kind_of(d)
+    tune_malloc()
+    reports = []
+    for d in defenses:
+        report = evaluate_defense(d, inp, eval_limit=eval_limit)
+        if log:
+            log(f"defense {d.name}: {report.cell['text']} ({report.seconds:.1f} s)")
+        reports.append(report)
+    return reports
+
+
+def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:
+    """Write the defences' record (:meth:`~perturbd.runs.folder.RunDir.write_defenses`, with the code
+    that defended: :func:`~perturbd.runs.rundir.code_identity`) and every report's figures into ``folder``."""
+    folder = Path(folder)
+    record = {"clean_source": clean_source, "code": code_identity(), "defenses": [r.to_json() for r in reports]}
+    RunDir(folder).write_defenses(record)
+    for r in reports:
+        for filename, draw in r.figures.items():
+            draw(folder / filename)
