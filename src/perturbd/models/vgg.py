@@ -5,7 +5,8 @@ pooling and one linear layer, so any image size of at least 8×8 and any channel
 In the last conv of a block, max-pooling comes before BatchNorm and ReLU, which then run on a
 quarter of the pixels (a cheaper variant of the textbook order, not an identical one).
 
-``cnn32`` has two convs per block; ``cnn32_small`` one, about twice as fast on a CPU.
+``cnn32`` has two convs per block; ``cnn32_small`` one, faster on a CPU (measured: README.md,
+"Speed (measured)", ``benchmarks.bench_colour``).
 """
 
 from __future__ import annotations
