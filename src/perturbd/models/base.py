@@ -34,8 +34,8 @@ _DEFAULTS: dict[ImageShape, str] = {(1, 28, 28): "cnn28", (3, 32, 32): "cnn32"}
 class PoolTo(nn.AdaptiveAvgPool2d):
     """``nn.AdaptiveAvgPool2d(size)`` that passes a map already of that size through untouched.
 
-    Average-pooling to the input's own size is the identity, but PyTorch still runs it, on every
-    forward and backward; skipping it costs nothing. Same outputs; no parameters, so checkpoints are
+    Average-pooling to the input's own size is the identity, but PyTorch still runs it on every
+    forward and backward, so it is skipped. Same outputs; no parameters, so checkpoints are
     unchanged.
     """
 
