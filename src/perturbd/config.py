@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from perturbd.errors import ConfigError
+from perturbd.knowledge import KNOWLEDGE, check_knowledge
 from perturbd.registry import suggest
 
 
@@ -147,7 +148,7 @@ class PoisonConfig(Section):
 
 class AttackConfig(Section):
     setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
-    knowledge: Literal["full", "data", "model", "weights", "none"] = Field("full", description="what the adversary knows: full (the victim's data and clean model), data (the data; a surrogate of another architecture), model (the victim's architecture, retrained on auxiliary data), weights (the victim's deployed clean model, auxiliary data), none")
+    knowledge: str = Field("full", description="what the adversary knows: " + "; ".join(f"{name} ({k.description})" for name, k in KNOWLEDGE.items()))
     surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
     surrogate_steps: int = Field(1000, ge=1, le=10_000_000, description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)")
     aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
@@ -157,6 +158,11 @@ class AttackConfig(Section):
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
     update_lr: float = Field(0.01, gt=0, description="update setting: fine-tuning learning rate")
     checkpoint: Path | None = Field(None, description="update setting: clean model to start from (.safetensors, or a .pt/.pth state dict)")
+
+    @field_validator("knowledge")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        return check_knowledge(value)
 
 
 class TrainConfig(Section):
