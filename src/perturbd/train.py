@@ -19,14 +19,11 @@ level, so a trigger of a few grey levels survives the cast.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -79,29 +76,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is '{name}' but no CUDA GPU is visible; use train.device=cpu or auto")
     return device
-
-
-#: CPU instruction sets that decide which kernels oneDNN and ATen run, and so the float results
-KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The CPU's model name and the instruction sets of :data:`KERNEL_FLAGS` it has, e.g.
-    ``AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16)``; without ``/proc/cpuinfo``, the platform's
-    processor and torch's CPU capability. Two CPUs give other numbers from the same seed, code and
-    threads: fastnet32_small's bf16 clean model of the CIFAR-10 (JPEG) equal-visibility runs
-    reached 84.67 % on the 2-core machine of one session and 84.93 % on another's (the README)."""
-    name, flags = "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    isa = " ".join(f for f in KERNEL_FLAGS if f in flags) or torch.backends.cpu.get_cpu_capability()
-    return f"{name or platform.processor() or platform.machine()} ({isa})"
 
 
 def effective_threads(threads: int | None) -> int:

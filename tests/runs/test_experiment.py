@@ -17,7 +17,7 @@ from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
 from perturbd.runs.results import RunMetrics
 from perturbd.runs.rundir import run_dir_for
-from perturbd.train import cpu_name
+from perturbd.provenance import cpu_name
 
 FILES = {
     "config.yaml",

@@ -13,11 +13,11 @@ import pytest
 
 from perturbd import __version__
 from perturbd.config import load_config
+from perturbd.provenance import git_commit
 from perturbd.runs.rundir import (
     atomic_dir,
     clear_failure,
     failure_path,
-    git_commit,
     made_elsewhere,
     read_failures,
     record_failure,

@@ -49,7 +49,8 @@ from perturbd.defenses.detection import auroc, detection_text, screened_sample, 
 from perturbd.errors import ConfigError
 from perturbd.malloc import tune_malloc
 from perturbd.metrics import attack_success_rate, clean_accuracy
-from perturbd.runs.rundir import code_identity, write_json
+from perturbd.provenance import code_identity
+from perturbd.runs.rundir import write_json
 from perturbd.seeding import derived_generator
 from perturbd.triggers import Trigger
 
@@ -285,7 +286,7 @@ def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | Non
 
 
 def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:
-    """Write ``defenses.json`` (with the code that defended: :func:`~perturbd.runs.rundir.code_identity`)
+    """Write ``defenses.json`` (with the code that defended: :func:`~perturbd.provenance.code_identity`)
     and every report's figures into ``folder``."""
     folder = Path(folder)
     record = {"clean_source": clean_source, "code": code_identity(), "defenses": [r.to_json() for r in reports]}

@@ -35,10 +35,11 @@ from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.results import RunMetrics, Stealth, TriggerNorms
-from perturbd.runs.rundir import atomic_dir, code_identity, made_elsewhere, run_dir_for, write_json
+from perturbd.provenance import code_identity, cpu_name
+from perturbd.runs.rundir import atomic_dir, made_elsewhere, run_dir_for, write_json
 from perturbd.attack.settings import Context, Setting, Trained, get_setting
 from perturbd.attack.settings.base import Log
-from perturbd.train import Monitor, SilentMonitor, cpu_name, resolve_device
+from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
 from perturbd.runs.twins import TwinStore
 

@@ -12,7 +12,7 @@ the files its model section names: weights, TorchScript file, factory's source),
 (its ``device`` replaced by the device kind, and on a CPU its number of threads, which changes
 the float results), the seed, a fingerprint of the data's pixels and labels, the device kind (the
 GPU's name; on a CPU its model and instruction sets, which change the float results too) and
-the code (:func:`code_digest`: a twin trained by other code is never reused). A pre-trained
+the code (:func:`~perturbd.provenance.code_digest`: a twin trained by other code is never reused). A pre-trained
 checkpoint (``attack.checkpoint``) is read once and kept the same way, by its path.
 
 An adaptive mask depends on what the adversary has and does, not on how many images it then
@@ -45,8 +45,9 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.errors import CheckpointError
 from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
-from perturbd.runs.rundir import atomic_dir, code_digest, read_json, write_json
-from perturbd.train import Monitor, cpu_name, effective_threads, fit
+from perturbd.provenance import code_digest, cpu_name
+from perturbd.runs.rundir import atomic_dir, read_json, write_json
+from perturbd.train import Monitor, effective_threads, fit
 from perturbd.triggers import Trigger
 
 try:
@@ -86,7 +87,7 @@ def cpu_threads(cfg: ExperimentConfig, device: torch.device) -> int | None:
 
 
 def device_kind(device: torch.device) -> str:
-    """``cpu:<CPU name>`` (:func:`~perturbd.train.cpu_name`) or ``cuda:<GPU name>``: the device part
+    """``cpu:<CPU name>`` (:func:`~perturbd.provenance.cpu_name`) or ``cuda:<GPU name>``: the device part
     of a twin key (results differ between them, from one CPU to another too)."""
     if device.type == "cuda" and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(device)}"
