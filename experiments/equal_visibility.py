@@ -53,8 +53,9 @@ from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read
 from perturbd.defenses.evaluate import run_defenses, write_defenses
 from perturbd.runs.saved import load_inputs
 from perturbd.errors import PerturbdError
+from perturbd.process import tune_process
 from perturbd.runs.reproduce import has_weights, reproduce, restore
-from perturbd.runs.rundir import atomic_dir, read_json, run_dir_for, write_json
+from perturbd.runs.rundir import atomic_dir, finished_run_config, read_json, run_dir_for, write_json
 from perturbd.sweep.runner import run_sweep
 from perturbd.sweep.config import TWINS, Sweep, SweepConfig, expand
 from perturbd.sweep.rate_search import asr_by_rate, bisect_round, finished, next_probe, outcomes, smallest_rate
@@ -178,6 +179,7 @@ def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -
     if has_weights(folder):
         return folder, None
     log(f"{folder.name}: no model weights on disk; training it again to defend it")
+    tune_process(finished_run_config(folder).train.threads)  # as the sweep's worker trained it
     rep = reproduce(folder, folder.parent / ".retrained", twin_cache=folder.parent / TWINS)  # a retrain kept by a refusal is reused
     if rep.same:
         restore(rep)

@@ -25,6 +25,7 @@ from perturbd.config import TrainConfig, load_config
 from perturbd.data import load_data
 from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
+from perturbd.process import tune_process
 from perturbd.provenance import cpu_name
 from perturbd.train import fit
 
@@ -53,6 +54,7 @@ def write_checkpoint(path: Path) -> None:
 
 
 def digests(folder: Path) -> dict[str, str]:
+    tune_process(1)  # as `perturbd run` does for train.threads=1: the library never sets threads
     write_checkpoint(folder / "pre.safetensors")
     out = {}
     for name, sets in CONFIGS.items():

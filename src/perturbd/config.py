@@ -177,7 +177,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing ε (0: none)")
     augment: Literal["auto", "none", "crop_flip", "crop"] = Field("auto", description="auto: crop+flip for colour, none for grey")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; from Python: perturbd.process.tune_process), never by fit; default: all cores")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
     deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")

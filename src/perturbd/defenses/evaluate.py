@@ -47,7 +47,6 @@ from perturbd.defenses.base import (
 )  # fmt: skip
 from perturbd.defenses.detection import auroc, detection_text, screened_sample, tpr_at_fpr
 from perturbd.errors import ConfigError
-from perturbd.malloc import tune_malloc
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.provenance import code_identity
 from perturbd.runs.rundir import write_json
@@ -272,10 +271,8 @@ def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 
 
 
 def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
-    """Build every defence first (so a bad parameter fails before any work), then run each
-    (with glibc's malloc set for tensors: :func:`perturbd.malloc.tune_malloc`)."""
+    """Build every defence first (so a bad parameter fails before any work), then run each."""
     defenses = [build_defense(s.name, **s.params) for s in specs]
-    tune_malloc()
     reports = []
     for d in defenses:
         report = evaluate_defense(d, inp, eval_limit=eval_limit)

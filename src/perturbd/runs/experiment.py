@@ -26,7 +26,7 @@ from perturbd.defenses import build_defense
 from perturbd.defenses.evaluate import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
-from perturbd.malloc import tune_malloc
+from perturbd.malloc import malloc_state
 from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_source_rate, stealth
 from perturbd.models import build_model, list_models, register_factory, save_model
 from perturbd.models.external import check_spec
@@ -188,7 +188,6 @@ def run(
         if log:
             log(msg)
 
-    tune_malloc()
     started = time.perf_counter()
     stages = Stopwatch()
     monitor = monitor or SilentMonitor()
@@ -252,7 +251,7 @@ def with_inputs(cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = 
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions, device, CPU and commit that made a run."""
+    """Versions, device, CPU, threads, malloc and commit that made a run (queried, never set)."""
     info: dict[str, Any] = {
         **code_identity(),
         "python": platform.python_version(),
@@ -262,7 +261,7 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
-        "malloc": tune_malloc(),
+        "malloc": malloc_state(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -9,7 +9,7 @@ data, model, training and seed loads it instead of training it again.
 
 The key of a clean model is the SHA-256 of what trains it: the architecture (with the SHA-256 of
 the files its model section names: weights, TorchScript file, factory's source), the training config
-(its ``device`` replaced by the device kind, and on a CPU its number of threads, which changes
+(its ``device`` replaced by the device kind, and on a CPU the number of threads it trains with, which changes
 the float results), the seed, a fingerprint of the data's pixels and labels, the device kind (the
 GPU's name; on a CPU its model and instruction sets, which change the float results too) and
 the code (:func:`~perturbd.provenance.code_digest`: a twin trained by other code is never reused). A pre-trained
@@ -47,7 +47,7 @@ from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
 from perturbd.provenance import code_digest, cpu_name
 from perturbd.runs.rundir import atomic_dir, read_json, write_json
-from perturbd.train import Monitor, effective_threads, fit
+from perturbd.train import Monitor, fit
 from perturbd.triggers import Trigger
 
 try:
@@ -81,9 +81,10 @@ def data_fingerprint(data: ImageDataset) -> str:
     return h.hexdigest()
 
 
-def cpu_threads(cfg: ExperimentConfig, device: torch.device) -> int | None:
-    """The CPU threads a model of ``cfg`` trains with (they change its float results); None on a GPU."""
-    return effective_threads(cfg.train.threads) if device.type == "cpu" else None
+def cpu_threads(device: torch.device) -> int | None:
+    """The CPU threads a model trains with in this process (they change its float results: an
+    entry point sets them from ``train.threads``, :mod:`perturbd.process`); None on a GPU."""
+    return torch.get_num_threads() if device.type == "cpu" else None
 
 
 def device_kind(device: torch.device) -> str:
@@ -96,7 +97,7 @@ def device_kind(device: torch.device) -> str:
 
 def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) -> str:
     """16 hex digits naming the victim's clean model of ``cfg`` trained on ``data`` on ``device``."""
-    train = {**cfg.train.model_dump(mode="json", exclude={"device"}), "threads": cpu_threads(cfg, device)}
+    train = {**cfg.train.model_dump(mode="json", exclude={"device"}), "threads": cpu_threads(device)}
     parts = {
         "version": VERSION, "model": cfg.model.model_dump(mode="json"), "model_files": model_files(cfg.model), "train": train, "seed": cfg.seed,
         "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
@@ -114,7 +115,7 @@ def mask_key(cfg: ExperimentConfig, train: ImageDataset, device: torch.device) -
         "train": {"device", "threads"}, "attack": {"update_epochs", "update_lr"},
     }  # fmt: skip
     parts = {
-        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "threads": cpu_threads(cfg, device),
+        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "threads": cpu_threads(device),
         "model_files": model_files(cfg.model), "data": data_fingerprint(train),
         "device": device_kind(device), "code": code_digest(),
     }  # fmt: skip
