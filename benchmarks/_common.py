@@ -25,7 +25,7 @@ import torch
 from perturbd.config import DataConfig
 from perturbd.data import DataSplit, load_data
 from perturbd.runs.experiment import environment
-from perturbd.malloc import tune_malloc
+from perturbd.process import cores, tune_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
@@ -42,19 +42,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def pick_device(name: str) -> torch.device:
-    """The device ``--device`` names. Also sets glibc's malloc as perturbd's runs have it
-    (:func:`perturbd.malloc.tune_malloc`; ``PERTURBD_MALLOC=system`` for glibc's defaults), so a
-    benchmark measures what a run does; the result file's ``machine.malloc`` says which held."""
-    tune_malloc()
+def pick_device(name: str, threads: int | None = None) -> torch.device:
+    """The device ``--device`` names. A benchmark is an entry point: this also sets the process as
+    ``perturbd run`` does (:func:`perturbd.process.tune_process`: glibc's malloc,
+    ``PERTURBD_MALLOC=system`` for its defaults, and ``threads`` CPU threads, default all usable
+    cores), so a benchmark measures what a run does; the result file's ``machine`` says which held."""
+    tune_process(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
@@ -131,9 +127,9 @@ def machine(device: torch.device) -> dict[str, Any]:
     info.update(
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         cpu_count=os.cpu_count(),
-        cpu_cores_usable=cpu_cores(),
+        cpu_cores_usable=cores(),
         load_average_1_5_15=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_cores()} cores)",
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cores()} cores)",
     )
     return info
 

@@ -45,7 +45,7 @@ from benchmarks._common import Series, batching_ceiling, load_split, machine, pa
 from perturbd.config import TrainConfig
 from perturbd.data.dataset import DataSplit, to_float01
 from perturbd.models import build_from_checkpoint, get_model
-from perturbd.train import fit, set_threads
+from perturbd.train import fit
 from perturbd.metrics import outside, stealth, target_rate
 from perturbd.triggers.adaptive import pick_samples, universal_perturbation
 from perturbd.triggers.base import Trigger
@@ -135,7 +135,6 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
     device = pick_device(args.device)
-    set_threads(None)
     split = load_split(args.data, args.data_root, args.train_limit, None, args.seed)
     model = victim(args, split, device)
     samples = pick_samples(split.train, args.target, args.samples, args.seed)

@@ -31,6 +31,7 @@ from benchmarks._common import Series, machine, parser, pick_device, print_table
 from perturbd.config import load_config
 from perturbd.runs.experiment import preflight
 from perturbd.metrics import clean_accuracy
+from perturbd.process import tune_process
 
 NAME = "bench_colour"
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,7 @@ def train_once(args: argparse.Namespace, model_name: str, seed: int) -> dict[str
     """The clean model of one run, trained as the run trains its clean twin: its training
     seconds, images per second and test accuracy."""
     cfg = load_config(args.config, overrides(args, model_name, seed))
+    tune_process(cfg.train.threads)  # as `perturbd run` does
     prep = preflight(cfg)
     data = prep.part.take(prep.split.train, prep.part.victim)
     twin = prep.twins.clean_model(cfg, data, prep.device, description=f"{model_name} seed {seed}")

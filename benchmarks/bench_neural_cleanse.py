@@ -30,7 +30,7 @@ from perturbd.config import TrainConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.defenses.neural_cleanse import NeuralCleanse
 from perturbd.models import build_from_checkpoint, get_model
-from perturbd.train import fit, set_threads
+from perturbd.train import fit
 
 NAME = "bench_neural_cleanse"
 TARGET_SPEEDUP = 5.0
@@ -65,7 +65,6 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
     device = pick_device(args.device)
-    set_threads(None)
     split = load_split(args.data, args.data_root, args.train_limit, None, args.seed)
     model = victim(args, split, device)
     params = {"epochs": args.epochs, "batch_size": args.batch_size, "n_clean": args.n_clean, "seed": args.seed}

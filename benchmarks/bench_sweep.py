@@ -43,9 +43,10 @@ from typing import Any
 
 import yaml
 
-from benchmarks._common import Series, cpu_cores, load_split, machine, parser, pick_device, print_table, speedup, timed, write_result
+from benchmarks._common import Series, load_split, machine, parser, pick_device, print_table, speedup, timed, write_result
 from perturbd.config import TrainConfig
 from perturbd.models import default_model_name, get_model
+from perturbd.process import cores, tune_process
 from perturbd.report.aggregate import collect_runs
 from perturbd.runs.rundir import read_json
 from perturbd.sweep.runner import load_sweep, run_sweep
@@ -88,6 +89,7 @@ def train_at_once(data: str, root: Path | None, limit: int | None, threads: int,
     split = load_split(data, root, limit, 10, seed)
     model = get_model(default_model_name(split.train.image_shape), split.train.image_shape, split.train.num_classes, seed=seed)
     cfg = TrainConfig(epochs=1, device="cpu", threads=threads)
+    tune_process(threads)  # a fresh process: an entry point
     start.wait()
     begin = time.time()
     fit(model, split.train, cfg, seed=seed)
@@ -100,7 +102,7 @@ def trainings_at_once(args: Any, count: int) -> float:
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(count), ctx.Queue()
     data, limit = ("mnist5k", 1000) if args.quick else ("mnist", None)
-    threads = max(1, cpu_cores() // count)
+    threads = max(1, cores() // count)
     procs = [ctx.Process(target=train_at_once, args=(data, args.data_root, limit, threads, args.seed, start, out)) for _ in range(count)]
     for p in procs:
         p.start()
@@ -130,9 +132,9 @@ def ceiling(args: Any) -> dict[str, Any]:
         together.values.append(trainings_at_once(args, args.workers))
     ratio = together.mean / alone.mean
     print_table(
-        f"training side by side: one epoch of {'mnist5k' if args.quick else 'full MNIST'}, {cpu_cores()} cores",
+        f"training side by side: one epoch of {'mnist5k' if args.quick else 'full MNIST'}, {cores()} cores",
         ["trainings at once", "threads each", "img/s in all (mean ± std)", "over one alone"],
-        [["1", str(cpu_cores()), alone.cell(0), "1.00×"], [str(args.workers), str(max(1, cpu_cores() // args.workers)), together.cell(0), f"{ratio:.2f}×"]],
+        [["1", str(cores()), alone.cell(0), "1.00×"], [str(args.workers), str(max(1, cores() // args.workers)), together.cell(0), f"{ratio:.2f}×"]],
     )
     return {"alone": alone.as_json(), "together": together.as_json(), "workers": args.workers, "ceiling": ratio}
 
@@ -143,7 +145,7 @@ def options(argv: Sequence[str] | None) -> Any:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--workers", type=int, default=max(2, cpu_cores()), help="workers of the parallel contestant")
+    p.add_argument("--workers", type=int, default=max(2, cores()), help="workers of the parallel contestant")
     p.add_argument("--ceiling-only", action="store_true", help="measure only the trainings' ceiling, no sweep")
     args = p.parse_args(argv)
     if args.quick:
@@ -182,9 +184,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     diff = {m: max(abs(metrics["sequential"][k][m] - metrics["parallel"][k][m]) for k in keys) for m in ("attack_success_rate", "clean_accuracy")}
     runs = len(args.rates) * len(args.seeds)
     print_table(
-        f"{NAME}: {runs} runs ({'mnist5k' if args.quick else 'full MNIST'}, grid c = 10, {args.epochs} epochs), {cpu_cores()} cores",
+        f"{NAME}: {runs} runs ({'mnist5k' if args.quick else 'full MNIST'}, grid c = 10, {args.epochs} epochs), {cores()} cores",
         ["contestant", "workers × threads", "seconds (mean ± std)", "sequential / this"],
-        [[n, f"{w} × {max(1, cpu_cores() // w)}", series[n].cell(1), f"{speedup(series['sequential'], series[n]):.2f}×"] for n, w in contestants.items()],
+        [[n, f"{w} × {max(1, cores() // w)}", series[n].cell(1), f"{speedup(series['sequential'], series[n]):.2f}×"] for n, w in contestants.items()],
     )
     mean = {n: {k: sum(b[k] for b in spent[n]) / len(spent[n]) for k in spent[n][0]} for n in contestants}
     print_table(

@@ -42,7 +42,7 @@ from perturbd.config import TrainConfig
 from perturbd.data.augment import random_crop, random_flip, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.models import default_model_name, get_model
-from perturbd.train import as_device_input, autocast, fit, resolve_precision, set_threads
+from perturbd.train import as_device_input, autocast, fit, resolve_precision
 
 NAME = "bench_train"
 TARGETS = {"ours/minimal": 0.9, "ours/dataloader_cpu": 1.4, "ours/dataloader_gpu": 5.0}
@@ -172,8 +172,7 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
-    device = pick_device(args.device)
-    set_threads(args.threads)
+    device = pick_device(args.device, args.threads)
     split = load_split(args.data, args.data_root, args.limit, None, args.seed)
     data = split.train
     series = {name: Series(name, "images/s") for name in args.only}

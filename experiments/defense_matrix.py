@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from perturbd.config import apply_overrides, read_yaml, validate
+from perturbd.process import tune_process
 from perturbd.runs.experiment import run
 from perturbd.report.matrix import matrix_rows, write_matrix
 
@@ -43,6 +44,7 @@ def main() -> None:
         for row in args.rows:
             cfg = validate(apply_overrides(base, [*ROWS[row], *args.sets, f"seed={seed}"]))
             started = time.perf_counter()
+            tune_process(cfg.train.threads)  # this script is the entry point, as `perturbd run` is
             twins = args.twin_cache or args.out / "twins"
             result = run(cfg, args.out, log=lambda m: print(f"[{row} {seed}] {m}", flush=True), twin_cache=twins)
             print(f"[{row} {seed}] {'reused' if result.skipped else 'done'} in {time.perf_counter() - started:.0f} s: {result.run_dir}", flush=True)

@@ -21,7 +21,8 @@ Two phases, both resumable (rerun the same command: finished work is skipped):
    for the smallest rate at which most seeds reach the goal, all seeds at each rate it tries
    (at most ⌈log2(rates + 1)⌉ rates a row: 4 of the 8 by default, at most half the grid's
    runs). That assumes a row that reaches the goal at one rate reaches it at every larger
-   one; the table lists the rates each row tried, and ``--search grid`` trains them all;
+   one; the table lists the rates each row tried, and ``--search grid`` trains them all (the
+   search: :mod:`perturbd.sweep.rate_search`);
 2. the defences, on the saved runs of each row's smallest rate (no retraining: the models are
    read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
    parameters of ``defense_matrix.yaml``. A run whose weights are not on disk (results are
@@ -52,10 +53,13 @@ from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read
 from perturbd.evaluation.harness import run_defenses, write_defenses
 from perturbd.runs.saved import load_inputs
 from perturbd.errors import PerturbdError
+from perturbd.process import tune_process
 from perturbd.runs.reproduce import has_weights, reproduce, restore
+from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.sweep.runner import run_sweep
 from perturbd.sweep.config import TWINS, Sweep, SweepConfig, expand
+from perturbd.sweep.rate_search import asr_by_rate, bisect_round, finished, next_probe, outcomes, smallest_rate
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9
@@ -126,57 +130,9 @@ def row_key(cfg: ExperimentConfig) -> tuple[str, float]:
     return cfg.trigger.kind, float(cfg.trigger.psnr or 0)
 
 
-def asr_by_rate(runs: list[tuple[ExperimentConfig, Path]]) -> dict[float, list[float]]:
-    by_rate: dict[float, list[float]] = {}
-    for cfg, folder in runs:
-        by_rate.setdefault(cfg.poison.rate, []).append(read_json(folder / "metrics.json")["attack_success_rate"])
-    return dict(sorted(by_rate.items()))
-
-
-def reached(asr: list[float], goal: float) -> bool:
-    """Most seeds reach ASR ≥ ``goal``."""
-    return sum(a >= goal for a in asr) * 2 > len(asr)
-
-
-def smallest_rate(runs: list[tuple[ExperimentConfig, Path]], goal: float = GOAL) -> float | None:
-    """The smallest rate at which most seeds reach ASR ≥ ``goal`` (None: no rate does)."""
-    return next((rate for rate, asr in asr_by_rate(runs).items() if reached(asr, goal)), None)
-
-
-def outcomes(runs: list[tuple[ExperimentConfig, Path]], seeds: int, goal: float) -> dict[float, bool]:
-    """Whether most seeds reach ASR ≥ ``goal``, at each rate that all ``seeds`` have run."""
-    return {rate: reached(asr, goal) for rate, asr in asr_by_rate(runs).items() if len(asr) == seeds}
-
-
-def next_probe(rates: list[float], known: dict[float, bool]) -> float | None:
-    """The rate a bisection tries next, given which rates are known to reach the goal (True) or
-    not (False); None once the smallest reaching rate is pinned (or none of the grid reaches it).
-
-    The answer lies above the largest failing rate below the smallest reaching one and at most
-    at that reaching rate (past the grid's end when none reaches)."""
-    rates = sorted(rates)
-    hi = next((i for i, r in enumerate(rates) if known.get(r) is True), len(rates))
-    lo = max((i for i, r in enumerate(rates[:hi]) if known.get(r) is False), default=-1)
-    return rates[(lo + hi) // 2] if hi - lo > 1 else None
-
-
-def bisect_round(full: Sweep, goal: float) -> list[ExperimentConfig]:
-    """The runs of the next bisection round: for each row still searching, every seed at its
-    next rate that has no run directory yet (none: the search is over)."""
-    done = finished(full)
-    finished_hashes = {cfg.hash() for cfg, _ in done}
-    todo = []
-    for key in dict.fromkeys(row_key(cfg) for cfg in full.runs):
-        cfgs = [cfg for cfg in full.runs if row_key(cfg) == key]
-        known = outcomes([(cfg, folder) for cfg, folder in done if row_key(cfg) == key], len(full.spec.seeds), goal)
-        probe = next_probe(sorted({cfg.poison.rate for cfg in cfgs}), known)
-        todo += [cfg for cfg in cfgs if cfg.poison.rate == probe and cfg.hash() not in finished_hashes]
-    return sorted(todo, key=lambda c: c.seed)
-
-
 def run_rates(args: argparse.Namespace, full: Sweep, log: Any = print) -> list[tuple[ExperimentConfig, Path]]:
     """Phase 1: every run of the grid, or the bisection's rounds; the finished runs."""
-    todo, number = (full.runs if args.search == "grid" else bisect_round(full, args.goal_asr)), 1
+    todo, number = (full.runs if args.search == "grid" else bisect_round(full, args.goal_asr, row_key)), 1
     while todo:
         log(f"phase 1, {args.search} round {number}: {len(todo)} runs into {full.out}")
         result = run_sweep(Sweep(full.spec, todo), log=log)
@@ -184,19 +140,13 @@ def run_rates(args: argparse.Namespace, full: Sweep, log: Any = print) -> list[t
             raise SystemExit(f"{len(result.failed)} runs failed (rerun to retry): {result.failed[0]['error']}")
         if args.search == "grid":
             break
-        again, number = bisect_round(full, args.goal_asr), number + 1
+        again, number = bisect_round(full, args.goal_asr, row_key), number + 1
         if again and {c.hash() for c in again} == {c.hash() for c in todo}:
             raise SystemExit(f"{run_dir_for(again[0], full.out)} has no metrics.json: remove it and rerun")
         todo = again
     runs = finished(full)
     write_json(full.out / "sweep.json", {"name": full.spec.name, "runs": [folder.name for _, folder in runs]})
     return runs
-
-
-def finished(full: Sweep) -> list[tuple[ExperimentConfig, Path]]:
-    """The runs of ``full`` that have their metrics on disk."""
-    runs = [(cfg, run_dir_for(cfg, full.out)) for cfg in full.runs]
-    return [(cfg, folder) for cfg, folder in runs if (folder / "metrics.json").is_file()]
 
 
 def defence_specs(params: list[str]) -> list[DefenseSpec]:
@@ -230,6 +180,7 @@ def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -
     if has_weights(folder):
         return folder, None
     log(f"{folder.name}: no model weights on disk; training it again to defend it")
+    tune_process(RunDir(folder).config().train.threads)  # as the sweep's worker trained it
     rep = reproduce(folder, folder.parent / ".retrained", twin_cache=folder.parent / TWINS)  # a retrain kept by a refusal is reused
     if rep.same:
         restore(rep)

@@ -37,6 +37,7 @@ from perturbd.attack import adaptive_mask, partition, prepare_adversary
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
 from perturbd.models import build_from_checkpoint, get_model
 from perturbd.poisoning import poison_dataset
+from perturbd.process import tune_process
 from perturbd.train import fit, resolve_device
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.runs.twins import TwinStore
@@ -92,6 +93,7 @@ def main() -> None:
     base = ["data.name=mnist", f"data.root={args.data_root}", "attack.knowledge=none", f"train.epochs={args.epochs}",
             f"seed={args.seed}", "trigger.kind=adaptive", *args.set]  # fmt: skip
     cfg = load_config(overrides=base)
+    tune_process(cfg.train.threads)  # this script is the entry point, as `perturbd run` is
     device = resolve_device(cfg.train.device)
     split = load_data(cfg.data, cfg.seed)
     t0 = time.perf_counter()

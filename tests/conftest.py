@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 
 from perturbd.config import ExperimentConfig, load_config
+from perturbd.process import tune_process
 from perturbd.runs.experiment import run
 
 # the planted backdoors of the defence and the evaluation tests (tests/planted.py)
@@ -29,6 +30,13 @@ RUN_DEFENSES = (
     "defenses=[spectral_signature, {name: neural_cleanse, params: {epochs: 2, batch_size: 4, n_clean: 50}},"
     " {name: fine_tuning, params: {n_clean: 50, epochs: 1}}]"
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    """The test session is an entry point (:mod:`perturbd.process`; the library never sets threads):
+    one CPU thread, as every tiny config asks (``train.threads=1``)."""
+    tune_process(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

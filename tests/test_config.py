@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from perturbd.config import ExperimentConfig, TriggerConfig, load_config
+from perturbd.cli.app import params_of
+from perturbd.config import ExperimentConfig, TriggerConfig, flat_keys, load_config, parse_assignment, set_dotted
 from perturbd.errors import ConfigError
 
 
@@ -97,3 +98,29 @@ def test_every_kind_has_a_strength_and_a_label(sets: dict, key: str, label: str)
     cfg = TriggerConfig(**sets)
     assert cfg.strength_key == key and cfg.label == label
     assert cfg.strength == (sets.get("psnr") or sets.get("ssim") or getattr(cfg, key))
+
+
+def test_set_dotted_creates_sections_and_merges_a_mapping_only_when_asked() -> None:
+    data = {"trigger": {"kind": "grid", "amplitude": 6}, "train": 3}
+    set_dotted(data, "poison.rate", 0.1)
+    set_dotted(data, "trigger", {"kind": "adaptive", "budget": 10}, merge=True)  # linked sweep keys: other trigger keys stay
+    set_dotted(data, "trigger.amplitude", 12)
+    assert data == {"trigger": {"kind": "adaptive", "amplitude": 12, "budget": 10}, "train": 3, "poison": {"rate": 0.1}}
+    set_dotted(data, "trigger", {"kind": "sig"})  # an override replaces the section
+    set_dotted(data, "poison", 5)  # a plain value replaces the section
+    assert data["trigger"] == {"kind": "sig"} and data["poison"] == 5
+    with pytest.raises(ConfigError, match=r"^train.lr: 'train' is a value \(3\), not a section$"):
+        set_dotted(data, "train.lr", 0.05)
+
+
+def test_flat_keys() -> None:
+    assert flat_keys({"trigger": {"kind": "grid", "opts": {"a": 1}}, "seed": 0}) == {"trigger.kind": "grid", "trigger.opts.a": 1, "seed": 0}
+    assert flat_keys({}) == {}
+
+
+def test_key_value_pairs_are_parsed_once_for_set_and_param() -> None:
+    assert parse_assignment(" poison.rate =0.1", "--set takes section.key=value") == ("poison.rate", 0.1)
+    assert parse_assignment("a=", "x") == ("a", "") and parse_assignment("a=[1, 2", "x") == ("a", "[1, 2"), "not YAML: the text itself"
+    assert params_of(["k=3", "mode=fast", "k=4"]) == {"k": 4, "mode": "fast"}
+    with pytest.raises(ConfigError, match=r"^--param takes key=value, got '=3'$"):
+        params_of(["=3"])

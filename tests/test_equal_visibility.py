@@ -43,60 +43,6 @@ def test_a_recipe_gives_every_run_its_model_and_training(ev, capsys) -> None:
     assert err.count("\n") == 1 and "no-such-recipe.yaml" in err
 
 
-def test_smallest_rate_needs_most_seeds(ev, tmp_path) -> None:
-    from perturbd.config import load_config
-
-    runs = []
-    for rate, asrs in ((0.01, [0.95, 0.5, 0.92]), (0.001, [0.95, 0.2, 0.3]), (0.005, [0.91, 0.9, 0.1])):
-        for seed, asr in enumerate(asrs):
-            folder = tmp_path / f"{rate}-{seed}"
-            folder.mkdir()
-            (folder / "metrics.json").write_text(json.dumps({"attack_success_rate": asr}))
-            runs.append((load_config(overrides=[f"poison.rate={rate}", f"seed={seed}"]), folder))
-    assert ev.smallest_rate(runs) == 0.005
-    assert ev.smallest_rate(runs, goal=0.99) is None
-
-
-def test_bisection_pins_the_smallest_rate_of_a_monotone_row(ev) -> None:
-    rates = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
-    for first in range(len(rates) + 1):  # the first rate that reaches the goal; len: none does
-        known: dict[float, bool] = {}
-        while (probe := ev.next_probe(rates, known)) is not None:
-            assert probe not in known
-            known[probe] = rates.index(probe) >= first
-        assert len(known) <= 4, "at most ⌈log2(9)⌉ rates of 8"
-        found = next((r for r in sorted(known) if known[r]), None)
-        assert found == (rates[first] if first < len(rates) else None)
-    assert ev.next_probe(rates, {0.001: False, 0.002: True}) is None
-    assert ev.next_probe(rates, {0.002: True, 0.05: False}) == 0.0005, "a failure above a success is not the lower bound"
-
-
-def test_bisect_rounds_read_the_runs_on_disk_and_train_every_seed_of_a_probed_rate(ev, tmp_path) -> None:
-    from perturbd.runs.rundir import run_dir_for
-    from perturbd.sweep.config import expand
-
-    args = ev.options(["--data", "mnist", "--kinds", "grid", "sig", "--psnr", "34.5", "--seeds", "0", "1", "2", "--out", str(tmp_path)])
-    full = expand(ev.rate_sweep(args))
-    first = {"grid": 0.002, "sig": 1.0}  # seed 2 of grid never reaches: most seeds still do
-
-    def asr(cfg) -> float:
-        return 0.95 if cfg.poison.rate >= first[cfg.trigger.kind] and cfg.seed != 2 else 0.1
-
-    trained, rounds = [], 0
-    while todo := ev.bisect_round(full, ev.GOAL):
-        rounds += 1
-        assert len({(c.trigger.kind, c.poison.rate) for c in todo}) * 3 == len(todo), "all seeds of each probed cell"
-        for cfg in todo:
-            folder = run_dir_for(cfg, full.out)
-            folder.mkdir(parents=True)
-            (folder / "metrics.json").write_text(json.dumps({"attack_success_rate": asr(cfg)}))
-        trained += todo
-    assert rounds == 4 and len(trained) < len(full.runs) / 2
-    done = [(c, run_dir_for(c, full.out)) for c in full.runs if (run_dir_for(c, full.out) / "metrics.json").is_file()]
-    assert ev.smallest_rate([x for x in done if x[0].trigger.kind == "grid"]) == 0.002
-    assert ev.smallest_rate([x for x in done if x[0].trigger.kind == "sig"]) is None
-
-
 def test_a_row_still_searching_says_so_and_gives_its_bound(ev, tmp_path) -> None:
     from perturbd.config import load_config
 

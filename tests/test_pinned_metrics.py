@@ -6,7 +6,7 @@ A refactoring must leave these digests unchanged. ``PERTURBD_PIN_UPDATE=1 pytest
 tests/test_pinned_metrics.py`` records this platform's digests and keeps the others'; a change
 that is *meant* to move the numbers deletes the file first (the other platforms' pins are stale
 then), re-records, and says why in its commit. Float results depend on the CPU and on torch's version, so the digests are kept per
-platform (torch's version and :func:`~perturbd.train.cpu_name`: the CPU's model and the instruction
+platform (torch's version and :func:`~perturbd.provenance.cpu_name`: the CPU's model and the instruction
 sets that pick its kernels) and compared on the platforms that recorded them; elsewhere the test
 skips. Two 2-core machines, both "AVX512" to torch, agreed on ``grid`` and differed on the other two.
 """
@@ -25,7 +25,9 @@ from perturbd.config import TrainConfig, load_config
 from perturbd.data import load_data
 from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
-from perturbd.train import cpu_name, fit
+from perturbd.process import tune_process
+from perturbd.provenance import cpu_name
+from perturbd.train import fit
 
 PINS = Path(__file__).with_name("pinned_metrics.json")
 BASE = ["data.train_limit=1000", "data.test_limit=300", "train.epochs=2", "train.batch_size=64", "train.device=cpu", "train.threads=1"]
@@ -52,6 +54,7 @@ def write_checkpoint(path: Path) -> None:
 
 
 def digests(folder: Path) -> dict[str, str]:
+    tune_process(1)  # as `perturbd run` does for train.threads=1: the library never sets threads
     write_checkpoint(folder / "pre.safetensors")
     out = {}
     for name, sets in CONFIGS.items():

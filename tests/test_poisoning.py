@@ -106,3 +106,15 @@ def test_wanet_noise_mode_warps_a_further_share_kept_at_their_labels(data) -> No
     assert torch.equal(p.noise_indices, poison_dataset(data, wanet, PoisonConfig(rate=0.05), seed=0).noise_indices), "seeded"
     off = replace(wanet, noise_ratio=0.0)
     assert len(poison_dataset(data, off, PoisonConfig(rate=0.05), seed=0).noise_indices) == 0
+
+
+def test_the_target_is_checked_once_where_the_indices_are_chosen(data, grid, monkeypatch: pytest.MonkeyPatch) -> None:
+    import perturbd.poisoning as poisoning
+
+    calls: list[int] = []
+    monkeypatch.setattr(poisoning, "check_target", lambda cfg, n: calls.append(n))
+    cfg = PoisonConfig(rate=0.05, target=3)
+    poison_dataset(data, grid, cfg, seed=0)
+    assert calls == [10], "choosing its own indices, poison_dataset checks the target first"
+    poison_dataset(data, grid, cfg, seed=0, indices=choose_indices(data.labels, cfg, 0))
+    assert calls == [10], "a run's indices come after the run's own check (preflight): not checked again"

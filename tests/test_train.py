@@ -115,12 +115,3 @@ def test_deterministic_training_switches_pytorch_to_deterministic_kernels_and_ba
     fit(a, _blobs(), TrainConfig(epochs=1, batch_size=50, device="cpu", deterministic=True), seed=0)
     fit(b, _blobs(), TrainConfig(epochs=1, batch_size=50, device="cpu"), seed=0)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())), "the same numbers on the CPU"
-
-
-def test_a_sweep_workers_share_of_the_cores_is_the_thread_count_of_its_runs(monkeypatch) -> None:
-    from perturbd.train import effective_threads
-
-    monkeypatch.setenv("PERTURBD_THREADS", "1")
-    assert effective_threads(None) == 1 and effective_threads(3) == 3, "a run's own train.threads wins"
-    monkeypatch.delenv("PERTURBD_THREADS")
-    assert effective_threads(None) >= 1

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from perturbd.errors import ConfigError
+from perturbd.knowledge import KNOWLEDGE, check_knowledge
 from perturbd.registry import suggest
 
 
@@ -147,7 +148,7 @@ class PoisonConfig(Section):
 
 class AttackConfig(Section):
     setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
-    knowledge: Literal["full", "data", "model", "weights", "none"] = Field("full", description="what the adversary knows: full (the victim's data and clean model), data (the data; a surrogate of another architecture), model (the victim's architecture, retrained on auxiliary data), weights (the victim's deployed clean model, auxiliary data), none")
+    knowledge: str = Field("full", description="what the adversary knows: " + "; ".join(f"{name} ({k.description})" for name, k in KNOWLEDGE.items()))
     surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
     surrogate_steps: int = Field(1000, ge=1, le=10_000_000, description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)")
     aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
@@ -157,6 +158,11 @@ class AttackConfig(Section):
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
     update_lr: float = Field(0.01, gt=0, description="update setting: fine-tuning learning rate")
     checkpoint: Path | None = Field(None, description="update setting: clean model to start from (.safetensors, or a .pt/.pth state dict)")
+
+    @field_validator("knowledge")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        return check_knowledge(value)
 
 
 class TrainConfig(Section):
@@ -171,7 +177,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing ε (0: none)")
     augment: Literal["auto", "none", "crop_flip", "crop"] = Field("auto", description="auto: crop+flip for colour, none for grey")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; from Python: perturbd.process.tune_process), never by fit; default: all cores")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
     deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")
@@ -262,25 +268,49 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def parse_assignment(item: str, usage: str) -> tuple[str, Any]:
+    """``key=value`` as ``(key, value)``, the value parsed as YAML (``""`` when empty, the text
+    itself when it is not YAML); a one-line :class:`ConfigError` saying ``usage`` (e.g. ``--set
+    takes section.key=value``) for anything else."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{usage}, got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, *, merge: bool = False) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, making missing sections; with
+    ``merge`` a mapping value is merged into a mapping already there (so a sweep axis
+    ``trigger: {kind: adaptive}`` keeps the other trigger keys), else it replaces it. A value in
+    the way of a section is a one-line :class:`ConfigError`."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is a value ({child!r}), not a section")
+        node = child
+    old = node.get(parts[-1])
+    node[parts[-1]] = {**old, **value} if merge and isinstance(old, dict) and isinstance(value, dict) else value
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: every leaf of nested mappings under its dotted key."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
     out = json.loads(json.dumps(data, default=str))
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set takes section.key=value, got '{item}'")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(out, *parse_assignment(item, "--set takes section.key=value"))
     return out
 
 

@@ -9,10 +9,11 @@ MALLOC_TRIM_THRESHOLD_=...`` would at start: a freed tensor's memory serves the 
 changes no number, only where tensors live (``tests/test_malloc.py`` checks the weights of a
 training bit for bit); the price is that the process keeps its peak memory until it exits.
 
-It is applied once per process, by the trainer (:func:`perturbd.train.set_threads`), a run
-(:func:`perturbd.runs.experiment.run`) and the defences (:func:`perturbd.defenses.evaluate.run_defenses`).
-``PERTURBD_MALLOC=system`` keeps glibc's defaults; so do ``MALLOC_*`` variables of your own, and
-any C library but glibc. What it gains is in ``benchmarks/README.md``.
+It is applied once per process, by an entry point only (:func:`perturbd.process.tune_process`:
+the ``perturbd`` command, a sweep worker, a benchmark), never by a library function; a run
+records what holds (:func:`malloc_state`). ``PERTURBD_MALLOC=system`` keeps glibc's defaults; so
+do ``MALLOC_*`` variables of your own, and any C library but glibc. What it gains is in
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 
 from perturbd.errors import ConfigError
 
-__all__ = ["malloc_mode", "tune_malloc"]
+__all__ = ["malloc_mode", "malloc_state", "tune_malloc"]
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
 LARGEST = 2**31 - 1  # mallopt takes an int
@@ -55,6 +56,12 @@ def tune_malloc() -> str:
     if _state is None:
         _state = _tune()
     return _state
+
+
+def malloc_state() -> str:
+    """What holds in this process, without changing it: what :func:`tune_malloc` returned, or
+    ``untuned`` (glibc's defaults: no entry point tuned it)."""
+    return _state or "untuned"
 
 
 def _tune() -> str:

@@ -114,15 +114,17 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
     clean_label``: keep their labels); a noise-mode trigger also warps its noise images.
 
     ``indices``: the positions to poison, already chosen (a run's
-    :class:`~perturbd.attack.partition.Partition` chooses them once); default: :func:`choose_indices`.
+    :class:`~perturbd.attack.partition.Partition` chooses them once, after the run checked the
+    target: :func:`check_target`); default: :func:`choose_indices`, the target checked first.
     A quantized trigger (:attr:`Trigger.quantize`, from ``poison.quantize``, the default) leaves
     poisoned images uint8, as an image file would; an unquantized one returns the whole set as
     float32 in [0, 1] with the poison not rounded — as the trigger is applied at test time too.
     """
-    check_target(cfg, data.num_classes)
     if trigger.quantize != cfg.quantize:
         raise ConfigError(f"poison.quantize is {cfg.quantize} but the trigger is applied with quantize={trigger.quantize}; build it with the same setting")
-    indices = choose_indices(data.labels, cfg, seed) if indices is None else indices
+    if indices is None:
+        check_target(cfg, data.num_classes)
+        indices = choose_indices(data.labels, cfg, seed)
     clean = data.images[indices]
     images = data.images.clone() if trigger.quantize else to_float01(data.images)
     poisoned = trigger.apply(images[indices])

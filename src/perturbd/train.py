@@ -19,14 +19,11 @@ level, so a trigger of a few grey levels survives the cast.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -37,7 +34,6 @@ from perturbd.config import TrainConfig
 from perturbd.data.augment import augment, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
-from perturbd.malloc import tune_malloc
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,45 +75,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is '{name}' but no CUDA GPU is visible; use train.device=cpu or auto")
     return device
-
-
-#: CPU instruction sets that decide which kernels oneDNN and ATen run, and so the float results
-KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The CPU's model name and the instruction sets of :data:`KERNEL_FLAGS` it has, e.g.
-    ``AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16)``; without ``/proc/cpuinfo``, the platform's
-    processor and torch's CPU capability. Two CPUs give other numbers from the same seed, code and
-    threads: fastnet32_small's bf16 clean model of the CIFAR-10 (JPEG) equal-visibility runs
-    reached 84.67 % on the 2-core machine of one session and 84.93 % on another's (the README)."""
-    name, flags = "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    isa = " ".join(f for f in KERNEL_FLAGS if f in flags) or torch.backends.cpu.get_cpu_capability()
-    return f"{name or platform.processor() or platform.machine()} ({isa})"
-
-
-def effective_threads(threads: int | None) -> int:
-    """The CPU threads ``train.threads`` means: itself; else a sweep worker's share of the cores
-    (``PERTURBD_THREADS``, set by :mod:`perturbd.sweep.executors`); else all cores this process may use.
-    It matters: oneDNN splits its reductions by thread, so 1 and 2 threads give other weights (one
-    mnist5k epoch of cnn28: up to 0.085). Same seed, threads, torch and CPU ⇒ same numbers."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return threads or int(os.environ.get("PERTURBD_THREADS") or 0) or cores
-
-
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads (default: all cores this process may use), and glibc's malloc
-    set for tensors (:func:`perturbd.malloc.tune_malloc`)."""
-    tune_malloc()
-    torch.set_num_threads(effective_threads(threads))
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -221,7 +178,8 @@ def fit(
             channels-last on CUDA).
         data: uint8 (or float [0, 1]) images and labels.
         cfg: optimiser, schedule (``warmup``, ``schedule``), ``label_smoothing``, ``augment``,
-            ``device``, ``threads``, ``precision`` and ``compile``.
+            ``device``, ``precision`` and ``compile``. Not ``threads``: ``fit`` trains with the
+            threads the process has (an entry point sets them: :mod:`perturbd.process`).
         seed: seeds shuffling and augmentation (same seed, same numbers on the CPU; on CUDA the
             draws come from a CUDA generator, so they differ from the CPU's).
         loss_fn: ``loss_fn(net, x, y) -> loss`` for a batch (float ``x`` in [0, 1], augmented);
@@ -234,7 +192,6 @@ def fit(
     monitor = monitor or SilentMonitor()
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
-    set_threads(cfg.threads)
     epochs = epochs or cfg.epochs
     model.to(device).train()
     if device.type == "cuda":

@@ -16,7 +16,7 @@ from perturbd.errors import ConfigError
 from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
 from perturbd.runs.rundir import run_dir_for
-from perturbd.train import cpu_name
+from perturbd.provenance import cpu_name
 from perturbd.runs.folder import RunDir
 
 FILES = {

@@ -12,7 +12,7 @@ from perturbd.config import load_config
 from perturbd.errors import ConfigError
 from perturbd.runs.experiment import run
 from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, reproduce, restore
-from perturbd.train import cpu_name
+from perturbd.provenance import cpu_name
 
 
 @pytest.fixture

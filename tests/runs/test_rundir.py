@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from perturbd.config import load_config
+from perturbd.provenance import git_commit
 from perturbd.runs.rundir import (
     atomic_dir,
     clear_failure,
     failure_path,
-    git_commit,
     read_failures,
     record_failure,
     remove_stale,

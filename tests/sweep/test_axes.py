@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perturbd.sweep.axes import axis_values, check_key, deep_merge, flat_keys, set_dotted
+from perturbd.sweep.axes import axis_values, check_key, deep_merge
 from perturbd.errors import ConfigError
 
 # --------------------------------------------------------------------------- generators
@@ -96,19 +96,3 @@ def test_deep_merge_copies_values_as_json() -> None:
     out["poison"]["classes"].append(3)
     assert extra["poison"]["classes"] == [1, 2]  # the variant is not shared with the merged config
     assert out["data"]["root"] == str(pytest)
-
-
-def test_set_dotted_creates_sections_and_merges_a_mapping() -> None:
-    data = {"trigger": {"kind": "grid", "amplitude": 6}, "train": 3}
-    set_dotted(data, "poison.rate", 0.1)
-    set_dotted(data, "trigger", {"kind": "adaptive", "budget": 10})  # linked keys: other trigger keys stay
-    set_dotted(data, "train.lr", 0.05)  # a value in the way is replaced by a section
-    set_dotted(data, "trigger.amplitude", 12)
-    assert data == {"trigger": {"kind": "adaptive", "amplitude": 12, "budget": 10}, "train": {"lr": 0.05}, "poison": {"rate": 0.1}}
-    set_dotted(data, "poison", 5)  # a plain value replaces the section
-    assert data["poison"] == 5
-
-
-def test_flat_keys() -> None:
-    assert flat_keys({"trigger": {"kind": "grid", "opts": {"a": 1}}, "seed": 0}) == {"trigger.kind": "grid", "trigger.opts.a": 1, "seed": 0}
-    assert flat_keys({}) == {}

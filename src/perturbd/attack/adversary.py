@@ -1,5 +1,7 @@
 """The adversary's knowledge: which model it computes an adaptive mask on, and on which images.
 
+What each level holds is one row of :data:`perturbd.knowledge.KNOWLEDGE`; here is what it means:
+
 | ``attack.knowledge`` | adversary's data | adversary's model |
 |---|---|---|
 | ``full``    | the victim's training set | the victim's model: its architecture, seed and training (the very clean model) |
@@ -30,19 +32,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from perturbd.attack.partition import VICTIM_DATA, Partition, indices_hash
+from perturbd.attack.partition import Partition, indices_hash
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
+from perturbd.knowledge import KNOWLEDGE
 from perturbd.metrics import clean_accuracy
 from perturbd.models import build_model, default_model_name, get_model, list_models
 from perturbd.seeding import ADVERSARY_SEED_OFFSET
 from perturbd.train import Monitor, fit
 from perturbd.runs.twins import TwinStore
 
-# knowledge level → does the adversary know the victim's architecture?
-VICTIM_ARCH = {"full": True, "data": False, "model": True, "weights": True, "none": False}
-VICTIM_WEIGHTS = {"full": True, "data": False, "model": False, "weights": True, "none": False}
 # the surrogate ``attack.surrogate: auto`` takes, first that fits and is not the victim's: on grey
 # images the MNIST architectures; on colour images the CIFAR ones (lenet5 reached only 48–55 %
 # held-out accuracy on CIFAR-10 (JPEG) as a surrogate: configs/paper/README.md)
@@ -111,14 +111,14 @@ def prepare_adversary(
     same one the setting then uses: trained once), or the pre-update checkpoint when the update
     setting starts from one.
     """
-    knowledge = cfg.attack.knowledge
+    knowledge, knows = cfg.attack.knowledge, KNOWLEDGE[cfg.attack.knowledge]
     shape, k = train.image_shape, train.num_classes
     v_arch = resolve_arch(cfg.model.name, shape)
     adv_data = part.take(train, part.adversary)
     fit_data, holdout = part.take(train, part.fit), part.take(train, part.holdout)
     started = time.perf_counter()
     checkpoint, steps = None, None
-    if VICTIM_WEIGHTS[knowledge]:
+    if knows.weights:
         arch, seed, seen = v_arch, cfg.seed, knowledge == "full"
         if cfg.attack.setting == "update" and cfg.attack.checkpoint is not None:
             model, checkpoint = twins.checkpoint(cfg, shape, k).model, str(cfg.attack.checkpoint)
@@ -126,7 +126,7 @@ def prepare_adversary(
             model = twins.clean_model(cfg, part.take(train, part.initial), device, description="adversary").model
         trained_on = "the victim's training set (it is the victim's clean model)"
     else:
-        arch = v_arch if VICTIM_ARCH[knowledge] else surrogate_arch(cfg, v_arch, shape, k)
+        arch = v_arch if knows.architecture else surrogate_arch(cfg, v_arch, shape, k)
         seed, seen = cfg.seed + ADVERSARY_SEED_OFFSET, False
         model = build_model(cfg.model, shape, k, seed=seed) if arch == v_arch else get_model(arch, shape, k, seed=seed)
         per_epoch = max(1, len(fit_data) // min(cfg.train.batch_size, len(fit_data)))
@@ -135,7 +135,7 @@ def prepare_adversary(
         steps = epochs * per_epoch
         trained_on = f"{len(fit_data)} images of its data (holdout excluded), {epochs} epochs"
     model.to(device).eval()
-    source = "the victim's training set" if VICTIM_DATA[knowledge] else "auxiliary data held out of the victim's training set"
+    source = "the victim's training set" if knows.data else "auxiliary data held out of the victim's training set"
     record: dict[str, Any] = {
         "knowledge": knowledge,
         "setting": cfg.attack.setting,
@@ -146,7 +146,7 @@ def prepare_adversary(
             "mask_sample_pool": len(fit_data),
             "holdout_size": len(holdout),
             "indices_sha256": indices_hash(part.adversary),
-            "disjoint_from_victim": not VICTIM_DATA[knowledge],
+            "disjoint_from_victim": not knows.data,
             "victim_train_size": len(part.victim),
             "test_set_used": False,
         },
@@ -161,7 +161,7 @@ def prepare_adversary(
             "train_seconds": round(time.perf_counter() - started, 3),
             "holdout_accuracy": clean_accuracy(model, holdout),
             "holdout_seen_in_training": seen,
-            "is_victim_clean_model": VICTIM_WEIGHTS[knowledge] and checkpoint is None,
+            "is_victim_clean_model": knows.weights and checkpoint is None,
         },
     }
     return Adversary(model, fit_data, holdout, record)

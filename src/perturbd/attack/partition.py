@@ -9,7 +9,7 @@ stratified draw order), drawn from its own derived generator (:mod:`perturbd.see
 | ``victim`` | the victim's data: the training split less ``auxiliary`` |
 | ``update`` | the update setting: a stratified ``attack.update_size`` of ``victim``, new data for the update |
 | ``initial`` | what the victim's clean model trains on: ``victim`` less ``update`` |
-| ``adversary`` | the adversary's data: ``initial`` (knowledge ``full``/``data``) or ``auxiliary`` (``model``/``weights``/``none``) |
+| ``adversary`` | the adversary's data: ``initial`` when its knowledge level holds the victim's data (:data:`~perturbd.knowledge.KNOWLEDGE`: ``full``, ``data``), else ``auxiliary`` |
 | ``holdout`` | a stratified ``attack.holdout_fraction`` of ``adversary``, kept out of its training and its mask samples |
 | ``fit`` | ``adversary`` less ``holdout`` |
 | ``poison`` | positions, within the set the poison is injected into (``victim``, or ``update`` when updating), of the images to poison |
@@ -34,11 +34,10 @@ from perturbd.config import ExperimentConfig
 from perturbd.data import stratified_indices
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
+from perturbd.knowledge import KNOWLEDGE
 from perturbd.poisoning import choose_indices
 from perturbd.seeding import complement, derived_generator
 
-# knowledge level → does the adversary hold the victim's training data?
-VICTIM_DATA = {"full": True, "data": True, "model": False, "weights": False, "none": False}
 MIN_PER_CLASS = 5  # images per class the adversary and the victim must each keep, at least
 
 
@@ -88,7 +87,7 @@ def partition(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int) -> 
     need = MIN_PER_CLASS * num_classes
     auxiliary = None
     victim = torch.arange(n)
-    if a.same_victim or not VICTIM_DATA[a.knowledge]:
+    if a.same_victim or not KNOWLEDGE[a.knowledge].data:
         aux_n = int(round(a.aux_fraction * n))
         if aux_n < need or n - aux_n < need:
             who, got = ("adversary", aux_n) if aux_n < need else ("victim", n - aux_n)
@@ -101,7 +100,7 @@ def partition(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int) -> 
     initial, update = victim, None
     if a.setting == "update":
         initial, update = _update_batch(cfg, labels[victim], num_classes, victim)
-    adversary = auxiliary if auxiliary is not None and not VICTIM_DATA[a.knowledge] else initial
+    adversary = auxiliary if auxiliary is not None and not KNOWLEDGE[a.knowledge].data else initial
     holdout, fit = _holdout(cfg, labels[adversary], num_classes, adversary)
     poisoned_set = update if update is not None else victim
     poison = choose_indices(labels[poisoned_set], cfg.poison, cfg.seed)

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
 
-from perturbd.errors import PerturbdError
+from perturbd.config import parse_assignment
 
 HELP = (
     "Embed, measure and remove invisible backdoors in CNN image classifiers "
@@ -33,13 +32,7 @@ ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a 
 
 def params_of(items: list[str] | None) -> dict[str, Any]:
     """``key=value`` pairs, values parsed as YAML; a one-line error for anything else."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise PerturbdError(f"--param takes key=value, got '{item}'")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return out
+    return dict(parse_assignment(item, "--param takes key=value") for item in items or [])
 
 
 def overrides(sets: list[str] | None, data_root: Path | None) -> list[str]:

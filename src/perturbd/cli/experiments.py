@@ -28,8 +28,10 @@ def run(
 ) -> None:
     """Run one experiment: poison, train the clean twin and the backdoored model, evaluate."""
     cfg = load_config(config, overrides(sets, data_root))  # a config mistake is answered before torch loads
+    from perturbd.process import tune_process
     from perturbd.runs.experiment import run as run_experiment
 
+    tune_process(cfg.train.threads)  # the command is the entry point: the library never retunes the process
     with make_progress(console) as progress, with_tensorboard(RichMonitor(progress), tensorboard, run_dir_for(cfg, out).name) as monitor:
         result = run_experiment(cfg, out, monitor=monitor, log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
     if result.skipped:
@@ -50,8 +52,11 @@ def reproduce(
 
     given = overrides(None, data_root)
     stored = RunDir(run_dir)
-    stored.config(given)  # a mistake is answered before torch loads
+    cfg = stored.config(given)  # a mistake is answered before torch loads
+    from perturbd.process import tune_process
     from perturbd.runs.reproduce import REPRODUCED, reproduce as train_again, restore as put_back
+
+    tune_process(cfg.train.threads)
 
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),

@@ -59,6 +59,9 @@ def trigger_make(
     base = [] if config is not None else ["trigger.kind=adaptive"]
     cfg = load_config(config, [*base, *overrides(sets, data_root)])  # a config mistake is answered before torch loads
     from perturbd.attack.trigger_file import make_trigger, write_trigger
+    from perturbd.process import tune_process
+
+    tune_process(cfg.train.threads)
 
     with make_progress(console) as progress:
         plan = make_trigger(cfg, RichMonitor(progress), output)

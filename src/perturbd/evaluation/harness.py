@@ -24,10 +24,9 @@ from perturbd.config import DefenseSpec
 from perturbd.defenses.base import Defense, Figures, build_defense, seed_from_run
 from perturbd.evaluation.inputs import DefenseInputs
 from perturbd.evaluation.kinds import kind_of
-from perturbd.malloc import tune_malloc
 from perturbd.progress import Log
+from perturbd.provenance import code_identity
 from perturbd.runs.folder import RunDir
-from perturbd.runs.rundir import code_identity
 
 
 @dataclass
@@ -69,11 +68,10 @@ def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 
 
 def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
     """Build every defence and find its kind first (so a bad parameter or kind fails before any
-    work), then run each (with glibc's malloc set for tensors: :func:`perturbd.malloc.tune_malloc`)."""
+    work), then run each."""
     defenses = [build_defense(s.name, **s.params) for s in specs]
     for d in defenses:
         kind_of(d)
-    tune_malloc()
     reports = []
     for d in defenses:
         report = evaluate_defense(d, inp, eval_limit=eval_limit)
@@ -85,7 +83,7 @@ def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | Non
 
 def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:
     """Write the defences' record (:meth:`~perturbd.runs.folder.RunDir.write_defenses`, with the code
-    that defended: :func:`~perturbd.runs.rundir.code_identity`) and every report's figures into ``folder``."""
+    that defended: :func:`~perturbd.provenance.code_identity`) and every report's figures into ``folder``."""
     folder = Path(folder)
     record = {"clean_source": clean_source, "code": code_identity(), "defenses": [r.to_json() for r in reports]}
     RunDir(folder).write_defenses(record)

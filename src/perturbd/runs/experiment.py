@@ -26,7 +26,7 @@ from perturbd.defenses import build_defense
 from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
-from perturbd.malloc import tune_malloc
+from perturbd.malloc import malloc_state
 from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_source_rate, stealth
 from perturbd.models import build_model, list_models, register_factory, save_model
 from perturbd.models.external import check_spec
@@ -37,9 +37,10 @@ from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.folder import RunDir
 from perturbd.runs.results import PoisonRecord, RunMetrics, Stealth, TriggerNorms
-from perturbd.runs.rundir import atomic_dir, code_identity, run_dir_for
+from perturbd.provenance import code_identity, cpu_name
+from perturbd.runs.rundir import atomic_dir, run_dir_for
 from perturbd.attack.settings import Context, Setting, Trained, get_setting
-from perturbd.train import Monitor, SilentMonitor, cpu_name, resolve_device
+from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
 from perturbd.runs.twins import TwinStore
 
@@ -189,7 +190,6 @@ def run(
         if log:
             log(msg)
 
-    tune_malloc()
     started = time.perf_counter()
     stages = Stopwatch()
     monitor = monitor or SilentMonitor()
@@ -253,7 +253,7 @@ def with_inputs(cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = 
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions, device, CPU and commit that made a run."""
+    """Versions, device, CPU, threads, malloc and commit that made a run (queried, never set)."""
     info: dict[str, Any] = {
         **code_identity(),
         "python": platform.python_version(),
@@ -263,7 +263,7 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
-        "malloc": tune_malloc(),
+        "malloc": malloc_state(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

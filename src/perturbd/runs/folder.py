@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import ExperimentConfig, TriggerConfig, dump_yaml, load_config, read_yaml, validate
+from perturbd.provenance import git_commit
 from perturbd.errors import ConfigError, DataError
 from perturbd.runs.results import PoisonRecord, RunMetrics
-from perturbd.runs.rundir import git_commit, read_json, write_json
+from perturbd.runs.rundir import read_json, write_json
 from perturbd.version import __version__
 
 #: the run-folder format this code writes and the newest it reads (1: the layout described above)

@@ -21,9 +21,10 @@ from typing import Any
 
 from perturbd.errors import ConfigError
 from perturbd.runs.experiment import run
+from perturbd.provenance import cpu_name
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import run_dir_for
-from perturbd.train import Monitor, cpu_name
+from perturbd.train import Monitor
 
 #: the numbers a retrain must give bit for bit to count as the same run
 REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")

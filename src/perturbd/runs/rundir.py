@@ -9,12 +9,9 @@ removed when it succeeds.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import ExperimentConfig
-from perturbd.version import __version__
 
 TMP_PREFIX = ".tmp-"
 FAILURES = "failures"
@@ -117,33 +113,4 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the perturbd checkout this code runs from, if it is one."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-PACKAGE = Path(__file__).resolve().parents[1]
-
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """SHA-256 (16 hex digits) of perturbd's own source files: the code that trains and evaluates."""
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
-        h.update(path.relative_to(PACKAGE).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def code_identity() -> dict[str, str | None]:
-    """Which code made a result: the version, the commit and the digest of the sources (which
-    tells uncommitted edits apart from their commit)."""
-    return {"perturbd": __version__, "git_commit": git_commit(), "code_digest": code_digest()}
 

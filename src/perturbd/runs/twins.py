@@ -9,10 +9,10 @@ data, model, training and seed loads it instead of training it again.
 
 The key of a clean model is the SHA-256 of what trains it: the architecture (with the SHA-256 of
 the files its model section names: weights, TorchScript file, factory's source), the training config
-(its ``device`` replaced by the device kind, and on a CPU its number of threads, which changes
+(its ``device`` replaced by the device kind, and on a CPU the number of threads it trains with, which changes
 the float results), the seed, a fingerprint of the data's pixels and labels, the device kind (the
 GPU's name; on a CPU its model and instruction sets, which change the float results too) and
-the code (:func:`code_digest`: a twin trained by other code is never reused). A pre-trained
+the code (:func:`~perturbd.provenance.code_digest`: a twin trained by other code is never reused). A pre-trained
 checkpoint (``attack.checkpoint``) is read once and kept the same way, by its path.
 
 An adaptive mask depends on what the adversary has and does, not on how many images it then
@@ -45,9 +45,10 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.errors import CheckpointError
 from perturbd.models import build_model, load_model_weights, save_model
 from perturbd.models.external import spec_files
+from perturbd.provenance import code_digest, cpu_name
 from perturbd.runs.folder import RunDir
-from perturbd.runs.rundir import atomic_dir, code_digest, read_json, write_json
-from perturbd.train import Monitor, cpu_name, effective_threads, fit
+from perturbd.runs.rundir import atomic_dir, read_json, write_json
+from perturbd.train import Monitor, fit
 from perturbd.triggers import Trigger
 
 try:
@@ -81,13 +82,14 @@ def data_fingerprint(data: ImageDataset) -> str:
     return h.hexdigest()
 
 
-def cpu_threads(cfg: ExperimentConfig, device: torch.device) -> int | None:
-    """The CPU threads a model of ``cfg`` trains with (they change its float results); None on a GPU."""
-    return effective_threads(cfg.train.threads) if device.type == "cpu" else None
+def cpu_threads(device: torch.device) -> int | None:
+    """The CPU threads a model trains with in this process (they change its float results: an
+    entry point sets them from ``train.threads``, :mod:`perturbd.process`); None on a GPU."""
+    return torch.get_num_threads() if device.type == "cpu" else None
 
 
 def device_kind(device: torch.device) -> str:
-    """``cpu:<CPU name>`` (:func:`~perturbd.train.cpu_name`) or ``cuda:<GPU name>``: the device part
+    """``cpu:<CPU name>`` (:func:`~perturbd.provenance.cpu_name`) or ``cuda:<GPU name>``: the device part
     of a twin key (results differ between them, from one CPU to another too)."""
     if device.type == "cuda" and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -96,7 +98,7 @@ def device_kind(device: torch.device) -> str:
 
 def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) -> str:
     """16 hex digits naming the victim's clean model of ``cfg`` trained on ``data`` on ``device``."""
-    train = {**cfg.train.model_dump(mode="json", exclude={"device"}), "threads": cpu_threads(cfg, device)}
+    train = {**cfg.train.model_dump(mode="json", exclude={"device"}), "threads": cpu_threads(device)}
     parts = {
         "version": VERSION, "model": cfg.model.model_dump(mode="json"), "model_files": model_files(cfg.model), "train": train, "seed": cfg.seed,
         "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
@@ -114,7 +116,7 @@ def mask_key(cfg: ExperimentConfig, train: ImageDataset, device: torch.device) -
         "train": {"device", "threads"}, "attack": {"update_epochs", "update_lr"},
     }  # fmt: skip
     parts = {
-        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "threads": cpu_threads(cfg, device),
+        "version": VERSION, "config": cfg.model_dump(mode="json", exclude=leave_out), "threads": cpu_threads(device),
         "model_files": model_files(cfg.model), "data": data_fingerprint(train),
         "device": device_kind(device), "code": code_digest(),
     }  # fmt: skip

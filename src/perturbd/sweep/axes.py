@@ -1,5 +1,6 @@
 """Sweep axes: value generators (``range``, ``linspace``, ``logspace``), key checks and merging
-of partial configs into a base config. Used by :mod:`perturbd.sweep.runner`."""
+of partial configs into a base config (dotted keys: :func:`perturbd.config.set_dotted`). Used by
+:mod:`perturbd.sweep.config`."""
 
 from __future__ import annotations
 
@@ -95,24 +96,3 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             base[key] = json.loads(json.dumps(value, default=str))
     return base
-
-
-def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``; a mapping value is merged into a
-    mapping already there (so ``trigger: {kind: adaptive, budget: 10}`` keeps other trigger keys)."""
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    old = node.get(parts[-1])
-    node[parts[-1]] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value

@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from perturbd.sweep.axes import axis_values, check_key, deep_merge, flat_keys, set_dotted
-from perturbd.config import ExperimentConfig, Section, apply_overrides, read_yaml, validate
+from perturbd.config import ExperimentConfig, Section, apply_overrides, flat_keys, read_yaml, set_dotted, validate
+from perturbd.sweep.axes import axis_values, check_key, deep_merge
 from perturbd.errors import ConfigError
 
 TWINS = ".twins"
@@ -140,7 +140,7 @@ def expand(spec: SweepConfig) -> Sweep:
         data = deep_merge(json.loads(json.dumps(base, default=str)), variant)
         assigned = {}
         for (key, _), value in zip(axes, combo):
-            set_dotted(data, key, value)
+            set_dotted(data, key, value, merge=True)
             assigned[key] = value
         data["seed"] = seed
         if "name" not in base:

@@ -5,11 +5,13 @@ raises for a failing run (the sweep records the failure and goes on). Run direct
 by the worker straight into ``out`` (on a Ray cluster, ``out`` must be on a filesystem every node
 sees, e.g. NFS); the atomic rename of :mod:`perturbd.runs.rundir` keeps them whole.
 
-CPU threads: a worker given ``threads`` sets ``PERTURBD_THREADS`` (which
-:func:`perturbd.train.effective_threads` honours for runs whose ``train.threads`` is unset) and
-``torch.set_num_threads``, so that N workers on C cores use C // N threads each and never more
-threads than cores. A run's float results depend on its thread count: a run of a 2-worker sweep
-on 2 cores equals ``perturbd run --set train.threads=1``; ``environment.json`` records it.
+A worker is an entry point: before each run it sets the process for training
+(:func:`perturbd.process.tune_process`: glibc's malloc, and the run's ``train.threads``). A
+worker given ``threads`` sets ``PERTURBD_THREADS`` (which
+:func:`perturbd.process.effective_threads` honours for runs whose ``train.threads`` is unset), so
+that N workers on C cores use C // N threads each and never more threads than cores. A run's
+float results depend on its thread count: a run of a 2-worker sweep on 2 cores equals
+``perturbd run --set train.threads=1``; ``environment.json`` records it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from perturbd.config import ExperimentConfig
 from perturbd.errors import ConfigError, PerturbdError
+from perturbd.process import cores, tune_process
 from perturbd.runs.experiment import run
 
 OnStart = Callable[[ExperimentConfig], None]
@@ -51,16 +54,11 @@ class Outcome:
     seconds: float = 0.0
 
 
-def cores() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def use_threads(threads: int | None) -> None:
-    """Make this process's runs use ``threads`` CPU threads (None: leave the default)."""
+    """Make this worker's runs whose ``train.threads`` is unset use ``threads`` CPU threads (None:
+    all cores), set by :func:`execute` before each run."""
     if threads:
         os.environ["PERTURBD_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
 
 
 def execute(
@@ -72,10 +70,12 @@ def execute(
     log: Callable[[str], None] | None = None,
 ) -> Outcome:
     """Run one experiment; a failure comes back as an :class:`Outcome`, never as an exception
-    (except Ctrl-C, which stops the sweep; its partial run directory is removed)."""
+    (except Ctrl-C, which stops the sweep; its partial run directory is removed). Sets this
+    process's malloc and threads for the run first (:func:`perturbd.process.tune_process`)."""
     use_threads(threads)
     started = time.perf_counter()
     try:
+        tune_process(cfg.train.threads)
         result = run(cfg, Path(out), monitor=monitor, log=log, twin_cache=twin_cache)
     except PerturbdError as err:
         return Outcome(cfg, False, error=str(err), error_type=type(err).__name__, seconds=time.perf_counter() - started)

@@ -157,9 +157,10 @@ def universal_perturbation(
     ``batch_size`` is the number of samples per update of ``deepfool_batched`` and ``gradient``;
     ``deepfool`` updates δ after every sample, as the paper does. Returns the integer-valued mask ``(C, H, W)`` in pixel units (already :func:`quantize`\\ d) and
     ``{"passes": …, "sample_fooling_rate": …}``. The rate used to stop is measured on the
-    quantized mask with the real uint8 rounding. Same seed ⇒ same mask.
+    quantized mask with the real uint8 rounding. Same seed ⇒ same mask. ``norm`` is ``linf`` or
+    ``l2`` and ``budget`` at least one grey level (:func:`check_budget`, which a run's attack plan
+    calls once, before the adversary trains).
     """
-    check_budget(norm, budget)
     if method == "deepfool":
         update, batch_size = _deepfool_update(overshoot, max_steps, target), 1
     elif method == "deepfool_batched":
@@ -238,8 +239,8 @@ def pick_samples(data: ImageDataset, target: int, count: int, seed: int, sources
 
 @register_trigger("adaptive", needs_model=True)
 def adaptive(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
-    """Targeted universal perturbation on ``ctx.model`` from ``cfg.samples`` of ``ctx.samples``."""
-    check_budget(cfg.norm, cfg.budget)
+    """Targeted universal perturbation on ``ctx.model`` from ``cfg.samples`` of ``ctx.samples``
+    (the budget checked by the caller: :func:`check_budget`)."""
     if ctx.model is None or ctx.samples is None:
         raise ConfigError("trigger 'adaptive' is computed from a model and sample images; build it through the attack or `perturbd trigger make`")
     if ctx.samples.image_shape != tuple(ctx.image_shape):
