@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 shutil.rmtree(folder, ignore_errors=True)
     ratio = speedup(series["sequential"], series["parallel"])
     keys = metrics["sequential"].keys()
-    diff = {m: max(abs(metrics["sequential"][k][m] - metrics["parallel"][k][m]) for k in keys) for m in ("attack_success_rate", "clean_accuracy")}
+    diff = {m: max(abs(getattr(metrics["sequential"][k], m) - getattr(metrics["parallel"][k], m)) for k in keys) for m in ("attack_success_rate", "clean_accuracy")}
     runs = len(args.rates) * len(args.seeds)
     print_table(
         f"{NAME}: {runs} runs ({'mnist5k' if args.quick else 'full MNIST'}, grid c = 10, {args.epochs} epochs), {cores()} cores",

@@ -261,7 +261,7 @@ def assert_same_metrics(a: Path, b: Path) -> None:
     assert ours and set(ours) <= set(theirs)
     for name, m in ours.items():
         for key in ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "injection_rate", "stealth"):
-            assert m[key] == theirs[name][key], (name, key)
+            assert getattr(m, key) == getattr(theirs[name], key), (name, key)
 
 
 @pytest.mark.slow
