@@ -44,8 +44,8 @@ from perturbd.train import Monitor, fit
 from perturbd.runs.twins import TwinStore
 
 # the surrogate ``attack.surrogate: auto`` takes, first that fits and is not the victim's: on grey
-# images the MNIST architectures; on colour images the CIFAR ones (lenet5 reached only 48–55 %
-# held-out accuracy on CIFAR-10 (JPEG) as a surrogate: configs/paper/README.md)
+# images the MNIST architectures; on colour images the CIFAR ones (lenet5, an MNIST network, is a
+# weak surrogate on CIFAR-10 (JPEG): configs/paper/README.md, ``cifar10.yaml``)
 SURROGATE_CANDIDATES = {
     "grey": ("lenet5", "cnn28", "cnn32", "preact_resnet18"),
     "colour": ("cnn32", "fastnet32_small", "preact_resnet18", "lenet5", "cnn28"),
