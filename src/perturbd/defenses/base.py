@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast, get_args, get_origin, runtime_checkable
 
 import annotated_types as at
 import torch
@@ -45,7 +45,8 @@ class DefenseParams(BaseModel):
 
 def _valid_range(field: Any) -> str:
     """``"in [1, 1000]"``, ``"> 0"``, ``"one of 'pca', 'ica'"``: what a field accepts, for messages."""
-    lo = hi = None
+    lo: object = None
+    hi: object = None
     lo_open = hi_open = False
     for m in field.metadata:
         if isinstance(m, at.Ge):
@@ -95,6 +96,12 @@ class Defense:
         for key, value in checked.model_dump().items():
             setattr(self, key, value)
         self.clean_used_ = 0
+
+    if TYPE_CHECKING:
+        # Each parameter of ``Params`` becomes an attribute in ``__init__`` (the setattr loop above),
+        # which mypy cannot follow; this tells it those attributes exist. Type checking only: at run
+        # time a missing attribute still raises AttributeError as usual.
+        def __getattr__(self, name: str) -> Any: ...
 
     def rng_seed(self) -> int:
         """The seed this defence draws from: its ``seed`` parameter, or when that is None (the
@@ -251,7 +258,9 @@ def penultimate(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -
     """``model.features`` of uint8 or float [0, 1] images, float32 ``(N, D)`` on the CPU (eval mode)."""
     device = model_device(model)
     model.eval()
-    outs = [model.features(to_float01(images[i : i + batch_size].to(device))).flatten(1).float().cpu() for i in range(0, len(images), batch_size)]
+    # nn.Module.__getattr__ is typed Tensor | Module; ``features`` is a method (see require_features)
+    features = cast(Callable[[torch.Tensor], torch.Tensor], model.features)
+    outs = [features(to_float01(images[i : i + batch_size].to(device))).flatten(1).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -264,7 +273,8 @@ def seed_from_run(defense: Defense, run_seed: int) -> None:
     """Set an unset (None) ``seed`` parameter of ``defense`` to
     ``derived_seed(run_seed, "defense:<name>")``; a seed the user set is kept."""
     if "seed" in defense.Params.model_fields and getattr(defense, "seed", None) is None:
-        defense.seed = derived_seed(run_seed, f"defense:{defense.name}")
+        # setattr, as __init__ sets parameters: the TYPE_CHECKING __getattr__ covers reads only
+        setattr(defense, "seed", derived_seed(run_seed, f"defense:{defense.name}"))  # noqa: B010
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

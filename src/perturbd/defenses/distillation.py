@@ -56,14 +56,15 @@ class Distillation(Defense):
         teacher = fresh_copy(model)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        t = self.temperature
+        t: float = self.temperature
+        alpha: float = self.alpha
 
         def loss_fn(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 soft = F.softmax(teacher(x).float() / t, 1)
             out = student(x).float()
             kd = F.kl_div(F.log_softmax(out / t, 1), soft, reduction="batchmean") * t * t
-            return self.alpha * kd + (1 - self.alpha) * F.cross_entropy(out, y)
+            return alpha * kd + (1 - alpha) * F.cross_entropy(out, y)
 
         seed = self.rng_seed()
         self.model_ = reinitialise(model, seed)

@@ -169,9 +169,10 @@ class FinePruning(Defense):
         """The largest count whose validation accuracy is within ``max_accuracy_drop`` of none
         pruned, by bisection (``accuracy(count)`` evaluates and records one count)."""
         base = accuracy(0)
+        max_drop: float = self.max_accuracy_drop
 
         def within(count: int) -> bool:
-            return base - accuracy(count) <= self.max_accuracy_drop + 1e-12
+            return base - accuracy(count) <= max_drop + 1e-12
 
         if within(channels):
             return channels

@@ -10,10 +10,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 
 
-def _img(t: torch.Tensor):  # noqa: ANN202
+def _img(t: torch.Tensor) -> npt.NDArray[np.float32]:
     arr = t.detach().cpu().float().clamp(0, 1).numpy()
     if arr.ndim == 3:
         arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)

@@ -78,7 +78,8 @@ class Strip(Defense):
         """Blend float [0, 1] inputs ``x`` ``(N, 1, C, H, W)`` with ``overlay`` ``(N, M, C, H, W)``."""
         if self.blend == "add":
             return x + overlay
-        return (1 - self.alpha) * x + self.alpha * overlay
+        alpha: float = self.alpha
+        return (1 - alpha) * x + alpha * overlay
 
     @torch.no_grad()
     def entropy(self, images: torch.Tensor) -> torch.Tensor:
