@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -196,7 +196,8 @@ def fit(
     model.to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if cfg.compile else model
+    # torch.compile of a Module returns an OptimizedModule (an nn.Module), but its stub says a Callable
+    net = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     images = data.images.to(device)
     labels = data.labels.to(device)
     aug = resolve_augment(cfg.augment, data.image_shape[0])
@@ -226,7 +227,7 @@ def fit(
                 for group in opt.param_groups:
                     group["lr"] = base_lr * lr_factor(cfg.schedule, step, total, cfg.warmup)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 opt.step()
                 loss_sum += loss.detach()
                 step += 1

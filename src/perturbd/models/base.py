@@ -39,6 +39,8 @@ class PoolTo(nn.AdaptiveAvgPool2d):
     unchanged.
     """
 
+    output_size: int | tuple[int, int]  # PoolTo is built with a size (never None, as the base allows)
+
     def forward(self, x: Tensor) -> Tensor:
         size = (self.output_size, self.output_size) if isinstance(self.output_size, int) else tuple(self.output_size)
         return x if tuple(x.shape[-2:]) == size else super().forward(x)
@@ -68,6 +70,10 @@ class Classifier(nn.Module):
     std: float = 0.5
     final_layer = "fc"
     shape_hint = ""  # the fix said when images do not fit (empty: larger images or another model)
+    body: nn.Module  # set by each subclass
+    fc: nn.Linear  # set by each subclass
+    _mean: Tensor  # buffers registered by set_input
+    _std: Tensor
 
     def __init__(self, image_shape: Sequence[int], num_classes: int) -> None:
         super().__init__()
@@ -113,13 +119,17 @@ class Classifier(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations ``(N, D)`` of images ``x`` in [0, 1] (or ``feature_layer``'s)."""
         x = self.normalize(x)
-        return self.body(x) if self.feature_layer is None else read_layer(self.layers, self.feature_layer, lambda: self.body(x))
+        if self.feature_layer is not None:
+            return read_layer(self.layers, self.feature_layer, lambda: self.body(x))
+        out: Tensor = self.body(x)
+        return out
 
     def head(self, f: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` from features ``(N, D)`` (at the final layer)."""
         if self.feature_layer is not None:
             raise ConfigError(f"model '{self.arch}' reads its features at layer '{self.feature_layer}': head() takes those of the final layer; call the model")
-        return self.fc(f)
+        logits: Tensor = self.fc(f)
+        return logits
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x)) if self.feature_layer is None else self.fc(self.body(self.normalize(x)))

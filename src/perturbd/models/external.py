@@ -28,7 +28,7 @@ import importlib
 import inspect
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -91,17 +91,19 @@ class ExternalModel(Classifier):
         return read_layer(self.net, self.last_linear, lambda: self.net(x), inputs=True)
 
     def head(self, f: Tensor) -> Tensor:
-        if self.feature_layer is not None or not self.splits:
+        if self.feature_layer is not None or not self.splits or self.last_linear is None:  # splits implies a last_linear
             raise ConfigError(f"model '{self.arch}' does not split into features and head at its final layer; call the model for logits")
-        return submodule(self.net, self.last_linear)(f)  # type: ignore[arg-type]
+        logits: Tensor = submodule(self.net, self.last_linear)(f)
+        return logits
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
+        logits: Tensor = self.net(self.normalize(x))
+        return logits
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """After ``copy.deepcopy``: a copied TorchScript network's parameters come back as clones
         (not leaves), which no optimiser takes; make them leaves again."""
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]  # torch leaves Module.__setstate__ unannotated
         for p in self.net.parameters() if isinstance(self.net, torch.jit.ScriptModule) else ():
             if not p.is_leaf:
                 flag = p.requires_grad
@@ -153,7 +155,9 @@ def build_model(
             if values is not None and len(values) not in (1, channels, 3 if channels == 1 else channels):
                 rgb = " (or 3: grey images into an RGB network)" if channels == 1 else ""
                 raise ConfigError(f"model.{key} has {len(values)} values for images of {channels} channel(s); give one, or one per channel{rgb}")
-        now = model.input_spec or {"input_range": (0.0, 1.0), "mean": (model.mean,), "std": (model.std,)}  # what is not stated stays
+        now: Mapping[str, Sequence[float]] = model.input_spec or {  # what is not stated stays
+            "input_range": (0.0, 1.0), "mean": (model.mean,), "std": (model.std,),
+        }  # fmt: skip
         model.set_input(spec.input_range or now["input_range"], spec.mean or now["mean"], spec.std or now["std"])
     if spec.features is not None:
         model.feature_layer = check_layer(model.layers, spec.features, model.arch)
@@ -208,7 +212,7 @@ def _torchscript(rest: str) -> Builder:
         try:
             with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, but still reads these files
                 warnings.simplefilter("ignore", FutureWarning)
-                net = torch.jit.load(str(path), map_location="cpu")
+                net = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]  # torch leaves jit.load unannotated
         except RuntimeError as err:
             raise CheckpointError(f"{path} is not a readable TorchScript file ({str(err).strip().splitlines()[0][:120]})") from None
         return ExternalModel(net, image_shape, num_classes)
@@ -244,7 +248,7 @@ def _factory(rest: str) -> Callable[..., nn.Module]:
     if not (module and sep and qualname):
         raise ConfigError(f"model 'factory:{rest}' must be written factory:package.module:function")
     try:
-        obj = _import(module)
+        obj: object = _import(module)
     except ImportError as err:
         raise ConfigError(f"model 'factory:{rest}': cannot import '{module}' ({err}); put it on PYTHONPATH or install it") from None
     for part in qualname.split("."):
@@ -253,7 +257,7 @@ def _factory(rest: str) -> Callable[..., nn.Module]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"model 'factory:{rest}': '{qualname}' is a {type(obj).__name__}, not a function")
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 def _import(module: str) -> object:

@@ -49,7 +49,8 @@ def layer_names(net: nn.Module, depth: int = 2) -> list[str]:
 
 def submodule(net: nn.Module, name: str) -> nn.Module:
     """``net``'s layer ``name`` (TorchScript modules too, which lack ``get_submodule``); KeyError if none."""
-    return dict(net.named_modules())[name]
+    modules: dict[str, nn.Module] = dict(net.named_modules())
+    return modules[name]
 
 
 def check_layer(net: nn.Module, name: str, arch: str) -> str:

@@ -33,8 +33,8 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
+        out: Tensor = F.relu(self.bn1(x))
+        skip: Tensor = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + skip

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -45,7 +46,9 @@ def _path(node: torch._C.Node) -> list[str]:
 
 
 def _compile(net: torch.jit.ScriptModule, layer: str | None, arch: str) -> Callable[..., Tensor]:
-    graph = net.forward.graph.copy()
+    # a ScriptModule's forward is a ScriptMethod (it has a graph); nn.Module's stub says a plain Callable
+    forward = cast("torch._C.ScriptMethod[..., Tensor]", net.forward)
+    graph = forward.graph.copy()
     torch._C._jit_pass_inline(graph)
     nodes = list(graph.nodes())
     if layer is None:
