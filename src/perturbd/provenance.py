@@ -32,7 +32,8 @@ def cpu_name() -> str:
     ``AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16)``; without ``/proc/cpuinfo``, the platform's
     processor; without any of those sets, the machine's architecture (``aarch64``). Two CPUs can
     give other numbers from the same seed, code and threads (results record which made them)."""
-    name, flags = "", set()
+    name = ""
+    flags: set[str] = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")

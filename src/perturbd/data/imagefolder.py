@@ -184,7 +184,7 @@ def _decode_one(rel: str, data: torch.Tensor) -> torch.Tensor:
     if tvio is None or _suffix(rel) not in TORCHVISION_SUFFIXES:
         return _decode_pil(data)
     if _png_palette(data):  # UNCHANGED would give palette indices: expand, and keep grey palettes grey
-        image = tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)
+        image: torch.Tensor = tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)  # torchvision is untyped here
         return image[:1] if bool((image[0] == image[1]).all() and (image[1] == image[2]).all()) else image
     image = tvio.decode_image(data, mode=tvio.ImageReadMode.UNCHANGED)
     if image.shape[0] == 4 and _suffix(rel) in JPEG_SUFFIXES:  # CMYK: let the decoder convert
