@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from perturbd.errors import ConfigError
 from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, pivot_markdown, report_root, runs_csv, to_csv, to_markdown
@@ -26,7 +27,7 @@ class Report:
     columns: list[str] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
     markdown: str = ""
 
     @property

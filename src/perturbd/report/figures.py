@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +13,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from perturbd.data.dataset import to_float01  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def amplify(delta: torch.Tensor) -> np.ndarray:
@@ -26,7 +30,7 @@ def _hwc(img: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
 
 
-def _show(ax: plt.Axes, img: np.ndarray, title: str | None = None) -> None:
+def _show(ax: Axes, img: np.ndarray, title: str | None = None) -> None:
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])

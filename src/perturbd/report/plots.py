@@ -14,16 +14,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from perturbd.report.aggregate import Group  # noqa: E402
+from perturbd.report.aggregate import Group, Stat  # noqa: E402
 
-STYLE = {
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.typing import RcKeyType
+
+STYLE: dict[RcKeyType, float | bool] = {
     "font.size": 13, "axes.titlesize": 15, "axes.labelsize": 14, "legend.fontsize": 11,
     "xtick.labelsize": 12, "ytick.labelsize": 12, "lines.linewidth": 2.2, "lines.markersize": 7,
     "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
@@ -31,7 +35,7 @@ STYLE = {
 MARKERS = "osD^vP*Xhp<>"
 
 
-def _ci(stat: tuple[float, float]) -> float:
+def _ci(stat: Stat) -> float:
     return stat[1] if math.isfinite(stat[1]) else 0.0
 
 
@@ -57,7 +61,7 @@ def _series(groups: list[Group], name: Callable[[Group], str], x: Callable[[Grou
     return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
 
 
-def _legend(ax: plt.Axes, n: int) -> None:
+def _legend(ax: Axes, n: int) -> None:
     if n > 4:  # beside the axes, never over the data (figures are saved with bbox_inches="tight")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     elif n > 1:
@@ -72,7 +76,7 @@ def _bars(ys: list[float], es: list[float], bounded: bool) -> list[list[float]]:
     return [[max(0.0, min(e, y)) for y, e in zip(ys, es)], [max(0.0, min(e, 100 - y)) for y, e in zip(ys, es)]]
 
 
-def _line_panel(ax: plt.Axes, series: dict[str, list[tuple[float, Group]]], metric: str, scale: float = 100.0) -> None:
+def _line_panel(ax: Axes, series: dict[str, list[tuple[float, Group]]], metric: str, scale: float = 100.0) -> None:
     for i, (label, pts) in enumerate(series.items()):
         xs = [p[0] for p in pts]
         ys = [scale * p[1].stats[metric][0] for p in pts]
