@@ -91,7 +91,7 @@ def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"--to {dest} exists and is not an empty folder; give a new folder")
     run.check_format()
-    cfg = validate(read_yaml(run.config_path))
+    cfg: ExperimentConfig = validate(read_yaml(run.config_path))
     if cfg.attack.setting != "before_training":
         raise ConfigError(f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; export runs of before_training")
     if not cfg.poison.quantize:
@@ -138,8 +138,13 @@ def write_split(root: Path, split: str, data: ImageDataset, folders: tuple[str, 
     images = data.images.numpy()
     chunks = [range(i, min(i + 512, len(files))) for i in range(0, len(files), 512)]
     workers = max(1, min(8, os.cpu_count() or 1, len(chunks)))
+
+    def write_part(part: range) -> None:
+        for i in part:
+            write_png(root / files[i], images[i])
+
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's encoder releases the GIL
-        list(pool.map(lambda part: [write_png(root / files[i], images[i]) for i in part], chunks))
+        list(pool.map(write_part, chunks))  # list(): wait, and raise the first error
     return [(f, lab, int(o), int(p), split) for f, lab, o, p in zip(files, labels, original.tolist(), poisoned.tolist())]
 
 

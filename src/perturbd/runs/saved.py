@@ -93,7 +93,8 @@ def model_spec(saved: SavedRun, model: dict[str, Any] | None = None) -> ModelCon
             what = f"a model of '{arch}'" if arch else "weights without their architecture"
             raise CheckpointError(f"{path} holds {what}; name the architecture with --arch tv:NAME or --arch factory:package.module:function")
         base = {"name": arch, "weights": str(path)}
-    return validate({**base, **over}, ModelConfig)
+    config: ModelConfig = validate({**base, **over}, ModelConfig)
+    return config
 
 
 def load_model(saved: SavedRun, data: ImageDataset, model: dict[str, Any] | None = None) -> Classifier:
@@ -146,7 +147,8 @@ def load_inputs(
     clean_model = None
     if folder is not None and folder.has(RunDir.CLEAN_MODEL):
         clean_model = load_model(SavedRun(folder.clean_model_path, cfg, folder.path), split.train, model)
-    train, indices = split.train, None
+    train: ImageDataset | None = split.train
+    indices: torch.Tensor | None = None
     if folder is not None and cfg is not None and trig is not None and folder.has(RunDir.POISON_INDICES):
         saved_idx = torch.tensor(folder.poison_indices().indices, dtype=torch.long)
         train = None

@@ -111,7 +111,7 @@ def mask_key(cfg: ExperimentConfig, train: ImageDataset, device: torch.device) -
     whole config but what does not change the mask (the injection rate, quantization, the
     update's epochs and learning rate, defences, where data and devices are named), the data's
     fingerprint, the device kind and the code."""
-    leave_out = {
+    leave_out: dict[str, bool | set[str]] = {
         "name": True, "defenses": True, "data": {"root", "download"}, "poison": {"rate", "quantize"},
         "train": {"device", "threads"}, "attack": {"update_epochs", "update_lr"},
     }  # fmt: skip

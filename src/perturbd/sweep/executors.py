@@ -33,6 +33,7 @@ from perturbd.config import ExperimentConfig
 from perturbd.errors import ConfigError, PerturbdError
 from perturbd.process import cores, tune_process
 from perturbd.runs.experiment import run
+from perturbd.runs.results import RunMetrics
 
 OnStart = Callable[[ExperimentConfig], None]
 OnDone = Callable[["Outcome"], None]
@@ -46,7 +47,7 @@ class Outcome:
     cfg: ExperimentConfig
     ok: bool
     run_dir: Path | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: RunMetrics | None = None
     skipped: bool = False
     error: str = ""
     error_type: str = ""

@@ -143,4 +143,5 @@ def make_executor(spec: SweepConfig, runs: int) -> Executor:
 
 
 def _dump_spec(sweep: Sweep) -> str:
-    return yaml.safe_dump(sweep.spec.model_dump(mode="json"), sort_keys=False)
+    text: str = yaml.safe_dump(sweep.spec.model_dump(mode="json"), sort_keys=False)
+    return text
