@@ -26,7 +26,6 @@ Experiments (each only when its data is there):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import torch
 
 from benchmarks._common import Series, load_split, machine, parser, pick_device, print_table, write_result
 from perturbd.models.fastnet import CPU_RECIPE, RECIPE
+from perturbd.runs.folder import RunDir
 
 NAME = "bench_e2e"
 TARGETS = {
@@ -92,12 +92,18 @@ def run_child(overrides: list[str], out: Path, log: Path) -> tuple[float, float,
 
 def run_metrics(out: Path) -> dict[str, Any]:
     """Accuracy, ASR and per-stage seconds of the (single) run directory under ``out``."""
-    found = sorted(p for p in out.iterdir() if (p / "metrics.json").is_file())
+    found = [run for run in map(RunDir, sorted(out.iterdir())) if run.metrics_path.is_file()]
     if not found:
         return {}
-    metrics = json.loads((found[0] / "metrics.json").read_text())
-    keys = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "injection_rate")
-    return {**{k: metrics.get(k) for k in keys}, "timing": json.loads((found[0] / "timing.json").read_text())}
+    m = found[0].metrics()
+    return {
+        "clean_accuracy": m.clean_accuracy,
+        "clean_twin_accuracy": m.clean_twin_accuracy,
+        "attack_success_rate": m.attack_success_rate,
+        "clean_model_asr": m.clean_model_asr,
+        "injection_rate": m.injection_rate,
+        "timing": found[0].timing(),
+    }
 
 
 def not_training(wall: float, extra: dict[str, Any]) -> float:

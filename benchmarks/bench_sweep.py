@@ -48,7 +48,6 @@ from perturbd.config import TrainConfig
 from perturbd.models import default_model_name, get_model
 from perturbd.process import cores, tune_process
 from perturbd.report.aggregate import collect_runs
-from perturbd.runs.rundir import read_json
 from perturbd.sweep.runner import load_sweep, run_sweep
 from perturbd.train import fit
 
@@ -77,7 +76,7 @@ def breakdown(out: Path, wall: float, workers: int) -> dict[str, float]:
     """Where a contestant's ``wall`` seconds went, from the ``timing.json`` of every run under
     ``out``: the runs' own seconds in all, their training seconds, what is not training, and the
     occupancy (run seconds over wall × workers)."""
-    timings = [read_json(r.path / "timing.json") for r in collect_runs(out)]
+    timings = [r.run.timing() for r in collect_runs(out)]
     runs = sum(t["total"] for t in timings)
     training = sum(t.get("train_clean", 0.0) + t.get("train_backdoored", 0.0) for t in timings)
     return {"wall": wall, "workers": workers, "run_seconds": runs, "training": training, "outside_training": runs - training, "occupancy": runs / (wall * workers)}

@@ -52,14 +52,13 @@ except ImportError:
     sys.exit("IBM ART is missing: pip install adversarial-robustness-toolbox (dev venv only; see the docstring)")
 
 from perturbd.attack import partition
-from perturbd.config import read_yaml, validate
 from perturbd.data import load_data
 from perturbd.data.dataset import to_float01
 from perturbd.defenses import build_defense
 from perturbd.runs.saved import load_inputs
 from perturbd.metrics import attack_success_rate
 from perturbd.poisoning import poison_dataset
-from perturbd.runs.rundir import read_json
+from perturbd.runs.folder import RunDir
 
 OUT = Path("experiments/results/crosscheck_art")
 RUNS = {  # trigger → overrides of `perturbd run` (embedded mnist5k data, 5 % poison)
@@ -72,13 +71,13 @@ SIZE, SILHOUETTE = 0.35, 0.1  # perturbd's activation-clustering thresholds = AR
 def ensure_run(kind: str) -> Path:
     """The run directory of RUNS[kind] under OUT, made with `perturbd run` if absent. Git keeps
     run directories without their weights (results/.gitignore): then the run is redone (--force)."""
-    found = sorted(glob.glob(str(OUT / f"mnist5k-{kind}-*" / "model.safetensors")))
+    found = sorted(glob.glob(str(OUT / f"mnist5k-{kind}-*" / RunDir.MODEL)))
     if not found:
         cmd = ["perturbd", "run", "--out", str(OUT)] + [a for kv in RUNS[kind] for a in ("--set", kv)]
-        cmd += ["--force"] if glob.glob(str(OUT / f"mnist5k-{kind}-*" / "config.yaml")) else []
+        cmd += ["--force"] if glob.glob(str(OUT / f"mnist5k-{kind}-*" / RunDir.CONFIG)) else []
         print("$", shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-        found = sorted(glob.glob(str(OUT / f"mnist5k-{kind}-*" / "model.safetensors")))
+        found = sorted(glob.glob(str(OUT / f"mnist5k-{kind}-*" / RunDir.MODEL)))
     return Path(found[0]).parent
 
 
@@ -89,12 +88,12 @@ def load_run(run: Path):
         return d, d.train, d.poison_indices.numpy()
     # load_inputs rebuilds the poison on the whole training split; the victim trains on the
     # partition's `victim` part (the auxiliary share is held out): rebuild that, as the run did.
-    cfg = validate(read_yaml(run / "config.yaml"))
+    cfg = RunDir(run).config()
     train = load_data(cfg.data, cfg.seed).train
     part = partition(cfg, train.labels, train.num_classes)
     p = poison_dataset(part.take(train, part.victim), d.trigger, cfg.poison, cfg.seed, part.poison)
-    saved = read_json(run / "poison_indices.json")["indices"]
-    assert p.indices.tolist() == saved, "rebuilt poison indices differ from the run's poison_indices.json"
+    saved = RunDir(run).poison_indices().indices
+    assert p.indices.tolist() == saved, f"rebuilt poison indices differ from the run's {RunDir.POISON_INDICES}"
     print(f"  (load_inputs gave no training set: rebuilt the victim's {len(p.dataset)} images from the partition)")
     return d, p.dataset, p.indices.numpy()
 

@@ -142,7 +142,7 @@ def run_rates(args: argparse.Namespace, full: Sweep, log: Any = print) -> list[t
             break
         again, number = bisect_round(full, args.goal_asr, row_key), number + 1
         if again and {c.hash() for c in again} == {c.hash() for c in todo}:
-            raise SystemExit(f"{run_dir_for(again[0], full.out)} has no metrics.json: remove it and rerun")
+            raise SystemExit(f"{run_dir_for(again[0], full.out)} has no {RunDir.METRICS}: remove it and rerun")
         todo = again
     runs = finished(full)
     write_json(full.out / "sweep.json", {"name": full.spec.name, "runs": [folder.name for _, folder in runs]})
@@ -195,7 +195,7 @@ def defend(folder: Path, out: Path, specs: list[DefenseSpec], *, other_ok: bool 
     """The four defences on a finished run, written to ``out/<run>/`` (skipped when there), on its
     weights or, when they are not on disk, a retrain's (:func:`restore_weights`)."""
     dest = out / folder.name
-    if not (dest / "defenses.json").is_file():
+    if not RunDir(dest).defenses_path.is_file():
         source, retrained = restore_weights(folder, other_ok=other_ok)
         dest.parent.mkdir(parents=True, exist_ok=True)
         inputs = load_inputs(source)
@@ -211,7 +211,7 @@ def defend(folder: Path, out: Path, specs: list[DefenseSpec], *, other_ok: bool 
 
 def defence_facts(dest: Path) -> dict[str, Any]:
     """AUROC of the three screens and Neural Cleanse's verdict on the target, from ``defenses.json``."""
-    reports = {r["name"]: r["metrics"] for r in read_json(dest / "defenses.json")["defenses"]}
+    reports = {r["name"]: r["metrics"] for r in RunDir(dest).defenses()["defenses"]}
     facts: dict[str, Any] = {name: reports[name].get("auroc") for name in DEFENCES[:3] if name in reports}
     if (dest / RETRAINED).is_file():
         facts["retrained_asr"] = read_json(dest / RETRAINED)["retrained"]["attack_success_rate"]
@@ -248,19 +248,19 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
         row["above"] = max((r for r, ok in known.items() if not ok), default=None) if searching and rate is None else None
         at = [(c, f) for c, f in group if c.poison.rate == rate]
         if at:
-            metrics = [read_json(f / "metrics.json") for _, f in at]
+            metrics = [RunDir(f).metrics() for _, f in at]
             row |= {
-                "asr": mean([m["attack_success_rate"] for m in metrics]),
-                "clean_model_asr": mean([m["clean_model_asr"] for m in metrics]),
-                "accuracy_loss": mean([m["accuracy_loss"] for m in metrics]),
-                "psnr_reached": mean([m["stealth"]["psnr_mean"] for m in metrics]),
-                "ssim": mean([m["stealth"]["ssim_mean"] for m in metrics]),
+                "asr": mean([m.attack_success_rate for m in metrics]),
+                "clean_model_asr": mean([m.clean_model_asr for m in metrics]),
+                "accuracy_loss": mean([m.accuracy_loss for m in metrics]),
+                "psnr_reached": mean([m.stealth.psnr_mean for m in metrics]),
+                "ssim": mean([m.stealth.ssim_mean for m in metrics]),
             }
             if not row["searching"]:
                 # with specs, every seed is defended (or read back); without (--table-only), the seeds defended so far
                 defended = args.out / "defended"
                 dests = [defend(f, defended, specs, other_ok=args.defend_retrained) if specs else defended / f.name for _, f in at]
-                facts = [defence_facts(d) for d in dests if (d / "defenses.json").is_file()]
+                facts = [defence_facts(d) for d in dests if RunDir(d).defenses_path.is_file()]
                 if facts:
                     row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
                     row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)

@@ -40,6 +40,7 @@ from perturbd.poisoning import poison_dataset
 from perturbd.process import tune_process
 from perturbd.train import fit, resolve_device
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
+from perturbd.runs.folder import RunDir
 from perturbd.runs.twins import TwinStore
 
 GOAL = 0.9
@@ -103,14 +104,14 @@ def main() -> None:
     print(f"adversary {adversary.record['model']['arch']}: held-out accuracy {adversary.record['model']['holdout_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     reuse = Path(args.reuse_run) if args.reuse_run else None
     if reuse is not None:
-        ran = load_config(reuse / "config.yaml")
+        ran = load_config(RunDir(reuse).config_path)
         same = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10", f"poison.rate={ran.poison.rate}", f"data.root={ran.data.root}"])
         if ran.model_dump(exclude={"name"}) != same.model_dump(exclude={"name"}):
             raise SystemExit(f"{reuse} is not a run of this setup; drop --reuse-run")
     linf_cfg = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10"])
     grid = build_trigger(load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger, TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target))
     triggers: dict[str, Trigger] = {
-        "adaptive-linf10": Trigger.load(reuse / "trigger.safetensors") if reuse else adaptive_mask(linf_cfg, adversary, device),
+        "adaptive-linf10": Trigger.load(RunDir(reuse).trigger_path) if reuse else adaptive_mask(linf_cfg, adversary, device),
         "adaptive-l2-140": adaptive_mask(load_config(overrides=[*base, "trigger.norm=l2", "trigger.budget=140"]), adversary, device),
         "adaptive-l2-psnr": psnr_matched_mask(base, adversary, device, mean_psnr(grid, adversary.samples.images), 140.0),
         "grid-c10": grid,
@@ -120,7 +121,7 @@ def main() -> None:
         print(f"{name}: {trig.norms()} {({k: v for k, v in trig.info.items() if 'fooling' in k})}", flush=True)
     t0 = time.perf_counter()
     if reuse is not None:
-        twin = build_from_checkpoint(reuse / "clean_model.safetensors").eval()
+        twin = build_from_checkpoint(RunDir(reuse).clean_model_path).eval()
     else:
         twin = victim(cfg, victim_train)
     twin_acc = clean_accuracy(twin, split.test)

@@ -17,6 +17,7 @@ import pytest
 from perturbd.config import ExperimentConfig, load_config
 from perturbd.process import tune_process
 from perturbd.runs.experiment import run
+from perturbd.runs.results import RunMetrics, Stealth, TriggerNorms
 
 # the planted backdoors of the defence and the evaluation tests (tests/planted.py)
 pytest_plugins = ["planted"]
@@ -30,6 +31,20 @@ RUN_DEFENSES = (
     "defenses=[spectral_signature, {name: neural_cleanse, params: {epochs: 2, batch_size: 4, n_clean: 50}},"
     " {name: fine_tuning, params: {n_clean: 50, epochs: 1}}]"
 )
+
+
+def hand_metrics(**extra) -> RunMetrics:
+    """A before-training run's metrics, built by hand (what a test writes where a finished run's
+    ``metrics.json`` is read); ``extra`` sets or adds parts."""
+    fields = dict(
+        config_hash="0123abcd", seed=1, setting="before_training", knowledge="full", target=0,
+        clean_accuracy=0.981, clean_twin_accuracy=0.985, accuracy_loss=0.004, attack_success_rate=0.97,
+        clean_model_asr=0.012, injection_rate=0.1, poisoned_count=100, poison_set_size=1000, test_size=300,
+        trigger=TriggerNorms(kind="grid", linf=24.0, l2=336.0),
+        stealth=Stealth(linf_mean=23.5, linf_max=24.0, l2_mean=300.2, l2_max=336.0, psnr_mean=31.2, psnr_min=29.9,
+                        ssim_mean=0.91, ssim_min=0.85),
+    )  # fmt: skip
+    return RunMetrics(**{**fields, **extra})
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +22,16 @@ CASES = {
     "bench_models": ("perturbd.models", []),
     "bench_colour": ("perturbd.models", []),
 }
+
+
+@pytest.fixture(autouse=True)
+def _threads_kept() -> Iterator[None]:
+    """A benchmark is an entry point and sets torch's threads (:func:`perturbd.process.tune_process`);
+    run in this process, it must not leave them changed for the tests after it, whose runs must
+    reproduce (tests/test_equal_visibility.py trains one again and compares the weights)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", list(CASES))

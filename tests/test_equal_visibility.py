@@ -7,9 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_experiment
+from conftest import hand_metrics, load_experiment
+
+from perturbd.runs.folder import RunDir
+from perturbd.runs.results import RunMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def seen(asr: float) -> RunMetrics:
+    """A finished run of the sweep as the summary reads it: its ASR, at PSNR 34.5 dB."""
+    stealth = hand_metrics().stealth.model_copy(update={"psnr_mean": 34.5, "ssim_mean": 0.9})
+    return hand_metrics(attack_success_rate=asr, clean_model_asr=0.001, accuracy_loss=0.0, stealth=stealth)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +61,7 @@ def test_a_row_still_searching_says_so_and_gives_its_bound(ev, tmp_path) -> None
         for seed, asr in enumerate(asrs):
             folder = tmp_path / f"{kind}-{rate}-{seed}"
             folder.mkdir()
-            metrics = {"attack_success_rate": asr, "clean_model_asr": 0.001, "accuracy_loss": 0.0, "stealth": {"psnr_mean": 34.5, "ssim_mean": 0.9}}
-            (folder / "metrics.json").write_text(json.dumps(metrics))
+            RunDir(folder).write_metrics(seen(asr))
             runs.append((load_config(overrides=[f"trigger.kind={kind}", "trigger.psnr=34.5", f"poison.rate={rate}", f"seed={seed}"]), folder))
     rows = {r["kind"]: r for r in ev.summarise(args, runs, specs=[])}
     assert rows["grid"]["searching"] and rows["grid"]["smallest_rate"] == 0.005 and rows["grid"]["tried"] == {"0.005": [2, 3]}
@@ -72,8 +80,7 @@ def test_the_table_only_reads_the_defences_run_so_far(ev, tmp_path) -> None:
     for seed in (0, 1):
         folder = tmp_path / "rates" / f"grid-{seed}"
         folder.mkdir(parents=True)
-        metrics = {"attack_success_rate": 0.99, "clean_model_asr": 0.001, "accuracy_loss": 0.0, "stealth": {"psnr_mean": 34.5, "ssim_mean": 0.9}}
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        RunDir(folder).write_metrics(seen(0.99))
         runs.append((load_config(overrides=["trigger.psnr=34.5", "poison.rate=0.005", f"seed={seed}"]), folder))
     (row,) = ev.summarise(args, runs, specs=[])
     assert "strip" not in row and "–" in ev.markdown([row]).splitlines()[2], "nothing defended yet: nothing run, nothing shown"

@@ -7,26 +7,13 @@ import json
 import math
 
 import pytest
+from conftest import hand_metrics as metrics
 from pydantic import ValidationError
 
 from perturbd.errors import DataError
 from perturbd.runs.folder import RunDir
-from perturbd.runs.results import METRICS, BeforeUpdate, RunMetrics, Stealth, TriggerNorms, UpdateFacts, pct
+from perturbd.runs.results import METRICS, BeforeUpdate, RunMetrics, UpdateFacts, pct
 from perturbd.runs.rundir import write_json
-
-
-def metrics(**extra) -> RunMetrics:
-    """A before-training run's metrics, built by hand; ``extra`` sets or adds parts."""
-    fields = dict(
-        config_hash="0123abcd", seed=1, setting="before_training", knowledge="full", target=0,
-        clean_accuracy=0.981, clean_twin_accuracy=0.985, accuracy_loss=0.004, attack_success_rate=0.97,
-        clean_model_asr=0.012, injection_rate=0.1, poisoned_count=100, poison_set_size=1000, test_size=300,
-        trigger=TriggerNorms(kind="grid", linf=24.0, l2=336.0),
-        stealth=Stealth(linf_mean=23.5, linf_max=24.0, l2_mean=300.2, l2_max=336.0, psnr_mean=31.2, psnr_min=29.9,
-                        ssim_mean=0.91, ssim_min=0.85),
-    )  # fmt: skip
-    return RunMetrics(**{**fields, **extra})
-
 
 BEFORE = BeforeUpdate(clean_accuracy=0.99, attack_success_rate=0.05)
 UPDATE = UpdateFacts(batch_size=100, batch="fresh", initial_train_size=4000, epochs=1, lr=0.01,

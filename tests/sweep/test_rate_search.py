@@ -3,13 +3,21 @@ its bisection over a sweep's rates, read from run directories on disk."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from conftest import hand_metrics
+
 from perturbd.config import ExperimentConfig, load_config
+from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import run_dir_for
 from perturbd.sweep.config import SweepConfig, expand
-from perturbd.sweep.rate_search import bisect_round, finished, next_probe, row_of, smallest_rate
+from perturbd.sweep.rate_search import (
+    bisect_round,
+    finished,
+    next_probe,
+    row_of,
+    smallest_rate,
+)
 
 GOAL = 0.9
 RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
@@ -17,7 +25,7 @@ RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 
 def write_asr(folder: Path, asr: float) -> None:
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"attack_success_rate": asr}))
+    RunDir(folder).write_metrics(hand_metrics(attack_success_rate=asr))
 
 
 def test_smallest_rate_needs_most_seeds(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def defend(
     with --arch); --param applies to every --defense given."""
     from perturbd.config import DefenseSpec
     from perturbd.evaluation.harness import run_defenses, write_defenses
+    from perturbd.runs.folder import RunDir
     from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
@@ -60,7 +61,7 @@ def defend(
     folder.mkdir(parents=True, exist_ok=True)
     write_defenses(folder, reports, inputs.clean_source)
     out_console.print(defense_table(reports, f"perturbd defend · {model}"))
-    console.print(f"wrote {folder}/defenses.json")
+    console.print(f"wrote {RunDir(folder).defenses_path}")
 
 
 @app.command()

@@ -14,7 +14,8 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from perturbd.config import ExperimentConfig
-from perturbd.runs.rundir import read_json, run_dir_for
+from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import run_dir_for
 from perturbd.sweep.config import Sweep
 
 __all__ = ["asr_by_rate", "bisect_round", "finished", "next_probe", "outcomes", "reached", "row_of", "smallest_rate"]
@@ -30,14 +31,14 @@ def row_of(cfg: ExperimentConfig) -> str:
 def finished(sweep: Sweep) -> Runs:
     """The runs of ``sweep`` that have their metrics on disk, in the sweep's order."""
     runs = [(cfg, run_dir_for(cfg, sweep.out)) for cfg in sweep.runs]
-    return [(cfg, folder) for cfg, folder in runs if (folder / "metrics.json").is_file()]
+    return [(cfg, folder) for cfg, folder in runs if RunDir(folder).metrics_path.is_file()]
 
 
 def asr_by_rate(runs: Runs) -> dict[float, list[float]]:
     """The attack success rates of ``runs`` by injection rate, rates ascending (runs in order)."""
     by_rate: dict[float, list[float]] = {}
     for cfg, folder in runs:
-        by_rate.setdefault(cfg.poison.rate, []).append(read_json(folder / "metrics.json")["attack_success_rate"])
+        by_rate.setdefault(cfg.poison.rate, []).append(RunDir(folder).metrics().attack_success_rate)
     return dict(sorted(by_rate.items()))
 
 
