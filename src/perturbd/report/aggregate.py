@@ -22,6 +22,7 @@ import yaml
 from perturbd.config import TriggerConfig, validate
 from perturbd.errors import ConfigError
 from perturbd.runs.rundir import FAILURES, read_json
+from perturbd.trigger_params import params_of
 
 # metric column → (path in metrics.json, label, format); "pct" values are fractions shown in %
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -152,10 +153,11 @@ def report_root(path: Path) -> Path:
 
 
 def trigger_config(config: dict[str, Any]) -> TriggerConfig:
-    """The ``trigger`` section of a run's config as a :class:`TriggerConfig`; keys this version
-    does not know are left out, so a config written by another version still reads."""
+    """The ``trigger`` section of a run's config as a :class:`TriggerConfig`; keys its kind does
+    not take are left out, so a config written by another version still reads."""
     section = config.get("trigger") or {}
-    return validate({k: v for k, v in section.items() if k in TriggerConfig.model_fields}, TriggerConfig)
+    known = {"kind", "psnr", "ssim", *params_of(str(section.get("kind", "grid"))).model_fields}
+    return validate({k: v for k, v in section.items() if k in known}, TriggerConfig)
 
 
 @dataclass
