@@ -162,3 +162,12 @@ def test_a_flat_config_of_older_versions_reads_and_keeps_its_hash(tmp_path) -> N
     (tmp_path / "bad.yaml").write_text(FLAT.replace("amplitude: 10.0", "amplitude: 6"))
     with pytest.raises(ConfigError, match=r"^trigger.amplitude=6 is not a parameter of 'adaptive' .*drop it, or set trigger.kind to a kind that takes it \(chessboard, grid, "):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_a_trigger_copy_updates_the_kinds_parameters() -> None:
+    cfg = TriggerConfig(kind="adaptive", psnr=30)
+    small = cfg.model_copy(update={"samples": 32, "passes": 1})
+    assert (small.params.samples, small.passes, small.psnr) == (32, 1, 30) and cfg.samples == 1000
+    assert small.at_strength(4).label == "adaptive deepfool linf ξ=4"
+    with pytest.raises(ConfigError, match=r"trigger.amplitude is not a parameter of 'adaptive'"):
+        cfg.model_copy(update={"amplitude": 3})

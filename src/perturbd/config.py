@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,8 +166,20 @@ class TriggerConfig(Section):
 
     def at_strength(self, value: float) -> TriggerConfig:
         """This trigger with its strength field set to ``value`` and no ``psnr`` / ``ssim`` goal."""
-        params = self.params.model_copy(update={self.strength_key: value})
-        return self.model_copy(update={"params": params, "psnr": None, "ssim": None})
+        return self.model_copy(update={self.strength_key: value, "psnr": None, "ssim": None})
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> TriggerConfig:
+        """A copy with ``update`` applied (unvalidated, as pydantic's): ``kind``, ``psnr``, ``ssim``
+        or ``params`` themselves, or parameters of this kind (``{"budget": 4}``)."""
+        update = dict(update or {})
+        own = {k: v for k, v in update.items() if k in type(self).model_fields}
+        mine = {k: v for k, v in update.items() if k not in own}
+        for key in mine:
+            if key not in type(self.params).model_fields:
+                raise ConfigError(f"trigger.{key} is not a parameter of '{self.kind}' (its parameters: {', '.join(type(self.params).model_fields)})")
+        if mine:
+            own["params"] = own.get("params", self.params).model_copy(update=mine)
+        return super().model_copy(update=own, deep=deep)
 
 
 def _foreign(kind: str, model: type[TriggerParams], key: str, value: Any) -> None:
