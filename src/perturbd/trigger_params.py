@@ -10,7 +10,7 @@ perturbd passes its ``Params`` to that same call).
 
 Each ``Params`` names its strength field (:attr:`TriggerParams.strength_key`, the one
 ``trigger.psnr`` / ``trigger.ssim`` searches) and its symbol in labels; the strength field's
-``json_schema_extra["search"]`` holds the ``(low, high)`` bounds of that search.
+``json_schema_extra["search"]`` holds the ``[low, high]`` bounds of that search.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ class TriggerParams(BaseModel):
     def search_bounds(cls) -> tuple[float, float]:
         """``(low, high)`` of the strength that a ``trigger.psnr`` / ``trigger.ssim`` search may try."""
         extra = cls.model_fields[cls.strength_key].json_schema_extra
-        low, high = extra["search"] if isinstance(extra, dict) else (None, None)  # type: ignore[misc]
-        return float(low), float(high)  # type: ignore[arg-type]
+        bounds = extra.get("search") if isinstance(extra, dict) else None
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise TypeError(f"{cls.__name__}.{cls.strength_key} needs json_schema_extra={{'search': [low, high]}}")
+        return float(bounds[0]), float(bounds[1])  # type: ignore[arg-type]
 
     def family(self, kind: str) -> str:
         """The kind of trigger without its size (``grid``, ``adaptive deepfool linf``)."""
@@ -63,7 +65,7 @@ class TriggerParams(BaseModel):
 
 
 def _amplitude(default: float = 10.0) -> Any:
-    return Field(default, gt=0, le=255, description="mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)", json_schema_extra={"search": (1e-3, 255.0)})
+    return Field(default, gt=0, le=255, description="mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)", json_schema_extra={"search": [1e-3, 255.0]})
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Kind:
     name: str
     params: type[TriggerParams]
     build: Callable[..., Any] | None = None
-    family: type | None = None
+    family: type[Any] | None = None
 
 
 KINDS: Registry[Kind] = Registry("trigger")
@@ -137,7 +139,7 @@ class AdaptiveParams(TriggerParams):
         "deepfool", description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient"
     )
     norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
-    budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)", json_schema_extra={"search": (1.0, 10000.0)})
+    budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)", json_schema_extra={"search": [1.0, 10000.0]})
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
     max_steps: int = Field(10, ge=1, description="DeepFool steps per sample and pass")
     passes: int = Field(5, ge=1, description="passes over the sample images")
@@ -158,7 +160,7 @@ class BlendedParams(TriggerParams):
     strength_key: ClassVar[str] = "alpha"
     symbol: ClassVar[str] = "α"
 
-    alpha: float = Field(0.2, gt=0, lt=1, description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)", json_schema_extra={"search": (1e-4, 0.999)})
+    alpha: float = Field(0.2, gt=0, lt=1, description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)", json_schema_extra={"search": [1e-4, 0.999]})
     path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
 
     def _before(self) -> str:
@@ -172,7 +174,7 @@ class SigRampParams(TriggerParams):
     strength_key: ClassVar[str] = "sig_amplitude"
     symbol: ClassVar[str] = "Δ"
 
-    sig_amplitude: float = Field(20.0, gt=0, le=255, description=_SIG_AMPLITUDE, json_schema_extra={"search": (1e-3, 255.0)})
+    sig_amplitude: float = Field(20.0, gt=0, le=255, description=_SIG_AMPLITUDE, json_schema_extra={"search": [1e-3, 255.0]})
 
 
 class SigParams(SigRampParams):
@@ -192,7 +194,7 @@ class WanetParams(TriggerParams):
     symbol: ClassVar[str] = "s"
 
     grid_k: int = Field(4, ge=2, description="side k of the k×k grid of random offsets, control points (Nguyen & Tran 2021: 4)")
-    warp_strength: float = Field(0.5, gt=0, le=10, description="strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)", json_schema_extra={"search": (1e-4, 10.0)})
+    warp_strength: float = Field(0.5, gt=0, le=10, description="strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)", json_schema_extra={"search": [1e-4, 10.0]})
     noise_ratio: float = Field(2.0, ge=0, le=10, description="noise mode: noisy-warped images kept at their labels, per poisoned image (paper: 2); 0: off")
 
     def _before(self) -> str:

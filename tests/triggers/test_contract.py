@@ -93,7 +93,7 @@ def test_a_file_of_an_unknown_family_or_bad_params_is_one_line(tmp_path: Path) -
 class ConstParams(TriggerParams):
     """A throw-away kind's parameters: the shift c of every pixel."""
 
-    amplitude: float = Field(5.0, gt=0, le=255, description="shift c, pixel units 0–255", json_schema_extra={"search": (1e-3, 255.0)})
+    amplitude: float = Field(5.0, gt=0, le=255, description="shift c, pixel units 0–255", json_schema_extra={"search": [1e-3, 255.0]})
 
 
 @dataclass

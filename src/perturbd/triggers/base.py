@@ -236,7 +236,7 @@ class TriggerContext:
     quantize: bool = True
 
 
-TriggerFactory = Callable[[TriggerParams, TriggerContext], Trigger]
+TriggerFactory = Callable[[Any, TriggerContext], Trigger]  # (the kind's Params, ctx) -> Trigger
 
 
 def register_trigger(
