@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from perturbd.config import ExperimentConfig, load_config
+from perturbd.attack.visibility import at_psnr, mean_psnr
+from perturbd.config import ExperimentConfig, TriggerConfig, load_config
 from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
 from perturbd.attack import adaptive_mask, partition, prepare_adversary
@@ -46,25 +47,15 @@ from perturbd.runs.twins import TwinStore
 GOAL = 0.9
 
 
-def mean_psnr(trigger: Trigger, images: torch.Tensor) -> float:
-    return stealth(images, trigger.apply(images))["psnr_mean"]
-
-
 def psnr_matched_mask(base: list[str], adversary: Any, device: torch.device, goal: float, budget: float) -> Trigger:
-    """The adaptive L2 mask whose mean PSNR on the adversary's own images is ``goal`` (± 0.1 dB).
+    """The adaptive L2 mask whose mean PSNR on the adversary's own images is ``goal``: the
+    ``trigger.psnr`` search of :func:`perturbd.attack.visibility.at_psnr`, from L2 budget ``budget``."""
+    cfg = load_config(overrides=[*base, "trigger.norm=l2", f"trigger.budget={budget:.2f}", f"trigger.psnr={goal}"])
 
-    PSNR falls by 20·log10 of the delivered L2, which grows about in proportion to the budget,
-    so each step rescales the budget by 10^((PSNR − goal) / 20); three steps at most.
-    """
-    images = adversary.samples.images
-    for _ in range(3):
-        trig = adaptive_mask(load_config(overrides=[*base, "trigger.norm=l2", f"trigger.budget={budget:.2f}"]), adversary, device)
-        got = mean_psnr(trig, images)
-        trig.info.update(l2_budget=round(budget, 2), psnr_on_adversary_images=got, psnr_goal=goal)
-        if abs(got - goal) <= 0.1:
-            break
-        budget *= 10 ** ((got - goal) / 20)
-    return trig
+    def build(tc: TriggerConfig) -> Trigger:
+        return adaptive_mask(cfg.model_copy(update={"trigger": tc}), adversary, device)
+
+    return at_psnr(cfg.trigger, build, adversary.samples.images, cfg.seed)
 
 
 def victim(cfg: ExperimentConfig, data: ImageDataset) -> torch.nn.Module:

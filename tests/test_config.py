@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from perturbd.cli.app import params_of
-from perturbd.config import ExperimentConfig, TriggerConfig, flat_keys, load_config, parse_assignment, set_dotted
+from perturbd.config import ExperimentConfig, TriggerConfig, dump_yaml, flat_keys, load_config, parse_assignment, set_dotted
 from perturbd.errors import ConfigError
 
 
@@ -45,11 +45,15 @@ def test_defenses_accept_names_and_mappings() -> None:
         (["poison.rate"], r"--set takes section.key=value"),
         (["seed.x=1"], r"config 'seed': Input should be a valid integer"),
         (["trigger.kind=blended", "trigger.alpha=1.2"], r"config 'trigger.alpha': Input should be less than 1, got 1.2"),
-        (["trigger.alpha=0"], r"config 'trigger.alpha'"),
+        (["trigger.kind=blended", "trigger.alpha=0"], r"config 'trigger.alpha'"),
         (["trigger.psnr=34.5", "trigger.ssim=0.98"], r"trigger.psnr \(34.5\) and trigger.ssim \(0.98\) both set the strength; keep one"),
         (["trigger.ssim=1.5"], r"config 'trigger.ssim'"),
         (["poison.mode=clean"], r"config 'poison.mode'"),
-        (["trigger.grid_k=1"], r"config 'trigger.grid_k'"),
+        (["trigger.kind=wanet", "trigger.grid_k=1"], r"config 'trigger.grid_k'"),
+        (["trigger.budgt=4"], r"trigger.budgt is not a parameter of 'grid' \(its parameters: amplitude\); choose one of"),
+        (["trigger.kind=adaptive", "trigger.budgt=4"], r"trigger.budgt is not a parameter of 'adaptive' \(its parameters: method, .*\); did you mean 'budget'\?"),
+        (["trigger.budget=4"], r"trigger.budget=4 is not a parameter of 'grid' \(its parameters: amplitude\); drop it, or set trigger.kind to a kind that takes it \(adaptive\)"),
+        (["trigger.kind=gird"], r"unknown trigger 'gird'; did you mean 'grid'\?"),
     ],
 )
 def test_bad_values_are_one_line(overrides: list[str], message: str) -> None:
@@ -124,3 +128,73 @@ def test_key_value_pairs_are_parsed_once_for_set_and_param() -> None:
     assert params_of(["k=3", "mode=fast", "k=4"]) == {"k": 4, "mode": "fast"}
     with pytest.raises(ConfigError, match=r"^--param takes key=value, got '=3'$"):
         params_of(["=3"])
+
+
+# Hashes of these configs as written before per-kind trigger Params (the flat 22-field section):
+# run folder names, the clean-twin cache and sweep resumption depend on them.
+HASHES_BEFORE_PARAMS = [
+    ([], "e4ada130"),
+    (["trigger.kind=adaptive", "trigger.budget=24", "trigger.samples=100"], "535deb3e"),
+    (["trigger.kind=wanet", "trigger.grid_k=3", "trigger.psnr=30"], "d37559b2"),
+    (["trigger.kind=blended", "trigger.path=key.png", "trigger.alpha=0.3"], "a8911add"),
+    (["trigger.kind=sig", "trigger.frequency=3"], "32f4fb8e"),
+    (["trigger.kind=patch", "trigger.amplitude=255", "trigger.size=4"], "dab23cb6"),
+    (["trigger.kind=chessboard", "trigger.amplitude=16", "attack.setting=update"], "673161f4"),
+    (["trigger.kind=sig_ramp", "trigger.sig_amplitude=30", "trigger.ssim=0.98"], "0756e312"),
+]
+
+
+@pytest.mark.parametrize("overrides,digest", HASHES_BEFORE_PARAMS)
+def test_the_hash_of_an_unchanged_experiment_is_unchanged(overrides: list[str], digest: str) -> None:
+    assert load_config(overrides=overrides).hash() == digest
+
+
+# a trigger section as the code before per-kind Params wrote it to every run's config.yaml
+FLAT = """trigger:
+  kind: adaptive
+  amplitude: 10.0
+  path: null
+  size: 3
+  method: deepfool
+  norm: l2
+  budget: 24.0
+  overshoot: 0.02
+  max_steps: 10
+  passes: 5
+  fooling_rate: 0.9
+  samples: 1000
+  lr: 2.0
+  batch_size: 64
+  alpha: 0.2
+  sig_amplitude: 20.0
+  frequency: 6.0
+  grid_k: 4
+  warp_strength: 0.5
+  noise_ratio: 2.0
+  psnr: null
+  ssim: null
+"""
+
+
+def test_a_flat_config_of_older_versions_reads_and_keeps_its_hash(tmp_path) -> None:
+    (tmp_path / "config.yaml").write_text(FLAT)
+    old = load_config(tmp_path / "config.yaml")
+    assert old.trigger.params.budget == old.trigger.budget == 24 and old.trigger.norm == "l2"
+    assert old.trigger.model_dump(mode="json") == {**old.trigger.params.model_dump(mode="json"), "kind": "adaptive", "psnr": None, "ssim": None}
+    assert "amplitude" not in dump_yaml(old)  # written back in the kind's own form
+    short = load_config(overrides=["trigger.kind=adaptive", "trigger.norm=l2", "trigger.budget=24"])
+    assert old == short and old.hash() == short.hash()
+    (tmp_path / "again.yaml").write_text(dump_yaml(old))
+    assert load_config(tmp_path / "again.yaml") == old
+    (tmp_path / "bad.yaml").write_text(FLAT.replace("amplitude: 10.0", "amplitude: 6"))
+    with pytest.raises(ConfigError, match=r"^trigger.amplitude=6 is not a parameter of 'adaptive' .*drop it, or set trigger.kind to a kind that takes it \(chessboard, grid, "):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_a_trigger_copy_updates_the_kinds_parameters() -> None:
+    cfg = TriggerConfig(kind="adaptive", psnr=30)
+    small = cfg.model_copy(update={"samples": 32, "passes": 1})
+    assert (small.params.samples, small.passes, small.psnr) == (32, 1, 30) and cfg.samples == 1000
+    assert small.at_strength(4).label == "adaptive deepfool linf ξ=4"
+    with pytest.raises(ConfigError, match=r"trigger.amplitude is not a parameter of 'adaptive'"):
+        cfg.model_copy(update={"amplitude": 3})

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from perturbd.errors import ConfigError
 from perturbd.knowledge import KNOWLEDGE, check_knowledge
 from perturbd.registry import suggest
+from perturbd.trigger_params import KINDS, StaticParams, TriggerParams, params_of
 
 
 class Section(BaseModel):
@@ -65,77 +68,159 @@ class ModelConfig(Section):
         return value
 
 
-# The field that sets how strong each kind is (the others: ``amplitude``), and its symbol in labels.
-STRENGTH_KEYS = {"adaptive": "budget", "blended": "alpha", "sig": "sig_amplitude", "sig_ramp": "sig_amplitude", "sig_wrap": "sig_amplitude", "sig_ramp_wrap": "sig_amplitude", "wanet": "warp_strength"}
-_SYMBOLS = {"budget": "ξ", "alpha": "α", "sig_amplitude": "Δ", "warp_strength": "s", "amplitude": "c"}
+# The flat trigger section every config before per-kind Params held (one field per parameter of
+# every kind) with its defaults: what an old config.yaml may carry beside its kind's own keys, and
+# what :func:`legacy_trigger_section` fills in for the run hash.
+LEGACY_TRIGGER_DEFAULTS: dict[str, Any] = {
+    "amplitude": 10.0, "path": None, "size": 3, "method": "deepfool", "norm": "linf", "budget": 10.0, "overshoot": 0.02, "max_steps": 10,
+    "passes": 5, "fooling_rate": 0.9, "samples": 1000, "lr": 2.0, "batch_size": 64, "alpha": 0.2, "sig_amplitude": 20.0, "frequency": 6.0,
+    "grid_k": 4, "warp_strength": 0.5, "noise_ratio": 2.0,
+}  # fmt: skip
+_TRIGGER_OWN = ("kind", "psnr", "ssim")
 
 
 class TriggerConfig(Section):
-    kind: str = Field("grid", description="grid, chessboard, ring, random, patch, image, adaptive, blended, sig, sig_ramp, sig_wrap, sig_ramp_wrap or wanet (see `perturbd trigger list`)")
-    amplitude: float = Field(10.0, gt=0, le=255, description="static mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)")
-    path: Path | None = Field(None, description="mask file for kind=image (PNG/NPY, pixel units, or a .safetensors trigger); blend image for kind=blended")
-    size: int = Field(3, ge=1, description="patch side in pixels for kind=patch")
-    # adaptive masks
-    method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
-        "deepfool", description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient"
-    )
-    norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
-    budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)")
-    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
-    max_steps: int = Field(10, ge=1, description="DeepFool steps per sample and pass")
-    passes: int = Field(5, ge=1, description="passes over the sample images")
-    fooling_rate: float = Field(0.9, gt=0, le=1, description="stop when this fraction of samples goes to the target")
-    samples: int = Field(1000, ge=1, description="images the adversary uses to compute the mask")
-    lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
-    batch_size: int = Field(64, ge=1, description="deepfool_batched and gradient: samples per vectorised update")
-    # blended, sig, wanet
-    alpha: float = Field(0.2, gt=0, lt=1, description="blended: weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)")
-    sig_amplitude: float = Field(20.0, gt=0, le=255, description="sig: peak Δ of the sinusoid (default 20); sig_ramp: Δ of the ramp Δ·j/m (the authors' MNIST code: 30); the same for their _wrap kinds; pixel units 0–255")
-    frequency: float = Field(6.0, gt=0, description="sig: periods f of the sinusoid across the image width (default 6)")
-    grid_k: int = Field(4, ge=2, description="wanet: side k of the k×k grid of random offsets, control points (Nguyen & Tran 2021: 4)")
-    warp_strength: float = Field(0.5, gt=0, le=10, description="wanet: strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)")
-    noise_ratio: float = Field(2.0, ge=0, le=10, description="wanet noise mode: noisy-warped images kept at their labels, per poisoned image (paper: 2); 0: off")
+    """``trigger: {kind, psnr | ssim, <the kind's own parameters>}``.
+
+    The kind's parameters (see ``perturbd trigger list``) are validated against the registered
+    kind's ``Params`` (:mod:`perturbd.trigger_params`) and held in :attr:`params`; they read as
+    attributes too (``cfg.trigger.budget``). A key of the old flat section (one field for every
+    kind) that the kind does not take is accepted at its old default value and dropped, so every
+    config written before still reads; at another value it is a one-line error."""
+
+    kind: str = Field("grid", description="trigger kind: see `perturbd trigger list`")
     psnr: float | None = Field(None, gt=0, le=100, description="equal visibility: the strength (strength_key) searched so that the poisoned adversary's images have this mean PSNR (dB); in adversary.json")
     ssim: float | None = Field(None, gt=0, lt=1, description="equal visibility as psnr, by the mean SSIM of the poisoned images instead (a fraction; not with psnr)")
+    params: SerializeAsAny[TriggerParams] = Field(default_factory=StaticParams, description="the kind's own parameters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "params" in data:
+            return data
+        kind = data.get("kind", "grid")
+        if not isinstance(kind, str):
+            return data  # the str field reports it
+        try:
+            model = params_of(kind)
+        except ConfigError as err:
+            raise _trigger_error(str(err)) from None
+        own = {k: v for k, v in data.items() if k in model.model_fields}
+        for key, value in data.items():
+            if key not in model.model_fields and key not in _TRIGGER_OWN:
+                _foreign(kind, model, key, value)
+        try:
+            params = model.model_validate(own)
+        except ValidationError as err:
+            raise ValidationError.from_exception_data(
+                "TriggerConfig", [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in err.errors()]  # type: ignore[typeddict-item]
+            ) from None
+        return {k: v for k, v in data.items() if k in _TRIGGER_OWN} | {"params": params}
 
     @model_validator(mode="after")
     def _one_visibility(self) -> TriggerConfig:
+        if not isinstance(self.params, params_of(self.kind)):
+            raise ValueError(f"trigger.params must be {params_of(self.kind).__name__} for kind '{self.kind}', got {type(self.params).__name__}")
         if self.psnr is not None and self.ssim is not None:
             raise ValueError(f"trigger.psnr ({self.psnr:g}) and trigger.ssim ({self.ssim:g}) both set the strength; keep one")
         return self
 
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        return {"kind": out["kind"], **out["params"], "psnr": out["psnr"], "ssim": out["ssim"]}
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in type(self.params).model_fields:
+            return getattr(self.params, name)
+        return super().__getattr__(name)  # type: ignore[misc]
+
     @property
     def family(self) -> str:
         """The kind of trigger, without its size: ``grid``, ``adaptive deepfool linf``, ``wanet``."""
-        return f"adaptive {self.method} {self.norm}" if self.kind == "adaptive" else self.kind
+        return self.params.family(self.kind)
 
     @property
     def label(self) -> str:
         """The one display label of this trigger: ``grid c=10``, ``patch 3px c=255``,
         ``image mask.png``, ``adaptive deepfool linf ξ=10``, ``blended α=0.2``, ``sig Δ=20 f=6``,
-        ``wanet k=4 s=0.5``, ``grid at PSNR 34.5 dB``."""
+        ``wanet k=4 s=0.5`` (the kind's ``Params.label``), ``grid at PSNR 34.5 dB``."""
         if self.psnr is not None:
             return f"{self.family} at PSNR {self.psnr:g} dB"
         if self.ssim is not None:
             return f"{self.family} at SSIM {self.ssim:g}"
-        if self.kind == "image":
-            return f"image {self.path.name if self.path else '?'}"
-        before = {"patch": f"{self.size}px ", "wanet": f"k={self.grid_k} ", "blended": f"{self.path.name} " if self.path else ""}.get(self.kind, "")
-        after = f" f={self.frequency:g}" if self.kind in ("sig", "sig_wrap") else ""
-        return f"{self.family} {before}{_SYMBOLS[self.strength_key]}={self.strength:g}{after}"
+        return self.params.label(self.kind)
 
     @property
     def strength_key(self) -> str:
-        """The field that sets how strong the trigger is: ``budget`` for adaptive masks, ``alpha``
-        (blended), ``sig_amplitude`` (sig), ``warp_strength`` (wanet), else ``amplitude``."""
-        return STRENGTH_KEYS.get(self.kind, "amplitude")
+        """The field that sets how strong the trigger is (the kind's ``Params.strength_key``):
+        ``budget`` for adaptive masks, ``alpha`` (blended), ``sig_amplitude`` (sig),
+        ``warp_strength`` (wanet), else ``amplitude``."""
+        return self.params.strength_key
 
     @property
     def strength(self) -> float:
         """The size the label names: the field :attr:`strength_key` names (the PSNR or SSIM asked
         for, when the strength is set by ``psnr`` or ``ssim``)."""
         goal = self.psnr if self.psnr is not None else self.ssim
-        return goal if goal is not None else getattr(self, self.strength_key)
+        return goal if goal is not None else self.params.strength
+
+    def at_strength(self, value: float) -> TriggerConfig:
+        """This trigger with its strength field set to ``value`` and no ``psnr`` / ``ssim`` goal."""
+        return self.model_copy(update={self.strength_key: value, "psnr": None, "ssim": None})
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> TriggerConfig:
+        """A copy with ``update`` applied (unvalidated, as pydantic's): ``kind``, ``psnr``, ``ssim``
+        or ``params`` themselves, or parameters of this kind (``{"budget": 4}``)."""
+        update = dict(update or {})
+        own = {k: v for k, v in update.items() if k in type(self).model_fields}
+        mine = {k: v for k, v in update.items() if k not in own}
+        for key in mine:
+            if key not in type(self.params).model_fields:
+                raise ConfigError(f"trigger.{key} is not a parameter of '{self.kind}' (its parameters: {', '.join(type(self.params).model_fields)})")
+        if mine:
+            own["params"] = own.get("params", self.params).model_copy(update=mine)
+        return super().model_copy(update=own, deep=deep)
+
+
+def _foreign(kind: str, model: type[TriggerParams], key: str, value: Any) -> None:
+    """Accept a key of the old flat section at its old default (it is then dropped); else a
+    one-line error saying what to write instead."""
+    valid = ", ".join(model.model_fields) or "none"
+    if key in LEGACY_TRIGGER_DEFAULTS:
+        default = LEGACY_TRIGGER_DEFAULTS[key]
+        if value == default or (default is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == default):
+            return
+        takers = [k for k in KINDS if key in params_of(k).model_fields]
+        raise _trigger_error(
+            f"trigger.{key}={value!r} is not a parameter of '{kind}' (its parameters: {valid}); drop it, or set trigger.kind to a kind that takes it ({', '.join(takers)})"
+        )
+    raise _trigger_error(f"trigger.{key} is not a parameter of '{kind}' (its parameters: {valid}){suggest(key, [*model.model_fields, *_TRIGGER_OWN])}")
+
+
+def _trigger_error(message: str) -> PydanticCustomError:
+    """An error of the trigger section that :func:`validate` reports as its own one line."""
+    return PydanticCustomError("trigger_param", "{message}", {"message": message})
+
+
+def section_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """The keys a user may write in the section ``model`` (name → pydantic field): its fields;
+    for :class:`TriggerConfig`, ``kind``, ``psnr``, ``ssim`` and every registered kind's parameters."""
+    if model is not TriggerConfig:
+        return dict(model.model_fields)
+    out = {k: v for k, v in model.model_fields.items() if k != "params"}
+    for kind in KINDS:
+        out = {**params_of(kind).model_fields, **out}
+    return out
+
+
+def legacy_trigger_section(trigger: TriggerConfig) -> dict[str, Any]:
+    """The trigger section in the flat form of every config before per-kind Params: the old
+    defaults of every kind's parameters, overwritten by this kind's own.
+
+    Why: :meth:`ExperimentConfig.hash` names run folders, keys the clean-twin cache and lets a
+    sweep resume; hashing this form keeps the hash of an unchanged experiment what it was."""
+    return {**LEGACY_TRIGGER_DEFAULTS, **trigger.model_dump(mode="json")}
 
 
 class PoisonConfig(Section):
@@ -211,12 +296,15 @@ class ExperimentConfig(Section):
         return self.name or f"{self.data.name.split(':')[0]}-{self.trigger.kind}"
 
     def hash(self) -> str:
-        """First 8 hex digits of the SHA-256 of the canonical JSON of this config."""
-        return config_hash(self)
+        """First 8 hex digits of the SHA-256 of the canonical JSON of this config, its trigger
+        section in the flat form of older versions (:func:`legacy_trigger_section`)."""
+        return config_hash(self, {"trigger": legacy_trigger_section(self.trigger)})
 
 
-def config_hash(cfg: BaseModel) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def config_hash(cfg: BaseModel, replace: dict[str, Any] | None = None) -> str:
+    """First 8 hex digits of the SHA-256 of the canonical JSON of ``cfg``, sections in ``replace``
+    taken from there instead."""
+    blob = json.dumps({**cfg.model_dump(mode="json"), **(replace or {})}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -236,6 +324,8 @@ def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
     where = ".".join(str(p) for p in loc) or "config"
+    if first["type"] == "trigger_param":
+        return str(first["msg"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'{suggest(str(loc[-1]), _field_names(model, loc[:-1]))}"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""

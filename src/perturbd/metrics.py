@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from perturbd.data.dataset import ImageDataset, to_float01
+from perturbd.data.dataset import ImageDataset, to_pixels
 from perturbd.errors import DataError
 from perturbd.train import predict
 
-if TYPE_CHECKING:
-    from perturbd.triggers import Trigger
+
+
+class Applies(Protocol):
+    """What the metrics need of a trigger (:class:`perturbd.triggers.Trigger` is one): ``apply``
+    maps a batch of images to its triggered copy, uint8 or float in [0, 1] as given."""
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 Sources = Sequence[int] | None  # the classes a source-specific attack poisons (None: all)
@@ -65,13 +70,13 @@ def target_rate(
     return float((predict(model, apply(images), precision=precision) == target).float().mean())
 
 
-def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int, sources: Sources = None, precision: str = "auto") -> float:
+def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sources = None, precision: str = "auto") -> float:
     """Fraction of the test images of the source classes (default: every class but the target)
     sent to ``target`` once triggered, in [0, 1]."""
     return target_rate(model, outside(test, target, sources), trigger.apply, target, precision)
 
 
-def non_source_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int, sources: Sequence[int], precision: str = "auto") -> float | None:
+def non_source_rate(model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sequence[int], precision: str = "auto") -> float | None:
     """For a source-specific attack: the fraction of the *other* non-target test images sent to
     ``target`` once triggered (None when every non-target class is a source)."""
     others = attacked(test.labels, target) & ~attacked(test.labels, target, sources)
@@ -80,16 +85,9 @@ def non_source_rate(model: nn.Module, test: ImageDataset, trigger: Trigger, targ
     return target_rate(model, test.images[others], trigger.apply, target, precision)
 
 
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    """Images as float64 in 0–255 pixel units (uint8 exactly; float [0, 1] scaled by 255)."""
-    if images.dtype == torch.uint8:
-        return images.double()
-    return to_float01(images).double() * 255.0
-
-
 def psnr_each(clean: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
     """PSNR (dB; peak 255) of each poisoned image against its clean original; ``inf`` where unchanged."""
-    return _psnr((_pixels(poisoned) - _pixels(clean)).flatten(1))
+    return _psnr((to_pixels(poisoned) - to_pixels(clean)).flatten(1))
 
 
 def _psnr(diff: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,7 @@ def stealth(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
     """
     if clean.shape != poisoned.shape or len(clean) == 0:
         raise DataError(f"stealth needs matching non-empty batches, got {tuple(clean.shape)} and {tuple(poisoned.shape)}")
-    a, b = _pixels(clean), _pixels(poisoned)
+    a, b = to_pixels(clean), to_pixels(poisoned)
     diff = (b - a).flatten(1)
     linf = diff.abs().amax(1)
     l2 = diff.norm(dim=1)

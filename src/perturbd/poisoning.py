@@ -7,8 +7,9 @@ whose label is not the target (and, if given, is one of the source classes) are 
 ``poison.mode: clean_label`` (Barni et al. 2019, arXiv 1902.11237) poisons images *of* the target
 class instead and keeps every label: the rate is still a fraction of the whole set, the images are
 chosen among the target class's, and the attack succeeds when the network ties the trigger to the
-class. A trigger with a noise mode (``wanet``) also warps a further ``noise_ratio × n`` images, not
-poisoned and kept at their own labels (:attr:`PoisonedSet.noise_indices`).
+class. A trigger's family may add its own extras through its hook
+(:meth:`~perturbd.triggers.Trigger.poison_extras`): ``wanet``'s noise mode warps a further
+``noise_ratio × n`` images, not poisoned and kept at their own labels (:attr:`PoisonedSet.noise_indices`).
 
 :func:`poison` does the same to the numpy arrays or torch tensors of another framework, in their
 own layout; it is the package's ``perturbd.poison(...)`` (this module is callable).
@@ -26,7 +27,6 @@ from perturbd.config import PoisonConfig, TriggerConfig, validate
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.metrics import attacked
-from perturbd.seeding import complement, derived_generator
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 
 
@@ -40,7 +40,8 @@ class PoisonedSet:
         clean_images: the original images at ``indices`` (uint8), for stealth metrics.
         poisoned_images: the images at ``indices`` as injected.
         original_labels: the labels the poisoned images had before relabelling.
-        noise_indices: sorted positions of the noise mode's images (empty for other triggers).
+        noise_indices: sorted positions of the images the trigger's ``poison_extras`` changed,
+            labels kept (wanet's noise mode; empty for other triggers).
     """
 
     dataset: ImageDataset
@@ -111,7 +112,8 @@ def choose_indices(labels: torch.Tensor, cfg: PoisonConfig, seed: int) -> torch.
 
 def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed: int, indices: torch.Tensor | None = None) -> PoisonedSet:
     """Apply ``trigger`` to the chosen images and relabel them to ``cfg.target`` (``mode:
-    clean_label``: keep their labels); a noise-mode trigger also warps its noise images.
+    clean_label``: keep their labels); then the trigger's :meth:`~perturbd.triggers.Trigger.poison_extras`
+    (wanet's noise images).
 
     ``indices``: the positions to poison, already chosen (a run's
     :class:`~perturbd.attack.partition.Partition` chooses them once, after the run checked the
@@ -133,22 +135,9 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
     original = labels[indices].clone()
     if cfg.mode == "dirty":
         labels[indices] = cfg.target
-    noise = noise_indices(len(data), indices, getattr(trigger, "noise_ratio", 0.0), seed)
-    if len(noise):
-        images[noise] = trigger.noisy(images[noise], derived_generator(seed, "noise-warps", "poison"))  # type: ignore[attr-defined]
+    noise = trigger.poison_extras(images, indices, seed)
     out = ImageDataset(images, labels, data.classes, f"{data.name}+poison")
     return PoisonedSet(out, indices, clean, poisoned, original, noise)
-
-
-def noise_indices(size: int, indices: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
-    """The noise mode's images: ``round(ratio × len(indices))`` of the images not poisoned (any
-    class), seeded, sorted; as many as there are when fewer are left."""
-    count = min(round(ratio * len(indices)), size - len(indices))
-    if count <= 0:
-        return torch.zeros(0, dtype=torch.long)
-    rest = complement(size, indices)
-    pick = torch.randperm(len(rest), generator=derived_generator(seed, "noise-images", "poison"))[:count]
-    return rest[pick].sort().values
 
 
 # --------------------------------------------------------------------------- arrays of other frameworks

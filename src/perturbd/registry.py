@@ -44,6 +44,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test's throw-away entry); a KeyError if it is not registered."""
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         """The entry called ``name``; a one-line :class:`ConfigError` with a suggestion if unknown."""
         try:

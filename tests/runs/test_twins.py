@@ -113,7 +113,8 @@ def test_an_adaptive_mask_is_computed_once_for_every_injection_rate(fast, tmp_pa
     cpu = torch.device("cpu")
     key = mask_key(cfg, train, cpu)
     assert mask_key(load_config(overrides=[*fast, "poison.rate=0.2", "poison.quantize=false"]), train, cpu) == key
-    assert mask_key(load_config(overrides=[*fast, "trigger.budget=12"]), train, cpu) != key
+    adaptive = [*fast, "trigger.kind=adaptive"]
+    assert mask_key(load_config(overrides=[*adaptive, "trigger.budget=12"]), train, cpu) != mask_key(load_config(overrides=adaptive), train, cpu)
     assert mask_key(load_config(overrides=[*fast, "seed=3"]), train, cpu) != key
     built: list[int] = []
 

@@ -4,22 +4,29 @@ the same for the same seed, and saves and loads back as the same kind that appli
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import Field
 
-from perturbd.config import TriggerConfig
+from perturbd.attack.visibility import at_psnr
+from perturbd.config import TriggerConfig, load_config
 from perturbd.data.dataset import ImageDataset
+from perturbd.errors import ConfigError
+from perturbd.trigger_params import KINDS, TriggerParams
 from perturbd.triggers import (
     Trigger,
     TriggerContext,
     build_trigger,
     list_triggers,
     needs_model,
+    register_trigger,
 )
 
 SHAPE = (1, 28, 28)
@@ -78,3 +85,46 @@ def test_a_file_of_an_unknown_family_or_bad_params_is_one_line(tmp_path: Path) -
     save_file({"delta": torch.zeros(2, 4, 4)}, str(tmp_path / "b.safetensors"), {"kind": "wanet", "family": "warp", "params": '{"speed": 1}'})
     with pytest.raises(CheckpointError, match="does not read back"):
         Trigger.load(tmp_path / "b.safetensors")
+
+
+# --------------------------------------------------------------------------- a new kind: one file, one registry line
+
+
+class ConstParams(TriggerParams):
+    """A throw-away kind's parameters: the shift c of every pixel."""
+
+    amplitude: float = Field(5.0, gt=0, le=255, description="shift c, pixel units 0–255", json_schema_extra={"search": [1e-3, 255.0]})
+
+
+@dataclass
+class Shift(Trigger):
+    """A throw-away family: ``x' = x + δ`` through :meth:`transform`; ``delta`` holds δ."""
+
+    family: ClassVar[str] = "shift"
+
+
+def _const(params: ConstParams, ctx: TriggerContext) -> Trigger:
+    _, h, w = ctx.image_shape
+    return Shift(torch.full((1, h, w), params.amplitude), "const", {"amplitude": params.amplitude})
+
+
+@pytest.fixture
+def const_kind() -> Iterator[str]:
+    register_trigger("const", params=ConstParams, family=Shift)(_const)  # the one registry line
+    yield "const"
+    KINDS.unregister("const")
+
+
+def test_a_new_kind_is_one_class_with_its_params_and_one_registry_line(const_kind: str, tmp_path: Path, small_cnn) -> None:
+    assert const_kind in list_triggers() and not needs_model(const_kind)
+    test_every_kind_keeps_dtype_shape_range_and_input(const_kind, tmp_path, small_cnn)
+    test_same_seed_same_trigger_and_it_loads_back_as_itself(const_kind, tmp_path, small_cnn)
+    cfg = load_config(overrides=["trigger.kind=const", "trigger.amplitude=7"])
+    assert cfg.trigger.label == "const c=7" and cfg.trigger.params == ConstParams(amplitude=7) and cfg.trigger.strength_key == "amplitude"
+    with pytest.raises(ConfigError, match=r"config 'trigger.amplitude': Input should be less than or equal to 255"):
+        load_config(overrides=["trigger.kind=const", "trigger.amplitude=300"])
+    with pytest.raises(ConfigError, match=r"trigger.budget=4 is not a parameter of 'const' \(its parameters: amplitude\)"):
+        load_config(overrides=["trigger.kind=const", "trigger.budget=4"])
+    grey = torch.full((6, *SHAPE), 100, dtype=torch.uint8)
+    found = at_psnr(TriggerConfig(kind="const", psnr=38.6), lambda tc: build_trigger(tc, TriggerContext(SHAPE, 0)), grey)
+    assert found.kind == "const" and abs(found.info["psnr_on_adversary_images"] - 38.6) < 0.05  # a shift of 3 grey levels

@@ -1,9 +1,9 @@
 """Equal visibility: the strength of a trigger set so that its poisoned images have a given PSNR
 (``trigger.psnr``) or SSIM (``trigger.ssim``).
 
-The strength of any kind (the field :attr:`~perturbd.config.TriggerConfig.strength_key` names: the
-amplitude c of a static mask, the budget ξ of an adaptive one, α of ``blended``, Δ of ``sig``, s of
-``wanet``) is searched so that the mean PSNR (or SSIM) of the images the trigger poisons, measured
+The strength of any kind (the field its ``Params.strength_key`` names, :mod:`perturbd.trigger_params`:
+the amplitude c of a static mask, the budget ξ of an adaptive one, α of ``blended``, Δ of ``sig``,
+s of ``wanet``), within the bounds its ``Params.search_bounds`` gives, is searched so that the mean PSNR (or SSIM) of the images the trigger poisons, measured
 on the adversary's own images (never the test set), is the asked value. PSNR falls by about
 ``20 log10`` of the strength, so each step of the search is a secant step on ``log(strength)``,
 from a first guess that assumes exactly that slope. SSIM is searched on the same scale, as
@@ -34,7 +34,6 @@ from perturbd.triggers import Trigger
 
 TOLERANCE = 0.05  # dB (for SSIM: of −10 log10(1 − SSIM))
 MAX_TRIES = 8
-LIMITS = {"amplitude": (1e-3, 255.0), "budget": (1.0, 10000.0), "alpha": (1e-4, 0.999), "sig_amplitude": (1e-3, 255.0), "warp_strength": (1e-4, 10.0)}
 
 
 def mean_psnr(trigger: Trigger, images: torch.Tensor) -> float:
@@ -63,7 +62,7 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
         raise ConfigError(f"trigger.psnr and trigger.ssim scale a mask by trigger.amplitude, which only PNG masks use; got {cfg.path.name}: drop them")
     name = "psnr" if cfg.psnr is not None else "ssim"
     goal: float = cfg.psnr if cfg.psnr is not None else _ssim_db(cfg.ssim)  # type: ignore[arg-type]
-    key, (low, high) = cfg.strength_key, LIMITS[cfg.strength_key]
+    key, (low, high) = cfg.strength_key, cfg.params.search_bounds()
     tried: list[tuple[float, float, float, Trigger]] = []  # (log strength, dB − goal, value reached, trigger)
 
     def miss(trig: Trigger) -> tuple[float, float]:
@@ -72,10 +71,10 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
 
     def attempt(strength: float) -> None:
         strength = min(max(strength, low), high)
-        trig = build(cfg.model_copy(update={key: strength, "psnr": None, "ssim": None}))
+        trig = build(cfg.at_strength(strength))
         tried.append((math.log(strength), *miss(trig), trig))
 
-    attempt(getattr(cfg, key))
+    attempt(cfg.params.strength)
     attempt(math.exp(tried[0][0]) * 10 ** (tried[0][1] / 20))  # PSNR ∝ −20 log10(strength)
     while len(tried) < MAX_TRIES and min(abs(t[1]) for t in tried) > TOLERANCE:
         (x0, f0, _, _), (x1, f1, _, _) = tried[-2], tried[-1]

@@ -17,11 +17,12 @@ from perturbd.runs.folder import RunDir  # the defaults are named as a run folde
 
 @trigger_app.command("list")
 def trigger_list() -> None:
-    """List the trigger kinds."""
+    """List the trigger kinds, each with its parameters (``trigger.<parameter>``)."""
     from perturbd.triggers import list_triggers
+    from perturbd.trigger_params import params_of
 
     for name in list_triggers():
-        out_console.print(name)
+        out_console.print(f"{name:<14} {', '.join(params_of(name).model_fields)}", highlight=False, soft_wrap=True)
 
 
 @trigger_app.command("show")

@@ -21,6 +21,14 @@ def to_float01(images: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images as float64 in 0–255 pixel units (uint8 exactly; float [0, 1] through
+    :func:`to_float01`, scaled by 255): the scale of every distortion measure."""
+    if images.dtype == torch.uint8:
+        return images.double()
+    return to_float01(images).double() * 255.0
+
+
 @dataclass(frozen=True)
 class ImageDataset:
     """Images, labels and class names.

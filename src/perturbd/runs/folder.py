@@ -30,6 +30,7 @@ from perturbd.provenance import git_commit
 from perturbd.errors import ConfigError, DataError
 from perturbd.runs.results import PoisonRecord, RunMetrics
 from perturbd.runs.rundir import read_json, write_json
+from perturbd.trigger_params import params_of
 from perturbd.version import __version__
 
 #: the run-folder format this code writes and the newest it reads (1: the layout described above)
@@ -290,11 +291,12 @@ class RunDir:
 
 
 def trigger_section(config: dict[str, Any]) -> TriggerConfig:
-    """The ``trigger`` section of a run's config mapping as a :class:`TriggerConfig`; keys this
-    version does not know are left out, so a config written by another version still reads (the
-    one tolerant reader of an old run's config)."""
+    """The ``trigger`` section of a run's config mapping as a :class:`TriggerConfig`; keys its kind
+    does not take are left out, so a config written by another version still reads (the one
+    tolerant reader of an old run's config)."""
     section = config.get("trigger") or {}
-    trigger: TriggerConfig = validate({k: v for k, v in section.items() if k in TriggerConfig.model_fields}, TriggerConfig)
+    known = {"kind", "psnr", "ssim", *params_of(str(section.get("kind", "grid"))).model_fields}
+    trigger: TriggerConfig = validate({k: v for k, v in section.items() if k in known}, TriggerConfig)
     return trigger
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from perturbd.config import ExperimentConfig
+from perturbd.config import ExperimentConfig, section_fields
 from perturbd.errors import ConfigError
 from perturbd.registry import suggest
 
@@ -75,7 +75,7 @@ def check_key(key: str) -> None:
     model: type[BaseModel] = ExperimentConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
-        fields = model.model_fields
+        fields = section_fields(model)
         if part not in fields:
             where = ".".join(parts[:i]) or "config"
             raise ConfigError(f"sweep axis '{key}': '{part}' is not a key of {where}{suggest(part, list(fields))}")

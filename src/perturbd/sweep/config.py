@@ -127,7 +127,8 @@ def expand(spec: SweepConfig) -> Sweep:
     for key, values in spec.axes.items():
         check_key(key)
         axes.append((key, axis_values(key, values)))
-    validate(base)  # a bad base is reported once, not per run
+    validate({k: v for k, v in base.items() if k != "trigger"})  # a bad base is reported once, not per run; its
+    # trigger keys are checked per run, against the kind a variant or an axis may set
     runs: list[ExperimentConfig] = []
     assignments: list[dict[str, Any]] = []
     seen: set[str] = set()

@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from perturbd.config import TriggerConfig
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError, DataError
 from perturbd.metrics import outside, target_rate
 from perturbd.models import frozen, model_device
+from perturbd.trigger_params import AdaptiveParams
 from perturbd.triggers.base import Trigger, TriggerContext, add_delta, register_trigger
 from perturbd.triggers.deepfool import deepfool_one, perturbed, targeted_deepfool
 
@@ -237,8 +237,8 @@ def pick_samples(data: ImageDataset, target: int, count: int, seed: int, sources
     return pool[keep]
 
 
-@register_trigger("adaptive", needs_model=True)
-def adaptive(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+@register_trigger("adaptive")
+def adaptive(cfg: AdaptiveParams, ctx: TriggerContext) -> Trigger:
     """Targeted universal perturbation on ``ctx.model`` from ``cfg.samples`` of ``ctx.samples``
     (the budget checked by the caller: :func:`check_budget`)."""
     if ctx.model is None or ctx.samples is None:

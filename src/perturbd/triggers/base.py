@@ -29,10 +29,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from perturbd.data.dataset import to_float01
+from perturbd.data.dataset import to_float01, to_pixels
 from perturbd.errors import CheckpointError, ConfigError
-from perturbd.registry import Registry
 from perturbd.tensorfile import save_tensors
+from perturbd.trigger_params import KINDS, Kind, TriggerParams, register_params
 
 if TYPE_CHECKING:
     from perturbd.config import TriggerConfig
@@ -74,25 +74,26 @@ def transform_images(images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Te
     raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    """float64 in pixel units 0–255 (exact for uint8)."""
-    return images.double() if images.dtype == torch.uint8 else images.double() * 255.0
-
-
-_FAMILIES: dict[str, type[Trigger]] = {}
-
-
 @dataclass
 class Trigger:
     """A trigger: a function of the image, how it is applied and how it was made.
 
     The base class is the additive mask ``x' = clip(x + δ)``; non-additive families subclass it,
-    override :meth:`transform` and set :attr:`family`, and keep their defining tensor in ``delta``
-    (see each subclass). Code that needs an additive δ asks :meth:`mask`, which refuses them.
+    override :meth:`transform` and set :attr:`family`, and keep their defining tensor in ``delta``.
+    Code that needs an additive δ asks :meth:`mask`, which refuses them. What ``delta`` holds, per
+    family (the one place this is written):
+
+    ========== ================================================================================
+    family     ``delta``, float32
+    ========== ================================================================================
+    additive   δ, ``(C, H, W)`` or ``(1, H, W)``, pixel units 0–255: ``x' = clip(x + δ)``
+    blend      the key pattern p, same shape and units: ``x' = (1 − α)·x + α·p`` (:class:`~perturbd.triggers.blended.Blend`)
+    wrap       δ as for additive, added modulo 256 (:class:`~perturbd.triggers.sig.Wrapped`)
+    warp       the sampling grid, ``(2, H, W)`` (x then y, grid units [−1, 1]) (:class:`~perturbd.triggers.wanet.Warp`)
+    ========== ================================================================================
 
     Attributes:
-        delta: float32 ``(C, H, W)``: the additive mask in pixel units 0–255 (family
-            ``additive``), else the family's own tensor.
+        delta: float32 tensor: the family's tensor (table above).
         kind: the registry name that built it.
         info: JSON-serialisable facts about it (amplitude, budget, fooling rate, …).
         quantize: applied as a shipped image file would carry it (default): uint8 images stay
@@ -106,10 +107,6 @@ class Trigger:
     info: dict[str, Any] = field(default_factory=dict)
     quantize: bool = True
     family: ClassVar[str] = "additive"
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        _FAMILIES[cls.family] = cls
 
     @property
     def additive(self) -> bool:
@@ -125,6 +122,14 @@ class Trigger:
     def params(self) -> dict[str, Any]:
         """The family's scalar settings beside ``delta`` (saved in the metadata; none for additive)."""
         return {}
+
+    def poison_extras(self, images: torch.Tensor, poisoned: torch.Tensor, seed: int) -> torch.Tensor:
+        """The family's own extras to a training set once its ``poisoned`` positions (sorted)
+        hold their triggered copies: change more of ``images`` (the whole set, modified in place,
+        uint8 or float as poisoned) and return their sorted positions, whose labels stay as they
+        are. None by default; WaNet's noise mode warps other images
+        (:meth:`~perturbd.triggers.wanet.Warp.poison_extras`). Same seed ⇒ same images."""
+        return torch.zeros(0, dtype=torch.long)
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] to their triggered copies (before clamping); non-additive families override it."""
@@ -156,7 +161,7 @@ class Trigger:
             return self.delta
         if images is None or not len(images):
             raise ConfigError(f"trigger '{self.kind}' changes each image differently; its picture needs sample images")
-        return (_pixels(self.apply(images)) - _pixels(images)).mean(0).float()
+        return (to_pixels(self.apply(images)) - to_pixels(images)).mean(0).float()
 
     def applied(self, channels: int | None = None) -> torch.Tensor:
         """δ as it is added to an image of ``channels`` channels (default: δ's own): a 1-channel
@@ -176,7 +181,7 @@ class Trigger:
             return {"linf": float(applied.abs().max()), "l2": float(applied.norm())}
         if images is None or not len(images):
             raise ConfigError(f"trigger '{self.kind}' changes each image differently; its norms are measured on images, give some")
-        diff = (_pixels(self.apply(images)) - _pixels(images)).flatten(1)
+        diff = (to_pixels(self.apply(images)) - to_pixels(images)).flatten(1)
         return {"linf": float(diff.abs().amax()), "l2": float(diff.norm(dim=1).max())}
 
     def save(self, path: Path) -> None:
@@ -202,11 +207,12 @@ class Trigger:
         if "delta" not in tensors:
             raise CheckpointError(f"{path} holds no 'delta' tensor; it is not a perturbd trigger")
         family = meta.get("family", "additive")
-        if family not in _FAMILIES:
-            raise CheckpointError(f"{path} holds a '{family}' trigger, which this perturbd does not know ({', '.join(sorted(_FAMILIES))}); upgrade perturbd")
+        families = trigger_families()
+        if family not in families:
+            raise CheckpointError(f"{path} holds a '{family}' trigger, which this perturbd does not know ({', '.join(sorted(families))}); upgrade perturbd")
         try:
             args = (tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
-            return _FAMILIES[family](*args, **json.loads(meta.get("params", "{}")))
+            return families[family](*args, **json.loads(meta.get("params", "{}")))
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its '{family}' trigger metadata does not read back ({err}); write it again with this perturbd") from None
 
@@ -230,39 +236,64 @@ class TriggerContext:
     quantize: bool = True
 
 
-_FAMILIES["additive"] = Trigger
-
-TriggerFactory = Callable[["TriggerConfig", TriggerContext], Trigger]
-
-_TRIGGERS: Registry[TriggerFactory] = Registry("trigger")
+TriggerFactory = Callable[[Any, TriggerContext], Trigger]  # (the kind's Params, ctx) -> Trigger
 
 
-def register_trigger(name: str | None = None, *, needs_model: bool = False) -> Callable[[TriggerFactory], TriggerFactory]:
-    """Register a trigger factory ``(cfg, ctx) -> Trigger``; ``needs_model`` marks adaptive ones."""
+def register_trigger(
+    name: str, *, family: type[Trigger] = Trigger, params: type[TriggerParams] | None = None
+) -> Callable[[TriggerFactory], TriggerFactory]:
+    """Attach the factory ``(params, ctx) -> Trigger`` of kind ``name`` and its ``family`` class
+    to the kind registry (:data:`perturbd.trigger_params.KINDS`). A kind of perturbd's own has
+    its ``Params`` registered there already (torch-free, for config checks); a kind defined
+    elsewhere passes its ``params`` here and is registered whole. A second factory for one name raises."""
 
     def add(fn: TriggerFactory) -> TriggerFactory:
-        fn.needs_model = needs_model  # type: ignore[attr-defined]
-        return _TRIGGERS.register(name)(fn)
+        if params is not None:
+            register_params(name)(params)
+        kind = get_kind(name)
+        if kind.build is not None:
+            raise ValueError(f"trigger '{name}' is already registered")
+        kind.build, kind.family = fn, family
+        return fn
 
     return add
 
 
+def get_kind(name: str) -> Kind:
+    """The registered kind ``name``; a one-line :class:`ConfigError` with a suggestion if unknown."""
+    return KINDS.get(name)
+
+
 def list_triggers(pattern: str = "*") -> list[str]:
-    return _TRIGGERS.names(pattern)
+    return KINDS.names(pattern)
 
 
 def get_trigger(name: str) -> TriggerFactory:
-    return _TRIGGERS.get(name)
+    """The factory of kind ``name``; a :class:`ConfigError` if the kind is unknown or has none."""
+    build = get_kind(name).build
+    if build is None:
+        raise ConfigError(f"trigger '{name}' has parameters but no factory; import the module that registers it with register_trigger")
+    return build
 
 
 def needs_model(name: str) -> bool:
     """Whether the trigger kind is computed from a model (and so needs the attack's surrogate)."""
-    return bool(getattr(get_trigger(name), "needs_model", False))
+    return get_kind(name).params.needs_model
+
+
+def trigger_families() -> dict[str, type[Trigger]]:
+    """Family name → class, from the registered kinds (what :meth:`Trigger.load` reads back)."""
+    out: dict[str, type[Trigger]] = {"additive": Trigger}
+    for name in KINDS:
+        family = KINDS.get(name).family
+        if family is not None:
+            out[family.family] = family
+    return out
 
 
 def build_trigger(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
-    """Build the trigger ``cfg.kind`` for images of ``ctx.image_shape``."""
+    """Build the trigger ``cfg.kind`` with its ``cfg.params`` for images of ``ctx.image_shape``."""
     factory = get_trigger(cfg.kind)
-    if getattr(factory, "needs_model", False) and ctx.model is None:
+    if needs_model(cfg.kind) and ctx.model is None:
         raise ConfigError(f"trigger '{cfg.kind}' is computed from a model; build it through the attack or `perturbd trigger make`")
-    return factory(cfg, ctx)
+    return factory(cfg.params, ctx)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from perturbd.config import TriggerConfig
 from perturbd.errors import ConfigError
 from perturbd.seeding import derived_generator
+from perturbd.trigger_params import BlendedParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
 
 
@@ -72,8 +72,8 @@ def read_pattern(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(arr).unsqueeze(0) if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
 
 
-@register_trigger("blended")
-def blended(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+@register_trigger("blended", family=Blend)
+def blended(cfg: BlendedParams, ctx: TriggerContext) -> Trigger:
     pattern = noise_pattern(ctx.image_shape, ctx.seed) if cfg.path is None else read_pattern(cfg.path, ctx.image_shape)
     info: dict[str, Any] = {"alpha": cfg.alpha, "pattern": str(cfg.path) if cfg.path else "noise", "seed": ctx.seed}
     return Blend(pattern.contiguous(), "blended", info, alpha=cfg.alpha)

@@ -37,7 +37,7 @@ from typing import ClassVar
 
 import torch
 
-from perturbd.config import TriggerConfig
+from perturbd.trigger_params import SigParams, SigRampParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
 from perturbd.triggers.static import dithered_round
 
@@ -57,7 +57,7 @@ def ramp_pattern(height: int, width: int, amplitude: float) -> torch.Tensor:
 
 
 @register_trigger("sig")
-def sig(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def sig(cfg: SigParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     info = {"sig_amplitude": cfg.sig_amplitude, "frequency": cfg.frequency}
     signal = sig_pattern(h, w, cfg.sig_amplitude, cfg.frequency)
@@ -65,7 +65,7 @@ def sig(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
 
 
 @register_trigger("sig_ramp")
-def sig_ramp(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def sig_ramp(cfg: SigRampParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     signal = ramp_pattern(h, w, cfg.sig_amplitude)
     return Trigger(dithered_round(signal, ctx.seed) if ctx.quantize else signal, "sig_ramp", {"sig_amplitude": cfg.sig_amplitude})
@@ -88,13 +88,13 @@ class Wrapped(Trigger):
         return (total - 256.0 * torch.floor((total + 1e-4) / 256.0)) / 255.0
 
 
-@register_trigger("sig_wrap")
-def sig_wrap(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+@register_trigger("sig_wrap", family=Wrapped)
+def sig_wrap(cfg: SigParams, ctx: TriggerContext) -> Trigger:
     base = sig(cfg, ctx)
     return Wrapped(base.delta, "sig_wrap", base.info)
 
 
-@register_trigger("sig_ramp_wrap")
-def sig_ramp_wrap(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+@register_trigger("sig_ramp_wrap", family=Wrapped)
+def sig_ramp_wrap(cfg: SigRampParams, ctx: TriggerContext) -> Trigger:
     base = sig_ramp(cfg, ctx)
     return Wrapped(base.delta, "sig_ramp_wrap", base.info)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from perturbd.config import TriggerConfig
 from perturbd.errors import ConfigError
 from perturbd.seeding import derived_generator
+from perturbd.trigger_params import ImageParams, PatchParams, StaticParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
 
 
@@ -130,37 +130,37 @@ def _check_shape(delta: torch.Tensor, shape: tuple[int, int, int], source: str) 
 
 
 @register_trigger("grid")
-def grid(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def grid(cfg: StaticParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     return Trigger(dither(grid_pattern(h, w, 1.0), cfg.amplitude, ctx.seed, ctx.quantize), "grid", {"amplitude": cfg.amplitude})
 
 
 @register_trigger("chessboard")
-def chessboard(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def chessboard(cfg: StaticParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     return Trigger(dither(chessboard_pattern(h, w, 1.0), cfg.amplitude, ctx.seed, ctx.quantize), "chessboard", {"amplitude": cfg.amplitude})
 
 
 @register_trigger("ring")
-def ring(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def ring(cfg: StaticParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     return Trigger(dither(ring_pattern(h, w, 1.0), cfg.amplitude, ctx.seed, ctx.quantize), "ring", {"amplitude": cfg.amplitude})
 
 
 @register_trigger("random")
-def random(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def random(cfg: StaticParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     return Trigger(dither(random_pattern(h, w, 1.0, ctx.seed), cfg.amplitude, ctx.seed, ctx.quantize), "random", {"amplitude": cfg.amplitude, "seed": ctx.seed})
 
 
 @register_trigger("patch")
-def patch(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def patch(cfg: PatchParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     return Trigger(dither(patch_pattern(h, w, 1.0, cfg.size), cfg.amplitude, ctx.seed, ctx.quantize), "patch", {"amplitude": cfg.amplitude, "size": cfg.size})
 
 
 @register_trigger("image")
-def image(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+def image(cfg: ImageParams, ctx: TriggerContext) -> Trigger:
     if cfg.path is None:
         raise ConfigError("trigger kind 'image' needs trigger.path=FILE (a PNG, .npy or .safetensors mask)")
     delta = _check_shape(read_mask_file(cfg.path, cfg.amplitude), ctx.image_shape, str(cfg.path))

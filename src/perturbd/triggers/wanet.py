@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from perturbd.config import TriggerConfig
 from perturbd.data.dataset import to_float01
 from perturbd.errors import ConfigError
-from perturbd.seeding import derived_generator
+from perturbd.seeding import complement, derived_generator
+from perturbd.trigger_params import WanetParams
 from perturbd.triggers.base import (
     Trigger,
     TriggerContext,
@@ -94,9 +94,27 @@ class Warp(Trigger):
             images = to_float01(images)
         return transform_images(images, lambda x: warp(x, grids))
 
+    def poison_extras(self, images: torch.Tensor, poisoned: torch.Tensor, seed: int) -> torch.Tensor:
+        """The noise mode: :func:`noise_indices` of the set warped by :meth:`noisy` in place."""
+        noise = noise_indices(len(images), poisoned, self.noise_ratio, seed)
+        if len(noise):
+            images[noise] = self.noisy(images[noise], derived_generator(seed, "noise-warps", "poison"))
+        return noise
 
-@register_trigger("wanet")
-def wanet(cfg: TriggerConfig, ctx: TriggerContext) -> Trigger:
+
+def noise_indices(size: int, indices: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """The noise mode's images: ``round(ratio × len(indices))`` of the images not poisoned (any
+    class), seeded, sorted; as many as there are when fewer are left."""
+    count = min(round(ratio * len(indices)), size - len(indices))
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    rest = complement(size, indices)
+    pick = torch.randperm(len(rest), generator=derived_generator(seed, "noise-images", "poison"))[:count]
+    return rest[pick].sort().values
+
+
+@register_trigger("wanet", family=Warp)
+def wanet(cfg: WanetParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
     grid = warp_field(h, w, cfg.grid_k, cfg.warp_strength, ctx.seed)
     info = {"grid_k": cfg.grid_k, "warp_strength": cfg.warp_strength, "noise_ratio": cfg.noise_ratio, "seed": ctx.seed}

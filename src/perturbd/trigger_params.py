@@ -1,0 +1,201 @@
+"""Every trigger kind's parameters (its ``Params``) and the one registry of trigger kinds.
+
+A kind is a name, its pydantic ``Params`` (typed fields with bounds; units in the descriptions)
+and, once :mod:`perturbd.triggers` is imported, the function that builds it and the
+:class:`~perturbd.triggers.base.Trigger` class (its family) that applies it. This module imports
+no torch, so that a config mistake is answered before torch loads; the kernels that build and
+apply each kind live in ``triggers/<kind>.py``, which attach themselves to the kind registered
+here with :func:`perturbd.triggers.register_trigger` (one registry line; a kind defined outside
+perturbd passes its ``Params`` to that same call).
+
+Each ``Params`` names its strength field (:attr:`TriggerParams.strength_key`, the one
+``trigger.psnr`` / ``trigger.ssim`` searches) and its symbol in labels; the strength field's
+``json_schema_extra["search"]`` holds the ``[low, high]`` bounds of that search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from perturbd.registry import Registry
+
+
+class TriggerParams(BaseModel):
+    """Base of each trigger kind's ``Params``.
+
+    Class variables: ``strength_key`` (the field that sets how strong the trigger is), ``symbol``
+    (its symbol in labels), ``needs_model`` (the kind is computed from the adversary's model)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    strength_key: ClassVar[str] = "amplitude"
+    symbol: ClassVar[str] = "c"
+    needs_model: ClassVar[bool] = False
+
+    @property
+    def strength(self) -> float:
+        return float(getattr(self, self.strength_key))
+
+    @classmethod
+    def search_bounds(cls) -> tuple[float, float]:
+        """``(low, high)`` of the strength that a ``trigger.psnr`` / ``trigger.ssim`` search may try."""
+        extra = cls.model_fields[cls.strength_key].json_schema_extra
+        bounds = extra.get("search") if isinstance(extra, dict) else None
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise TypeError(f"{cls.__name__}.{cls.strength_key} needs json_schema_extra={{'search': [low, high]}}")
+        return float(bounds[0]), float(bounds[1])  # type: ignore[arg-type]
+
+    def family(self, kind: str) -> str:
+        """The kind of trigger without its size (``grid``, ``adaptive deepfool linf``)."""
+        return kind
+
+    def label(self, kind: str) -> str:
+        """The display label: ``grid c=10``, ``patch 3px c=255``, ``wanet k=4 s=0.5``."""
+        return f"{self.family(kind)} {self._before()}{self.symbol}={self.strength:g}{self._after()}"
+
+    def _before(self) -> str:
+        return ""
+
+    def _after(self) -> str:
+        return ""
+
+
+def _amplitude(default: float = 10.0) -> Any:
+    return Field(default, gt=0, le=255, description="mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)", json_schema_extra={"search": [1e-3, 255.0]})
+
+
+@dataclass
+class Kind:
+    """A registered trigger kind: its ``Params``; ``build`` ``(params, ctx) -> Trigger`` and the
+    ``family`` class are attached by :func:`perturbd.triggers.register_trigger`."""
+
+    name: str
+    params: type[TriggerParams]
+    build: Callable[..., Any] | None = None
+    family: type[Any] | None = None
+
+
+KINDS: Registry[Kind] = Registry("trigger")
+
+
+def register_params(name: str) -> Callable[[type[TriggerParams]], type[TriggerParams]]:
+    """Class decorator: register the kind ``name`` with these ``Params``."""
+
+    def add(params: type[TriggerParams]) -> type[TriggerParams]:
+        KINDS.register(name)(Kind(name, params))
+        return params
+
+    return add
+
+
+def params_of(kind: str) -> type[TriggerParams]:
+    """The ``Params`` of ``kind``; a one-line ConfigError with a suggestion for an unknown kind."""
+    return KINDS.get(kind).params
+
+
+# --------------------------------------------------------------------------- static masks
+
+
+class StaticParams(TriggerParams):
+    amplitude: float = _amplitude()
+
+
+for _name in ("grid", "chessboard", "ring", "random"):
+    register_params(_name)(StaticParams)
+
+
+@register_params("patch")
+class PatchParams(TriggerParams):
+    amplitude: float = _amplitude()
+    size: int = Field(3, ge=1, description="patch side in pixels")
+
+    def _before(self) -> str:
+        return f"{self.size}px "
+
+
+@register_params("image")
+class ImageParams(TriggerParams):
+    amplitude: float = _amplitude()
+    path: Path | None = Field(None, description="mask file (PNG/NPY, pixel units, or a .safetensors trigger); a PNG is scaled to amplitude c")
+
+    def label(self, kind: str) -> str:
+        return f"image {self.path.name if self.path else '?'}"
+
+
+# --------------------------------------------------------------------------- adaptive mask
+
+
+@register_params("adaptive")
+class AdaptiveParams(TriggerParams):
+    strength_key: ClassVar[str] = "budget"
+    symbol: ClassVar[str] = "ξ"
+    needs_model: ClassVar[bool] = True
+
+    method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
+        "deepfool", description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient"
+    )
+    norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
+    budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)", json_schema_extra={"search": [1.0, 10000.0]})
+    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
+    max_steps: int = Field(10, ge=1, description="DeepFool steps per sample and pass")
+    passes: int = Field(5, ge=1, description="passes over the sample images")
+    fooling_rate: float = Field(0.9, gt=0, le=1, description="stop when this fraction of samples goes to the target")
+    samples: int = Field(1000, ge=1, description="images the adversary uses to compute the mask")
+    lr: float = Field(2.0, gt=0, description="gradient method: step size, pixel units per step (L2: RMS per pixel)")
+    batch_size: int = Field(64, ge=1, description="deepfool_batched and gradient: samples per vectorised update")
+
+    def family(self, kind: str) -> str:
+        return f"{kind} {self.method} {self.norm}"
+
+
+# --------------------------------------------------------------------------- blended, sig, wanet
+
+
+@register_params("blended")
+class BlendedParams(TriggerParams):
+    strength_key: ClassVar[str] = "alpha"
+    symbol: ClassVar[str] = "α"
+
+    alpha: float = Field(0.2, gt=0, lt=1, description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)", json_schema_extra={"search": [1e-4, 0.999]})
+    path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
+
+    def _before(self) -> str:
+        return f"{self.path.name} " if self.path else ""
+
+
+_SIG_AMPLITUDE = "peak Δ of the sinusoid (sig: default 20), or Δ of the ramp Δ·j/m (sig_ramp; the authors' MNIST code: 30); pixel units 0–255"
+
+
+class SigRampParams(TriggerParams):
+    strength_key: ClassVar[str] = "sig_amplitude"
+    symbol: ClassVar[str] = "Δ"
+
+    sig_amplitude: float = Field(20.0, gt=0, le=255, description=_SIG_AMPLITUDE, json_schema_extra={"search": [1e-3, 255.0]})
+
+
+class SigParams(SigRampParams):
+    frequency: float = Field(6.0, gt=0, description="periods f of the sinusoid across the image width (default 6)")
+
+    def _after(self) -> str:
+        return f" f={self.frequency:g}"
+
+
+for _name, _params in (("sig", SigParams), ("sig_wrap", SigParams), ("sig_ramp", SigRampParams), ("sig_ramp_wrap", SigRampParams)):
+    register_params(_name)(_params)
+
+
+@register_params("wanet")
+class WanetParams(TriggerParams):
+    strength_key: ClassVar[str] = "warp_strength"
+    symbol: ClassVar[str] = "s"
+
+    grid_k: int = Field(4, ge=2, description="side k of the k×k grid of random offsets, control points (Nguyen & Tran 2021: 4)")
+    warp_strength: float = Field(0.5, gt=0, le=10, description="strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)", json_schema_extra={"search": [1e-4, 10.0]})
+    noise_ratio: float = Field(2.0, ge=0, le=10, description="noise mode: noisy-warped images kept at their labels, per poisoned image (paper: 2); 0: off")
+
+    def _before(self) -> str:
+        return f"k={self.grid_k} "
