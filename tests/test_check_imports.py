@@ -83,9 +83,21 @@ def test_type_checking_ray_and_entry_points_are_allowed(checker, tmp_path):
             """,
         "b.py": "import typing\nif typing.TYPE_CHECKING:\n    from perturbd.a import go\nfrom perturbd.a import go as run\n",
     })  # fmt: skip
+    graph, _ = checker.scan(root)
+    assert graph["perturbd.a"] == {"perturbd.b"} and graph["perturbd.b"] == {"perturbd.a"}
+    assert checker.check(root) == ["import cycle: perturbd.a -> perturbd.b -> perturbd.a"]
+
+
+def test_a_type_only_import_is_an_edge_of_the_graph(checker, tmp_path):
+    """A cycle through ``if TYPE_CHECKING:`` imports is a cycle of the design, though it runs."""
+    root = make_package(tmp_path, {
+        "a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from perturbd.b import B\n",
+        "b.py": "from perturbd.c import C\nB = C\n",
+        "c.py": "C = 1\n",
+    })  # fmt: skip
     assert checker.check(root) == []
     graph, _ = checker.scan(root)
-    assert graph["perturbd.a"] == set() and graph["perturbd.b"] == {"perturbd.a"}
+    assert graph["perturbd.a"] == {"perturbd.b"}
 
 
 def test_an_optional_submodule_is_allowed_but_not_its_parent(checker, tmp_path):

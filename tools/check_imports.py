@@ -7,7 +7,8 @@ Run: ``python tools/check_imports.py``. Exit 0 when clean; exit 1 with one line 
   ``from pkg import name`` where ``pkg.name`` is a module is an edge to ``pkg.name``; relative
   imports are resolved. Importing B also runs the ``__init__`` of each package above B, so A gets
   an edge to each of those too, except the root package and the packages that hold A itself
-  (they are already initialised when A runs). Imports under ``if TYPE_CHECKING:`` are ignored.
+  (they are already initialised when A runs). Imports under ``if TYPE_CHECKING:`` are edges too: a
+  cycle of type-only imports runs, but it is a cycle of the design all the same.
 - ``import inside a function: FILE:LINE in FUNC: STATEMENT``: every ``import`` and
   ``from … import`` in a function or method body. Allowed: imports of the optional dependencies
   in :data:`OPTIONAL` (absent from a plain install), of the heavy dependencies in :data:`DEFERRED`
@@ -58,15 +59,15 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, str | None]]:
-    """Every import statement outside ``if TYPE_CHECKING:``, with the name of the function it is
-    in (``Class.method``), or None at module or class level."""
+    """Every import statement (those under ``if TYPE_CHECKING:`` included), with the name of the
+    function it is in (``Class.method``), or None at module or class level."""
 
     def walk(node: ast.AST, scope: list[str], func: str | None) -> Iterator[tuple[ast.Import | ast.ImportFrom, str | None]]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child, func
             elif isinstance(child, ast.If) and _is_type_checking(child.test):
-                for stmt in child.orelse:
+                for stmt in [*child.body, *child.orelse]:
                     yield from walk(ast.Module(body=[stmt], type_ignores=[]), scope, func)
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 name = ".".join([*scope, child.name])
