@@ -24,8 +24,8 @@ import torch
 
 from perturbd.config import DataConfig
 from perturbd.data import DataSplit, load_data
-from perturbd.runs.experiment import environment
 from perturbd.process import cores, tune_process
+from perturbd.runs.experiment import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")

@@ -44,9 +44,9 @@ from torch import nn
 from benchmarks._common import Series, batching_ceiling, load_split, machine, parser, pick_device, print_table, speedup, timed, write_result
 from perturbd.config import TrainConfig
 from perturbd.data.dataset import DataSplit, to_float01
+from perturbd.metrics import outside, stealth, target_rate
 from perturbd.models import build_from_checkpoint, get_model
 from perturbd.train import fit
-from perturbd.metrics import outside, stealth, target_rate
 from perturbd.triggers.adaptive import pick_samples, universal_perturbation
 from perturbd.triggers.base import Trigger
 
@@ -70,7 +70,7 @@ def ours(method: str) -> Maker:
 
 def art_available() -> bool:
     try:
-        import art.attacks.evasion  # noqa: F401
+        import art.attacks.evasion
         import art.estimators.classification  # noqa: F401
     except ImportError:
         return False
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 continue
             try:
                 seconds, delta = timed(lambda: makers[name](model, samples, args), device)
-            except Exception as err:  # noqa: BLE001  (ART's API moves; report it, do not stop the others)
+            except Exception as err:  # ART's API moves; report it, do not stop the others
                 if name != "art":
                     raise
                 skipped[name] = f"{type(err).__name__}: {err}"

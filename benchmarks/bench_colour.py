@@ -29,9 +29,9 @@ from typing import Any
 
 from benchmarks._common import Series, machine, parser, pick_device, print_table, write_result
 from perturbd.config import load_config
-from perturbd.runs.experiment import preflight
 from perturbd.metrics import clean_accuracy
 from perturbd.process import tune_process
+from perturbd.runs.experiment import preflight
 
 NAME = "bench_colour"
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,10 +55,10 @@ from perturbd.attack import partition
 from perturbd.data import load_data
 from perturbd.data.dataset import to_float01
 from perturbd.defenses import build_defense
-from perturbd.runs.saved import load_inputs
 from perturbd.metrics import attack_success_rate
 from perturbd.poisoning import poison_dataset
 from perturbd.runs.folder import RunDir
+from perturbd.runs.saved import load_inputs
 
 OUT = Path("experiments/results/crosscheck_art")
 RUNS = {  # trigger → overrides of `perturbd run` (embedded mnist5k data, 5 % poison)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from perturbd.config import apply_overrides, read_yaml, validate
 from perturbd.process import tune_process
-from perturbd.runs.experiment import run
 from perturbd.report.matrix import matrix_rows, write_matrix
+from perturbd.runs.experiment import run
 
 HERE = Path(__file__).resolve().parent
 ROWS = {

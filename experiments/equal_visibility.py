@@ -50,16 +50,16 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml
-from perturbd.evaluation.harness import run_defenses, write_defenses
-from perturbd.runs.saved import load_inputs
 from perturbd.errors import PerturbdError
+from perturbd.evaluation.harness import run_defenses, write_defenses
 from perturbd.process import tune_process
-from perturbd.runs.reproduce import has_weights, reproduce, restore
 from perturbd.runs.folder import RunDir
+from perturbd.runs.reproduce import has_weights, reproduce, restore
 from perturbd.runs.rundir import atomic_dir, read_json, run_dir_for, write_json
-from perturbd.sweep.runner import run_sweep
+from perturbd.runs.saved import load_inputs
 from perturbd.sweep.config import TWINS, Sweep, SweepConfig, expand
 from perturbd.sweep.rate_search import asr_by_rate, bisect_round, finished, next_probe, outcomes, smallest_rate
+from perturbd.sweep.runner import run_sweep
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.9

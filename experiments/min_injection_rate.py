@@ -30,19 +30,19 @@ from typing import Any
 
 import torch
 
+from perturbd.attack import adaptive_mask, partition, prepare_adversary
 from perturbd.attack.visibility import at_psnr, mean_psnr
 from perturbd.config import ExperimentConfig, TriggerConfig, load_config
 from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
-from perturbd.attack import adaptive_mask, partition, prepare_adversary
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
 from perturbd.models import build_from_checkpoint, get_model
 from perturbd.poisoning import poison_dataset
 from perturbd.process import tune_process
-from perturbd.train import fit, resolve_device
-from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.runs.folder import RunDir
 from perturbd.runs.twins import TwinStore
+from perturbd.train import fit, resolve_device
+from perturbd.triggers import Trigger, TriggerContext, build_trigger
 
 GOAL = 0.9
 

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 
-
 def _npz(path: Path, **overrides: np.ndarray) -> Path:
     rng = np.random.default_rng(0)
     arrays = {

@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-
-
 BAD = [
     (["run", "--set", "poison.rat=0.1"], "did you mean 'rate'"),
     (["run", "--set", "data.name=mnsit"], "did you mean 'mnist'"),
@@ -60,7 +58,7 @@ def test_defenses_list_each_with_its_kind_and_what_the_kind_does(cli) -> None:
 
 def test_trigger_show_writes_png(cli, tmp_path) -> None:
     png = tmp_path / "grid.png"
-    code, out, err = cli("trigger", "show", "grid", "--set", "trigger.amplitude=10", "-o", str(png))
+    code, _out, err = cli("trigger", "show", "grid", "--set", "trigger.amplitude=10", "-o", str(png))
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -23,10 +23,10 @@ import torch
 
 from perturbd.config import TrainConfig, load_config
 from perturbd.data import load_data
-from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
 from perturbd.process import tune_process
 from perturbd.provenance import cpu_name
+from perturbd.runs.experiment import run
 from perturbd.train import fit
 
 PINS = Path(__file__).with_name("pinned_metrics.json")

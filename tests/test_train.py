@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -82,7 +84,7 @@ def test_new_options_default_to_the_old_cpu_path() -> None:
 def test_warmup_then_linear_decay() -> None:
     factors = [lr_factor("linear", s, 10, warmup=0.2) for s in range(10)]
     assert factors[:2] == [0.5, 1.0] and factors[2] == 1.0 and factors[-1] == pytest.approx(1 / 8)
-    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
     assert [lr_factor("cosine", s, 10) for s in range(10)] == [lr_factor("cosine", s, 10, 0.0) for s in range(10)]
 
 

@@ -11,10 +11,20 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from perturbd.errors import ConfigError
@@ -113,7 +123,7 @@ class TriggerConfig(Section):
             params = model.model_validate(own)
         except ValidationError as err:
             raise ValidationError.from_exception_data(
-                "TriggerConfig", [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in err.errors()]  # type: ignore[typeddict-item]
+                "TriggerConfig", [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in err.errors()]
             ) from None
         return {k: v for k, v in data.items() if k in _TRIGGER_OWN} | {"params": params}
 
@@ -332,7 +342,14 @@ def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
     return f"config '{where}': {first['msg']}, got {first.get('input')!r}{more}"
 
 
-def validate(data: dict[str, Any], model: type[BaseModel] = ExperimentConfig) -> Any:
+M = TypeVar("M", bound=BaseModel)
+
+
+@overload
+def validate(data: dict[str, Any]) -> ExperimentConfig: ...
+@overload
+def validate(data: dict[str, Any], model: type[M]) -> M: ...
+def validate(data: dict[str, Any], model: type[BaseModel] = ExperimentConfig) -> BaseModel:
     """Build ``model`` from ``data``; a :class:`ConfigError` with one line on any mistake."""
     try:
         return model.model_validate(data)
@@ -398,7 +415,7 @@ def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
-    out = json.loads(json.dumps(data, default=str))
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
     for item in overrides:
         set_dotted(out, *parse_assignment(item, "--set takes section.key=value"))
     return out
@@ -411,4 +428,5 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 
 def dump_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    text: str = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return text

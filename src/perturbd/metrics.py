@@ -26,7 +26,6 @@ from perturbd.errors import DataError
 from perturbd.train import predict
 
 
-
 class Applies(Protocol):
     """What the metrics need of a trigger (:class:`perturbd.triggers.Trigger` is one): ``apply``
     maps a batch of images to its triggered copy, uint8 or float in [0, 1] as given."""
@@ -126,7 +125,7 @@ def ssim_each(clean: torch.Tensor, poisoned: torch.Tensor, data_range: float = 2
     gauss = (gauss / gauss.sum()).unsqueeze(0)
     window = torch.matmul(gauss.t(), gauss).expand(channels, 1, size, size)
     x, y = (F.pad(v.to(poisoned.dtype), (pad, pad, pad, pad), mode="reflect") for v in (poisoned, clean))
-    mean_x, mean_y, xx, yy, xy = F.conv2d(torch.cat((x, y, x * x, y * y, x * y)), window, groups=channels).split(n)
+    mean_x, mean_y, xx, yy, xy = torch.split(F.conv2d(torch.cat((x, y, x * x, y * y, x * y)), window, groups=channels), n)
     mean_x2, mean_y2, mean_xy = mean_x.pow(2), mean_y.pow(2), mean_x * mean_y
     var_x = torch.clamp(xx - mean_x2, min=0.0)
     var_y = torch.clamp(yy - mean_y2, min=0.0)

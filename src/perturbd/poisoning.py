@@ -83,7 +83,7 @@ def eligible_mask(labels: torch.Tensor, cfg: PoisonConfig) -> torch.Tensor:
 
 def poison_count(size: int, rate: float) -> int:
     """``round(rate × size)``; the number of images poisoned in a set of ``size``."""
-    return int(round(rate * size))
+    return round(rate * size)
 
 
 def choose_indices(labels: torch.Tensor, cfg: PoisonConfig, seed: int) -> torch.Tensor:
@@ -232,10 +232,9 @@ def poison(
         input; y of y's type and dtype (numpy for a plain sequence); indices sorted, numpy for
         numpy x, torch for torch x.
     """
-    is_numpy = isinstance(x, np.ndarray)
-    if not is_numpy and not isinstance(x, torch.Tensor):
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise ConfigError(f"x must be a numpy array or a torch tensor of uint8 pixels, got {type(x).__name__}")
-    images = torch.from_numpy(np.ascontiguousarray(x)) if is_numpy else x.detach().cpu()
+    images = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
     if images.dtype != torch.uint8:
         raise ConfigError(f"x must hold uint8 pixels 0–255, got {images.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]")
     order = _layout(tuple(images.shape), layout)
@@ -250,9 +249,9 @@ def poison(
     trig = _as_trigger(trigger, data.image_shape, seed, target, quantize, params)
     done = poison_dataset(data, trig, cfg, seed)
     out = done.dataset.images if quantize else done.dataset.images * 255.0
-    out, new_y = _from_nchw(out, order).contiguous(), done.dataset.labels
-    new_y = new_y.to(y.device, y.dtype) if isinstance(y, torch.Tensor) else new_y.numpy().astype(y.dtype if isinstance(y, np.ndarray) else np.int64)
-    if is_numpy:
+    out, labels_out = _from_nchw(out, order).contiguous(), done.dataset.labels
+    new_y = labels_out.to(y.device, y.dtype) if isinstance(y, torch.Tensor) else labels_out.numpy().astype(y.dtype if isinstance(y, np.ndarray) else np.int64)
+    if isinstance(x, np.ndarray):
         return Poisoned(out.numpy(), new_y, done.indices.numpy())
     return Poisoned(out.to(x.device), new_y, done.indices)
 

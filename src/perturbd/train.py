@@ -35,7 +35,6 @@ from perturbd.data.augment import augment, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 
-
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 

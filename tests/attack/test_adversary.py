@@ -11,8 +11,8 @@ from perturbd.config import load_config
 from perturbd.data import load_data
 from perturbd.errors import ConfigError
 from perturbd.models import get_model, save_model
-from perturbd.train import fit
 from perturbd.runs.twins import TwinStore
+from perturbd.train import fit
 
 CPU = torch.device("cpu")
 
@@ -21,7 +21,7 @@ def _plan(split, train_only, fast, *sets):
     cfg = load_config(overrides=[*fast, *sets])
     part = partition(cfg, split.train.labels, split.train.num_classes)
     twins = TwinStore()
-    return cfg, part, twins, plan_attack(cfg, train_only, part, CPU, twins)  
+    return cfg, part, twins, plan_attack(cfg, train_only, part, CPU, twins)
 
 
 @pytest.mark.parametrize("knowledge", ["model", "none"])
@@ -85,7 +85,7 @@ def test_data_knowledge_trains_a_surrogate_on_the_victims_data(split, train_only
 def test_full_knowledge_of_an_update_is_the_pre_update_checkpoint(split, train_only, fast, tmp_path) -> None:
     ckpt = tmp_path / "pre.safetensors"
     save_model(get_model("cnn28", (1, 28, 28), 10, seed=5), ckpt)
-    cfg, part, twins, plan = _plan(split, train_only, fast, "attack.setting=update", "attack.update_size=100", f"attack.checkpoint={ckpt}")
+    _cfg, part, _twins, plan = _plan(split, train_only, fast, "attack.setting=update", "attack.update_size=100", f"attack.checkpoint={ckpt}")
     m = plan.record["model"]
     assert m["checkpoint"] == str(ckpt) and not m["is_victim_clean_model"] and m["train_seconds"] < 5
     assert plan.record["data"]["size"] == len(part.initial) == 300

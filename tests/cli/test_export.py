@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import SYNTHETIC
 
 from perturbd.config import load_config
 from perturbd.runs.experiment import run
-
-from conftest import SYNTHETIC
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ from perturbd.data import (
     load_data,
     register_source,
     source_status,
+    sources,
     stratified_indices,
     to_float01,
 )
-from perturbd.data import sources
 from perturbd.errors import ConfigError, DataError
 from perturbd.registry import Registry
 
@@ -28,7 +28,7 @@ BUILTIN = ["mnist5k", "mnist", "fashion-mnist", "cifar10", "svhn", "gtsrb", "syn
 
 def test_every_documented_source_is_registered() -> None:
     names = list_sources()
-    for name in BUILTIN + ["imagefolder:PATH", "npz:PATH"]:
+    for name in [*BUILTIN, "imagefolder:PATH", "npz:PATH"]:
         assert name in names
     assert names == sorted(names)
 

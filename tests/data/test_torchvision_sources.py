@@ -84,7 +84,7 @@ def test_cifar_like_arrays_are_converted_in_bulk_and_cached(
     made = []
 
     class FakeCIFAR10:
-        classes = ["plane", "car"]
+        classes = ["plane", "car"]  # noqa: RUF012 (torchvision declares it so)
 
         def __init__(self, root: str, train: bool = True, download: bool = False) -> None:
             n = 6 if train else 4
@@ -201,8 +201,9 @@ def test_extraction_refuses_members_outside_the_folder(tmp_path: Path) -> None:
     import io
     import tarfile
 
-    from perturbd.data.torchvision_sources import safe_extraction
     from torchvision.datasets.utils import extract_archive
+
+    from perturbd.data.torchvision_sources import safe_extraction
 
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:

@@ -7,7 +7,6 @@ import torch
 from perturbd.defenses import build_defense
 from perturbd.evaluation.harness import evaluate_defense
 
-
 # PCA, seeds 0–9: AUROC 0.69–0.83 (k-means lands on one of two splits: 0.69 on 8 seeds), only
 # class 0 flagged, 57–90 % of the poison flagged and no clean image. FastICA on the same model:
 # AUROC 0.16–0.27 and 2–7 classes flagged.

@@ -7,7 +7,6 @@ an existing kind is one class and one registry line: the contract and the harnes
 from __future__ import annotations
 
 import math
-
 from typing import ClassVar
 
 import annotated_types as at
@@ -18,7 +17,6 @@ from torch import nn
 
 from perturbd.config import DefenseSpec
 from perturbd.data.dataset import ImageDataset
-
 from perturbd.defenses import build_defense, get_defense, list_defenses, register_defense
 from perturbd.defenses.base import _DEFENSES, Defense, DefenseParams
 from perturbd.errors import ConfigError

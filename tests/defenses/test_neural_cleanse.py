@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from perturbd.defenses import build_defense
-from perturbd.evaluation.harness import evaluate_defense, write_defenses
 from perturbd.defenses.neural_cleanse import NeuralCleanse, anomaly_index, initial_trigger, reverse_triggers
+from perturbd.evaluation.harness import evaluate_defense, write_defenses
 
 # 30 epochs of 10 mini-batches of 8 (the schedule sets the cost after 5 epochs and moves it every
 # 5). Seeds (derived from 0), 1, 2, 3: the target's index 3.7, 2.9, 6.0, 3.0, the largest of the

@@ -11,8 +11,8 @@ from torch import nn
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
-from perturbd.evaluation.harness import evaluate_defense
 from perturbd.defenses.strip import Strip
+from perturbd.evaluation.harness import evaluate_defense
 
 # 200 clean images, 8 overlays, 200 test images: over 4 seeds (the defender's clean order and the
 # test sample) AUROC 0.955–0.966, TPR at 5 % FPR 0.80–0.86, the clean twin's AUROC 0.47–0.52; the

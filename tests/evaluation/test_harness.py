@@ -17,10 +17,10 @@ from perturbd.config import DefenseSpec, load_config
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
 from perturbd.defenses.base import Defense, DefenseParams, Figures, ModelInspector
-from perturbd.evaluation import DefenseInputs, defender_clean_set, evaluate_defense, run_defenses, write_defenses
 from perturbd.errors import ConfigError
-from perturbd.runs.experiment import run
+from perturbd.evaluation import DefenseInputs, defender_clean_set, evaluate_defense, run_defenses, write_defenses
 from perturbd.report.matrix import matrix_rows, write_matrix
+from perturbd.runs.experiment import run
 from perturbd.runs.rundir import run_dir_for
 from perturbd.seeding import derived_generator, derived_seed
 from perturbd.triggers import Trigger

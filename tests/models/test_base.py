@@ -149,9 +149,8 @@ def test_frozen_is_eval_without_gradients_and_restores_both(build, training):
 
 def test_frozen_restores_on_error(build):
     model = build("cnn28").train()
-    with pytest.raises(RuntimeError):
-        with frozen(model):
-            raise RuntimeError("attack failed")
+    with pytest.raises(RuntimeError), frozen(model):
+        raise RuntimeError("attack failed")
     assert model.training and all(p.requires_grad for p in model.parameters())
 
 

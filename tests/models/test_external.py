@@ -12,11 +12,11 @@ from torch import nn
 from perturbd.config import ModelConfig, load_config
 from perturbd.data import load_data
 from perturbd.errors import CheckpointError, ConfigError
-from perturbd.runs.experiment import run
 from perturbd.models import ExternalModel, build_from_checkpoint, build_model, get_model, register_factory, save_model
 from perturbd.models.small import SmallCNN
-from perturbd.seeding import ADVERSARY_SEED_OFFSET
+from perturbd.runs.experiment import run
 from perturbd.runs.twins import TwinStore, twin_key
+from perturbd.seeding import ADVERSARY_SEED_OFFSET
 
 HALF = {"mean": [0.5], "std": [0.5]}
 

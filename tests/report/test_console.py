@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from perturbd.cli import app
 from perturbd.report.build import build_report
 from perturbd.report.console import aggregate_table, summary_table
-from perturbd.runs.results import BeforeUpdate
 from perturbd.runs.folder import RunDir
+from perturbd.runs.results import BeforeUpdate
 
 
 def cells(table) -> list[tuple[str, ...]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from perturbd.report.aggregate import collect_runs
 from perturbd.report.html import esc, run_html, sweep_html
-from perturbd.runs.rundir import read_json, write_json
 from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import read_json, write_json
 
 
 def test_run_page_shows_the_rows_of_run_metrics(runs, self_contained):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import SYNTHETIC
 
 from perturbd.config import TrainConfig
 from perturbd.data.dataset import ImageDataset
@@ -14,12 +15,10 @@ from perturbd.errors import ConfigError
 from perturbd.models import get_model
 from perturbd.train import fit
 
-from conftest import SYNTHETIC
-
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from perturbd.report.tensorboard import TensorBoardMonitor  # noqa: E402
+from perturbd.report.tensorboard import TensorBoardMonitor
 
 
 class Recorder:

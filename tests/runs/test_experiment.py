@@ -13,11 +13,11 @@ import perturbd.runs.experiment as experiment
 import perturbd.runs.twins as twins
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
-from perturbd.runs.experiment import run
 from perturbd.models import get_model, save_model
-from perturbd.runs.rundir import run_dir_for
 from perturbd.provenance import cpu_name
+from perturbd.runs.experiment import run
 from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import run_dir_for
 
 FILES = {
     "config.yaml",
@@ -38,7 +38,7 @@ FILES = {
 def test_backdoor_is_learned_and_twin_is_clean(tiny_config, tmp_path) -> None:
     result = run(tiny_config, tmp_path)
     m = result.metrics
-    assert FILES <= {p.name for p in result.run_dir.iterdir()}
+    assert {p.name for p in result.run_dir.iterdir()} >= FILES
     assert m.attack_success_rate >= 0.8, m
     assert m.clean_model_asr <= 0.2, m
     assert m.attack_success_rate - m.clean_model_asr >= 0.6

@@ -11,22 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from perturbd.config import DataConfig, load_config
 from perturbd.data import load_data
-from perturbd.runs.saved import load_inputs
-from perturbd.errors import ConfigError
-from perturbd.runs.experiment import run
 from perturbd.data.dataset import ImageDataset
-from perturbd.runs.export import class_folders, export_run, safe_name, write_split
+from perturbd.errors import ConfigError
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.models import get_model
+from perturbd.runs.experiment import run
+from perturbd.runs.export import class_folders, export_run, safe_name, write_split
+from perturbd.runs.folder import RunDir
+from perturbd.runs.saved import load_inputs
 from perturbd.train import fit
 from perturbd.triggers import Trigger
-from perturbd.runs.folder import RunDir
-
-from conftest import TINY
 
 
 @pytest.fixture(scope="module")

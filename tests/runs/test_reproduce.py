@@ -10,9 +10,9 @@ import pytest
 
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
+from perturbd.provenance import cpu_name
 from perturbd.runs.experiment import run
 from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, reproduce, restore
-from perturbd.provenance import cpu_name
 
 
 @pytest.fixture

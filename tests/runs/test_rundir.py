@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from perturbd.config import load_config
-from perturbd.provenance import git_commit
 from perturbd.runs.rundir import (
     atomic_dir,
     clear_failure,
@@ -44,10 +43,9 @@ def test_a_finished_block_leaves_the_whole_directory_and_nothing_else(tmp_path) 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_a_failed_block_leaves_nothing(tmp_path, error) -> None:
     final = tmp_path / "run"
-    with pytest.raises(error):
-        with atomic_dir(final) as tmp:
-            (tmp / "model.safetensors").write_bytes(b"half")
-            raise error("stopped")
+    with pytest.raises(error), atomic_dir(final) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise error("stopped")
     assert not final.exists() and leftovers(tmp_path) == []
 
 
@@ -55,9 +53,8 @@ def test_an_existing_directory_is_kept_without_replace(tmp_path) -> None:
     final = tmp_path / "run"
     final.mkdir()
     (final / "metrics.json").write_text("old")
-    with pytest.raises(OSError):
-        with atomic_dir(final) as tmp:
-            (tmp / "metrics.json").write_text("new")
+    with pytest.raises(OSError), atomic_dir(final) as tmp:
+        (tmp / "metrics.json").write_text("new")
     assert (final / "metrics.json").read_text() == "old" and leftovers(tmp_path) == []
 
 
@@ -70,10 +67,9 @@ def test_replace_swaps_the_old_directory_only_at_the_end(tmp_path) -> None:
         assert (final / "old.txt").is_file()  # still the old run while the new one is written
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
     assert leftovers(tmp_path) == []
-    with pytest.raises(RuntimeError):
-        with atomic_dir(final, replace=True) as tmp:
-            (tmp / "newer.txt").write_text("newer")
-            raise RuntimeError("failed")
+    with pytest.raises(RuntimeError), atomic_dir(final, replace=True) as tmp:
+        (tmp / "newer.txt").write_text("newer")
+        raise RuntimeError("failed")
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"] and leftovers(tmp_path) == []
 
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from perturbd.cli import app, main
-from perturbd.runs.saved import CLEAN_SOURCE, load_inputs, locate
 from perturbd.errors import CheckpointError
+from perturbd.runs.saved import CLEAN_SOURCE, load_inputs, locate
 
 
 def _saved_indices(run_dir) -> list[int]:

@@ -12,9 +12,9 @@ from external_models import HALF, resnet_files, tiny_npz
 
 from perturbd.cli.defences import model_options
 from perturbd.defenses.activation_clustering import ActivationClustering
-from perturbd.runs.saved import load_inputs
 from perturbd.defenses.spectral_signature import SpectralSignature
 from perturbd.errors import CheckpointError, ConfigError
+from perturbd.runs.saved import load_inputs
 
 # how each file is named on the command line: perturbd's checkpoint records everything
 ARGS = {
@@ -68,7 +68,7 @@ def test_cli_defend_gives_the_same_report(models, kind, cli, tmp_path):
 def test_cli_audit_gives_the_same_verdicts(models, kind, cli, tmp_path):
     verdicts = {}
     for which in ("own", kind):
-        code, out, err = cli("audit", str(models["old"][which]), str(models["new"][which]), "--data", f"npz:{models['data']}", *AUDIT, *ARGS[which], "-o", str(tmp_path / which))
+        code, _out, err = cli("audit", str(models["old"][which]), str(models["new"][which]), "--data", f"npz:{models['data']}", *AUDIT, *ARGS[which], "-o", str(tmp_path / which))
         assert code == 0, err
         verdicts[which] = json.loads((tmp_path / which / "audit.json").read_text())["labels"]
     assert [r["verdict"] for r in verdicts["own"]] == [r["verdict"] for r in verdicts[kind]]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 import pytest
+import torch
 
 import perturbd.runs.twins as twins_module
 from perturbd.config import load_config
@@ -106,8 +105,8 @@ def test_a_checkpoint_is_read_once_per_run(fast, tmp_path: Path, monkeypatch) ->
 
 
 def test_an_adaptive_mask_is_computed_once_for_every_injection_rate(fast, tmp_path: Path) -> None:
-    from perturbd.triggers import Trigger
     from perturbd.runs.twins import mask_key
+    from perturbd.triggers import Trigger
 
     cfg, train = _setup(fast)
     cpu = torch.device("cpu")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from perturbd.sweep.axes import axis_values, check_key, deep_merge
 from perturbd.errors import ConfigError
+from perturbd.sweep.axes import axis_values, check_key, deep_merge
 
 # --------------------------------------------------------------------------- generators
 

@@ -16,9 +16,9 @@ import torch
 import perturbd.sweep.executors as executors
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
-from perturbd.sweep.executors import LocalExecutor, Outcome, RayExecutor, auto_workers, execute
 from perturbd.report.aggregate import collect_runs
 from perturbd.runs.rundir import run_dir_for
+from perturbd.sweep.executors import LocalExecutor, Outcome, RayExecutor, auto_workers, execute
 from perturbd.sweep.runner import load_sweep, run_sweep
 
 

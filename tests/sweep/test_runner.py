@@ -16,8 +16,8 @@ import pytest
 import perturbd.attack.settings.before_training as before_training
 import perturbd.runs.twins as twins
 from perturbd.errors import ConfigError
-from perturbd.sweep.executors import LocalExecutor, RayExecutor
 from perturbd.report.aggregate import collect_runs
+from perturbd.sweep.executors import LocalExecutor, RayExecutor
 from perturbd.sweep.runner import load_sweep, make_executor, run_sweep, status
 from perturbd.train import fit as real_fit
 

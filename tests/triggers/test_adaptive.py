@@ -3,7 +3,6 @@ DeepFool step itself: test_deepfool.py)."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn as nn
@@ -16,8 +15,8 @@ from perturbd.metrics import target_rate
 from perturbd.triggers import Trigger, TriggerContext, build_trigger
 from perturbd.triggers.adaptive import (
     check_budget,
-    project,
     pick_samples,
+    project,
     quantize,
     universal_perturbation,
 )

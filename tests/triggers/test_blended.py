@@ -28,7 +28,7 @@ def test_blend_is_the_papers_formula_rounded_for_uint8_exact_for_float() -> None
 def test_pattern_is_seeded_noise_of_whole_grey_levels_or_a_users_image(tmp_path) -> None:
     a, b = noise_pattern((3, 8, 8), 1), noise_pattern((3, 8, 8), 2)
     assert torch.equal(a, noise_pattern((3, 8, 8), 1)) and not torch.equal(a, b)
-    assert torch.equal(a, a.round()) and 0 <= float(a.min()) and float(a.max()) <= 255
+    assert torch.equal(a, a.round()) and float(a.min()) >= 0 and float(a.max()) <= 255
     Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8)).save(tmp_path / "key.png")
     trig = build_trigger(TriggerConfig(kind="blended", path=tmp_path / "key.png", alpha=0.5), TriggerContext((1, 8, 8), 0))
     assert trig.delta.shape == (1, 8, 8) and torch.allclose(trig.delta, torch.full((1, 8, 8), 200.0))

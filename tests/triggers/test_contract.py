@@ -54,10 +54,10 @@ def test_every_kind_keeps_dtype_shape_range_and_input(kind: str, tmp_path: Path,
     assert out.dtype == torch.uint8 and out.shape == IMAGES.shape and torch.equal(IMAGES, before)
     floats = IMAGES.double() / 255
     moved = trig.apply(floats)
-    assert moved.dtype == torch.float64 and moved.shape == IMAGES.shape and 0 <= float(moved.min()) and float(moved.max()) <= 1
+    assert moved.dtype == torch.float64 and moved.shape == IMAGES.shape and float(moved.min()) >= 0 and float(moved.max()) <= 1
     assert torch.equal(floats, IMAGES.double() / 255), "apply must not modify its input"
     soft = replace(trig, quantize=False).apply(IMAGES)
-    assert soft.dtype == torch.float32 and 0 <= float(soft.min()) and float(soft.max()) <= 1
+    assert soft.dtype == torch.float32 and float(soft.min()) >= 0 and float(soft.max()) <= 1
     assert (out.double() - IMAGES.double()).abs().max() == trig.norms(1, IMAGES)["linf"] or trig.additive
     assert trig.preview(IMAGES).shape[-2:] == SHAPE[-2:]
 

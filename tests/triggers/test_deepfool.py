@@ -35,7 +35,7 @@ def test_targeted_deepfool_step_is_the_closed_form_minimal_perturbation(overshoo
         g = float(w @ x[i].flatten() + bias[target] - bias[top[i]])
         expected = (1 + overshoot) * abs(g) * 255.0 * w / w.dot(w)
         torch.testing.assert_close(r[i].flatten(), expected, rtol=1e-4, atol=1e-4)
-        moved = model((x[i : i + 1] + r[i] / 255.0))[0].detach()
+        moved = model(x[i : i + 1] + r[i] / 255.0)[0].detach()
         assert float(moved[target] - moved[top[i]]) >= -1e-4, "the step reaches the boundary toward t"
 
 

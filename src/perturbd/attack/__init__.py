@@ -6,4 +6,4 @@ from perturbd.attack.adversary import Adversary, prepare_adversary
 from perturbd.attack.partition import Partition, indices_hash, partition
 from perturbd.attack.plan import AttackPlan, adaptive_mask, plan_attack
 
-__all__ = ["Adversary", "AttackPlan", "adaptive_mask", "Partition", "indices_hash", "partition", "plan_attack", "prepare_adversary"]
+__all__ = ["Adversary", "AttackPlan", "Partition", "adaptive_mask", "indices_hash", "partition", "plan_attack", "prepare_adversary"]

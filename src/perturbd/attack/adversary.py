@@ -39,9 +39,9 @@ from perturbd.errors import ConfigError
 from perturbd.knowledge import KNOWLEDGE
 from perturbd.metrics import clean_accuracy
 from perturbd.models import build_model, default_model_name, get_model, list_models
+from perturbd.runs.twins import TwinStore
 from perturbd.seeding import ADVERSARY_SEED_OFFSET
 from perturbd.train import Monitor, fit
-from perturbd.runs.twins import TwinStore
 
 # the surrogate ``attack.surrogate: auto`` takes, first that fits and is not the victim's: on grey
 # images the MNIST architectures; on colour images the CIFAR ones (lenet5, an MNIST network, is a

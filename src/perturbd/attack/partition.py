@@ -88,7 +88,7 @@ def partition(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int) -> 
     auxiliary = None
     victim = torch.arange(n)
     if a.same_victim or not KNOWLEDGE[a.knowledge].data:
-        aux_n = int(round(a.aux_fraction * n))
+        aux_n = round(a.aux_fraction * n)
         if aux_n < need or n - aux_n < need:
             who, got = ("adversary", aux_n) if aux_n < need else ("victim", n - aux_n)
             raise ConfigError(
@@ -124,7 +124,7 @@ def _update_batch(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int,
 def _holdout(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int, adversary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hold-out, the rest) of the adversary's data, as indices into the training split."""
     n = len(labels)
-    hold_n = max(num_classes, int(round(cfg.attack.holdout_fraction * n)))
+    hold_n = max(num_classes, round(cfg.attack.holdout_fraction * n))
     if hold_n >= n:
         raise ConfigError(
             f"the adversary holds {n} images, too few to keep a hold-out of {hold_n} (at least one per class) "

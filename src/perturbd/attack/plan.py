@@ -17,12 +17,11 @@ from perturbd.attack.visibility import at_psnr
 from perturbd.config import ExperimentConfig, TriggerConfig
 from perturbd.data.dataset import DataSplit, ImageDataset
 from perturbd.poisoning import sources_of
+from perturbd.runs.twins import TwinStore, mask_key
 from perturbd.seeding import derived_generator
 from perturbd.train import Monitor
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 from perturbd.triggers.adaptive import check_budget, pick_samples
-from perturbd.runs.twins import TwinStore, mask_key
-
 
 VISIBILITY_IMAGES = 2000
 

@@ -16,8 +16,8 @@ from perturbd.errors import ConfigError
 from perturbd.poisoning import check_target
 from perturbd.report.figures import trigger_png
 from perturbd.runs.rundir import write_json
-from perturbd.train import Monitor, resolve_device
 from perturbd.runs.twins import TwinStore
+from perturbd.train import Monitor, resolve_device
 
 
 def make_trigger(cfg: ExperimentConfig, monitor: Monitor | None = None, output: Path | None = None) -> AttackPlan:

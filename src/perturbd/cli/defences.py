@@ -90,8 +90,8 @@ def audit(
 ) -> None:
     """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
     from perturbd.defenses.base import seed_from_run
-    from perturbd.runs.saved import load_inputs, load_model, locate
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
+    from perturbd.runs.saved import load_inputs, load_model, locate
 
     auditor = UpdateAudit(**params_of(params))
     spec = model_options(arch, features, sets)

@@ -54,7 +54,9 @@ def reproduce(
     stored = RunDir(run_dir)
     cfg = stored.config(given)  # a mistake is answered before torch loads
     from perturbd.process import tune_process
-    from perturbd.runs.reproduce import REPRODUCED, reproduce as train_again, restore as put_back
+    from perturbd.runs.reproduce import REPRODUCED
+    from perturbd.runs.reproduce import reproduce as train_again
+    from perturbd.runs.reproduce import restore as put_back
 
     tune_process(cfg.train.threads)
 

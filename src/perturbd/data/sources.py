@@ -258,7 +258,7 @@ def read_cache(path: Path, name: str) -> DataSplit | None:
             blob["test_labels"],
             blob["classes"],
         )
-    except Exception as err:  # noqa: BLE001 - a bad cache file is rebuilt, never fatal
+    except Exception as err:  # a bad cache file is rebuilt, never fatal
         log.warning("ignoring unreadable cache file %s (%s); rebuilding it", path, err)
         return None
 

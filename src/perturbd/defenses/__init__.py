@@ -18,6 +18,17 @@ Example:
     >>> det = build_defense("spectral_signature", epsilon=0.05)  # then det.fit(model, train).scores_
 """
 
+from perturbd.defenses import (  # noqa: F401  (each module registers its defence)
+    activation_clustering,
+    adversarial_training,
+    distillation,
+    fine_pruning,
+    fine_tuning,
+    neural_cleanse,
+    spectral_signature,
+    strip,
+    update_audit,
+)
 from perturbd.defenses.base import (
     DatasetScreen,
     Defense,
@@ -30,17 +41,6 @@ from perturbd.defenses.base import (
     get_defense,
     list_defenses,
     register_defense,
-)
-from perturbd.defenses import (  # noqa: F401  (each module registers its defence)
-    activation_clustering,
-    adversarial_training,
-    distillation,
-    fine_pruning,
-    fine_tuning,
-    neural_cleanse,
-    spectral_signature,
-    strip,
-    update_audit,
 )
 
 __all__ = [

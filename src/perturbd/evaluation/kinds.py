@@ -21,7 +21,12 @@ from typing import Any
 from perturbd.defenses.base import DatasetScreen, Defense, InputScreen, Mitigator, ModelInspector, UpdateAuditor
 from perturbd.errors import ConfigError
 from perturbd.evaluation.evaluators import (
-    Evaluation, measure_dataset, measure_input, measure_mitigation, measure_model, measure_update,
+    Evaluation,
+    measure_dataset,
+    measure_input,
+    measure_mitigation,
+    measure_model,
+    measure_update,
 )  # fmt: skip
 from perturbd.evaluation.inputs import DefenseInputs
 from perturbd.registry import suggest

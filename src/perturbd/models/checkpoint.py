@@ -254,7 +254,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors handle has keys(), no __iter__)
     except Exception as err:  # safetensors raises its own error types for bad files
         raise CheckpointError(f"{path} is not a readable safetensors file ({_reason(err)}); it is truncated or corrupt") from None
     return state, meta

@@ -25,6 +25,7 @@ model is not split: ``features()`` serves screening, and the logits come from ca
 from __future__ import annotations
 
 import importlib
+import contextlib
 import inspect
 import sys
 import warnings
@@ -182,10 +183,8 @@ def spec_files(spec: ModelConfig) -> dict[str, Path]:
     prefix, _, rest = spec.name.partition(":")
     files = {"weights": spec.weights, "torchscript": Path(rest) if prefix == "torchscript" else None}
     if prefix == "factory":
-        try:
+        with contextlib.suppress(TypeError):  # a builtin: no source file
             files["factory"] = Path(inspect.getsourcefile(_factory(rest)) or "")
-        except TypeError:  # a builtin: no source file
-            pass
     return {k: Path(p).expanduser() for k, p in files.items() if p is not None and Path(p).expanduser().is_file()}
 
 

@@ -246,7 +246,7 @@ def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
     head = [*rest, *(f"{axis} = {v}" for v in values)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(rest) else "---:" for i in range(len(head))) + "|"]
     for key, by_value in rows.items():
-        cells = [f"{_asr_per_seed(g, 'pct1')} ({g.reaching()})" if (g := by_value.get(v)) else "–" for v in values]
+        cells = [f"{_asr_per_seed(hit, 'pct1')} ({hit.reaching()})" if (hit := by_value.get(v)) else "–" for v in values]
         lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
     return "\n".join(lines) + (
         f"\n\nASR % of the backdoored model per seed (seeds in order); (k/N): how many of the N seeds reach "

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from perturbd.data.dataset import to_float01  # noqa: E402
+from perturbd.data.dataset import to_float01
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from perturbd.report.aggregate import Group, Stat  # noqa: E402
+from perturbd.report.aggregate import Group, Stat
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +18,31 @@ import torchvision
 from torch import nn
 
 from perturbd.attack import AttackPlan, Partition, partition, plan_attack
+from perturbd.attack.settings import Context, Setting, Trained, get_setting
 from perturbd.config import ExperimentConfig
 from perturbd.data import get_source, load_data, source_status
 from perturbd.data.arrays import register_arrays
 from perturbd.data.dataset import DataSplit
 from perturbd.defenses import build_defense
-from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
-from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.errors import ConfigError, DataError
+from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.malloc import malloc_state
 from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_source_rate, stealth
 from perturbd.models import build_model, list_models, register_factory, save_model
 from perturbd.models.external import check_spec
 from perturbd.poisoning import check_target, sources_of
 from perturbd.progress import Log
+from perturbd.provenance import code_identity, cpu_name
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.folder import RunDir
 from perturbd.runs.results import PoisonRecord, RunMetrics, Stealth, TriggerNorms
-from perturbd.provenance import code_identity, cpu_name
 from perturbd.runs.rundir import atomic_dir, run_dir_for
-from perturbd.attack.settings import Context, Setting, Trained, get_setting
+from perturbd.runs.saved import CLEAN_SOURCE
+from perturbd.runs.twins import TwinStore
 from perturbd.train import Monitor, SilentMonitor, resolve_device
 from perturbd.triggers import get_trigger
-from perturbd.runs.twins import TwinStore
 
 
 @dataclass

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import ExperimentConfig, TriggerConfig, dump_yaml, load_config, read_yaml, validate
-from perturbd.provenance import git_commit
 from perturbd.errors import ConfigError, DataError
+from perturbd.provenance import git_commit
 from perturbd.runs.results import PoisonRecord, RunMetrics
 from perturbd.runs.rundir import read_json, write_json
 from perturbd.trigger_params import params_of

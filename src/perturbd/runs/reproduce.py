@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.errors import ConfigError
-from perturbd.runs.experiment import run
 from perturbd.provenance import cpu_name
+from perturbd.runs.experiment import run
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import run_dir_for
 from perturbd.train import Monitor

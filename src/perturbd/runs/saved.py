@@ -28,8 +28,8 @@ import torch
 from perturbd.attack.partition import partition
 from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, read_yaml, validate
 from perturbd.data import ImageDataset, load_data
-from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
 from perturbd.errors import CheckpointError, ConfigError
+from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
 from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
 from perturbd.models.checkpoint import USER_CODE, is_torchscript, read_weights
 from perturbd.poisoning import poison_dataset

@@ -45,7 +45,7 @@ def _range(start: float, stop: float, step: float) -> list[Any]:
     if step == 0:
         raise ConfigError("sweep axis range step must not be 0")
     if all(isinstance(a, int) for a in (start, stop, step)):
-        return list(range(start, stop, step))  # type: ignore[arg-type]
+        return list(range(int(start), int(stop), int(step)))
     n = math.ceil((stop - start) / step - 1e-9)
     return [_tidy(start + i * step) for i in range(max(0, n))]
 

@@ -31,8 +31,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from perturbd.config import ExperimentConfig, Section, apply_overrides, flat_keys, read_yaml, set_dotted, validate
-from perturbd.sweep.axes import axis_values, check_key, deep_merge
 from perturbd.errors import ConfigError
+from perturbd.sweep.axes import axis_values, check_key, deep_merge
 
 TWINS = ".twins"
 
@@ -43,22 +43,31 @@ class RayConfig(Section):
     num_cpus_per_run: float = Field(1.0, gt=0, description="CPUs each run asks Ray for; torch uses that many threads")
 
 
+def _no_variant() -> list[dict[str, Any]]:
+    """The default variants: one, which changes nothing."""
+    return [{}]
+
+
 class SweepConfig(Section):
     name: str | None = Field(None, description="sweep name; default: the file name")
     base: dict[str, Any] = Field(default_factory=dict, description="the experiment config every run starts from")
     base_config: Path | None = Field(None, description="experiment YAML to start from (relative to the sweep file)")
-    variants: list[dict[str, Any]] = Field(default_factory=lambda: [{}], description="partial configs merged into the base, one after the other (a union, not a product)")
+    variants: list[dict[str, Any]] = Field(default_factory=_no_variant, description="partial configs merged into the base, one after the other (a union, not a product)")
     axes: dict[str, Any] = Field(default_factory=dict, description="dotted config key → list of values, {range: …} or {logspace: …}")
-    seeds: list[int] | int = Field([0], description="seeds of every grid point, or n for seeds 0 … n-1")
+    seeds: list[int] = Field([0], description="seeds of every grid point, or n for seeds 0 … n-1")
     executor: Literal["local", "ray"] = "local"
     workers: int | Literal["auto"] = Field("auto", description="local: runs at once (1 = in this process)")
     out: Path = Field(Path("runs/sweep"), description="folder of the run directories")
     ray: RayConfig = RayConfig()
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _count_as_list(cls, value: Any) -> Any:
+        return list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("seeds")
     @classmethod
-    def _seed_list(cls, value: list[int] | int) -> list[int]:
-        seeds = list(range(value)) if isinstance(value, int) else value
+    def _seed_list(cls, seeds: list[int]) -> list[int]:
         if not seeds or any(s < 0 for s in seeds):
             raise ValueError("seeds must be a non-empty list of non-negative ints, or a positive count")
         return list(dict.fromkeys(seeds))

@@ -21,11 +21,11 @@ from typing import Any
 import yaml
 
 from perturbd.config import ExperimentConfig
-from perturbd.sweep.executors import Executor, LocalExecutor, RayExecutor, auto_workers
 from perturbd.runs.experiment import check_config
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import clear_failure, failure_path, record_failure, run_dir_for, write_json
 from perturbd.sweep.config import TWINS, RayConfig, Sweep, SweepConfig, expand, read_sweep
+from perturbd.sweep.executors import Executor, LocalExecutor, RayExecutor, auto_workers
 
 __all__ = [
     "TWINS", "RayConfig", "Status", "Sweep", "SweepConfig", "SweepResult", "check_sweep", "expand", "load_sweep",

@@ -1,6 +1,13 @@
 """Triggers: static masks (``static.py``), adaptive, model-computed masks (``adaptive.py``), and the
 invisible triggers that came after them: ``blended.py``, ``sig.py``, ``wanet.py``."""
 
+from perturbd.triggers import (
+    adaptive,  # noqa: F401  (fills the registry)
+    blended,  # noqa: F401  (fills the registry)
+    sig,  # noqa: F401  (fills the registry)
+    static,  # noqa: F401  (fills the registry)
+    wanet,  # noqa: F401  (fills the registry)
+)
 from perturbd.triggers.base import (
     Trigger,
     TriggerContext,
@@ -12,11 +19,6 @@ from perturbd.triggers.base import (
     register_trigger,
     transform_images,
 )
-from perturbd.triggers import static  # noqa: F401  (fills the registry)
-from perturbd.triggers import adaptive  # noqa: F401  (fills the registry)
-from perturbd.triggers import blended  # noqa: F401  (fills the registry)
-from perturbd.triggers import sig  # noqa: F401  (fills the registry)
-from perturbd.triggers import wanet  # noqa: F401  (fills the registry)
 
 __all__ = [
     "Trigger",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -183,7 +184,7 @@ def _passes(
     delta = torch.zeros(images.shape[1:], device=device)
     gen = torch.Generator().manual_seed(seed)
     rate, used = 0.0, 0
-    for used in range(1, passes + 1):
+    for used in range(1, passes + 1):  # noqa: B007 (the passes used are read after the loop)
         order = torch.randperm(len(images), generator=gen).tolist()
         for i in range(0, len(order), batch_size):
             delta = project(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
@@ -220,7 +221,7 @@ def targeted_uaps(
 def target_rates(model: nn.Module, data: ImageDataset, deltas: torch.Tensor) -> list[float]:
     """For each label k: the share of the images of ``data`` not of class k that ``deltas[k]``
     (pixel units, rounded as :func:`~perturbd.triggers.base.add_delta` rounds) sends to k."""
-    return [target_rate(model, outside(data, k), lambda x, d=delta: add_delta(x, d), k) for k, delta in enumerate(deltas)]
+    return [target_rate(model, outside(data, k), partial(add_delta, delta=delta), k) for k, delta in enumerate(deltas)]
 
 
 # --------------------------------------------------------------------------- the registered trigger

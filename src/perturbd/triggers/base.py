@@ -231,7 +231,7 @@ class TriggerContext:
     model: torch.nn.Module | None = None
     samples: ImageDataset | None = None
     holdout: ImageDataset | None = None
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (a torch.device is immutable)
     sources: tuple[int, ...] | None = None
     quantize: bool = True
 

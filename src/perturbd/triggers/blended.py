@@ -62,10 +62,10 @@ def read_pattern(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
     path = Path(path).expanduser()
     channels, height, width = shape
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as raw:
+            img = raw.convert("L" if channels == 1 else "RGB")
             if img.size != (width, height):
-                img = img.resize((width, height), Image.BILINEAR)
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32)
     except (UnidentifiedImageError, OSError) as err:
         raise ConfigError(f"cannot read the blend image {path}: {err}; set trigger.path to a PNG or JPEG") from None

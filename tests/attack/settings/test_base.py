@@ -7,10 +7,10 @@ import inspect
 import pytest
 
 from perturbd.attack import partition
+from perturbd.attack.settings import SETTINGS, get_setting, list_settings, register_setting
 from perturbd.config import load_config
 from perturbd.data import load_data
 from perturbd.errors import ConfigError
-from perturbd.attack.settings import SETTINGS, get_setting, list_settings, register_setting
 from perturbd.runs.twins import TwinStore
 
 

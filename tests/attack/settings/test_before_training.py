@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from perturbd.attack import partition, plan_attack
+from perturbd.attack.settings import Context, get_setting
 from perturbd.config import load_config
 from perturbd.data import load_data
 from perturbd.models import get_model
-from perturbd.attack.settings import Context, get_setting
-from perturbd.train import SilentMonitor, fit
 from perturbd.runs.twins import TwinStore
+from perturbd.train import SilentMonitor, fit
+
 
 def test_twin_and_backdoored_model_start_alike_and_train_on_victim_data_with_and_without_poison(synthetic_overrides) -> None:
     cfg = load_config(overrides=[*synthetic_overrides, "data.train_limit=400", "poison.rate=0.05", "attack.knowledge=none"])

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from perturbd.attack import partition, plan_attack
+from perturbd.attack.settings import Context, get_setting
 from perturbd.config import load_config
 from perturbd.data import load_data
 from perturbd.errors import CheckpointError
-from perturbd.runs.experiment import run
 from perturbd.metrics import clean_accuracy
 from perturbd.models import get_model, load_model_weights, save_model
-from perturbd.attack.settings import Context, get_setting
-from perturbd.train import SilentMonitor, fit
+from perturbd.runs.experiment import run
 from perturbd.runs.twins import TwinStore
+from perturbd.train import SilentMonitor, fit
 
 UPDATE = ["data.train_limit=600", "data.test_limit=200", "attack.setting=update", "attack.update_size=200", "attack.update_epochs=1",
           "trigger.amplitude=24", "poison.rate=0.1", "poison.target=3"]  # fmt: skip

@@ -22,8 +22,8 @@ from perturbd.data.dataset import DataSplit
 from perturbd.poisoning import PoisonedSet
 from perturbd.progress import Log
 from perturbd.registry import Registry
-from perturbd.train import Monitor
 from perturbd.runs.twins import TwinStore
+from perturbd.train import Monitor
 
 
 @dataclass

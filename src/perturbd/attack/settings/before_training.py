@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from perturbd.attack import Partition
+from perturbd.attack.settings.base import Context, Trained, register_setting
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.models import build_model
 from perturbd.poisoning import poison_dataset
-from perturbd.attack.settings.base import Context, Trained, register_setting
-from perturbd.train import fit
 from perturbd.runs.twins import TwinStore
+from perturbd.train import fit
 
 
 @register_setting("before_training")

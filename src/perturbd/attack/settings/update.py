@@ -13,14 +13,14 @@ from __future__ import annotations
 import copy
 
 from perturbd.attack import Partition
+from perturbd.attack.settings.base import Context, Trained, register_setting
 from perturbd.config import ExperimentConfig
 from perturbd.data.dataset import DataSplit
 from perturbd.metrics import attack_success_rate, clean_accuracy
 from perturbd.poisoning import poison_dataset, sources_of
 from perturbd.runs.results import BeforeUpdate, UpdateFacts
-from perturbd.attack.settings.base import Context, Trained, register_setting
-from perturbd.train import fit
 from perturbd.runs.twins import TwinStore
+from perturbd.train import fit
 
 
 @register_setting("update")
