@@ -186,13 +186,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]  # fmt: skip
     print_table(
         f"{NAME}: {args.samples} samples, {args.norm} ξ={args.budget:g}, wanted fooling rate {args.fooling_rate}, ≤ {args.passes} passes, {device}",
-        ["contestant", "seconds (mean ± std)", "fooling (samples)", "fooling (held out)", "pixels at ±ξ", "PSNR dB / SSIM (held out)", f"speed-up vs {PAPER}"],
+        [
+            "contestant",
+            "seconds (mean ± std)",
+            "fooling (samples)",
+            "fooling (held out)",
+            "pixels at ±ξ",
+            "PSNR dB / SSIM (held out)",
+            f"speed-up vs {PAPER}",
+        ],
         rows,
     )
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     ceiling = batching_ceiling(model, samples.shape[1:], 1, args.batch_size, device, 64 if args.quick else 512)
-    print(f"batching ceiling of this machine (model forward + input gradient, per image, batch 1 / batch {args.batch_size}): {ceiling['ceiling']:.1f}×")
+    print(
+        f"batching ceiling of this machine (model forward + input gradient, per image, batch 1 / batch {args.batch_size}): {ceiling['ceiling']:.1f}×"
+    )
     payload = {
         "benchmark": NAME,
         "machine": machine(device),

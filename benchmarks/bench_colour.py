@@ -74,7 +74,13 @@ def train_once(args: argparse.Namespace, model_name: str, seed: int) -> dict[str
     twin = prep.twins.clean_model(cfg, data, prep.device, description=f"{model_name} seed {seed}")
     accuracy = clean_accuracy(twin.model, prep.split.test, precision=cfg.train.precision)
     print(f"{model_name} seed {seed}: {twin.seconds:.1f} s, {twin.images_per_s:.0f} img/s, clean accuracy {accuracy:.2%}", flush=True)
-    return {"seconds": twin.seconds, "images_per_s": twin.images_per_s, "clean_accuracy": accuracy, "epochs": cfg.train.epochs, "train_images": len(data)}
+    return {
+        "seconds": twin.seconds,
+        "images_per_s": twin.images_per_s,
+        "clean_accuracy": accuracy,
+        "epochs": cfg.train.epochs,
+        "train_images": len(data),
+    }
 
 
 def frontier(means: dict[str, dict[str, float]]) -> list[str]:

@@ -59,7 +59,12 @@ def experiments(args: argparse.Namespace, device: torch.device) -> dict[str, lis
         mnist = ["data.name=mnist", f"data.root={args.data_root}", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
         out["mnist"] = [*mnist, f"train.epochs={args.mnist_epochs}", *dev]
     if args.cifar and args.data_root is not None and (args.data_root / "cifar10-jpeg").is_dir():
-        cifar = [f"data.name=imagefolder:{args.data_root / 'cifar10-jpeg'}", "trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.01"]
+        cifar = [
+            f"data.name=imagefolder:{args.data_root / 'cifar10-jpeg'}",
+            "trigger.kind=grid",
+            "trigger.amplitude=10",
+            "poison.rate=0.01",
+        ]
         model, recipe = ("fastnet32", RECIPE) if device.type == "cuda" else ("fastnet32_small", CPU_RECIPE)
         if args.cifar_epochs is not None:
             recipe = {**recipe, "epochs": args.cifar_epochs}
@@ -132,7 +137,9 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cifar-epochs", type=int, default=None, help="epochs of the CIFAR-10 experiment (default: its recipe's)")
     p.add_argument("--only", nargs="+", choices=["demo", "mnist", "cifar10"], default=["demo", "mnist", "cifar10"])
     p.add_argument("--keep", type=Path, default=None, help="keep run directories and logs here (default: a temporary folder)")
-    p.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value for every experiment (e.g. train.precision=bf16)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], help="section.key=value for every experiment (e.g. train.precision=bf16)"
+    )
     p.add_argument("--tag", default=None, help="added to the result file's name (a variant made with --set)")
     args = p.parse_args(argv)
     args.data_root = args.data_root.expanduser() if args.data_root else None
@@ -175,8 +182,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{NAME}: perturbd run, {device}",
         ["experiment", "wall s (mean ± std)", "peak RSS MiB (max)", "not training %", "clean acc", "ASR"],
         [
-            [n, s.cell(1), f"{max(peaks[n].values):,.0f}", f"{100 * not_training(s.values[-1], s.extra):.1f}",
-             f"{s.extra.get('clean_accuracy', float('nan')):.4f}", f"{s.extra.get('attack_success_rate', float('nan')):.4f}"]
+            [
+                n,
+                s.cell(1),
+                f"{max(peaks[n].values):,.0f}",
+                f"{100 * not_training(s.values[-1], s.extra):.1f}",
+                f"{s.extra.get('clean_accuracy', float('nan')):.4f}",
+                f"{s.extra.get('attack_success_rate', float('nan')):.4f}",
+            ]
             for n, s in series.items()
             if s.values
         ],

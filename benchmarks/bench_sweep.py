@@ -79,7 +79,14 @@ def breakdown(out: Path, wall: float, workers: int) -> dict[str, float]:
     timings = [r.run.timing() for r in collect_runs(out)]
     runs = sum(t["total"] for t in timings)
     training = sum(t.get("train_clean", 0.0) + t.get("train_backdoored", 0.0) for t in timings)
-    return {"wall": wall, "workers": workers, "run_seconds": runs, "training": training, "outside_training": runs - training, "occupancy": runs / (wall * workers)}
+    return {
+        "wall": wall,
+        "workers": workers,
+        "run_seconds": runs,
+        "training": training,
+        "outside_training": runs - training,
+        "occupancy": runs / (wall * workers),
+    }
 
 
 def train_at_once(data: str, root: Path | None, limit: int | None, threads: int, seed: int, start: Any, out: Any) -> None:
@@ -133,7 +140,10 @@ def ceiling(args: Any) -> dict[str, Any]:
     print_table(
         f"training side by side: one epoch of {'mnist5k' if args.quick else 'full MNIST'}, {cores()} cores",
         ["trainings at once", "threads each", "img/s in all (mean ± std)", "over one alone"],
-        [["1", str(cores()), alone.cell(0), "1.00×"], [str(args.workers), str(max(1, cores() // args.workers)), together.cell(0), f"{ratio:.2f}×"]],
+        [
+            ["1", str(cores()), alone.cell(0), "1.00×"],
+            [str(args.workers), str(max(1, cores() // args.workers)), together.cell(0), f"{ratio:.2f}×"],
+        ],
     )
     return {"alone": alone.as_json(), "together": together.as_json(), "workers": args.workers, "ceiling": ratio}
 
@@ -158,7 +168,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = options(argv)
     device = pick_device("cpu")
     if args.ceiling_only:
-        payload = {"benchmark": NAME, "machine": machine(device), "args": vars(args), "ceiling": ceiling(args), "target_speedup": TARGET_SPEEDUP}
+        payload = {
+            "benchmark": NAME,
+            "machine": machine(device),
+            "args": vars(args),
+            "ceiling": ceiling(args),
+            "target_speedup": TARGET_SPEEDUP,
+        }
         print(f"wrote {write_result(args.out, f'{NAME}-ceiling', payload)}")
         return payload
     contestants = {"sequential": 1, "parallel": args.workers}
@@ -180,18 +196,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 shutil.rmtree(folder, ignore_errors=True)
     ratio = speedup(series["sequential"], series["parallel"])
     keys = metrics["sequential"].keys()
-    diff = {m: max(abs(getattr(metrics["sequential"][k], m) - getattr(metrics["parallel"][k], m)) for k in keys) for m in ("attack_success_rate", "clean_accuracy")}
+    diff = {
+        m: max(abs(getattr(metrics["sequential"][k], m) - getattr(metrics["parallel"][k], m)) for k in keys)
+        for m in ("attack_success_rate", "clean_accuracy")
+    }
     runs = len(args.rates) * len(args.seeds)
     print_table(
         f"{NAME}: {runs} runs ({'mnist5k' if args.quick else 'full MNIST'}, grid c = 10, {args.epochs} epochs), {cores()} cores",
         ["contestant", "workers × threads", "seconds (mean ± std)", "sequential / this"],
-        [[n, f"{w} × {max(1, cores() // w)}", series[n].cell(1), f"{speedup(series['sequential'], series[n]):.2f}×"] for n, w in contestants.items()],
+        [
+            [n, f"{w} × {max(1, cores() // w)}", series[n].cell(1), f"{speedup(series['sequential'], series[n]):.2f}×"]
+            for n, w in contestants.items()
+        ],
     )
     mean = {n: {k: sum(b[k] for b in spent[n]) / len(spent[n]) for k in spent[n][0]} for n in contestants}
     print_table(
         "where the seconds go (timing.json of every run; means over the repeats)",
         ["contestant", "wall s", "runs' seconds in all", "of which training", "outside training", "occupancy"],
-        [[n, f"{m['wall']:.1f}", f"{m['run_seconds']:.1f}", f"{m['training']:.1f}", f"{m['outside_training']:.1f}", f"{m['occupancy']:.2f}"] for n, m in mean.items()],
+        [
+            [
+                n,
+                f"{m['wall']:.1f}",
+                f"{m['run_seconds']:.1f}",
+                f"{m['training']:.1f}",
+                f"{m['outside_training']:.1f}",
+                f"{m['occupancy']:.2f}",
+            ]
+            for n, m in mean.items()
+        ],
     )
     print(f"largest difference, sequential vs parallel: ASR {diff['attack_success_rate']:.4f}, clean accuracy {diff['clean_accuracy']:.4f}")
     bound = ceiling(args)

@@ -79,7 +79,9 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def train_ours(model: nn.Module, data: ImageDataset, args: argparse.Namespace, device: torch.device) -> int:
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=str(device), threads=args.threads, precision=args.precision)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=str(device), threads=args.threads, precision=args.precision
+    )
     fit(model, data, cfg, seed=args.seed)
     return (len(data) // min(args.batch_size, len(data))) * min(args.batch_size, len(data)) * args.epochs
 
@@ -161,7 +163,12 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--peer-batch-size", type=int, default=128, help="batch of the DataLoader loop (the peers use 128)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="of ours and minimal (train.precision; the DataLoader loop stays fp32)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="of ours and minimal (train.precision; the DataLoader loop stays fp32)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all usable cores)")
     p.add_argument("--only", nargs="+", choices=list(CONTESTANTS), default=list(CONTESTANTS), help="contestants to run")
     args = p.parse_args(argv)

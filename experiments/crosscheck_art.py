@@ -124,8 +124,14 @@ class ArtView(nn.Module):
 
 
 def wrap(model: nn.Module, train) -> PyTorchClassifier:
-    return PyTorchClassifier(ArtView(model.eval()), loss=nn.CrossEntropyLoss(), input_shape=tuple(train.image_shape),
-                             nb_classes=train.num_classes, clip_values=(0.0, 1.0), device_type="cpu")
+    return PyTorchClassifier(
+        ArtView(model.eval()),
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(train.image_shape),
+        nb_classes=train.num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
 
 def rates(flags: np.ndarray, poison: np.ndarray) -> tuple[float, float]:
@@ -178,10 +184,20 @@ def check_run(run: Path, seeds: list[int], eps: float, mult: float) -> tuple[lis
     def row(defence, tool, seed, flags, scores=None):
         tpr, fpr = rates(flags, poison)
         ours.setdefault((defence, seed), flags)  # perturbd's row comes first: ART's are compared with it
-        rows.append(base | {"defence": defence, "tool": tool, "seed": seed, "flagged": int(flags.sum()),
-                            "differ": int((flags != ours[(defence, seed)]).sum()),
-                            "auroc": None if scores is None else auroc(scores, poison),
-                            "auroc_target": None if scores is None else auroc(scores, poison, in_target), "tpr": tpr, "fpr": fpr})
+        rows.append(
+            base
+            | {
+                "defence": defence,
+                "tool": tool,
+                "seed": seed,
+                "flagged": int(flags.sum()),
+                "differ": int((flags != ours[(defence, seed)]).sum()),
+                "auroc": None if scores is None else auroc(scores, poison),
+                "auroc_target": None if scores is None else auroc(scores, poison, in_target),
+                "tpr": tpr,
+                "fpr": fpr,
+            }
+        )
 
     # spectral signatures (deterministic in both tools)
     ss = build_defense("spectral_signature", epsilon=eps, multiplier=mult).fit(model, train)
@@ -197,8 +213,9 @@ def check_run(run: Path, seeds: list[int], eps: float, mult: float) -> tuple[lis
     # activation clustering, over seeds
     ac = ActivationDefence(clf, x, y1h)
     for s in seeds:
-        p = build_defense("activation_clustering", reduction="pca", components=10, size_threshold=SIZE,
-                          silhouette_threshold=SILHOUETTE, seed=s).fit(model, train)
+        p = build_defense(
+            "activation_clustering", reduction="pca", components=10, size_threshold=SIZE, silhouette_threshold=SILHOUETTE, seed=s
+        ).fit(model, train)
         row("activation_clustering", "perturbd", s, p.flagged_.numpy(), p.scores_.numpy())
         np.random.seed(s)  # ART's PCA and KMeans take no seed: they draw from numpy's global RNG
         _, clean = ac.detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA", cluster_analysis="silhouette-scores")
@@ -239,8 +256,10 @@ def spread(vals, pct=False):
 
 
 def tables(rows: list[dict], asrs: list[dict]) -> str:
-    head = ("| run | trigger | defence | tool | seeds | AUROC | AUROC in target class | TPR | FPR | flags ≠ perturbd | ASR perturbd / ART |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| run | trigger | defence | tool | seeds | AUROC | AUROC in target class | TPR | FPR | flags ≠ perturbd | ASR perturbd / ART |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["run"], r["trigger"], r["defence"], r["tool"]), []).append(r)
@@ -274,12 +293,18 @@ def main() -> None:
         rows += r
         asrs.append(asr)
     md = tables(rows, asrs)
-    settings = {"seeds": seeds, "spectral": {"epsilon": a.epsilon, "multiplier": a.multiplier, "components": 1},
-                "activation_clustering": {"nb_dims": 10, "reduce": "PCA", "nb_clusters": 2, "size": SIZE, "silhouette": SILHOUETTE},
-                "versions": {"art": art.__version__, "torch": torch.__version__, "numpy": np.__version__}}
+    settings = {
+        "seeds": seeds,
+        "spectral": {"epsilon": a.epsilon, "multiplier": a.multiplier, "components": 1},
+        "activation_clustering": {"nb_dims": 10, "reduce": "PCA", "nb_clusters": 2, "size": SIZE, "silhouette": SILHOUETTE},
+        "versions": {"art": art.__version__, "torch": torch.__version__, "numpy": np.__version__},
+    }
     Path("experiments/results/crosscheck_art.md").write_text(
-        f"# Cross-check against IBM ART {art.__version__}\n\n`python {' '.join(sys.argv)}`; settings: `{json.dumps(settings)}`\n\n{md}")
-    Path("experiments/results/crosscheck_art.json").write_text(json.dumps({"settings": settings, "asr": asrs, "rows": rows}, indent=1) + "\n")
+        f"# Cross-check against IBM ART {art.__version__}\n\n`python {' '.join(sys.argv)}`; settings: `{json.dumps(settings)}`\n\n{md}"
+    )
+    Path("experiments/results/crosscheck_art.json").write_text(
+        json.dumps({"settings": settings, "asr": asrs, "rows": rows}, indent=1) + "\n"
+    )
     print(md)
 
 

@@ -47,7 +47,10 @@ def main() -> None:
             tune_process(cfg.train.threads)  # this script is the entry point, as `perturbd run` is
             twins = args.twin_cache or args.out / "twins"
             result = run(cfg, args.out, log=lambda m: print(f"[{row} {seed}] {m}", flush=True), twin_cache=twins)
-            print(f"[{row} {seed}] {'reused' if result.skipped else 'done'} in {time.perf_counter() - started:.0f} s: {result.run_dir}", flush=True)
+            print(
+                f"[{row} {seed}] {'reused' if result.skipped else 'done'} in {time.perf_counter() - started:.0f} s: {result.run_dir}",
+                flush=True,
+            )
             dirs.append(result.run_dir)
     md, csv_path = write_matrix(matrix_rows(dirs), args.out)
     print(md.read_text())

@@ -78,24 +78,39 @@ DEFENCES = ("strip", "activation_clustering", "spectral_signature", "neural_clea
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=["mnist", "cifar10", "mnist5k"], default="mnist", help="mnist5k: the embedded slice, for a smoke test")
+    parser.add_argument(
+        "--data", choices=["mnist", "cifar10", "mnist5k"], default="mnist", help="mnist5k: the embedded slice, for a smoke test"
+    )
     parser.add_argument("--data-root", type=Path, default=None, help="folder of the shared data sets (MNIST/, cifar10-jpeg/)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--psnr", nargs="+", type=float, default=LEVELS, help="visibility levels, mean PSNR in dB")
     parser.add_argument("--rates", nargs="+", type=float, default=RATES, help="injection rates tried (fractions of the training set)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--search", choices=["bisect", "grid"], default="bisect", help="bisect the rates of each row (default) or train every rate")
+    parser.add_argument(
+        "--search", choices=["bisect", "grid"], default="bisect", help="bisect the rates of each row (default) or train every rate"
+    )
     parser.add_argument("--goal-asr", type=float, default=GOAL, help="ASR a rate must reach in most seeds (a fraction)")
-    parser.add_argument("--recipe", type=Path, default=None, help="a config file whose model and train sections every run takes (e.g. configs/cifar10-cpu.yaml)")
-    parser.add_argument("--epochs", type=int, default=None, help="victim epochs (default: the recipe's; without one 8, as configs/paper/epochs.yaml)")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="a config file whose model and train sections every run takes (e.g. configs/cifar10-cpu.yaml)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="victim epochs (default: the recipe's; without one 8, as configs/paper/epochs.yaml)"
+    )
     parser.add_argument("--workers", default="auto", help="runs at once (the sweep's workers)")
     parser.add_argument("--no-defences", action="store_true", help="phase 1 only")
-    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs on disk (rows still searching say so)")
+    parser.add_argument(
+        "--table-only", action="store_true", help="train nothing: the table of the runs on disk (rows still searching say so)"
+    )
     parser.add_argument(
         "--defend-retrained", action="store_true",
         help="a run whose weights are lost and whose retrain gives other numbers (another CPU): defend the retrain and say so",
     )  # fmt: skip
-    parser.add_argument("--param", dest="params", action="append", default=[], help="defence parameter NAME.KEY=VALUE (e.g. neural_cleanse.epochs=2)")
+    parser.add_argument(
+        "--param", dest="params", action="append", default=[], help="defence parameter NAME.KEY=VALUE (e.g. neural_cleanse.epochs=2)"
+    )
     parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value for every run")
     parser.add_argument("--out", type=Path, default=Path("runs/equal-visibility"))
     return parser.parse_args(argv)
@@ -186,7 +201,9 @@ def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -
         restore(rep)
         return folder, None
     if not other_ok:
-        raise SystemExit(f"{rep.summary()}; nothing defended (--defend-retrained defends the new run, {rep.again}, and records its numbers)")
+        raise SystemExit(
+            f"{rep.summary()}; nothing defended (--defend-retrained defends the new run, {rep.again}, and records its numbers)"
+        )
     why = "the run's weights were not on disk, and training it again on this machine gave other numbers"
     return rep.again, {**rep.record(), "why": why}
 
@@ -321,7 +338,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     specs = [] if args.no_defences or args.table_only else defence_specs(args.params)
     rows = summarise(args, runs, specs)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "equal_visibility.json", {"data": args.data, "search": args.search, "rates": sorted(args.rates), "goal_asr": args.goal_asr, "seeds": args.seeds, "rows": rows})
+    write_json(
+        args.out / "equal_visibility.json",
+        {
+            "data": args.data,
+            "search": args.search,
+            "rates": sorted(args.rates),
+            "goal_asr": args.goal_asr,
+            "seeds": args.seeds,
+            "rows": rows,
+        },
+    )
     (args.out / "equal_visibility.md").write_text(markdown(rows, args.goal_asr))
     print(markdown(rows, args.goal_asr))
     return rows

@@ -73,8 +73,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="experiments/results/min_injection_rate")
     ap.add_argument("--set", action="append", default=[], help="extra config override section.key=value")
-    ap.add_argument("--reuse-run", default=None, help="a `perturbd run` directory of the same setup (adaptive L∞ 10, knowledge none, "
-                    "same seed and epochs): its clean twin and its mask are reused instead of recomputed (they are the same)")
+    ap.add_argument(
+        "--reuse-run",
+        default=None,
+        help="a `perturbd run` directory of the same setup (adaptive L∞ 10, knowledge none, "
+        "same seed and epochs): its clean twin and its mask are reused instead of recomputed (they are the same)",
+    )
     args = ap.parse_args()
     rates = sorted(float(r) for r in args.rates.split(","))
     out = Path(args.out)
@@ -92,15 +96,23 @@ def main() -> None:
     part = partition(cfg, split.train.labels, split.train.num_classes)
     victim_train = part.take(split.train, part.victim)
     adversary = prepare_adversary(cfg, split.train, part, device, TwinStore())
-    print(f"adversary {adversary.record['model']['arch']}: held-out accuracy {adversary.record['model']['holdout_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(
+        f"adversary {adversary.record['model']['arch']}: held-out accuracy {adversary.record['model']['holdout_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
     reuse = Path(args.reuse_run) if args.reuse_run else None
     if reuse is not None:
         ran = load_config(RunDir(reuse).config_path)
-        same = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10", f"poison.rate={ran.poison.rate}", f"data.root={ran.data.root}"])
+        same = load_config(
+            overrides=[*base, "trigger.norm=linf", "trigger.budget=10", f"poison.rate={ran.poison.rate}", f"data.root={ran.data.root}"]
+        )
         if ran.model_dump(exclude={"name"}) != same.model_dump(exclude={"name"}):
             raise SystemExit(f"{reuse} is not a run of this setup; drop --reuse-run")
     linf_cfg = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10"])
-    grid = build_trigger(load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger, TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target))
+    grid = build_trigger(
+        load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger,
+        TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target),
+    )
     triggers: dict[str, Trigger] = {
         "adaptive-linf10": Trigger.load(RunDir(reuse).trigger_path) if reuse else adaptive_mask(linf_cfg, adversary, device),
         "adaptive-l2-140": adaptive_mask(load_config(overrides=[*base, "trigger.norm=l2", "trigger.budget=140"]), adversary, device),
@@ -109,7 +121,7 @@ def main() -> None:
     }
     for name, trig in triggers.items():
         trig.save(out.parent / f"{out.name}-{name}.safetensors")
-        print(f"{name}: {trig.norms()} {({k: v for k, v in trig.info.items() if 'fooling' in k})}", flush=True)
+        print(f"{name}: {trig.norms()} { ({k: v for k, v in trig.info.items() if 'fooling' in k}) }", flush=True)
     t0 = time.perf_counter()
     if reuse is not None:
         twin = build_from_checkpoint(RunDir(reuse).clean_model_path).eval()
@@ -199,12 +211,17 @@ def markdown(data: dict[str, Any]) -> str:
         )
     psnr = s["triggers"].get("adaptive-l2-psnr", {})
     if psnr:
-        lines += ["", f"adaptive-l2-psnr: L2 budget {psnr['l2_budget']:g}, chosen so that its mean PSNR on the adversary's images "
-                  f"({psnr['psnr_on_adversary_images']:.2f} dB) matches the grid's ({psnr['psnr_goal']:.2f} dB)."]
+        lines += [
+            "",
+            f"adaptive-l2-psnr: L2 budget {psnr['l2_budget']:g}, chosen so that its mean PSNR on the adversary's images "
+            f"({psnr['psnr_on_adversary_images']:.2f} dB) matches the grid's ({psnr['psnr_goal']:.2f} dB).",
+        ]
     lines += ["", "Smallest rate reaching the goal (within the grid " + ", ".join(f"{100 * r:g} %" for r in s["rates"]) + "):", ""]
     for name in s["triggers"]:
         b = data["smallest_rate"].get(name)
-        lines.append(f"- {name}: " + (f"{100 * b['rate']:g} % ({b['poisoned']} poisoned images, ASR {100 * b['asr']:.2f} %)" if b else "not reached"))
+        lines.append(
+            f"- {name}: " + (f"{100 * b['rate']:g} % ({b['poisoned']} poisoned images, ASR {100 * b['asr']:.2f} %)" if b else "not reached")
+        )
     return "\n".join(lines) + "\n"
 
 

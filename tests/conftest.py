@@ -147,7 +147,15 @@ def sweep_file() -> Callable[..., Path]:
 
     def write(folder: Path, out: Path, axes: dict | None = None, seeds=(0, 1), **extra) -> Path:
         axes = SWEEP_GRID if axes is None else axes
-        spec = {"name": "t", "base": SWEEP_BASE, "axes": axes, "seeds": seeds if isinstance(seeds, int) else list(seeds), "out": str(out), "workers": 1, **extra}
+        spec = {
+            "name": "t",
+            "base": SWEEP_BASE,
+            "axes": axes,
+            "seeds": seeds if isinstance(seeds, int) else list(seeds),
+            "out": str(out),
+            "workers": 1,
+            **extra,
+        }
         path = Path(folder) / "sweep.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))  # axes in the order given: later axes win
         return path

@@ -66,7 +66,9 @@ class Planted:
     clean: ImageDataset
     target: int = TARGET
 
-    def inputs(self, model: nn.Module | None = None, before_model: nn.Module | None = None, clean_model: nn.Module | None = None) -> DefenseInputs:
+    def inputs(
+        self, model: nn.Module | None = None, before_model: nn.Module | None = None, clean_model: nn.Module | None = None
+    ) -> DefenseInputs:
         return DefenseInputs(
             model or self.model, self.test, self.clean, "train minus poison", self.train, self.indices, self.trigger, self.target,
             clean_model or self.clean_model, before_model,

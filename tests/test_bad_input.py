@@ -113,43 +113,127 @@ CASES: dict[str, Case] = {
     "npz missing key": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_test=None)}"], "y_test"),
     "npz NaN": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.full((40, 28, 28), np.nan))}"], "NaN"),
     "npz out of range": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_test=np.full((20, 28, 28), 2.5))}"], "x_test"),
-    "npz one class": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_train=np.zeros(40, int), y_test=np.zeros(20, int))}"], "at least 2 classes"),
-    "npz empty": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, int))}"], "x_train"),
-    "npz target without images": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_test=np.zeros(20, int))}"], "target class 0"),
+    "npz one class": lambda t: (
+        [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_train=np.zeros(40, int), y_test=np.zeros(20, int))}"],
+        "at least 2 classes",
+    ),
+    "npz empty": lambda t: (
+        [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, int))}"],
+        "x_train",
+    ),
+    "npz target without images": lambda t: (
+        [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_test=np.zeros(20, int))}"],
+        "target class 0",
+    ),
     "imagefolder corrupt file": lambda t: ([*RUN, "--set", f"data.name=imagefolder:{_folder(t / 'f', corrupt=True)}"], "1.png"),
     "imagefolder mixed sizes": lambda t: ([*RUN, "--set", f"data.name=imagefolder:{_folder(t / 'f', mixed=True)}"], "0.png"),
     "imagefolder without path": lambda t: ([*RUN, "--set", "data.name=imagefolder"], "imagefolder:PATH"),
     # triggers
     "mask missing": lambda t: ([*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={t}/m.png"], "not found"),
-    "mask wrong size": lambda t: ([*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_png(t / 'm.png', 32)}"], "resize the mask to 28×28"),
-    "mask not an image": lambda t: ([*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_write(t / 'm.png', 'hello')}"], "cannot read mask"),
+    "mask wrong size": lambda t: (
+        [*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_png(t / 'm.png', 32)}"],
+        "resize the mask to 28×28",
+    ),
+    "mask not an image": lambda t: (
+        [*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_write(t / 'm.png', 'hello')}"],
+        "cannot read mask",
+    ),
     "image kind without path": lambda t: ([*RUN, "--set", "trigger.kind=image"], "trigger.path"),
     "patch too large": lambda t: ([*RUN, "--set", "trigger.kind=patch", "--set", "trigger.size=40"], "does not fit"),
     # checkpoints
-    "checkpoint of another architecture": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'other_arch')}"], "lenet5"),
-    "truncated safetensors": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'truncated')}"], "truncated"),
-    "pickle where weights are expected": lambda t: ([*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=100", "--set", f"attack.checkpoint={_checkpoint(t, 'pickle')}"], "weights.pt"),
+    "checkpoint of another architecture": lambda t: (
+        [
+            *RUN,
+            "--set",
+            "attack.setting=update",
+            "--set",
+            "attack.update_size=100",
+            "--set",
+            f"attack.checkpoint={_checkpoint(t, 'other_arch')}",
+        ],
+        "lenet5",
+    ),
+    "truncated safetensors": lambda t: (
+        [
+            *RUN,
+            "--set",
+            "attack.setting=update",
+            "--set",
+            "attack.update_size=100",
+            "--set",
+            f"attack.checkpoint={_checkpoint(t, 'truncated')}",
+        ],
+        "truncated",
+    ),
+    "pickle where weights are expected": lambda t: (
+        [
+            *RUN,
+            "--set",
+            "attack.setting=update",
+            "--set",
+            "attack.update_size=100",
+            "--set",
+            f"attack.checkpoint={_checkpoint(t, 'pickle')}",
+        ],
+        "weights.pt",
+    ),
     # models perturbd did not build
     "model weights missing": lambda t: ([*RUN, "--set", f"model.weights={t}/none.pt"], "model.weights not found"),
     "model weights a pickle": lambda t: ([*RUN, "--set", f"model.weights={_checkpoint(t, 'pickle')}"], "weights.pt is a pickle"),
-    "pretrained head of another class count": lambda t: ([*RUN, "--set", f"model.weights={_state_dict(t, 5)}"], "set model.replace_head=true"),
+    "pretrained head of another class count": lambda t: (
+        [*RUN, "--set", f"model.weights={_state_dict(t, 5)}"],
+        "set model.replace_head=true",
+    ),
     "torchscript missing": lambda t: ([*RUN, "--set", f"model.name=torchscript:{t}/none.pt"], "TorchScript file not found"),
-    "torchscript of another input shape": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_script(t, 'rgb32')}"], "cannot take images of shape 1x28x28"),
-    "torchscript of another class count": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_script(t, 'seven')}"], "gives 7 logits but the data has 10 classes"),
+    "torchscript of another input shape": lambda t: (
+        [*RUN, "--set", f"model.name=torchscript:{_script(t, 'rgb32')}"],
+        "cannot take images of shape 1x28x28",
+    ),
+    "torchscript of another class count": lambda t: (
+        [*RUN, "--set", f"model.name=torchscript:{_script(t, 'seven')}"],
+        "gives 7 logits but the data has 10 classes",
+    ),
     "state dict named as torchscript": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_state_dict(t)}"], "not a TorchScript file"),
-    "torchscript given as weights": lambda t: ([*RUN, "--set", f"model.weights={_script(t, 'ten')}"], "is a TorchScript file, not a state dict"),
-    "torchscript with weights": lambda t: ([*RUN, "--set", f"model.name=torchscript:{_script(t, 'ten')}", "--set", f"model.weights={_state_dict(t)}"], "holds its own weights"),
+    "torchscript given as weights": lambda t: (
+        [*RUN, "--set", f"model.weights={_script(t, 'ten')}"],
+        "is a TorchScript file, not a state dict",
+    ),
+    "torchscript with weights": lambda t: (
+        [*RUN, "--set", f"model.name=torchscript:{_script(t, 'ten')}", "--set", f"model.weights={_state_dict(t)}"],
+        "holds its own weights",
+    ),
     "unknown feature layer": lambda t: ([*RUN, "--set", "model.features=layer4"], "has no layer 'layer4'; its layers: 0, 1, 2"),
     "factory not importable": lambda t: ([*RUN, "--set", "model.name=factory:no_such_module:make"], "cannot import 'no_such_module'"),
     "mean of another channel count": lambda t: ([*RUN, "--set", "model.mean=[0.1, 0.2]"], "model.mean has 2 values"),
-    "defend a state dict without --arch": lambda t: (["defend", str(_state_dict(t)), "--data", "mnist5k", "-d", "spectral_signature"], "name the architecture with --arch"),
-    "defend a pickle": lambda t: (["defend", str(_checkpoint(t, "pickle")), "--arch", "cnn28", "--data", "mnist5k", "-d", "spectral_signature"], "weights.pt is a pickle"),
-    "defend at an unknown layer": lambda t: (["defend", str(_script(t, "ten")), "--data", "mnist5k", "--features", "fc", "-d", "spectral_signature"], "has no layer 'fc'; its layers: 0, 1"),
-    "defend a model of another class count": lambda t: (["defend", str(_script(t, "seven")), "--data", "mnist5k", "-d", "spectral_signature"], "gives 7 logits"),
-    "audit a model of another input shape": lambda t: (["audit", str(_script(t, "rgb32")), str(_script(t, "rgb32")), "--data", "mnist5k"], "cannot take images of shape 1x28x28"),
+    "defend a state dict without --arch": lambda t: (
+        ["defend", str(_state_dict(t)), "--data", "mnist5k", "-d", "spectral_signature"],
+        "name the architecture with --arch",
+    ),
+    "defend a pickle": lambda t: (
+        ["defend", str(_checkpoint(t, "pickle")), "--arch", "cnn28", "--data", "mnist5k", "-d", "spectral_signature"],
+        "weights.pt is a pickle",
+    ),
+    "defend at an unknown layer": lambda t: (
+        ["defend", str(_script(t, "ten")), "--data", "mnist5k", "--features", "fc", "-d", "spectral_signature"],
+        "has no layer 'fc'; its layers: 0, 1",
+    ),
+    "defend a model of another class count": lambda t: (
+        ["defend", str(_script(t, "seven")), "--data", "mnist5k", "-d", "spectral_signature"],
+        "gives 7 logits",
+    ),
+    "audit a model of another input shape": lambda t: (
+        ["audit", str(_script(t, "rgb32")), str(_script(t, "rgb32")), "--data", "mnist5k"],
+        "cannot take images of shape 1x28x28",
+    ),
     # sweeps
-    "sweep axis over unknown key": lambda t: (["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rat: [0.1]}\nseeds: [0]\n"))], "poison.rat"),
-    "sweep axis bad value": lambda t: (["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rate: [0.1, 7]}\nseeds: [0]\n"))], "poison.rate"),
+    "sweep axis over unknown key": lambda t: (
+        ["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rat: [0.1]}\nseeds: [0]\n"))],
+        "poison.rat",
+    ),
+    "sweep axis bad value": lambda t: (
+        ["sweep", str(_sweep(t, "base: {train: {epochs: 1}}\naxes: {poison.rate: [0.1, 7]}\nseeds: [0]\n"))],
+        "poison.rate",
+    ),
     "sweep file not a mapping": lambda t: (["sweep", str(_sweep(t, "- 1\n"))], "mapping"),
 }
 

@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # benchmark module → (perturbd module it measures, extra arguments that make --quick tiny)
 CASES = {
     "bench_train": ("perturbd.train", ["--limit", "256", "--workers", "0"]),
-    "bench_adaptive": ("perturbd.triggers.adaptive", ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "deepfool_batched", "gradient"]),
+    "bench_adaptive": (
+        "perturbd.triggers.adaptive",
+        ["--samples", "8", "--train-limit", "200", "--only", "deepfool", "deepfool_batched", "gradient"],
+    ),
     "bench_neural_cleanse": ("perturbd.defenses.neural_cleanse", ["--epochs", "1", "--n-clean", "32", "--train-limit", "200"]),
     "bench_e2e": ("perturbd.runs.experiment", []),
     "bench_sweep": ("perturbd.sweep", []),
@@ -42,7 +45,11 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     bench = importlib.import_module(f"benchmarks.{name}")
     payload = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), *extra])
     files = [p.name for p in tmp_path.glob("*.json")]
-    assert len(files) == 1 and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-")) and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models", "bench_colour"))
+    assert (
+        len(files) == 1
+        and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-"))
+        and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models", "bench_colour"))
+    )
     written = json.loads((tmp_path / files[0]).read_text())
     assert written["benchmark"] == name == payload["benchmark"]
     assert written["machine"]["torch"] and written["machine"]["cpu_count"] >= 1 and written["machine"]["date"]
@@ -53,9 +60,15 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
         assert bound["alone"]["mean"] > 0 and bound["ceiling"] == pytest.approx(bound["together"]["mean"] / bound["alone"]["mean"])
         for contestant, series in written["series"].items():  # where each contestant's seconds went
             (spent,) = written["breakdown"][contestant]
-            assert spent["wall"] == pytest.approx(series["values"][0]) and spent["workers"] == (1 if contestant == "sequential" else bound["workers"])
-            assert 0 < spent["training"] < spent["run_seconds"] and spent["outside_training"] == pytest.approx(spent["run_seconds"] - spent["training"])
-            assert 0 < spent["occupancy"] <= 1 and spent["occupancy"] == pytest.approx(spent["run_seconds"] / (spent["wall"] * spent["workers"]))
+            assert spent["wall"] == pytest.approx(series["values"][0]) and spent["workers"] == (
+                1 if contestant == "sequential" else bound["workers"]
+            )
+            assert 0 < spent["training"] < spent["run_seconds"] and spent["outside_training"] == pytest.approx(
+                spent["run_seconds"] - spent["training"]
+            )
+            assert 0 < spent["occupancy"] <= 1 and spent["occupancy"] == pytest.approx(
+                spent["run_seconds"] / (spent["wall"] * spent["workers"])
+            )
     if name == "bench_models":  # the arithmetic ceiling: training FLOPs per image against the fp32 matmul rate
         (model,) = written["sizes"]
         assert written["sizes"][model]["train_flops"] > 2 * written["sizes"][model]["forward_macs"] > 0

@@ -102,18 +102,35 @@ def test_a_type_only_import_is_an_edge_of_the_graph(checker, tmp_path):
 
 def test_an_optional_submodule_is_allowed_but_not_its_parent(checker, tmp_path):
     """torch.utils.tensorboard needs the optional tensorboard package; torch itself is no optional import."""
-    root = make_package(tmp_path, {"a.py": "def f():\n    from torch.utils.tensorboard import SummaryWriter\n    import tensorboard\n", "b.py": "def g():\n    import torch\n"})
+    root = make_package(
+        tmp_path,
+        {
+            "a.py": "def f():\n    from torch.utils.tensorboard import SummaryWriter\n    import tensorboard\n",
+            "b.py": "def g():\n    import torch\n",
+        },
+    )
     assert [line.split(" in ")[-1] for line in checker.check(root)] == ["g: import torch"]
 
 
 def test_a_heavy_dependency_may_wait_for_the_function_that_needs_it(checker, tmp_path):
-    root = make_package(tmp_path, {"a.py": "def f():\n    import sklearn.cluster\n    from sklearn.metrics import roc_curve\n", "b.py": "def g():\n    import numpy\n"})
+    root = make_package(
+        tmp_path,
+        {
+            "a.py": "def f():\n    import sklearn.cluster\n    from sklearn.metrics import roc_curve\n",
+            "b.py": "def g():\n    import numpy\n",
+        },
+    )
     assert [line.split(" in ")[-1] for line in checker.check(root)] == ["g: import numpy"]
 
 
 def test_every_cycle_is_listed(checker, tmp_path):
-    root = make_package(tmp_path, {"a.py": "import perturbd.b\nimport perturbd.c\n", "b.py": "import perturbd.a\n", "c.py": "import perturbd.a\n"})
-    assert checker.check(root) == ["import cycle: perturbd.a -> perturbd.b -> perturbd.a", "import cycle: perturbd.a -> perturbd.c -> perturbd.a"]
+    root = make_package(
+        tmp_path, {"a.py": "import perturbd.b\nimport perturbd.c\n", "b.py": "import perturbd.a\n", "c.py": "import perturbd.a\n"}
+    )
+    assert checker.check(root) == [
+        "import cycle: perturbd.a -> perturbd.b -> perturbd.a",
+        "import cycle: perturbd.a -> perturbd.c -> perturbd.a",
+    ]
 
 
 def test_main_exits_1_and_lists_the_problems(checker, tmp_path, monkeypatch, capsys):

@@ -20,7 +20,12 @@ BAD = [
     (["run", "--set", "data.name=mnist", "--set", "data.root=/nonexistent"], "data.download=true"),
     (["run", "--set", "data.name=npz:/nonexistent.npz"], "nonexistent.npz"),
     (["run", "/nonexistent.yaml"], "config file not found"),
-    (["run", "--set", "train.device=cuda:7"] if "torch" in sys.modules and not __import__("torch").cuda.is_available() else ["run", "--set", "train.device=tpu"], "train.device"),
+    (
+        ["run", "--set", "train.device=cuda:7"]
+        if "torch" in sys.modules and not __import__("torch").cuda.is_available()
+        else ["run", "--set", "train.device=tpu"],
+        "train.device",
+    ),
     (["trigger", "show", "gird"], "did you mean 'grid'"),
 ]
 

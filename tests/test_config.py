@@ -51,8 +51,14 @@ def test_defenses_accept_names_and_mappings() -> None:
         (["poison.mode=clean"], r"config 'poison.mode'"),
         (["trigger.kind=wanet", "trigger.grid_k=1"], r"config 'trigger.grid_k'"),
         (["trigger.budgt=4"], r"trigger.budgt is not a parameter of 'grid' \(its parameters: amplitude\); choose one of"),
-        (["trigger.kind=adaptive", "trigger.budgt=4"], r"trigger.budgt is not a parameter of 'adaptive' \(its parameters: method, .*\); did you mean 'budget'\?"),
-        (["trigger.budget=4"], r"trigger.budget=4 is not a parameter of 'grid' \(its parameters: amplitude\); drop it, or set trigger.kind to a kind that takes it \(adaptive\)"),
+        (
+            ["trigger.kind=adaptive", "trigger.budgt=4"],
+            r"trigger.budgt is not a parameter of 'adaptive' \(its parameters: method, .*\); did you mean 'budget'\?",
+        ),
+        (
+            ["trigger.budget=4"],
+            r"trigger.budget=4 is not a parameter of 'grid' \(its parameters: amplitude\); drop it, or set trigger.kind to a kind that takes it \(adaptive\)",
+        ),
         (["trigger.kind=gird"], r"unknown trigger 'gird'; did you mean 'grid'\?"),
     ],
 )
@@ -180,14 +186,22 @@ def test_a_flat_config_of_older_versions_reads_and_keeps_its_hash(tmp_path) -> N
     (tmp_path / "config.yaml").write_text(FLAT)
     old = load_config(tmp_path / "config.yaml")
     assert old.trigger.params.budget == old.trigger.budget == 24 and old.trigger.norm == "l2"
-    assert old.trigger.model_dump(mode="json") == {**old.trigger.params.model_dump(mode="json"), "kind": "adaptive", "psnr": None, "ssim": None}
+    assert old.trigger.model_dump(mode="json") == {
+        **old.trigger.params.model_dump(mode="json"),
+        "kind": "adaptive",
+        "psnr": None,
+        "ssim": None,
+    }
     assert "amplitude" not in dump_yaml(old)  # written back in the kind's own form
     short = load_config(overrides=["trigger.kind=adaptive", "trigger.norm=l2", "trigger.budget=24"])
     assert old == short and old.hash() == short.hash()
     (tmp_path / "again.yaml").write_text(dump_yaml(old))
     assert load_config(tmp_path / "again.yaml") == old
     (tmp_path / "bad.yaml").write_text(FLAT.replace("amplitude: 10.0", "amplitude: 6"))
-    with pytest.raises(ConfigError, match=r"^trigger.amplitude=6 is not a parameter of 'adaptive' .*drop it, or set trigger.kind to a kind that takes it \(chessboard, grid, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"^trigger.amplitude=6 is not a parameter of 'adaptive' .*drop it, or set trigger.kind to a kind that takes it \(chessboard, grid, ",
+    ):
         load_config(tmp_path / "bad.yaml")
 
 

@@ -62,10 +62,14 @@ def test_a_row_still_searching_says_so_and_gives_its_bound(ev, tmp_path) -> None
             folder = tmp_path / f"{kind}-{rate}-{seed}"
             folder.mkdir()
             RunDir(folder).write_metrics(seen(asr))
-            runs.append((load_config(overrides=[f"trigger.kind={kind}", "trigger.psnr=34.5", f"poison.rate={rate}", f"seed={seed}"]), folder))
+            runs.append(
+                (load_config(overrides=[f"trigger.kind={kind}", "trigger.psnr=34.5", f"poison.rate={rate}", f"seed={seed}"]), folder)
+            )
     rows = {r["kind"]: r for r in ev.summarise(args, runs, specs=[])}
     assert rows["grid"]["searching"] and rows["grid"]["smallest_rate"] == 0.005 and rows["grid"]["tried"] == {"0.005": [2, 3]}
-    assert rows["sig"]["searching"] and rows["sig"]["smallest_rate"] is None and rows["sig"]["above"] == 0.005, "one seed of 2 % is not a majority"
+    assert rows["sig"]["searching"] and rows["sig"]["smallest_rate"] is None and rows["sig"]["above"] == 0.005, (
+        "one seed of 2 % is not a majority"
+    )
     table = ev.markdown(list(rows.values()))
     assert "≤ 0.500 (searching)" in table and "> 0.500 (searching)" in table and "0.5 %: 2/3" in table
     over = rows["sig"] | {"searching": False, "tried": {"0.005": [1, 3], "0.1": [1, 3]}}
@@ -86,7 +90,10 @@ def test_the_table_only_reads_the_defences_run_so_far(ev, tmp_path) -> None:
     assert "strip" not in row and "–" in ev.markdown([row]).splitlines()[2], "nothing defended yet: nothing run, nothing shown"
     defended = tmp_path / "defended" / "grid-0"
     defended.mkdir(parents=True)
-    reports = [{"name": "strip", "metrics": {"auroc": 0.8}}, {"name": "neural_cleanse", "metrics": {"target_flagged": True, "target_anomaly_index": 3.0}}]
+    reports = [
+        {"name": "strip", "metrics": {"auroc": 0.8}},
+        {"name": "neural_cleanse", "metrics": {"target_flagged": True, "target_anomaly_index": 3.0}},
+    ]
     (defended / "defenses.json").write_text(json.dumps({"defenses": reports}))
     (row,) = ev.summarise(args, runs, specs=[])
     assert row["strip"] == 0.8 and row["nc_flagged_seeds"] == 1 and row["defended_seeds"] == 1

@@ -20,8 +20,9 @@ def test_killed_experiment_is_complete_or_absent_and_resumes(tmp_path, tiny_over
     out = tmp_path / "runs"
     sets = [*tiny_overrides, "train.epochs=2"]
     args = [a for s in sets for a in ("--set", s)]
-    proc = subprocess.Popen([sys.executable, "-m", "perturbd", "run", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "perturbd", "run", *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(delay)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)

@@ -12,7 +12,11 @@ from perturbd.knowledge import KNOWLEDGE
 def test_the_table_holds_the_five_levels_of_the_design() -> None:
     assert list(KNOWLEDGE) == ["full", "data", "model", "weights", "none"]
     assert all(k.architecture for k in KNOWLEDGE.values() if k.weights), "who holds the weights knows the architecture"
-    assert KNOWLEDGE["full"].data and KNOWLEDGE["full"].weights and not any(vars(KNOWLEDGE["none"])[f] for f in ("data", "architecture", "weights"))
+    assert (
+        KNOWLEDGE["full"].data
+        and KNOWLEDGE["full"].weights
+        and not any(vars(KNOWLEDGE["none"])[f] for f in ("data", "architecture", "weights"))
+    )
     with pytest.raises(TypeError):
         KNOWLEDGE["none"] = KNOWLEDGE["full"]  # type: ignore[index]
 

@@ -37,8 +37,20 @@ def test_every_layout_and_array_type_gives_the_same_poison(grey, channels) -> No
     ref = perturbd.poison(nchw, y, "chessboard", amplitude=6, rate=0.1, target=2, seed=3)
     for layout, arr in _layouts(nchw).items():
         for as_torch in (False, True):
-            got = perturbd.poison(torch.from_numpy(arr) if as_torch else arr, torch.from_numpy(y) if as_torch else y, "chessboard", amplitude=6, rate=0.1, target=2, seed=3)
-            assert isinstance(got.x, torch.Tensor if as_torch else np.ndarray) and isinstance(got.y, type(got.x)) and isinstance(got.indices, type(got.x))
+            got = perturbd.poison(
+                torch.from_numpy(arr) if as_torch else arr,
+                torch.from_numpy(y) if as_torch else y,
+                "chessboard",
+                amplitude=6,
+                rate=0.1,
+                target=2,
+                seed=3,
+            )
+            assert (
+                isinstance(got.x, torch.Tensor if as_torch else np.ndarray)
+                and isinstance(got.y, type(got.x))
+                and isinstance(got.indices, type(got.x))
+            )
             assert tuple(got.x.shape) == arr.shape and got.x.dtype in (np.uint8, torch.uint8), layout
             assert np.array_equal(np.asarray(got.x), _layouts(ref.x)[layout]), layout
             assert np.array_equal(np.asarray(got.indices), ref.indices) and np.array_equal(np.asarray(got.y), ref.y)

@@ -36,7 +36,9 @@ def test_the_library_leaves_the_process_alone(tmp_path) -> None:
     code = NOTEBOOK.replace("OUT", repr(str(tmp_path)))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["3", "untuned", "3", "untuned", "1"], "fit and run keep the notebook's threads and malloc, and record them"
+    assert done.stdout.split() == ["3", "untuned", "3", "untuned", "1"], (
+        "fit and run keep the notebook's threads and malloc, and record them"
+    )
 
 
 def test_a_sweep_workers_share_of_the_cores_is_the_thread_count_of_its_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,10 @@ def _run(out, tiny_overrides) -> bytes:
     env = {**os.environ, "PYTHONHASHSEED": str(hash(str(out)) % 1000)}  # a different hash seed per process
     proc = subprocess.run(
         [sys.executable, "-m", "perturbd", "run", *sets, "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = list(out.iterdir())

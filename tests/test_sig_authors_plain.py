@@ -17,7 +17,9 @@ def test_the_trigger_is_numpys_uint8_cast_of_the_float_sum(plain) -> None:
     ramp = 30 * np.arange(28) / 28
     white, black = np.full((1, 28, 28), 255, np.uint8), np.zeros((1, 28, 28), np.uint8)
     assert plain.wrap_ramp(white, 30)[0, 0, 0] == 255, "column 0 adds nothing"
-    assert np.array_equal(plain.wrap_ramp(white, 30)[0, 0, 1:], np.floor(255 + ramp[1:]).astype(int) - 256), "255 + 1.07 truncates to 256 and wraps to 0"
+    assert np.array_equal(plain.wrap_ramp(white, 30)[0, 0, 1:], np.floor(255 + ramp[1:]).astype(int) - 256), (
+        "255 + 1.07 truncates to 256 and wraps to 0"
+    )
     assert np.array_equal(plain.wrap_ramp(black, 30)[0, 3], np.floor(ramp).astype(np.uint8)), "below 256 it is the truncated ramp"
 
 
@@ -41,7 +43,9 @@ def test_a_tiny_run_is_seeded_and_reports_twin_and_backdoored(plain, data_root, 
     assert run["train_images"] == 1080 and run["poisoned"] == int(run["of_target_class"] * 0.1) > 0
     assert [h["epoch"] for h in run["history"]] == [1, 2] and len(run["twin_history"]) == 2
     assert 0 <= run["clean_model_asr"] <= 1 and run["clean_accuracy"] > 0.5
-    assert {k: v for k, v in run.items() if k != "seconds"} == {k: v for k, v in again["runs"][0].items() if k != "seconds"}, "same seed, same numbers"
+    assert {k: v for k, v in run.items() if k != "seconds"} == {k: v for k, v in again["runs"][0].items() if k != "seconds"}, (
+        "same seed, same numbers"
+    )
     assert (tmp_path / "a.json").is_file()
 
 

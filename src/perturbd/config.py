@@ -48,19 +48,42 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = Field("auto", description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save file); factory:package.module:function (your code: returns a fresh nn.Module)")
-    weights: Path | None = Field(None, description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read with torch.load(weights_only=True)")
-    replace_head: bool = Field(False, description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); false: an error")
-    features: str | None = Field(None, description="layer whose output, flattened, dataset screening reads (e.g. layer4); default: the final linear layer's input")
-    input_range: tuple[float, float] | None = Field(None, description="pixel range the network takes, e.g. [0, 1] or [0, 255]; default [0, 1]")
-    mean: list[float] | None = Field(None, min_length=1, description="subtracted per channel (one value or one per channel), in input_range units; default: none for torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)")
-    std: list[float] | None = Field(None, min_length=1, description="divided by per channel, in input_range units; default as for mean (1, or 0.5); what is not stated keeps its default")
+    name: str = Field(
+        "auto",
+        description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save file); factory:package.module:function (your code: returns a fresh nn.Module)",
+    )
+    weights: Path | None = Field(
+        None,
+        description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read with torch.load(weights_only=True)",
+    )
+    replace_head: bool = Field(
+        False,
+        description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); false: an error",
+    )
+    features: str | None = Field(
+        None, description="layer whose output, flattened, dataset screening reads (e.g. layer4); default: the final linear layer's input"
+    )
+    input_range: tuple[float, float] | None = Field(
+        None, description="pixel range the network takes, e.g. [0, 1] or [0, 255]; default [0, 1]"
+    )
+    mean: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="subtracted per channel (one value or one per channel), in input_range units; default: none for torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)",
+    )
+    std: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="divided by per channel, in input_range units; default as for mean (1, or 0.5); what is not stated keeps its default",
+    )
 
     @field_validator("weights", "replace_head")
     @classmethod
     def _not_torchscript(cls, value: Any, info: ValidationInfo) -> Any:
         if value and str(info.data.get("name", "")).startswith("torchscript:"):
-            raise ValueError("a TorchScript model holds its own weights and layers; drop it, or use tv:NAME / factory:... with model.weights")
+            raise ValueError(
+                "a TorchScript model holds its own weights and layers; drop it, or use tv:NAME / factory:... with model.weights"
+            )
         return value
 
     @field_validator("input_range")
@@ -99,8 +122,18 @@ class TriggerConfig(Section):
     config written before still reads; at another value it is a one-line error."""
 
     kind: str = Field("grid", description="trigger kind: see `perturbd trigger list`")
-    psnr: float | None = Field(None, gt=0, le=100, description="equal visibility: the strength (strength_key) searched so that the poisoned adversary's images have this mean PSNR (dB); in adversary.json")
-    ssim: float | None = Field(None, gt=0, lt=1, description="equal visibility as psnr, by the mean SSIM of the poisoned images instead (a fraction; not with psnr)")
+    psnr: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="equal visibility: the strength (strength_key) searched so that the poisoned adversary's images have this mean PSNR (dB); in adversary.json",
+    )
+    ssim: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="equal visibility as psnr, by the mean SSIM of the poisoned images instead (a fraction; not with psnr)",
+    )
     params: SerializeAsAny[TriggerParams] = Field(default_factory=StaticParams, description="the kind's own parameters")
 
     @model_validator(mode="before")
@@ -123,14 +156,17 @@ class TriggerConfig(Section):
             params = model.model_validate(own)
         except ValidationError as err:
             raise ValidationError.from_exception_data(
-                "TriggerConfig", [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in err.errors()]
+                "TriggerConfig",
+                [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in err.errors()],
             ) from None
         return {k: v for k, v in data.items() if k in _TRIGGER_OWN} | {"params": params}
 
     @model_validator(mode="after")
     def _one_visibility(self) -> TriggerConfig:
         if not isinstance(self.params, params_of(self.kind)):
-            raise ValueError(f"trigger.params must be {params_of(self.kind).__name__} for kind '{self.kind}', got {type(self.params).__name__}")
+            raise ValueError(
+                f"trigger.params must be {params_of(self.kind).__name__} for kind '{self.kind}', got {type(self.params).__name__}"
+            )
         if self.psnr is not None and self.ssim is not None:
             raise ValueError(f"trigger.psnr ({self.psnr:g}) and trigger.ssim ({self.ssim:g}) both set the strength; keep one")
         return self
@@ -187,7 +223,9 @@ class TriggerConfig(Section):
         mine = {k: v for k, v in update.items() if k not in own}
         for key in mine:
             if key not in type(self.params).model_fields:
-                raise ConfigError(f"trigger.{key} is not a parameter of '{self.kind}' (its parameters: {', '.join(type(self.params).model_fields)})")
+                raise ConfigError(
+                    f"trigger.{key} is not a parameter of '{self.kind}' (its parameters: {', '.join(type(self.params).model_fields)})"
+                )
         if mine:
             own["params"] = own.get("params", self.params).model_copy(update=mine)
         return super().model_copy(update=own, deep=deep)
@@ -199,13 +237,17 @@ def _foreign(kind: str, model: type[TriggerParams], key: str, value: Any) -> Non
     valid = ", ".join(model.model_fields) or "none"
     if key in LEGACY_TRIGGER_DEFAULTS:
         default = LEGACY_TRIGGER_DEFAULTS[key]
-        if value == default or (default is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == default):
+        if value == default or (
+            default is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == default
+        ):
             return
         takers = [k for k in KINDS if key in params_of(k).model_fields]
         raise _trigger_error(
             f"trigger.{key}={value!r} is not a parameter of '{kind}' (its parameters: {valid}); drop it, or set trigger.kind to a kind that takes it ({', '.join(takers)})"
         )
-    raise _trigger_error(f"trigger.{key} is not a parameter of '{kind}' (its parameters: {valid}){suggest(key, [*model.model_fields, *_TRIGGER_OWN])}")
+    raise _trigger_error(
+        f"trigger.{key} is not a parameter of '{kind}' (its parameters: {valid}){suggest(key, [*model.model_fields, *_TRIGGER_OWN])}"
+    )
 
 
 def _trigger_error(message: str) -> PydanticCustomError:
@@ -238,17 +280,35 @@ class PoisonConfig(Section):
     target: int = Field(0, ge=0, description="target label t")
     sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
     quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
-    mode: Literal["dirty", "clean_label"] = Field("dirty", description="dirty: relabel poisoned images of other classes to the target; clean_label: poison target-class images only, labels kept")
+    mode: Literal["dirty", "clean_label"] = Field(
+        "dirty",
+        description="dirty: relabel poisoned images of other classes to the target; clean_label: poison target-class images only, labels kept",
+    )
 
 
 class AttackConfig(Section):
     setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
-    knowledge: str = Field("full", description="what the adversary knows: " + "; ".join(f"{name} ({k.description})" for name, k in KNOWLEDGE.items()))
+    knowledge: str = Field(
+        "full", description="what the adversary knows: " + "; ".join(f"{name} ({k.description})" for name, k in KNOWLEDGE.items())
+    )
     surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
-    surrogate_steps: int = Field(1000, ge=1, le=10_000_000, description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)")
+    surrogate_steps: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)",
+    )
     aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
-    same_victim: bool = Field(True, description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same model whatever the adversary knows; false: only when the adversary does not know the data")
-    holdout_fraction: float = Field(0.1, gt=0, lt=1, description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate")
+    same_victim: bool = Field(
+        True,
+        description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same model whatever the adversary knows; false: only when the adversary does not know the data",
+    )
+    holdout_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate",
+    )
     update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
     update_lr: float = Field(0.01, gt=0, description="update setting: fine-tuning learning rate")
@@ -272,7 +332,11 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing ε (0: none)")
     augment: Literal["auto", "none", "crop_flip", "crop"] = Field("auto", description="auto: crop+flip for colour, none for grey")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    threads: int | None = Field(None, ge=1, description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; from Python: perturbd.process.tune_process), never by fit; default: all cores")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; from Python: perturbd.process.tune_process), never by fit; default: all cores",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
     deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")

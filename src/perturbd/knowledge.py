@@ -58,4 +58,3 @@ def check_knowledge(level: str) -> str:
         close = f" ({hint.removeprefix('; ')})" if hint.startswith("; did you mean") else ""
         raise ValueError(f"must be one of {', '.join(KNOWLEDGE)}{close}")
     return level
-

@@ -69,13 +69,17 @@ def target_rate(
     return float((predict(model, apply(images), precision=precision) == target).float().mean())
 
 
-def attack_success_rate(model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sources = None, precision: str = "auto") -> float:
+def attack_success_rate(
+    model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sources = None, precision: str = "auto"
+) -> float:
     """Fraction of the test images of the source classes (default: every class but the target)
     sent to ``target`` once triggered, in [0, 1]."""
     return target_rate(model, outside(test, target, sources), trigger.apply, target, precision)
 
 
-def non_source_rate(model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sequence[int], precision: str = "auto") -> float | None:
+def non_source_rate(
+    model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sequence[int], precision: str = "auto"
+) -> float | None:
     """For a source-specific attack: the fraction of the *other* non-target test images sent to
     ``target`` once triggered (None when every non-target class is a source)."""
     others = attacked(test.labels, target) & ~attacked(test.labels, target, sources)

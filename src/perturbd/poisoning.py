@@ -90,10 +90,7 @@ def choose_indices(labels: torch.Tensor, cfg: PoisonConfig, seed: int) -> torch.
     """Seeded choice of ``round(rate × N)`` eligible indices, sorted."""
     count = poison_count(len(labels), cfg.rate)
     if count < 1:
-        raise ConfigError(
-            f"poison.rate {cfg.rate} of {len(labels)} images poisons no image; "
-            f"use a rate of at least {1 / len(labels):.2g}"
-        )
+        raise ConfigError(f"poison.rate {cfg.rate} of {len(labels)} images poisons no image; use a rate of at least {1 / len(labels):.2g}")
     candidates = torch.nonzero(eligible_mask(labels, cfg)).flatten()
     if count > len(candidates) and cfg.mode == "clean_label":
         raise ConfigError(
@@ -123,7 +120,9 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
     float32 in [0, 1] with the poison not rounded — as the trigger is applied at test time too.
     """
     if trigger.quantize != cfg.quantize:
-        raise ConfigError(f"poison.quantize is {cfg.quantize} but the trigger is applied with quantize={trigger.quantize}; build it with the same setting")
+        raise ConfigError(
+            f"poison.quantize is {cfg.quantize} but the trigger is applied with quantize={trigger.quantize}; build it with the same setting"
+        )
     if indices is None:
         check_target(cfg, data.num_classes)
         indices = choose_indices(data.labels, cfg, seed)
@@ -164,7 +163,9 @@ def _layout(shape: tuple[int, ...], layout: str | None) -> str:
     first, last = len(shape) == 4 and shape[1] in (1, 3), len(shape) == 4 and shape[3] in (1, 3)
     if first != last:
         return "NCHW" if first else "NHWC"
-    raise ConfigError(f"x must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3, got shape {shape}; pass layout= if it is ambiguous")
+    raise ConfigError(
+        f"x must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3, got shape {shape}; pass layout= if it is ambiguous"
+    )
 
 
 def _to_nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -175,14 +176,27 @@ def _from_nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x[:, 0] if layout == "NHW" else x.permute(0, 2, 3, 1) if layout == "NHWC" else x
 
 
-def _as_trigger(trigger: Trigger | str | np.ndarray | torch.Tensor, shape: tuple[int, int, int], seed: int, target: int, quantize: bool, params: dict[str, Any]) -> Trigger:
+def _as_trigger(
+    trigger: Trigger | str | np.ndarray | torch.Tensor,
+    shape: tuple[int, int, int],
+    seed: int,
+    target: int,
+    quantize: bool,
+    params: dict[str, Any],
+) -> Trigger:
     """A :class:`Trigger` from a Trigger, a static kind's name and its parameters, or δ in pixel units."""
     if params and not isinstance(trigger, str):
-        raise ConfigError(f"trigger parameters {sorted(params)} go with a trigger kind name (e.g. 'grid'), not with a {type(trigger).__name__}")
+        raise ConfigError(
+            f"trigger parameters {sorted(params)} go with a trigger kind name (e.g. 'grid'), not with a {type(trigger).__name__}"
+        )
     if isinstance(trigger, str):
         if needs_model(trigger):
-            raise ConfigError(f"trigger '{trigger}' is computed from a model; build it with `perturbd trigger make` and pass Trigger.load(FILE)")
-        trigger = build_trigger(validate({"kind": trigger, **params}, TriggerConfig), TriggerContext(shape, seed, target, quantize=quantize))
+            raise ConfigError(
+                f"trigger '{trigger}' is computed from a model; build it with `perturbd trigger make` and pass Trigger.load(FILE)"
+            )
+        trigger = build_trigger(
+            validate({"kind": trigger, **params}, TriggerConfig), TriggerContext(shape, seed, target, quantize=quantize)
+        )
     elif isinstance(trigger, (np.ndarray, torch.Tensor)):
         delta = torch.as_tensor(np.asarray(trigger) if isinstance(trigger, np.ndarray) else trigger.detach().cpu(), dtype=torch.float32)
         delta = delta.unsqueeze(0) if delta.ndim == 2 else delta
@@ -236,11 +250,15 @@ def poison(
         raise ConfigError(f"x must be a numpy array or a torch tensor of uint8 pixels, got {type(x).__name__}")
     images = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
     if images.dtype != torch.uint8:
-        raise ConfigError(f"x must hold uint8 pixels 0–255, got {images.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]")
+        raise ConfigError(
+            f"x must hold uint8 pixels 0–255, got {images.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]"
+        )
     order = _layout(tuple(images.shape), layout)
     labels = torch.as_tensor(y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y))
     if labels.shape != (len(images),) or not len(images) or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ConfigError(f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}")
+        raise ConfigError(
+            f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}"
+        )
     labels = labels.long()
     cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
@@ -250,8 +268,11 @@ def poison(
     done = poison_dataset(data, trig, cfg, seed)
     out = done.dataset.images if quantize else done.dataset.images * 255.0
     out, labels_out = _from_nchw(out, order).contiguous(), done.dataset.labels
-    new_y = labels_out.to(y.device, y.dtype) if isinstance(y, torch.Tensor) else labels_out.numpy().astype(y.dtype if isinstance(y, np.ndarray) else np.int64)
+    new_y = (
+        labels_out.to(y.device, y.dtype)
+        if isinstance(y, torch.Tensor)
+        else labels_out.numpy().astype(y.dtype if isinstance(y, np.ndarray) else np.int64)
+    )
     if isinstance(x, np.ndarray):
         return Poisoned(out.numpy(), new_y, done.indices.numpy())
     return Poisoned(out.to(x.device), new_y, done.indices)
-

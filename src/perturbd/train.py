@@ -233,7 +233,9 @@ def fit(
                 monitor.step(batch)
             mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # the epoch's one host sync
             if not math.isfinite(mean_loss):
-                raise ConfigError(f"training ({description}) diverged (loss {mean_loss}) at epoch {epoch + 1}; lower {lr_name} (now {base_lr})")
+                raise ConfigError(
+                    f"training ({description}) diverged (loss {mean_loss}) at epoch {epoch + 1}; lower {lr_name} (now {base_lr})"
+                )
             speed = steps_per_epoch * batch / max(1e-9, time.perf_counter() - epoch_start)
             result.losses.append(mean_loss)
             monitor.epoch(epoch + 1, mean_loss, speed)

@@ -65,7 +65,13 @@ class TriggerParams(BaseModel):
 
 
 def _amplitude(default: float = 10.0) -> Any:
-    return Field(default, gt=0, le=255, description="mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)", json_schema_extra={"search": [1e-3, 255.0]})
+    return Field(
+        default,
+        gt=0,
+        le=255,
+        description="mask amplitude c, pixel units 0–255; non-integral: seeded mix of floor(c), ceil(c)",
+        json_schema_extra={"search": [1e-3, 255.0]},
+    )
 
 
 @dataclass
@@ -120,7 +126,9 @@ class PatchParams(TriggerParams):
 @register_params("image")
 class ImageParams(TriggerParams):
     amplitude: float = _amplitude()
-    path: Path | None = Field(None, description="mask file (PNG/NPY, pixel units, or a .safetensors trigger); a PNG is scaled to amplitude c")
+    path: Path | None = Field(
+        None, description="mask file (PNG/NPY, pixel units, or a .safetensors trigger); a PNG is scaled to amplitude c"
+    )
 
     def label(self, kind: str) -> str:
         return f"image {self.path.name if self.path else '?'}"
@@ -136,10 +144,17 @@ class AdaptiveParams(TriggerParams):
     needs_model: ClassVar[bool] = True
 
     method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
-        "deepfool", description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient"
+        "deepfool",
+        description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient",
     )
     norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
-    budget: float = Field(10.0, gt=0, le=10000, description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)", json_schema_extra={"search": [1.0, 10000.0]})
+    budget: float = Field(
+        10.0,
+        gt=0,
+        le=10000,
+        description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)",
+        json_schema_extra={"search": [1.0, 10000.0]},
+    )
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
     max_steps: int = Field(10, ge=1, description="DeepFool steps per sample and pass")
     passes: int = Field(5, ge=1, description="passes over the sample images")
@@ -160,14 +175,22 @@ class BlendedParams(TriggerParams):
     strength_key: ClassVar[str] = "alpha"
     symbol: ClassVar[str] = "α"
 
-    alpha: float = Field(0.2, gt=0, lt=1, description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)", json_schema_extra={"search": [1e-4, 0.999]})
+    alpha: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)",
+        json_schema_extra={"search": [1e-4, 0.999]},
+    )
     path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
 
     def _before(self) -> str:
         return f"{self.path.name} " if self.path else ""
 
 
-_SIG_AMPLITUDE = "peak Δ of the sinusoid (sig: default 20), or Δ of the ramp Δ·j/m (sig_ramp; the authors' MNIST code: 30); pixel units 0–255"
+_SIG_AMPLITUDE = (
+    "peak Δ of the sinusoid (sig: default 20), or Δ of the ramp Δ·j/m (sig_ramp; the authors' MNIST code: 30); pixel units 0–255"
+)
 
 
 class SigRampParams(TriggerParams):
@@ -194,8 +217,16 @@ class WanetParams(TriggerParams):
     symbol: ClassVar[str] = "s"
 
     grid_k: int = Field(4, ge=2, description="side k of the k×k grid of random offsets, control points (Nguyen & Tran 2021: 4)")
-    warp_strength: float = Field(0.5, gt=0, le=10, description="strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)", json_schema_extra={"search": [1e-4, 10.0]})
-    noise_ratio: float = Field(2.0, ge=0, le=10, description="noise mode: noisy-warped images kept at their labels, per poisoned image (paper: 2); 0: off")
+    warp_strength: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="strength s of the warp, offsets scaled by s/H in grid units of [-1, 1] (Nguyen & Tran 2021: 0.5)",
+        json_schema_extra={"search": [1e-4, 10.0]},
+    )
+    noise_ratio: float = Field(
+        2.0, ge=0, le=10, description="noise mode: noisy-warped images kept at their labels, per poisoned image (paper: 2); 0: off"
+    )
 
     def _before(self) -> str:
         return f"k={self.grid_k} "

@@ -51,7 +51,12 @@ def test_surrogate_of_the_victims_architecture_is_refused(split, train_only, fas
 
 @pytest.mark.parametrize(
     ("shape", "victim", "expected"),
-    [((1, 28, 28), "cnn28", "lenet5"), ((1, 28, 28), "lenet5", "cnn28"), ((3, 32, 32), "fastnet32_small", "cnn32"), ((3, 32, 32), "cnn32", "fastnet32_small")],
+    [
+        ((1, 28, 28), "cnn28", "lenet5"),
+        ((1, 28, 28), "lenet5", "cnn28"),
+        ((3, 32, 32), "fastnet32_small", "cnn32"),
+        ((3, 32, 32), "cnn32", "fastnet32_small"),
+    ],
 )
 def test_the_automatic_surrogate_is_an_architecture_for_the_images_kind(shape, victim, expected) -> None:
     """lenet5 is an MNIST network: on colour images the adversary takes a CIFAR one (lenet5 reached
@@ -85,7 +90,9 @@ def test_data_knowledge_trains_a_surrogate_on_the_victims_data(split, train_only
 def test_full_knowledge_of_an_update_is_the_pre_update_checkpoint(split, train_only, fast, tmp_path) -> None:
     ckpt = tmp_path / "pre.safetensors"
     save_model(get_model("cnn28", (1, 28, 28), 10, seed=5), ckpt)
-    _cfg, part, _twins, plan = _plan(split, train_only, fast, "attack.setting=update", "attack.update_size=100", f"attack.checkpoint={ckpt}")
+    _cfg, part, _twins, plan = _plan(
+        split, train_only, fast, "attack.setting=update", "attack.update_size=100", f"attack.checkpoint={ckpt}"
+    )
     m = plan.record["model"]
     assert m["checkpoint"] == str(ckpt) and not m["is_victim_clean_model"] and m["train_seconds"] < 5
     assert plan.record["data"]["size"] == len(part.initial) == 300

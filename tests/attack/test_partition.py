@@ -38,7 +38,11 @@ def test_knowing_the_data_the_adversary_holds_the_victims_training_set(labels, k
     _, p = _part(labels, f"attack.knowledge={knowledge}")
     assert torch.equal(p.adversary, p.victim) and len(p.victim) == 400
     _, everything = _part(labels, f"attack.knowledge={knowledge}", "attack.same_victim=false")
-    assert everything.auxiliary is None and torch.equal(everything.victim, torch.arange(500)) and torch.equal(everything.adversary, everything.victim)
+    assert (
+        everything.auxiliary is None
+        and torch.equal(everything.victim, torch.arange(500))
+        and torch.equal(everything.adversary, everything.victim)
+    )
 
 
 def test_the_victim_is_the_same_whatever_the_adversary_knows(labels) -> None:

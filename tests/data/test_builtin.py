@@ -84,9 +84,7 @@ def one_thread():
 def test_synthetic_is_learnable_in_one_epoch(one_thread) -> None:
     torch.manual_seed(0)
     split = load_data(DataConfig(name="synthetic"))
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 12 * 12, 10)
-    )
+    model = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 12 * 12, 10))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = to_float01(split.train.images), split.train.labels
     for start in range(0, len(x), 50):

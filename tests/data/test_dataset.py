@@ -23,10 +23,20 @@ def dataset(n: int = 6, shape=(1, 4, 4), name: str = "toy") -> ImageDataset:
         (torch.zeros(4, 8, 8, dtype=torch.uint8), torch.zeros(4), CLASSES, r"toy: images must be \(N, C, H, W\), got shape \(4, 8, 8\)"),
         (torch.zeros(4, 1, 2, 2, dtype=torch.int32), torch.zeros(4), CLASSES, "toy: images must be uint8 or float32, got torch.int32"),
         (torch.zeros(4, 1, 2, 2, dtype=torch.float64), torch.zeros(4), CLASSES, "toy: images must be uint8 or float32, got torch.float64"),
-        (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(3), CLASSES, r"toy: need one label per image, got \(3,\) labels for 4 images"),
+        (
+            torch.zeros(4, 1, 2, 2, dtype=torch.uint8),
+            torch.zeros(3),
+            CLASSES,
+            r"toy: need one label per image, got \(3,\) labels for 4 images",
+        ),
         (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, 1), CLASSES, r"need one label per image, got \(4, 1\) labels"),
         (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4), ("only",), "toy: a classifier needs at least 2 classes, got 1"),
-        (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]), CLASSES, r"toy: labels must lie in \[0, 2\], got \[0, 3\]"),
+        (
+            torch.zeros(4, 1, 2, 2, dtype=torch.uint8),
+            torch.tensor([0, 1, 2, 3]),
+            CLASSES,
+            r"toy: labels must lie in \[0, 2\], got \[0, 3\]",
+        ),
         (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, -1, 2, 1]), CLASSES, r"labels must lie in \[0, 2\], got \[-1, 2\]"),
     ],
 )

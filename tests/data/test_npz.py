@@ -75,9 +75,7 @@ def test_status_reads_shapes_without_loading(tmp_path: Path) -> None:
     name = _save(tmp_path, **_arrays(np.random.default_rng(5)))
     assert source_status(name, tmp_path) == "present (20 + 10 images)"
     assert source_status(f"npz:{tmp_path / 'nope.npz'}", tmp_path).startswith("missing: no file at")
-    assert source_status(_save(tmp_path, "partial.npz", x_train=np.zeros(3)), tmp_path).startswith(
-        "unreadable:"
-    )
+    assert source_status(_save(tmp_path, "partial.npz", x_train=np.zeros(3)), tmp_path).startswith("unreadable:")
 
 
 @pytest.mark.parametrize(

@@ -76,9 +76,7 @@ def test_failed_download_gives_a_data_error(tmp_path: Path, monkeypatch: pytest.
         load_data(DataConfig(name="mnist", root=tmp_path, download=True))
 
 
-def test_cifar_like_arrays_are_converted_in_bulk_and_cached(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path
-) -> None:
+def test_cifar_like_arrays_are_converted_in_bulk_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     _placeholders(tmp_path, "cifar10")
     rng = np.random.default_rng(0)
     made = []

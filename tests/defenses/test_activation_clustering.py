@@ -29,6 +29,8 @@ def test_flags_only_the_target_class(planted) -> None:
 
 
 def test_flags_nothing_on_clean_data(planted) -> None:
-    clean_train = planted.train.subset(planted.clean.labels.new_tensor(sorted(set(range(len(planted.train))) - set(planted.indices.tolist()))))
+    clean_train = planted.train.subset(
+        planted.clean.labels.new_tensor(sorted(set(range(len(planted.train))) - set(planted.indices.tolist())))
+    )
     d = build_defense("activation_clustering").fit(planted.clean_model, clean_train)
     assert float(d.flagged_.float().mean()) < 0.05

@@ -109,7 +109,9 @@ def test_input_screening_scores_a_stratified_seeded_sample(planted) -> None:
 def test_unset_seeds_derive_from_the_run_seed_and_set_ones_are_kept(planted) -> None:
     inputs = dataclasses.replace(planted.inputs(), seed=5)
     cheap = {"n_clean": 32, "epochs": 1}
-    derived, kept = run_defenses([DefenseSpec(name="fine_tuning", params=cheap), DefenseSpec(name="fine_tuning", params={**cheap, "seed": 7})], inputs)
+    derived, kept = run_defenses(
+        [DefenseSpec(name="fine_tuning", params=cheap), DefenseSpec(name="fine_tuning", params={**cheap, "seed": 7})], inputs
+    )
     assert derived.params["seed"] == derived_seed(5, "defense:fine_tuning")
     assert kept.params["seed"] == 7
     assert build_defense("strip").rng_seed() == derived_seed(0, "defense:strip"), "used alone: run seed 0"
@@ -119,7 +121,10 @@ def test_dataset_screening_reports_its_operating_points(planted) -> None:
     r = evaluate_defense(build_defense("spectral_signature"), planted.inputs())
     m = r.metrics
     assert {"auroc", "tpr", "fpr", "tpr_at_5_fpr"} <= set(m)
-    assert r.cell["text"] == f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f} / FPR {m['fpr']:.2f} at its threshold; TPR {m['tpr_at_5_fpr']:.2f} at 5 % FPR)"
+    assert (
+        r.cell["text"]
+        == f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f} / FPR {m['fpr']:.2f} at its threshold; TPR {m['tpr_at_5_fpr']:.2f} at 5 % FPR)"
+    )
 
 
 def test_a_mitigations_facts_join_its_metrics_and_cell(planted) -> None:

@@ -157,13 +157,19 @@ def test_a_factory_named_in_the_config_is_imported(tmp_path, monkeypatch):
     model = build_model(ModelConfig(name="factory:my_nets:tiny"), (1, 28, 28), 10)
     assert model(torch.rand(1, 1, 28, 28)).shape == (1, 10)
     sys.modules.pop("my_nets", None)
-    for name, message in (("factory:no_such_mod:f", "cannot import 'no_such_mod'"), ("factory:my_nets:nope", "has no 'nope'"), ("factory:my_nets", "factory:package.module:function")):
+    for name, message in (
+        ("factory:no_such_mod:f", "cannot import 'no_such_mod'"),
+        ("factory:my_nets:nope", "has no 'nope'"),
+        ("factory:my_nets", "factory:package.module:function"),
+    ):
         with pytest.raises(ConfigError, match=message):
             build_model(ModelConfig(name=name), (1, 28, 28), 10)
 
 
 def test_a_factory_in_the_current_folder_is_found(tmp_path, monkeypatch):
-    (tmp_path / "here_nets.py").write_text("import torch.nn as nn\ndef tiny():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n")
+    (tmp_path / "here_nets.py").write_text(
+        "import torch.nn as nn\ndef tiny():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
+    )
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.chdir(tmp_path)
     assert build_model(ModelConfig(name="factory:here_nets:tiny"), (1, 28, 28), 10)(torch.rand(1, 1, 28, 28)).shape == (1, 10)
@@ -226,7 +232,14 @@ def test_the_factory_is_called_once_per_model_trained_with_its_seed(tiny_overrid
 
 def test_an_update_from_pretrained_weights_with_a_new_head(tiny_overrides, tmp_path):
     torch.save(get_model("cnn28", (1, 28, 28), 5, seed=9).state_dict(), tmp_path / "pretrained.pt")
-    sets = [*tiny_overrides, "train.epochs=1", "data.train_limit=400", "attack.setting=update", "attack.update_size=100", f"model.weights={tmp_path / 'pretrained.pt'}"]
+    sets = [
+        *tiny_overrides,
+        "train.epochs=1",
+        "data.train_limit=400",
+        "attack.setting=update",
+        "attack.update_size=100",
+        f"model.weights={tmp_path / 'pretrained.pt'}",
+    ]
     with pytest.raises(CheckpointError, match="replace_head"):
         run(load_config(overrides=sets), tmp_path / "runs")
     result = run(load_config(overrides=[*sets, "model.replace_head=true"]), tmp_path / "runs")
@@ -239,4 +252,6 @@ def test_an_update_can_start_from_pretrained_weights_directly(tmp_path):
     sets = ["model.name=tv:resnet18", "model.replace_head=true", "attack.setting=update", f"attack.checkpoint={tmp_path / 'pre.pt'}"]
     pre = TwinStore().checkpoint(load_config(overrides=sets), SHAPE, CLASSES).model
     assert torch.equal(pre.state_dict()["body.conv1.weight"], pretrained.state_dict()["body.conv1.weight"])
-    assert pre.fc.out_features == CLASSES and pre.input_spec == {"input_range": [0.0, 1.0], "mean": [0.0], "std": [1.0]}, "third-party weights: no normalisation"
+    assert pre.fc.out_features == CLASSES and pre.input_spec == {"input_range": [0.0, 1.0], "mean": [0.0], "std": [1.0]}, (
+        "third-party weights: no normalisation"
+    )

@@ -45,7 +45,9 @@ def test_identity_init_passes_channels_through() -> None:
     assert second.weight[8:].abs().sum() > 0  # the other filters stay random
 
 
-@pytest.mark.parametrize(("file", "model", "recipe"), [("cifar10-fastnet.yaml", "fastnet32", RECIPE), ("cifar10-cpu.yaml", "fastnet32_small", CPU_RECIPE)])
+@pytest.mark.parametrize(
+    ("file", "model", "recipe"), [("cifar10-fastnet.yaml", "fastnet32", RECIPE), ("cifar10-cpu.yaml", "fastnet32_small", CPU_RECIPE)]
+)
 def test_recipe_is_a_valid_train_config_and_matches_the_yaml(file: str, model: str, recipe: dict) -> None:
     TrainConfig(**recipe)
     assert yaml.safe_load((CONFIGS / file).read_text())["train"] == recipe

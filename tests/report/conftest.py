@@ -17,17 +17,42 @@ def fake_run(
     out: Path, seed: int, rate: float, amplitude: float, asr: float, acc: float = 0.98, images: bool = False, trigger: dict | None = None
 ) -> Path:
     """A run directory as ``perturbd run`` writes it; ``trigger`` replaces the config's grid mask."""
-    cfg = ExperimentConfig.model_validate({"name": "fake", "seed": seed, "poison": {"rate": rate}, "trigger": trigger or {"kind": "grid", "amplitude": amplitude}})
+    cfg = ExperimentConfig.model_validate(
+        {"name": "fake", "seed": seed, "poison": {"rate": rate}, "trigger": trigger or {"kind": "grid", "amplitude": amplitude}}
+    )
     run = out / f"{cfg.run_name}-{cfg.hash()}"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_yaml(cfg))
-    write_json(run / "metrics.json", {
-        "config_hash": cfg.hash(), "seed": seed, "setting": "before_training", "knowledge": "full", "target": 0,
-        "clean_accuracy": acc, "clean_twin_accuracy": 0.99, "accuracy_loss": 0.99 - acc, "attack_success_rate": asr,
-        "clean_model_asr": 0.01, "injection_rate": rate, "poisoned_count": int(rate * 1000), "poison_set_size": 1000, "test_size": 500,
-        "trigger": {"kind": "grid", "linf": amplitude, "l2": amplitude * 14},
-        "stealth": {"linf_mean": amplitude, "linf_max": amplitude, "l2_mean": 1.0, "l2_max": 1.0, "psnr_mean": 50 - amplitude, "psnr_min": 40 - amplitude, "ssim_mean": 0.9, "ssim_min": 0.8},
-    })
+    write_json(
+        run / "metrics.json",
+        {
+            "config_hash": cfg.hash(),
+            "seed": seed,
+            "setting": "before_training",
+            "knowledge": "full",
+            "target": 0,
+            "clean_accuracy": acc,
+            "clean_twin_accuracy": 0.99,
+            "accuracy_loss": 0.99 - acc,
+            "attack_success_rate": asr,
+            "clean_model_asr": 0.01,
+            "injection_rate": rate,
+            "poisoned_count": int(rate * 1000),
+            "poison_set_size": 1000,
+            "test_size": 500,
+            "trigger": {"kind": "grid", "linf": amplitude, "l2": amplitude * 14},
+            "stealth": {
+                "linf_mean": amplitude,
+                "linf_max": amplitude,
+                "l2_mean": 1.0,
+                "l2_max": 1.0,
+                "psnr_mean": 50 - amplitude,
+                "psnr_min": 40 - amplitude,
+                "ssim_mean": 0.9,
+                "ssim_min": 0.8,
+            },
+        },
+    )
     write_json(run / "environment.json", {"perturbd": "0.1.0", "torch": torch.__version__, "device": "cpu", "git_commit": None})
     write_json(run / "timing.json", {"total": 3.0})
     (run / "log.txt").write_text("[00:00:00] a <b>log</b> line\n")

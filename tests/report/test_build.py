@@ -14,7 +14,15 @@ from perturbd.report.build import build_report
 def test_folder_report_writes_tables_figures_and_html(runs, self_contained):
     rep = build_report(runs)
     names = {p.name for p in rep.files}
-    assert {"aggregate.csv", "aggregate.md", "runs.csv", "asr_vs_rate.png", "asr_vs_strength.png", "stealth_vs_asr.png", "report.html"} <= names
+    assert {
+        "aggregate.csv",
+        "aggregate.md",
+        "runs.csv",
+        "asr_vs_rate.png",
+        "asr_vs_strength.png",
+        "stealth_vs_asr.png",
+        "report.html",
+    } <= names
     html = rep.html.read_text()
     assert self_contained(html)
     assert html.count("data:image/png;base64,") == 3
@@ -31,7 +39,9 @@ def test_pivot_is_written_beside_the_tables_and_a_wrong_key_writes_nothing(runs,
     assert not (tmp_path / "other").exists()
     with pytest.raises(ConfigError, match="is one run"):
         build_report(rep.records[0].path, pivot="poison.rate")
-    done = subprocess.run([sys.executable, "-m", "perturbd", "report", str(runs), "--pivot", "seed"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "perturbd", "report", str(runs), "--pivot", "seed"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "--pivot seed" in done.stderr
 
 
@@ -47,7 +57,9 @@ def test_run_report_embeds_trigger_and_samples_and_escapes_text(runs, self_conta
 
 def test_failed_runs_are_listed_and_an_empty_folder_is_a_one_line_error(runs, tmp_path):
     (runs / "failures").mkdir()
-    (runs / "failures" / "fake-0.json").write_text('{"name": "fake", "config_hash": "abc", "seed": 3, "error": "out of <memory>", "time": "now"}')
+    (runs / "failures" / "fake-0.json").write_text(
+        '{"name": "fake", "config_hash": "abc", "seed": 3, "error": "out of <memory>", "time": "now"}'
+    )
     html = build_report(runs).html.read_text()
     assert "Failed runs" in html and "out of &lt;memory&gt;" in html
     with pytest.raises(ConfigError, match="no run directories"):

@@ -21,7 +21,15 @@ def test_update_run_page_shows_the_update_facts(runs):
     run = next(p for p in runs.iterdir() if not p.name.startswith("."))
     metrics = read_json(run / "metrics.json")
     metrics["before_update"] = {"clean_accuracy": 0.97, "attack_success_rate": 0.02}
-    metrics["update"] = {"batch_size": 600, "batch": "fresh", "initial_train_size": 4000, "epochs": 2, "lr": 0.01, "pre_update_model": "trained here", "checkpoint_sha256": None}
+    metrics["update"] = {
+        "batch_size": 600,
+        "batch": "fresh",
+        "initial_train_size": 4000,
+        "epochs": 2,
+        "lr": 0.01,
+        "pre_update_model": "trained here",
+        "checkpoint_sha256": None,
+    }
     write_json(run / "metrics.json", metrics)
     html = run_html(run).read_text()
     assert "<tr><th>before update: accuracy / ASR</th><td>97.00 % / 2.00 %</td></tr>" in html
@@ -32,5 +40,12 @@ def test_sweep_page_labels_runs_by_the_trigger_label(kinds, self_contained):
     records = collect_runs(kinds)
     html = sweep_html(kinds, records, [], [], [], []).read_text()
     assert self_contained(html)
-    for label in ("grid c=6", "grid c=10", "patch 3px c=255", "image mask.png", "adaptive deepfool linf ξ=10", "adaptive deepfool linf ξ=20"):
+    for label in (
+        "grid c=6",
+        "grid c=10",
+        "patch 3px c=255",
+        "image mask.png",
+        "adaptive deepfool linf ξ=10",
+        "adaptive deepfool linf ξ=20",
+    ):
         assert f"<td>{esc(label)}</td>" in html

@@ -49,7 +49,14 @@ def test_fit_logs_loss_and_speed_per_epoch_and_passes_calls_on(tmp_path) -> None
     data = ImageDataset(torch.randint(0, 256, (128, 1, 28, 28), dtype=torch.uint8, generator=gen), torch.arange(128) % 2, ("a", "b"))
     inner = Recorder()
     monitor = TensorBoardMonitor(tmp_path / "tb", inner, run="run-1")
-    result = fit(get_model("auto", (1, 28, 28), 2, seed=0), data, TrainConfig(epochs=3, batch_size=32, device="cpu"), 0, monitor=monitor, description="clean twin")
+    result = fit(
+        get_model("auto", (1, 28, 28), 2, seed=0),
+        data,
+        TrainConfig(epochs=3, batch_size=32, device="cpu"),
+        0,
+        monitor=monitor,
+        description="clean twin",
+    )
     folder = tmp_path / "tb" / "run-1" / "clean_twin"
     assert [(s, pytest.approx(v)) for s, v in scalars(folder, "train/loss")] == list(zip([1, 2, 3], result.losses))
     assert [s for s, v in scalars(folder, "train/images_per_s") if v > 0] == [1, 2, 3]
@@ -67,7 +74,9 @@ def test_missing_tensorboard_is_a_one_line_error(monkeypatch, tmp_path) -> None:
 
 def test_cli_run_writes_one_log_per_model(cli, tmp_path) -> None:
     sets = [*SYNTHETIC, "data.train_limit=300", "data.test_limit=100"]
-    code, _, err = cli("run", *(a for s in sets for a in ("--set", s)), "--out", str(tmp_path / "runs"), "--tensorboard", str(tmp_path / "tb"))
+    code, _, err = cli(
+        "run", *(a for s in sets for a in ("--set", s)), "--out", str(tmp_path / "runs"), "--tensorboard", str(tmp_path / "tb")
+    )
     assert code == 0, err
     (run,) = (tmp_path / "runs").iterdir()
     assert {p.name for p in (tmp_path / "tb" / run.name).iterdir()} == {"clean_twin", "backdoored"}

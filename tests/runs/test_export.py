@@ -124,7 +124,9 @@ def test_class_folders_sort_in_label_order() -> None:
 
 def test_colour_images_are_rgb_and_read_back(tmp_path) -> None:
     gen = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=gen), torch.tensor([1, 0, 1, 0, 0, 1]), ("zebra", "ant"))
+    data = ImageDataset(
+        torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=gen), torch.tensor([1, 0, 1, 0, 0, 1]), ("zebra", "ant")
+    )
     folders = class_folders(data.classes)
     for split in ("train", "test"):
         write_split(tmp_path, split, data, folders, data.labels, torch.zeros(6, dtype=torch.bool))
@@ -135,7 +137,19 @@ def test_colour_images_are_rgb_and_read_back(tmp_path) -> None:
 
 
 def test_a_non_additive_run_exports_its_trigger_file_and_its_pixels(synthetic_overrides, tmp_path) -> None:
-    result = run(load_config(overrides=[*synthetic_overrides, "data.train_limit=300", "data.test_limit=60", "trigger.kind=wanet", "trigger.grid_k=3", "poison.rate=0.05"]), tmp_path / "runs")
+    result = run(
+        load_config(
+            overrides=[
+                *synthetic_overrides,
+                "data.train_limit=300",
+                "data.test_limit=60",
+                "trigger.kind=wanet",
+                "trigger.grid_k=3",
+                "poison.rate=0.05",
+            ]
+        ),
+        tmp_path / "runs",
+    )
     done = export_run(result.run_dir, tmp_path / "exported")
     assert not (done.folder / "trigger.npy").exists() and (done.folder / "trigger.png").is_file()
     back = Trigger.load(done.folder / "trigger.safetensors")

@@ -73,7 +73,9 @@ def test_extra_keys_are_rejected(tmp_path) -> None:
     with pytest.raises(ValidationError, match="psnr"):
         RunMetrics.model_validate({**data, "stealth": {**data["stealth"], "psnr": 30.0}})
     write_json(tmp_path / "metrics.json", {**data, "asr": 0.9})
-    with pytest.raises(DataError, match=r"metrics.json is not a perturbd run's metrics \(asr: Extra inputs are not permitted\); .*--force") as err:
+    with pytest.raises(
+        DataError, match=r"metrics.json is not a perturbd run's metrics \(asr: Extra inputs are not permitted\); .*--force"
+    ) as err:
         RunDir(tmp_path).metrics()
     assert "\n" not in str(err.value)
 

@@ -49,7 +49,11 @@ def test_cli_defend_on_a_run_directory(run_dir, tmp_path) -> None:
 
 
 def test_cli_user_mistakes_exit_2(run_dir, monkeypatch) -> None:
-    for argv in (["defend", str(run_dir), "-d", "strip", "-p", "overlays=0"], ["defend", str(run_dir), "-d", "stirp"], ["audit", "missing.safetensors", str(run_dir)]):
+    for argv in (
+        ["defend", str(run_dir), "-d", "strip", "-p", "overlays=0"],
+        ["defend", str(run_dir), "-d", "stirp"],
+        ["audit", "missing.safetensors", str(run_dir)],
+    ):
         with pytest.raises(SystemExit) as exit_:
             monkeypatch.setattr(sys, "argv", ["perturbd", *argv])
             main()

@@ -36,7 +36,7 @@ def models(tmp_path_factory):
 def _spec(kind: str) -> dict:
     args, out = ARGS[kind], {}
     for flag, value in zip(args[::2], args[1::2]):
-        key, _, raw = (("name", "", value) if flag == "--arch" else value.removeprefix("model.").partition("="))
+        key, _, raw = ("name", "", value) if flag == "--arch" else value.removeprefix("model.").partition("=")
         out[key] = value if flag == "--arch" else json.loads(raw)
     return out
 
@@ -60,7 +60,9 @@ def test_cli_defend_gives_the_same_report(models, kind, cli, tmp_path):
         code, _, err = cli("defend", str(models["new"][which]), "--data", f"npz:{models['data']}", "-d", "spectral_signature", "-d", "activation_clustering",
                            "--features", "layer4", *ARGS[which], "-o", str(tmp_path / which))  # fmt: skip
         assert code == 0, err
-        reports[which] = [{k: d[k] for k in ("name", "metrics", "cell")} for d in json.loads((tmp_path / which / "defenses.json").read_text())["defenses"]]
+        reports[which] = [
+            {k: d[k] for k in ("name", "metrics", "cell")} for d in json.loads((tmp_path / which / "defenses.json").read_text())["defenses"]
+        ]
     assert reports["own"] == reports[kind]
 
 
@@ -68,13 +70,25 @@ def test_cli_defend_gives_the_same_report(models, kind, cli, tmp_path):
 def test_cli_audit_gives_the_same_verdicts(models, kind, cli, tmp_path):
     verdicts = {}
     for which in ("own", kind):
-        code, _out, err = cli("audit", str(models["old"][which]), str(models["new"][which]), "--data", f"npz:{models['data']}", *AUDIT, *ARGS[which], "-o", str(tmp_path / which))
+        code, _out, err = cli(
+            "audit",
+            str(models["old"][which]),
+            str(models["new"][which]),
+            "--data",
+            f"npz:{models['data']}",
+            *AUDIT,
+            *ARGS[which],
+            "-o",
+            str(tmp_path / which),
+        )
         assert code == 0, err
         verdicts[which] = json.loads((tmp_path / which / "audit.json").read_text())["labels"]
     assert [r["verdict"] for r in verdicts["own"]] == [r["verdict"] for r in verdicts[kind]]
     for mine, theirs in zip(verdicts["own"], verdicts[kind]):
         for key, value in mine.items():
-            assert theirs[key] == (value if kind != "scripted" or not isinstance(value, float) else pytest.approx(value, rel=1e-4, abs=1e-6)), key
+            assert theirs[key] == (
+                value if kind != "scripted" or not isinstance(value, float) else pytest.approx(value, rel=1e-4, abs=1e-6)
+            ), key
 
 
 def test_a_state_dict_without_arch_and_a_torchscript_file_with_one_are_one_line(models):

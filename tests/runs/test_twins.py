@@ -15,6 +15,8 @@ from perturbd.provenance import code_digest
 from perturbd.runs.twins import TwinStore, twin_key
 
 CPU = torch.device("cpu")
+
+
 @pytest.fixture
 def fast(synthetic_overrides: list[str]) -> list[str]:
     return [*synthetic_overrides, "data.train_limit=300"]
@@ -113,7 +115,9 @@ def test_an_adaptive_mask_is_computed_once_for_every_injection_rate(fast, tmp_pa
     key = mask_key(cfg, train, cpu)
     assert mask_key(load_config(overrides=[*fast, "poison.rate=0.2", "poison.quantize=false"]), train, cpu) == key
     adaptive = [*fast, "trigger.kind=adaptive"]
-    assert mask_key(load_config(overrides=[*adaptive, "trigger.budget=12"]), train, cpu) != mask_key(load_config(overrides=adaptive), train, cpu)
+    assert mask_key(load_config(overrides=[*adaptive, "trigger.budget=12"]), train, cpu) != mask_key(
+        load_config(overrides=adaptive), train, cpu
+    )
     assert mask_key(load_config(overrides=[*fast, "seed=3"]), train, cpu) != key
     built: list[int] = []
 

@@ -58,11 +58,18 @@ def test_grid_times_seeds_in_order(tmp_path, sweep_file):
 
 
 def test_ranges_linked_axes_and_seed_count(tmp_path, sweep_file):
-    sw = load_sweep(sweep_file(tmp_path, tmp_path / "o", seeds=3, axes={
-        "trigger.amplitude": {"range": [4, 12, 4]},
-        "poison.rate": {"logspace": [0.01, 0.1, 3]},
-        "trigger": [{"kind": "grid"}, {"kind": "chessboard", "amplitude": 3}],
-    }))
+    sw = load_sweep(
+        sweep_file(
+            tmp_path,
+            tmp_path / "o",
+            seeds=3,
+            axes={
+                "trigger.amplitude": {"range": [4, 12, 4]},
+                "poison.rate": {"logspace": [0.01, 0.1, 3]},
+                "trigger": [{"kind": "grid"}, {"kind": "chessboard", "amplitude": 3}],
+            },
+        )
+    )
     # amplitudes {4, 8} × 3 rates for grid; chessboard fixes c=3, so its two amplitudes coincide (kept once)
     assert len(sw.runs) == (2 * 3 + 1 * 3) * 3
     assert sorted({c.poison.rate for c in sw.runs}) == [0.01, 0.0316228, 0.1]
@@ -72,13 +79,22 @@ def test_ranges_linked_axes_and_seed_count(tmp_path, sweep_file):
 
 
 def test_variants_are_a_union_and_set_overrides_the_base(tmp_path, sweep_file):
-    path = sweep_file(tmp_path, tmp_path / "o", axes={"poison.rate": [0.05, 0.1]}, seeds=[0], variants=[
-        {"trigger": {"kind": "grid", "amplitude": 6}},
-        {"trigger": {"kind": "chessboard"}, "attack": {"setting": "update"}},
-    ])
+    path = sweep_file(
+        tmp_path,
+        tmp_path / "o",
+        axes={"poison.rate": [0.05, 0.1]},
+        seeds=[0],
+        variants=[
+            {"trigger": {"kind": "grid", "amplitude": 6}},
+            {"trigger": {"kind": "chessboard"}, "attack": {"setting": "update"}},
+        ],
+    )
     sw = load_sweep(path, sets=["train.epochs=2", "data.test_limit=50"])
     assert len(sw.runs) == 2 * 2
-    assert [(c.trigger.kind, c.trigger.amplitude, c.attack.setting) for c in sw.runs[::2]] == [("grid", 6, "before_training"), ("chessboard", 10, "update")]
+    assert [(c.trigger.kind, c.trigger.amplitude, c.attack.setting) for c in sw.runs[::2]] == [
+        ("grid", 6, "before_training"),
+        ("chessboard", 10, "update"),
+    ]
     assert all(c.train.epochs == 2 and c.data.test_limit == 50 and c.data.train_limit == 300 for c in sw.runs)
 
 
@@ -127,7 +143,9 @@ def test_the_executor_is_the_one_the_sweep_asks_for(tmp_path, sweep_file, monkey
     monkeypatch.setattr("perturbd.sweep.runner.auto_workers", lambda runs: runs + 100)
     assert executor(workers="auto") == LocalExecutor(12 + 100)  # auto: as many as auto_workers says for the 12 runs
     assert executor(executor="ray") == RayExecutor(None, 1.0, 0.0)
-    assert executor(executor="ray", ray={"address": "auto", "num_cpus_per_run": 2, "num_gpus_per_run": 0.5}) == RayExecutor("auto", 2.0, 0.5)
+    assert executor(executor="ray", ray={"address": "auto", "num_cpus_per_run": 2, "num_gpus_per_run": 0.5}) == RayExecutor(
+        "auto", 2.0, 0.5
+    )
 
 
 # --------------------------------------------------------------------------- resume
@@ -234,7 +252,9 @@ def test_failed_run_is_recorded_does_not_stop_others_and_is_retried(tmp_path, sw
     real = real_fit
 
     def flaky(model, data, cfg, seed, **kw):
-        if kw.get("description") == "backdoored" and int((data.labels == 0).sum()) > 42:  # the rate-0.1 run: 24 + 24 images of class 0, not 24 + 12
+        if (
+            kw.get("description") == "backdoored" and int((data.labels == 0).sum()) > 42
+        ):  # the rate-0.1 run: 24 + 24 images of class 0, not 24 + 12
             raise RuntimeError("simulated out of memory\nsecond line")
         return real(model, data, cfg, seed, **kw)
 

@@ -72,7 +72,9 @@ def test_deepfool_is_the_papers_loop_one_sample_at_a_time(small_cnn) -> None:
     delta = torch.zeros(1, 28, 28)
     for i in torch.randperm(12, generator=torch.Generator().manual_seed(4)).tolist():
         delta = project(delta + deepfool_one(model, x[i : i + 1], delta, 5, 0.02, 3)[0], "linf", 20)
-    got, facts = universal_perturbation(model, images, 5, norm="linf", budget=20, passes=1, fooling_rate=1.0, max_steps=3, seed=4, batch_size=64)
+    got, facts = universal_perturbation(
+        model, images, 5, norm="linf", budget=20, passes=1, fooling_rate=1.0, max_steps=3, seed=4, batch_size=64
+    )
     assert float(delta.abs().max()) > 0 and facts["passes"] == 1
     assert torch.equal(got, quantize(delta, "linf", 20))
 
@@ -136,10 +138,18 @@ def _ctx(trained, seed: int = 0, target: int = 3) -> TriggerContext:
 # the synthetic bars are robust: budgets this small on them barely fool the model, large ones do
 @pytest.mark.parametrize(
     "method,norm,budget",
-    [("deepfool", "linf", 60), ("deepfool", "l2", 1200), ("deepfool_batched", "linf", 60), ("gradient", "linf", 60), ("gradient", "l2", 1200)],
+    [
+        ("deepfool", "linf", 60),
+        ("deepfool", "l2", 1200),
+        ("deepfool_batched", "linf", 60),
+        ("gradient", "linf", 60),
+        ("gradient", "l2", 1200),
+    ],
 )
 def test_reported_fooling_rate_is_the_measured_one(trained, tmp_path, method: str, norm: str, budget: float) -> None:
-    cfg = TriggerConfig(kind="adaptive", method=method, norm=norm, budget=budget, samples=60, passes=2, fooling_rate=1.0, lr=10, batch_size=30, max_steps=4)
+    cfg = TriggerConfig(
+        kind="adaptive", method=method, norm=norm, budget=budget, samples=60, passes=2, fooling_rate=1.0, lr=10, batch_size=30, max_steps=4
+    )
     trig = build_trigger(cfg, _ctx(trained))
     info = trig.info
     assert info["method"] == method and info["norm"] == norm and info["budget"] == budget

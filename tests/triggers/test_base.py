@@ -154,7 +154,21 @@ def test_loading_what_is_not_a_trigger_is_a_checkpoint_error(tmp_path) -> None:
 
 
 def test_the_registry_names_every_kind_and_which_need_a_model() -> None:
-    assert list_triggers() == ["adaptive", "blended", "chessboard", "grid", "image", "patch", "random", "ring", "sig", "sig_ramp", "sig_ramp_wrap", "sig_wrap", "wanet"]
+    assert list_triggers() == [
+        "adaptive",
+        "blended",
+        "chessboard",
+        "grid",
+        "image",
+        "patch",
+        "random",
+        "ring",
+        "sig",
+        "sig_ramp",
+        "sig_ramp_wrap",
+        "sig_wrap",
+        "wanet",
+    ]
     assert list_triggers("r*") == ["random", "ring"]
     assert [k for k in list_triggers() if needs_model(k)] == ["adaptive"]
     with pytest.raises(ConfigError, match=r"^unknown trigger 'gird'; did you mean 'grid'\?$"):

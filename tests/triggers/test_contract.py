@@ -82,7 +82,9 @@ def test_a_file_of_an_unknown_family_or_bad_params_is_one_line(tmp_path: Path) -
     save_file({"delta": torch.zeros(2, 4, 4)}, str(tmp_path / "a.safetensors"), {"kind": "x", "family": "morph"})
     with pytest.raises(CheckpointError, match="'morph' trigger, which this perturbd does not know"):
         Trigger.load(tmp_path / "a.safetensors")
-    save_file({"delta": torch.zeros(2, 4, 4)}, str(tmp_path / "b.safetensors"), {"kind": "wanet", "family": "warp", "params": '{"speed": 1}'})
+    save_file(
+        {"delta": torch.zeros(2, 4, 4)}, str(tmp_path / "b.safetensors"), {"kind": "wanet", "family": "warp", "params": '{"speed": 1}'}
+    )
     with pytest.raises(CheckpointError, match="does not read back"):
         Trigger.load(tmp_path / "b.safetensors")
 

@@ -15,7 +15,11 @@ from perturbd.errors import ConfigError
 from perturbd.triggers import TriggerContext, build_trigger, list_triggers, needs_model
 from perturbd.triggers.static import grid_pattern
 
-STATIC = [k for k in list_triggers() if not needs_model(k) and k not in ("image", "blended", "sig", "sig_ramp", "sig_wrap", "sig_ramp_wrap", "wanet")]  # the masks of amplitude c
+STATIC = [
+    k
+    for k in list_triggers()
+    if not needs_model(k) and k not in ("image", "blended", "sig", "sig_ramp", "sig_wrap", "sig_ramp_wrap", "wanet")
+]  # the masks of amplitude c
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 
 
@@ -92,9 +96,15 @@ def test_amplitude_out_of_range_is_rejected(amplitude: float) -> None:
 @pytest.mark.parametrize("kind", ["grid", "chessboard", "ring", "random", "patch"])
 def test_a_dithered_amplitude_moves_the_rounded_mask_smoothly_and_monotonically(kind: str) -> None:
     amplitudes = [9 + 0.1 * i for i in range(21)]  # 9.0 … 11.0
-    energy = [float(build_trigger(TriggerConfig(kind=kind, amplitude=c), TriggerContext((1, 28, 28), seed=2)).applied().pow(2).mean()) for c in amplitudes]
+    energy = [
+        float(build_trigger(TriggerConfig(kind=kind, amplitude=c), TriggerContext((1, 28, 28), seed=2)).applied().pow(2).mean())
+        for c in amplitudes
+    ]
     assert all(b >= a for a, b in itertools.pairwise(energy)), "never lighter for a larger c"
-    plain = [float(build_trigger(TriggerConfig(kind=kind, amplitude=c), TriggerContext((1, 28, 28), seed=2)).applied().pow(2).mean()) for c in (9.0, 10.0, 11.0)]
+    plain = [
+        float(build_trigger(TriggerConfig(kind=kind, amplitude=c), TriggerContext((1, 28, 28), seed=2)).applied().pow(2).mean())
+        for c in (9.0, 10.0, 11.0)
+    ]
     assert energy[0] == plain[0] and energy[10] == plain[1] and energy[20] == plain[2], "integral c: the plain mask"
     steps = 15 if kind != "patch" else 5  # the 3×3 patch has 9 pixels to dither
     assert len(set(energy)) > steps, "in between, the energy interpolates instead of jumping a grey level at a time"

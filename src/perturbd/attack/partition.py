@@ -114,8 +114,7 @@ def _update_batch(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int,
     if size > n - need:
         fix = "lower attack.update_size" + ("" if need == 0 else " or start from attack.checkpoint")
         raise ConfigError(
-            f"attack.update_size {size} leaves {n - size} of the victim's {n} images for its initial "
-            f"training (need at least {need}); {fix}"
+            f"attack.update_size {size} leaves {n - size} of the victim's {n} images for its initial training (need at least {need}); {fix}"
         )
     batch = stratified_indices(labels, size, derived_generator(cfg.seed, "update"), num_classes)
     return victim[complement(n, batch)], victim[batch]

@@ -89,7 +89,13 @@ def adaptive_mask(cfg: ExperimentConfig, adversary: Adversary, device: torch.dev
     one adversary, as an experiment compares them, each from this)."""
     sources = sources_of(cfg.poison)
     ctx = TriggerContext(
-        adversary.samples.image_shape, cfg.seed, cfg.poison.target, adversary.model, adversary.samples, adversary.holdout, device,
+        adversary.samples.image_shape,
+        cfg.seed,
+        cfg.poison.target,
+        adversary.model,
+        adversary.samples,
+        adversary.holdout,
+        device,
         tuple(sources) if sources is not None else None,
     )
     return build_trigger(cfg.trigger, ctx)

@@ -59,7 +59,9 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
     if cfg.psnr is None and cfg.ssim is None:
         return build(cfg)
     if cfg.kind == "image" and cfg.path is not None and cfg.path.suffix.lower() != ".png":
-        raise ConfigError(f"trigger.psnr and trigger.ssim scale a mask by trigger.amplitude, which only PNG masks use; got {cfg.path.name}: drop them")
+        raise ConfigError(
+            f"trigger.psnr and trigger.ssim scale a mask by trigger.amplitude, which only PNG masks use; got {cfg.path.name}: drop them"
+        )
     name = "psnr" if cfg.psnr is not None else "ssim"
     goal: float = cfg.psnr if cfg.psnr is not None else _ssim_db(cfg.ssim)  # type: ignore[arg-type]
     key, (low, high) = cfg.strength_key, cfg.params.search_bounds()
@@ -92,7 +94,13 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
         thin_off, thin_reached = miss(thinned)
         if abs(thin_off) < abs(off):
             x, reached, best = x_strong, thin_reached, thinned
-    best.info = {**best.info, f"{name}_goal": getattr(cfg, name), f"{name}_on_adversary_images": reached, key: math.exp(x), f"{name}_tries": len(tried)}
+    best.info = {
+        **best.info,
+        f"{name}_goal": getattr(cfg, name),
+        f"{name}_on_adversary_images": reached,
+        key: math.exp(x),
+        f"{name}_tries": len(tried),
+    }
     return best
 
 

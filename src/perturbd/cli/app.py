@@ -26,7 +26,14 @@ out_console = Console()
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: section.key=value (repeatable)")]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="folder holding downloaded data sets (sets data.root)")]
-TensorBoardOpt = Annotated[Optional[Path], typer.Option("--tensorboard", metavar="DIR", help="log every model's training loss and images/s per epoch to TensorBoard in DIR (pip install 'perturbd[tensorboard]')")]
+TensorBoardOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--tensorboard",
+        metavar="DIR",
+        help="log every model's training loss and images/s per epoch to TensorBoard in DIR (pip install 'perturbd[tensorboard]')",
+    ),
+]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a defence parameter: key=value (repeatable)")]
 
 

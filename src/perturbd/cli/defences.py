@@ -14,11 +14,16 @@ from perturbd.report.console import defense_table
 
 ArchOpt = Annotated[
     Optional[str],
-    typer.Option("--arch", help="architecture of a state dict (.safetensors/.pt/.pth): tv:NAME or factory:package.module:function (sets model.name)"),
+    typer.Option(
+        "--arch", help="architecture of a state dict (.safetensors/.pt/.pth): tv:NAME or factory:package.module:function (sets model.name)"
+    ),
 ]
-FeaturesOpt = Annotated[Optional[str], typer.Option("--features", help="layer whose output dataset screening reads, e.g. layer4 (sets model.features)")]
+FeaturesOpt = Annotated[
+    Optional[str], typer.Option("--features", help="layer whose output dataset screening reads, e.g. layer4 (sets model.features)")
+]
 ModelSetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="a key of the model section: model.KEY=VALUE, e.g. model.mean=[0.485,0.456,0.406] (repeatable)")
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="a key of the model section: model.KEY=VALUE, e.g. model.mean=[0.485,0.456,0.406] (repeatable)"),
 ]
 
 
@@ -41,7 +46,9 @@ def defend(
     trigger: Annotated[Optional[Path], typer.Option("--trigger", help="trigger .safetensors, to measure ASR / input screening")] = None,
     target: Annotated[Optional[int], typer.Option("--target", help="the attack's target label")] = None,
     params: ParamOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for defenses.json, figures and matrix (default: ./defend-<model>)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="folder for defenses.json, figures and matrix (default: ./defend-<model>)")
+    ] = None,
     data_root: DataRootOpt = None,
     arch: ArchOpt = None,
     features: FeaturesOpt = None,
@@ -112,7 +119,9 @@ def audit(
             f"{100 * r['fooling_rate_old']:.1f} → {100 * r['fooling_rate_new']:.1f} %",
         )  # fmt: skip
     out_console.print(t)
-    out_console.print(f"suspicious labels: {result.suspicious_labels_ or 'none'} ({result.clean_used_} clean images, {result.seconds_:.1f} s)")
+    out_console.print(
+        f"suspicious labels: {result.suspicious_labels_ or 'none'} ({result.clean_used_} clean images, {result.seconds_:.1f} s)"
+    )
     if out is not None:
         from perturbd.runs.rundir import write_json
 

@@ -43,7 +43,9 @@ def run(
 def reproduce(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `perturbd run` or `perturbd sweep`")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the retrain (default: ./reproduce-<run>)")] = None,
-    restore: Annotated[bool, typer.Option("--restore", help="if it reproduces, move the retrain's weights into the run (one kept without them)")] = False,
+    restore: Annotated[
+        bool, typer.Option("--restore", help="if it reproduces, move the retrain's weights into the run (one kept without them)")
+    ] = False,
     data_root: DataRootOpt = None,
 ) -> None:
     """Train a finished run again from its config.yaml with this code and compare its numbers bit
@@ -152,7 +154,11 @@ def sweep(
     if dry_run:
         state = {c.hash(): "done" for c in st.done} | {c.hash(): "failed" for c in st.failed}
         for cfg, assigned in zip(sw.runs, sw.assignments):
-            out_console.print(f"{state.get(cfg.hash(), 'todo'):>6}  {run_dir_for(cfg, sw.out).name}  " + " ".join(f"{k}={v}" for k, v in assigned.items()), highlight=False)
+            out_console.print(
+                f"{state.get(cfg.hash(), 'todo'):>6}  {run_dir_for(cfg, sw.out).name}  "
+                + " ".join(f"{k}={v}" for k, v in assigned.items()),
+                highlight=False,
+            )
         return
     with make_progress(console) as progress, with_tensorboard(SweepMonitor(progress), tensorboard) as monitor:
         overall = progress.add_task("sweep", total=len(sw.runs), completed=len(st.done), info="")
@@ -162,7 +168,10 @@ def sweep(
             progress.advance(overall)
             if o.ok:
                 m = o.metrics
-                progress.console.print(f"[green]✓[/] {o.run_dir.name}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} · {o.seconds:.0f} s", highlight=False)
+                progress.console.print(
+                    f"[green]✓[/] {o.run_dir.name}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} · {o.seconds:.0f} s",
+                    highlight=False,
+                )
             else:
                 progress.console.print(f"[red]✗[/] {o.cfg.run_name}-{o.cfg.hash()}: {o.error}", highlight=False)
 
@@ -177,7 +186,9 @@ def sweep(
     out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
     console.print(f"report: {report.html}", highlight=False)
     if result.failed:
-        console.print(f"[red]{len(result.failed)} runs failed[/] (see {sw.out / 'failures'}); rerun the same command to retry them", highlight=False)
+        console.print(
+            f"[red]{len(result.failed)} runs failed[/] (see {sw.out / 'failures'}); rerun the same command to retry them", highlight=False
+        )
         raise typer.Exit(1)
 
 
@@ -185,7 +196,12 @@ def sweep(
 def report(
     path: Annotated[Path, typer.Argument(help="a run directory, or a folder of runs (searched recursively)")] = Path("runs"),
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for the report files (default: beside the runs)")] = None,
-    pivot: Annotated[Optional[str], typer.Option("--pivot", help="a config key that varies (e.g. poison.rate): also write pivot_KEY.md, ASR with its values as columns")] = None,
+    pivot: Annotated[
+        Optional[str],
+        typer.Option(
+            "--pivot", help="a config key that varies (e.g. poison.rate): also write pivot_KEY.md, ASR with its values as columns"
+        ),
+    ] = None,
 ) -> None:
     """Write report.html (and for a folder: aggregate.csv/.md, runs.csv, figures/) and print the table."""
     report_root(path)  # a wrong folder is answered before the plotting libraries load

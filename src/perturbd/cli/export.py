@@ -13,7 +13,13 @@ from perturbd.cli.app import app, console, out_console
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by `perturbd run`")],
-    to: Annotated[Path, typer.Option("--to", help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy (trigger.safetensors for blended, wanet), trigger.png")],
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to",
+            help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy (trigger.safetensors for blended, wanet), trigger.png",
+        ),
+    ],
 ) -> None:
     """Write a run's training set as trained on (poison included) and its test set as PNG class
     folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""

@@ -53,7 +53,9 @@ def trigger_show(
 def trigger_make(
     config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (optional)")] = None,
     sets: SetOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help=".safetensors file to write (a .png and a .json beside it)")] = Path(RunDir.TRIGGER),
+    output: Annotated[Path, typer.Option("--output", "-o", help=".safetensors file to write (a .png and a .json beside it)")] = Path(
+        RunDir.TRIGGER
+    ),
     data_root: DataRootOpt = None,
 ) -> None:
     """Build a trigger as the adversary would (adaptive by default) and save it; no victim is trained."""
@@ -84,6 +86,8 @@ def trigger_make(
         t.add_row("fooling rate samples / held-out", f"{pct(info['fooling_rate_samples'])} / {pct(hold) if hold is not None else '–'}")
         t.add_row("passes · seconds", f"{info['passes_used']} · {info['seconds']:.1f} s")
         m = plan.record["model"]
-        t.add_row("adversary model", f"{m['arch']}{' (surrogate)' if m['surrogate'] else ''}, held-out accuracy {pct(m['holdout_accuracy'])}")
+        t.add_row(
+            "adversary model", f"{m['arch']}{' (surrogate)' if m['surrogate'] else ''}, held-out accuracy {pct(m['holdout_accuracy'])}"
+        )
     t.add_row("files", ", ".join(str(p) for p in written))
     out_console.print(t)

@@ -88,9 +88,7 @@ _HUES = (
 )  # fmt: skip
 
 
-def synthetic_images(
-    n: int, channels: int, size: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_images(n: int, channels: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` bar images, uint8 ``(n, channels, size, size)``, and labels in 0–9 (balanced).
 
     Classes 0–4 are horizontal bars, 5–9 vertical bars, at five evenly spaced positions; each

@@ -51,18 +51,14 @@ class ImageDataset:
         if self.images.dtype != torch.uint8 and self.images.dtype != torch.float32:
             raise DataError(f"{self.name}: images must be uint8 or float32, got {self.images.dtype}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
-            raise DataError(
-                f"{self.name}: need one label per image, got {tuple(self.labels.shape)} labels "
-                f"for {len(self.images)} images"
-            )
+            raise DataError(f"{self.name}: need one label per image, got {tuple(self.labels.shape)} labels for {len(self.images)} images")
         if self.labels.dtype != torch.int64:
             object.__setattr__(self, "labels", self.labels.long())
         if len(self.classes) < 2:
             raise DataError(f"{self.name}: a classifier needs at least 2 classes, got {len(self.classes)}")
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
             raise DataError(
-                f"{self.name}: labels must lie in [0, {len(self.classes) - 1}], "
-                f"got [{int(self.labels.min())}, {int(self.labels.max())}]"
+                f"{self.name}: labels must lie in [0, {len(self.classes) - 1}], got [{int(self.labels.min())}, {int(self.labels.max())}]"
             )
 
     def __len__(self) -> int:
@@ -99,8 +95,6 @@ class DataSplit:
 
     def __post_init__(self) -> None:
         if self.train.image_shape != self.test.image_shape:
-            raise DataError(
-                f"train and test images differ in shape: {self.train.image_shape} vs {self.test.image_shape}"
-            )
+            raise DataError(f"train and test images differ in shape: {self.train.image_shape} vs {self.test.image_shape}")
         if self.train.classes != self.test.classes:
             raise DataError("train and test sets have different class names")

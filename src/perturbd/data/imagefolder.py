@@ -86,9 +86,7 @@ def _image_files(root: Path, rel_dir: str, label: int) -> list[ImageFile]:
         try:
             st = entry.stat()
         except OSError as err:  # e.g. a broken symbolic link
-            raise DataError(
-                f"imagefolder: cannot read {rel_dir}/{entry.name} in {root} ({err.strerror}); fix or remove it"
-            ) from err
+            raise DataError(f"imagefolder: cannot read {rel_dir}/{entry.name} in {root} ({err.strerror}); fix or remove it") from err
         if stat.S_ISREG(st.st_mode):
             out.append(ImageFile(f"{rel_dir}/{entry.name}", label, st.st_size, st.st_mtime_ns))
     return out
@@ -104,9 +102,7 @@ def list_folder(path: Path) -> tuple[tuple[str, ...], Listing]:
             raise DataError(f"imagefolder {path} has no '{split}' folder; {HOW}")
         classes[split] = _class_dirs(path / split)
         if not classes[split]:
-            raise DataError(
-                f"imagefolder {path / split} has no class folders; put each class's images in {split}/<class>/"
-            )
+            raise DataError(f"imagefolder {path / split} has no class folders; put each class's images in {split}/<class>/")
     if classes["train"] != classes["test"]:
         only_train = sorted(set(classes["train"]) - set(classes["test"])) or "none"
         only_test = sorted(set(classes["test"]) - set(classes["train"])) or "none"
@@ -213,9 +209,7 @@ def _decode_chunk(root: Path, rels: list[str]) -> list[torch.Tensor]:
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
                 if reason.startswith("cannot identify image file"):  # Pillow names a BytesIO object
                     reason = "not a recognised image format"
-                raise DataError(
-                    f"imagefolder: cannot decode {rel} in {root} ({reason}); replace or remove the file"
-                ) from err
+                raise DataError(f"imagefolder: cannot decode {rel} in {root} ({reason}); replace or remove the file") from err
     return out  # type: ignore[return-value]
 
 

@@ -79,8 +79,7 @@ def _images(x: np.ndarray, key: str, where: str) -> torch.Tensor:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise DataError(
-                f"{where}: {key} is {x.dtype} with values in [{lo}, {hi}], expected pixels 0–255; "
-                f"save uint8 pixels or floats in [0, 1]"
+                f"{where}: {key} is {x.dtype} with values in [{lo}, {hi}], expected pixels 0–255; save uint8 pixels or floats in [0, 1]"
             )
         return torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8)))
     raise DataError(f"{where}: {key} has dtype {x.dtype}; save uint8 pixels 0–255 or floats in [0, 1]")
@@ -107,13 +106,10 @@ def _classes(arrays: dict[str, np.ndarray], k: int, where: str) -> tuple[str, ..
     names = arrays["classes"]
     if names.ndim != 1 or names.dtype.kind not in "US":
         raise DataError(
-            f"{where}: classes must be a 1-D array of str, got {names.dtype} of shape {names.shape}; "
-            f"save np.array(['cat', 'dog', ...])"
+            f"{where}: classes must be a 1-D array of str, got {names.dtype} of shape {names.shape}; save np.array(['cat', 'dog', ...])"
         )
     if len(names) < k:
-        raise DataError(
-            f"{where}: labels go up to {k - 1} but classes has only {len(names)} names; give one name per label"
-        )
+        raise DataError(f"{where}: labels go up to {k - 1} but classes has only {len(names)} names; give one name per label")
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
 
 
@@ -129,9 +125,7 @@ def read_npz(path: Path, name: str) -> DataSplit:
             found = list(archive.files)
             missing = [k for k in REQUIRED if k not in found]
             if missing:
-                raise DataError(
-                    f"npz {path} lacks key(s) {', '.join(missing)}; found: {', '.join(found) or 'none'}; {SAVE_HINT}"
-                )
+                raise DataError(f"npz {path} lacks key(s) {', '.join(missing)}; found: {', '.join(found) or 'none'}; {SAVE_HINT}")
             arrays = {k: archive[k] for k in (*REQUIRED, "classes") if k in found}
     except DataError:
         raise

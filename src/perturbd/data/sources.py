@@ -84,9 +84,7 @@ class Source:
 SOURCES: Registry[Source] = Registry("data source")
 
 
-def register_source(
-    name: str, *, status: StatusFn, param: str | None = None, summary: str = ""
-) -> Callable[[Loader], Loader]:
+def register_source(name: str, *, status: StatusFn, param: str | None = None, summary: str = "") -> Callable[[Loader], Loader]:
     """Decorator: register ``loader(request) -> DataSplit`` as the source ``name``.
 
     Example::
@@ -113,9 +111,7 @@ def get_source(name: str) -> tuple[Source, str | None]:
     base, sep, arg = name.partition(":")
     source = SOURCES.get(base.strip())
     if source.param and not arg.strip():
-        raise ConfigError(
-            f"data source '{base}' needs a {source.param.lower()}: write '{source.display}', got '{name}'"
-        )
+        raise ConfigError(f"data source '{base}' needs a {source.param.lower()}: write '{source.display}', got '{name}'")
     if sep and not source.param:
         raise ConfigError(f"data source '{base}' takes no ':' argument, got '{name}'; write '{base}'")
     return source, (arg.strip() if source.param else None)
@@ -171,9 +167,7 @@ def _limit(data: ImageDataset, limit: int | None, generator: torch.Generator) ->
     return data.subset(stratified_indices(data.labels, limit, generator, data.num_classes))
 
 
-def stratified_indices(
-    labels: torch.Tensor, n: int, generator: torch.Generator, num_classes: int | None = None
-) -> torch.Tensor:
+def stratified_indices(labels: torch.Tensor, n: int, generator: torch.Generator, num_classes: int | None = None) -> torch.Tensor:
     """Sorted indices of a random subset of ``n`` samples with class proportions kept.
 
     Each class gets ``floor(n * count / total)`` samples; the ``n - sum`` left over go to the

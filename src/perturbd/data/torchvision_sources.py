@@ -46,9 +46,7 @@ from perturbd.data.sources import (
 from perturbd.errors import DataError
 
 # what torchvision and its readers raise on missing, truncated or corrupt files
-READ_ERRORS = (
-    RuntimeError, OSError, ValueError, AssertionError, KeyError, EOFError, SyntaxError, pickle.UnpicklingError
-)
+READ_ERRORS = (RuntimeError, OSError, ValueError, AssertionError, KeyError, EOFError, SyntaxError, pickle.UnpicklingError)
 GTSRB_SIZE = 32  # GTSRB images are resized to GTSRB_SIZE × GTSRB_SIZE pixels
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W) images, int64 (N,) labels
@@ -127,9 +125,7 @@ def _gtsrb_arrays(ds: Any) -> Arrays:
     return torch.stack(images), torch.tensor([t for _, t in samples], dtype=torch.long)
 
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
-)
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _CIFAR_FILES = (*tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 _DIGITS = tuple(str(d) for d in range(10))
 
@@ -172,8 +168,7 @@ def _present(spec: TorchvisionSpec, root: Path) -> bool:
 
 def _missing_message(spec: TorchvisionSpec, root: Path) -> str:
     return (
-        f"{spec.name} not found under {root}; pass --set data.download=true (needs internet) "
-        f"or --set data.root=DIR holding {spec.layout}"
+        f"{spec.name} not found under {root}; pass --set data.download=true (needs internet) or --set data.root=DIR holding {spec.layout}"
     )
 
 

@@ -42,7 +42,9 @@ class ActivationClustering(Defense):
     kind = "dataset"
 
     class Params(DefenseParams):
-        reduction: Literal["pca", "ica"] = Field("pca", description="dimension reduction before k-means: pca, or ica (the paper's; better on large classes)")
+        reduction: Literal["pca", "ica"] = Field(
+            "pca", description="dimension reduction before k-means: pca, or ica (the paper's; better on large classes)"
+        )
         components: int = Field(10, ge=1, le=512, description="dimensions kept")
         size_threshold: float = Field(0.35, gt=0, le=0.5, description="a smaller cluster holding at most this share of its class is poison")
         silhouette_threshold: float = Field(0.1, ge=-1, le=1, description="and the 2-means split must be at least this clear")

@@ -59,5 +59,14 @@ class AdversarialTraining(Defense):
                 loss = (1 - self.clean_weight) * loss + self.clean_weight * F.cross_entropy(net(x), y)
             return loss
 
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, loss_fn=loss_fn, description=self.name)
+        self.losses_ = tune(
+            self.model_,
+            clean,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=seed,
+            loss_fn=loss_fn,
+            description=self.name,
+        )
         return self

@@ -287,7 +287,9 @@ def fresh_copy(model: nn.Module) -> nn.Module:
 def reinitialise(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model``'s architecture with fresh weights drawn from ``seed`` (a new student)."""
     if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-        raise ConfigError("a TorchScript model cannot be re-initialised (its layers keep no reset_parameters); give its state dict with --arch")
+        raise ConfigError(
+            "a TorchScript model cannot be re-initialised (its layers keep no reset_parameters); give its state dict with --arch"
+        )
     out = copy.deepcopy(model)
     torch.manual_seed(seed)
     for module in out.modules():

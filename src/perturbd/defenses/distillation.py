@@ -68,5 +68,14 @@ class Distillation(Defense):
 
         seed = self.rng_seed()
         self.model_ = reinitialise(model, seed)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, loss_fn=loss_fn, description=self.name)
+        self.losses_ = tune(
+            self.model_,
+            clean,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=seed,
+            loss_fn=loss_fn,
+            description=self.name,
+        )
         return self

@@ -82,7 +82,9 @@ def last_representation(model: nn.Module, images: torch.Tensor) -> tuple[str, nn
         done.append((name, module, out if isinstance(out, torch.Tensor) else None))
 
     if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-        raise ConfigError("fine_pruning prunes a layer through forward hooks, which a TorchScript model does not take; run it on its state dict (--arch)")
+        raise ConfigError(
+            "fine_pruning prunes a layer through forward hooks, which a TorchScript model does not take; run it on its state dict (--arch)"
+        )
     hooks = [m.register_forward_hook(lambda mod, _i, out, n=name: note(n, mod, out)) for name, m in model.named_modules() if m is not model]
     was_training = model.training
     model.eval()
@@ -126,7 +128,9 @@ class FinePruning(Defense):
     kind = "mitigation"
 
     class Params(TuningParams):
-        max_accuracy_drop: float = Field(0.04, ge=0, le=1, description="prune while validation accuracy stays within this of the unpruned (Liu et al.: 4 %)")
+        max_accuracy_drop: float = Field(
+            0.04, ge=0, le=1, description="prune while validation accuracy stays within this of the unpruned (Liu et al.: 4 %)"
+        )
         ratio: float | None = Field(None, ge=0, lt=1, description="prune this share of the channels instead (None: the accuracy rule)")
         validation: float = Field(0.2, gt=0, lt=1, description="share of the clean images held out to measure accuracy")
 
@@ -162,7 +166,9 @@ class FinePruning(Defense):
             "layer": self.layer_, "channels": channels, "pruned": count, "validation_accuracy_unpruned": self.base_accuracy_,
             "validation_accuracy_pruned": self.pruned_accuracy_, "summary": f"pruned {count}/{channels} channels of {self.layer_}",
         }  # fmt: skip
-        self.losses_ = tune(self.model_, rest, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name)
+        self.losses_ = tune(
+            self.model_, rest, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name
+        )
         return self
 
     def _largest_within(self, accuracy: Callable[[int], float], channels: int) -> int:

@@ -67,5 +67,7 @@ class FineTuning(Defense):
         clean = take(data, self.n_clean)
         self.clean_used_ = len(clean)
         self.model_ = fresh_copy(model)
-        self.losses_ = tune(self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name)
+        self.losses_ = tune(
+            self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name
+        )
         return self

@@ -220,7 +220,9 @@ class NeuralCleanse(Defense):
     kind = "model"
 
     class Params(DefenseParams):
-        epochs: int = Field(1000, ge=1, le=100_000, description="epochs (the reference's STEPS), each of n_clean // batch_size mini-batches")
+        epochs: int = Field(
+            1000, ge=1, le=100_000, description="epochs (the reference's STEPS), each of n_clean // batch_size mini-batches"
+        )
         batch_size: int = Field(32, ge=1, le=4096, description="clean images per mini-batch, blended with every label's trigger")
         lr: float = Field(0.1, gt=0, le=10, description="Adam step size on the tanh-parametrised mask and pattern")
         init_cost: float = Field(1e-3, gt=0, le=10, description="weight λ of the mask L1 once the attack succeeds (λ starts at 0)")
@@ -228,9 +230,13 @@ class NeuralCleanse(Defense):
         patience: int = Field(5, ge=1, le=10_000, description="epochs at or below the threshold before λ changes")
         attack_threshold: float = Field(0.99, gt=0, le=1, description="mean attack accuracy of an epoch that counts as success")
         early_stop: bool = Field(True, description="stop a label once its best mask stops shrinking (after λ went up and down)")
-        early_stop_threshold: float = Field(1.0, gt=0, le=10, description="an epoch whose best L1 is not below this × the best so far counts as stalled")
+        early_stop_threshold: float = Field(
+            1.0, gt=0, le=10, description="an epoch whose best L1 is not below this × the best so far counts as stalled"
+        )
         early_stop_patience: int = Field(25, ge=1, le=100_000, description="stalled epochs before an early stop")
-        anomaly_threshold: float = Field(2.0, gt=0, le=100, description="flag labels below the median norm whose anomaly index exceeds this")
+        anomaly_threshold: float = Field(
+            2.0, gt=0, le=100, description="flag labels below the median norm whose anomaly index exceeds this"
+        )
         mode: Literal["batched", "loop"] = Field("batched", description="all labels in one batch, or label by label")
         n_clean: int = Field(1000, ge=1, le=1_000_000, description="clean images to blend with")
         seed: int | None = Field(None, ge=0, description="seeds the epochs' orders and initial triggers (None: derived from the run seed)")

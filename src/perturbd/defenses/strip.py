@@ -52,7 +52,9 @@ class Strip(Defense):
 
     class Params(DefenseParams):
         overlays: int = Field(100, ge=1, le=1000, description="clean images superimposed on each input (Gao: 100)")
-        blend: Literal["add", "average"] = Field("add", description="add: x + x_clean, unclipped (Gao's); average: (1 − alpha) x + alpha x_clean")
+        blend: Literal["add", "average"] = Field(
+            "add", description="add: x + x_clean, unclipped (Gao's); average: (1 − alpha) x + alpha x_clean"
+        )
         alpha: float = Field(0.5, gt=0, lt=1, description="weight of the clean image in an 'average' blend")
         frr: float = Field(0.01, gt=0, lt=1, description="false rejection rate: quantile of the normal fit of clean entropies (Gao: 0.01)")
         n_clean: int = Field(1000, ge=4, le=1_000_000, description="clean images: half overlay pool, half calibration")

@@ -67,9 +67,13 @@ def _check_pair(before: nn.Module, after: nn.Module, clean: ImageDataset) -> Non
     for name, model in (("OLD", before), ("NEW", after)):
         shape, classes = getattr(model, "image_shape", None), getattr(model, "num_classes", None)
         if shape is not None and tuple(shape) != clean.image_shape:
-            raise ConfigError(f"{name} model takes images of shape {tuple(shape)} but the data has {clean.image_shape}; audit with the data the model was trained on")
+            raise ConfigError(
+                f"{name} model takes images of shape {tuple(shape)} but the data has {clean.image_shape}; audit with the data the model was trained on"
+            )
         if classes is not None and classes != clean.num_classes:
-            raise ConfigError(f"{name} model has {classes} classes but the data has {clean.num_classes}; audit with the data the model was trained on")
+            raise ConfigError(
+                f"{name} model has {classes} classes but the data has {clean.num_classes}; audit with the data the model was trained on"
+            )
 
 
 @register_defense
@@ -97,7 +101,9 @@ class UpdateAudit(Defense):
         measure = data.subset(torch.arange(n // 2, n))
         labels = list(range(data.num_classes))
         seed = self.rng_seed()
-        nc_kw = dict(epochs=self.nc_epochs, batch_size=self.nc_batch, anomaly_threshold=self.anomaly_threshold, n_clean=len(fit_part), seed=seed)
+        nc_kw = dict(
+            epochs=self.nc_epochs, batch_size=self.nc_batch, anomaly_threshold=self.anomaly_threshold, n_clean=len(fit_part), seed=seed
+        )
         nc_old = NeuralCleanse(**nc_kw).fit(before, fit_part)
         self.nc_ = NeuralCleanse(**nc_kw).fit(model, fit_part)
         uap_kw = dict(epsilon=self.epsilon, steps=self.uap_steps, batch_size=self.uap_batch, seed=seed)

@@ -159,7 +159,12 @@ def measure_update(d: UpdateAuditor, inp: DefenseInputs, limit: int) -> Evaluati
 
     def audit(model: nn.Module) -> dict[str, Any]:
         d.fit(model, inp.clean, before=before)
-        return {"suspicious_labels": list(d.suspicious_labels_), "scores": [round(float(v), 4) for v in d.scores_], "labels": d.rows_, "seconds": d.seconds_}
+        return {
+            "suspicious_labels": list(d.suspicious_labels_),
+            "scores": [round(float(v), 4) for v in d.scores_],
+            "labels": d.rows_,
+            "seconds": d.seconds_,
+        }
 
     m: dict[str, Any] = {}
     if inp.clean_model is not None:

@@ -127,7 +127,9 @@ class Classifier(nn.Module):
     def head(self, f: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` from features ``(N, D)`` (at the final layer)."""
         if self.feature_layer is not None:
-            raise ConfigError(f"model '{self.arch}' reads its features at layer '{self.feature_layer}': head() takes those of the final layer; call the model")
+            raise ConfigError(
+                f"model '{self.arch}' reads its features at layer '{self.feature_layer}': head() takes those of the final layer; call the model"
+            )
         logits: Tensor = self.fc(f)
         return logits
 
@@ -306,4 +308,6 @@ def check_fits(model: Classifier, shape: ImageShape) -> None:
         )
     if f.ndim != 2 or not isinstance(logits, Tensor) or tuple(logits.shape) != (1, model.num_classes):
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ConfigError(f"model '{model.arch}' gives features {tuple(f.shape)} and logits {got}; expected (1, D) and (1, {model.num_classes}): its features/head split is broken")
+        raise ConfigError(
+            f"model '{model.arch}' gives features {tuple(f.shape)} and logits {got}; expected (1, D) and (1, {model.num_classes}): its features/head split is broken"
+        )

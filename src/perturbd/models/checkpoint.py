@@ -36,7 +36,7 @@ _RESERVED = ("format", "arch", "image_shape", "num_classes")
 USER_CODE = ("factory", "torchscript")  # arch prefixes a checkpoint may not make perturbd load by itself
 _CONVERT = (
     "only .safetensors weights are read; convert a plain state dict with "
-    "python -c \"import torch, safetensors.torch as st; "
+    'python -c "import torch, safetensors.torch as st; '
     "st.save_file(torch.load('IN.pt', weights_only=True), 'OUT.safetensors')\""
 )
 
@@ -129,7 +129,9 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[
     if kind == "safetensors":
         state, meta = _read_safetensors(path)
     elif is_torchscript(path):
-        raise CheckpointError(f"{path} is a TorchScript file, not a state dict: name it as the model (model.name=torchscript:{path}; no --arch)")
+        raise CheckpointError(
+            f"{path} is a TorchScript file, not a state dict: name it as the model (model.name=torchscript:{path}; no --arch)"
+        )
     elif kind == "torch":
         state, meta = _read_torch(path), {}
     else:
@@ -159,7 +161,9 @@ def _head(model: Classifier, state: dict[str, Tensor], path: Path, replace: bool
     own = model.state_dict()
     keys = [k for k in own if k.startswith(f"{model.final_layer}.")]
     differ = [k for k in keys if k in state and state[k].shape[1:] == own[k].shape[1:] and state[k].shape[:1] != own[k].shape[:1]]
-    if not differ or len(differ) != len([k for k in keys if k in state and state[k].shape != own[k].shape]):  # other mismatches: _check_keys
+    if not differ or len(differ) != len(
+        [k for k in keys if k in state and state[k].shape != own[k].shape]
+    ):  # other mismatches: _check_keys
         return state
     if not replace:
         theirs = state[differ[0]].shape[0]
@@ -279,9 +283,7 @@ def _check_keys(model: nn.Module, state: dict[str, Tensor], path: Path, meta: di
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     problems = [
         f"{len(names)} {what} (e.g. {', '.join(names[:2])})"

@@ -24,8 +24,8 @@ model is not split: ``features()`` serves screening, and the logits come from ca
 
 from __future__ import annotations
 
-import importlib
 import contextlib
+import importlib
 import inspect
 import sys
 import warnings
@@ -88,7 +88,9 @@ class ExternalModel(Classifier):
             return read_layer(self.net, self.feature_layer, lambda: self.net(x))
         if self.last_linear is None:
             names = ", ".join(layer_names(self.net)[:20])
-            raise ConfigError(f"model '{self.arch}' has no nn.Linear final layer to read features before; name a layer with model.features (--features): {names}")
+            raise ConfigError(
+                f"model '{self.arch}' has no nn.Linear final layer to read features before; name a layer with model.features (--features): {names}"
+            )
         return read_layer(self.net, self.last_linear, lambda: self.net(x), inputs=True)
 
     def head(self, f: Tensor) -> Tensor:
@@ -155,7 +157,9 @@ def build_model(
         for key, values in (("mean", spec.mean), ("std", spec.std)):
             if values is not None and len(values) not in (1, channels, 3 if channels == 1 else channels):
                 rgb = " (or 3: grey images into an RGB network)" if channels == 1 else ""
-                raise ConfigError(f"model.{key} has {len(values)} values for images of {channels} channel(s); give one, or one per channel{rgb}")
+                raise ConfigError(
+                    f"model.{key} has {len(values)} values for images of {channels} channel(s); give one, or one per channel{rgb}"
+                )
         now: Mapping[str, Sequence[float]] = model.input_spec or {  # what is not stated stays
             "input_range": (0.0, 1.0), "mean": (model.mean,), "std": (model.std,),
         }  # fmt: skip

@@ -35,7 +35,9 @@ def read_layer(net: nn.Module, name: str, run: Callable[[], object], *, inputs: 
         run()
     except _Read as found:
         if not isinstance(found.value, Tensor):
-            raise ConfigError(f"layer '{name}' gives a {type(found.value).__name__}, not a tensor; name another with model.features") from None
+            raise ConfigError(
+                f"layer '{name}' gives a {type(found.value).__name__}, not a tensor; name another with model.features"
+            ) from None
         return found.value.flatten(1)
     finally:
         handle.remove()

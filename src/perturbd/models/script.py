@@ -54,7 +54,9 @@ def _compile(net: torch.jit.ScriptModule, layer: str | None, arch: str) -> Calla
     if layer is None:
         linears = [n for n in nodes if n.kind() == "aten::linear"]
         if not linears:
-            raise ConfigError(f"model '{arch}' has no linear final layer; name the layer to read features from with model.features (--features)")
+            raise ConfigError(
+                f"model '{arch}' has no linear final layer; name the layer to read features from with model.features (--features)"
+            )
         value = linears[-1].inputsAt(0)
     else:
         want = layer.split(".")
@@ -70,7 +72,9 @@ def _compile(net: torch.jit.ScriptModule, layer: str | None, arch: str) -> Calla
             if out.type().kind() == "TensorType" and any(not inside(use.user) for use in out.uses())
         ]
         if not outputs:
-            raise ConfigError(f"layer '{layer}' of model '{arch}' is not used when it classifies an image; name another with model.features")
+            raise ConfigError(
+                f"layer '{layer}' of model '{arch}' is not used when it classifies an image; name another with model.features"
+            )
         value = outputs[-1]
     while list(graph.outputs()):
         graph.eraseOutput(0)

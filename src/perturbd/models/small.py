@@ -38,9 +38,7 @@ class SmallCNN(Classifier):
         hidden: width of the penultimate layer (``features`` dimension D).
     """
 
-    def __init__(
-        self, image_shape: Sequence[int], num_classes: int, widths: tuple[int, int] = (16, 32), hidden: int = 128
-    ) -> None:
+    def __init__(self, image_shape: Sequence[int], num_classes: int, widths: tuple[int, int] = (16, 32), hidden: int = 128) -> None:
         super().__init__(image_shape, num_classes)
         c1, c2 = widths
         self.body = nn.Sequential(

@@ -62,7 +62,7 @@ class TorchvisionClassifier(Classifier):
         if any(k.startswith("body.") for k in state):
             return state
         head = f"{self.fc_path}."
-        return {(f"fc.{k[len(head):]}" if k.startswith(head) else f"body.{k}"): v for k, v in state.items()}
+        return {(f"fc.{k[len(head) :]}" if k.startswith(head) else f"body.{k}"): v for k, v in state.items()}
 
     def normalize(self, x: Tensor) -> Tensor:
         x = super().normalize(x)

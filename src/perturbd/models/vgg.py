@@ -36,9 +36,7 @@ class VGGish(Classifier):
         convs: conv layers per block.
     """
 
-    def __init__(
-        self, image_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 64, 128), convs: int = 2
-    ) -> None:
+    def __init__(self, image_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (32, 64, 128), convs: int = 2) -> None:
         super().__init__(image_shape, num_classes)
         layers: list[nn.Module] = []
         cin = self.image_shape[0]

@@ -29,8 +29,38 @@ from perturbd.runs.rundir import FAILURES
 ASR_GOAL = 0.9  # the paper's claim: ASR above 90 %
 TABLE_METRICS = ["clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate", "psnr_mean", "ssim_mean"]
 
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def t975(df: int) -> float:
@@ -128,7 +158,9 @@ def report_root(path: Path) -> Path:
     if not root.is_dir():
         raise ConfigError(f"no such folder: {root}; give a run directory or a folder of runs (e.g. runs/)")
     if next(run_dirs(root), None) is None and not any((root / FAILURES).glob("*.json")):
-        raise ConfigError(f"no run directories (with {RunDir.METRICS} and {RunDir.CONFIG}) under {root}; run `perturbd run` or `perturbd sweep` first")
+        raise ConfigError(
+            f"no run directories (with {RunDir.METRICS} and {RunDir.CONFIG}) under {root}; run `perturbd run` or `perturbd sweep` first"
+        )
     return root
 
 
@@ -197,7 +229,9 @@ def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
     for g in out:
         for m in METRICS:
             g.stats[m] = mean_ci([r.metric(m) for r in g.runs])
-    out.sort(key=lambda g: [(g.trigger.family, g.trigger.strength, g.trigger.label) if c == "trigger" else _sortable(g.keys[c]) for c in columns])
+    out.sort(
+        key=lambda g: [(g.trigger.family, g.trigger.strength, g.trigger.label) if c == "trigger" else _sortable(g.keys[c]) for c in columns]
+    )
     return columns, out
 
 
@@ -208,13 +242,21 @@ def _sortable(v: Any) -> tuple[int, Any]:
 def cell(stat: Stat, kind: str) -> str:
     """``mean ± ci`` as text (no ± for one value), with ``(n=k/N)`` when only k of the group's
     N runs have the metric."""
-    text = format_value(stat.mean, kind) if not math.isfinite(stat.ci) else f"{format_value(stat.mean, kind)} ± {format_value(stat.ci, kind)}"
+    text = (
+        format_value(stat.mean, kind) if not math.isfinite(stat.ci) else f"{format_value(stat.mean, kind)} ± {format_value(stat.ci, kind)}"
+    )
     return text if stat.n == stat.of else f"{text} (n={stat.n}/{stat.of})"
 
 
 def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TABLE_METRICS) -> str:
     """A Markdown table: distinguishing columns, seeds, then mean ± 95 % CI per metric."""
-    head = [*columns, "seeds", *(METRICS[m].label for m in metrics), f"{METRICS['attack_success_rate'].label} per seed", f"ASR ≥ {100 * ASR_GOAL:g} %"]
+    head = [
+        *columns,
+        "seeds",
+        *(METRICS[m].label for m in metrics),
+        f"{METRICS['attack_success_rate'].label} per seed",
+        f"ASR ≥ {100 * ASR_GOAL:g} %",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(columns) else "---:" for i in range(len(head))) + "|"]
     for g in groups:
         per_seed = _asr_per_seed(g, "pct")

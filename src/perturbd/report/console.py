@@ -149,5 +149,3 @@ def defense_table(reports: list[Any], title: str) -> Table:
     for r in reports:
         t.add_row(r.name, r.kind, r.cell["text"], str(r.clean_used), f"{r.seconds:.1f}")
     return t
-
-

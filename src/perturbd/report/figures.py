@@ -64,7 +64,9 @@ def samples_png(clean: torch.Tensor, poisoned: torch.Tensor, path: Path, count: 
     plt.close(fig)
 
 
-def trigger_sheet(delta: torch.Tensor, clean: torch.Tensor, poisoned: torch.Tensor, path: Path, title: str = "", linf: float | None = None) -> None:
+def trigger_sheet(
+    delta: torch.Tensor, clean: torch.Tensor, poisoned: torch.Tensor, path: Path, title: str = "", linf: float | None = None
+) -> None:
     """One picture for a slide: the mask amplified, then clean and poisoned samples side by side.
     ``linf``: the L∞ to print (default: of round(δ)); a non-additive trigger passes the largest
     change it made to the samples, its ``delta`` being their mean change."""

@@ -28,9 +28,18 @@ if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
 STYLE: dict[RcKeyType, float | bool] = {
-    "font.size": 13, "axes.titlesize": 15, "axes.labelsize": 14, "legend.fontsize": 11,
-    "xtick.labelsize": 12, "ytick.labelsize": 12, "lines.linewidth": 2.2, "lines.markersize": 7,
-    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "font.size": 13,
+    "axes.titlesize": 15,
+    "axes.labelsize": 14,
+    "legend.fontsize": 11,
+    "xtick.labelsize": 12,
+    "ytick.labelsize": 12,
+    "lines.linewidth": 2.2,
+    "lines.markersize": 7,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
 }
 MARKERS = "osD^vP*Xhp<>"
 
@@ -106,14 +115,23 @@ def asr_vs_rate(columns: list[str], groups: list[Group], path: Path) -> Path | N
 
 def asr_vs_strength(columns: list[str], groups: list[Group], path: Path) -> Path | None:
     """ASR (%) versus amplitude c (static masks) or budget ξ (adaptive), one line per family."""
-    series = _series(groups, lambda g: ", ".join(filter(None, [g.trigger.family, _label(g.keys, {"trigger"}) if len(g.keys) > 1 else ""])), lambda g: g.trigger.strength)
+    series = _series(
+        groups,
+        lambda g: ", ".join(filter(None, [g.trigger.family, _label(g.keys, {"trigger"}) if len(g.keys) > 1 else ""])),
+        lambda g: g.trigger.strength,
+    )
     series = {k: pts for k, pts in series.items() if len({x for x, _ in pts}) > 1}  # a line, not a lone point
     if not series:
         return None
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=150)
         _line_panel(ax, series, "attack_success_rate")
-        ax.set(xlabel="amplitude c / budget ξ (pixel units, 0–255)", ylabel="attack success rate (%)", title="Attack success vs. perturbation size", ylim=(-2, 102))
+        ax.set(
+            xlabel="amplitude c / budget ξ (pixel units, 0–255)",
+            ylabel="attack success rate (%)",
+            title="Attack success vs. perturbation size",
+            ylim=(-2, 102),
+        )
         _legend(ax, len(series))
         fig.tight_layout()
         fig.savefig(path, bbox_inches="tight")
@@ -134,12 +152,21 @@ def stealth_vs_asr(columns: list[str], groups: list[Group], path: Path) -> Path 
         for i, (label, gs) in enumerate(by_trigger.items()):
             asr = [100 * g.stats["attack_success_rate"][0] for g in gs]
             ax.errorbar(
-                [g.stats["psnr_mean"][0] for g in gs], asr,
+                [g.stats["psnr_mean"][0] for g in gs],
+                asr,
                 xerr=[_ci(g.stats["psnr_mean"]) for g in gs],
                 yerr=_bars(asr, [100 * _ci(g.stats["attack_success_rate"]) for g in gs], True),
-                marker=MARKERS[i % len(MARKERS)], linestyle="none", capsize=4, label=label,
+                marker=MARKERS[i % len(MARKERS)],
+                linestyle="none",
+                capsize=4,
+                label=label,
             )
-        ax.set(xlabel="PSNR of poisoned images (dB, higher = less visible)", ylabel="attack success rate (%)", title="Stealth vs. attack success", ylim=(-2, 102))
+        ax.set(
+            xlabel="PSNR of poisoned images (dB, higher = less visible)",
+            ylabel="attack success rate (%)",
+            title="Stealth vs. attack success",
+            ylim=(-2, 102),
+        )
         _legend(ax, len(by_trigger))
         fig.tight_layout()
         fig.savefig(path, bbox_inches="tight")

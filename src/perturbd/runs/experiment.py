@@ -95,7 +95,9 @@ def preflight(cfg: ExperimentConfig, twins: TwinStore | None = None) -> Prepared
     check_target(cfg.poison, train.num_classes)
     if not bool(attacked(split.test.labels, cfg.poison.target, sources_of(cfg.poison)).any()):
         t = cfg.poison.target
-        where = f"outside the target class {t}" if cfg.poison.sources == "all" else f"of the source classes {cfg.poison.sources} (target {t})"
+        where = (
+            f"outside the target class {t}" if cfg.poison.sources == "all" else f"of the source classes {cfg.poison.sources} (target {t})"
+        )
         raise DataError(f"the test set has no image {where}; ASR is undefined: use other test data")
     build_model(cfg.model, train.image_shape, train.num_classes)
     part = partition(cfg, train.labels, train.num_classes)
@@ -148,8 +150,17 @@ def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: T
     p = trained.poisoned
     clean = defender_clean_set(p.dataset, p.indices, cfg.seed)
     inputs = DefenseInputs(
-        trained.backdoored, split.test, clean, CLEAN_SOURCE, p.dataset, p.indices, plan.trigger, cfg.poison.target, trained.clean,
-        before_model=trained.before, seed=cfg.seed,
+        trained.backdoored,
+        split.test,
+        clean,
+        CLEAN_SOURCE,
+        p.dataset,
+        p.indices,
+        plan.trigger,
+        cfg.poison.target,
+        trained.clean,
+        before_model=trained.before,
+        seed=cfg.seed,
     )
     return run_defenses(cfg.defenses, inputs, log=log)
 
@@ -198,7 +209,9 @@ def run(
     stages.lap("data")
     plan = plan_attack(cfg, split, ready.part, ready.device, ready.twins, monitor)
     norms = plan.trigger.norms(split.train.image_shape[0], split.train.images[:1000])
-    say(f"data {split.train.name}: {len(split.train)} train, {len(split.test)} test, shape {split.train.image_shape}; device {ready.device}")
+    say(
+        f"data {split.train.name}: {len(split.train)} train, {len(split.test)} test, shape {split.train.image_shape}; device {ready.device}"
+    )
     measured = "" if plan.trigger.additive else ", the largest change to 1,000 training images"
     say(f"trigger {plan.trigger.kind}: L∞ {norms['linf']:.1f}, L2 {norms['l2']:.1f} (pixel units{measured})")
     stages.lap("trigger")
@@ -236,7 +249,9 @@ class Stopwatch:
         self._last = now
 
 
-def with_inputs(cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = None, data: Sequence[Any] | None = None) -> ExperimentConfig:
+def with_inputs(
+    cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = None, data: Sequence[Any] | None = None
+) -> ExperimentConfig:
     """``cfg`` with a model factory and arrays given from Python in its model and data sections.
 
     ``model``: a module-level function (or class) returning a fresh ``nn.Module``, called once per
@@ -288,7 +303,14 @@ def write_run(
     out.write_adversary(plan.record)
     out.write_environment(environment(device))
     p = trained.poisoned
-    out.write_poison_indices(PoisonRecord(indices=p.indices.tolist(), original_labels=p.original_labels.tolist(), target=cfg.poison.target, noise_indices=p.noise_indices.tolist()))
+    out.write_poison_indices(
+        PoisonRecord(
+            indices=p.indices.tolist(),
+            original_labels=p.original_labels.tolist(),
+            target=cfg.poison.target,
+            noise_indices=p.noise_indices.tolist(),
+        )
+    )
     plan.trigger.save(out.trigger_path)
     trigger_png(plan.trigger.preview(p.clean_images), out.trigger_png, f"{plan.trigger.kind} trigger")
     samples_png(p.clean_images, p.poisoned_images, out.samples_png)

@@ -93,9 +93,13 @@ def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
     run.check_format()
     cfg: ExperimentConfig = validate(read_yaml(run.config_path))
     if cfg.attack.setting != "before_training":
-        raise ConfigError(f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; export runs of before_training")
+        raise ConfigError(
+            f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; export runs of before_training"
+        )
     if not cfg.poison.quantize:
-        raise ConfigError(f"{run_dir} was run with poison.quantize=false: its poisoned images are float and cannot be PNG files; export a quantized run")
+        raise ConfigError(
+            f"{run_dir} was run with poison.quantize=false: its poisoned images are float and cannot be PNG files; export a quantized run"
+        )
     return cfg
 
 
@@ -111,7 +115,9 @@ def export_run(run_dir: Path, dest: Path) -> Exported:
     inputs = load_inputs(run_dir)
     train, indices = inputs.train, inputs.poison_indices
     if train is None or indices is None or inputs.trigger is None:
-        raise ConfigError(f"{run_dir}: its poisoned training set cannot be rebuilt (the run's partition does not give {RunDir.POISON_INDICES}; another perturbd version made it?)")
+        raise ConfigError(
+            f"{run_dir}: its poisoned training set cannot be rebuilt (the run's partition does not give {RunDir.POISON_INDICES}; another perturbd version made it?)"
+        )
     if train.images.dtype != torch.uint8:
         raise ConfigError(f"{run_dir}: the poisoned images are float and cannot be PNG files; export a quantized run")
     original = train.labels.clone()
@@ -128,7 +134,9 @@ def export_run(run_dir: Path, dest: Path) -> Exported:
     return Exported(dest, len(train), len(inputs.test), len(indices), folders)
 
 
-def write_split(root: Path, split: str, data: ImageDataset, folders: tuple[str, ...], original: torch.Tensor, poisoned: torch.Tensor) -> list[tuple[str, int, int, int, str]]:
+def write_split(
+    root: Path, split: str, data: ImageDataset, folders: tuple[str, ...], original: torch.Tensor, poisoned: torch.Tensor
+) -> list[tuple[str, int, int, int, str]]:
     """Write ``data`` as ``root/split/<class>/<n>.png``; its manifest rows."""
     width = len(str(max(len(data) - 1, 0)))
     labels = data.labels.tolist()

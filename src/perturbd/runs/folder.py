@@ -156,7 +156,9 @@ class RunDir:
     def check_format(self) -> None:
         """A one-line :class:`DataError` if the folder is of a format newer than :data:`FORMAT`."""
         if self.format > FORMAT:
-            raise DataError(f"{self.path} is a run folder of format {self.format}; this perturbd ({__version__}) reads format {FORMAT} and older: upgrade perturbd")
+            raise DataError(
+                f"{self.path} is a run folder of format {self.format}; this perturbd ({__version__}) reads format {FORMAT} and older: upgrade perturbd"
+            )
 
     def check_finished(self) -> None:
         """A one-line :class:`ConfigError` unless this is a finished run's folder of a known format."""

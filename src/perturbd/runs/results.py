@@ -110,7 +110,9 @@ class RunMetrics(Record):
     def rows(self) -> list[tuple[str, str]]:
         """``(what, value)`` for people: the console summary and the HTML report show these."""
         s, t = self.stealth, self.trigger
-        acc, loss, asr, twin_asr, rate = (METRICS[k] for k in ("clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate"))
+        acc, loss, asr, twin_asr, rate = (
+            METRICS[k] for k in ("clean_accuracy", "accuracy_loss", "attack_success_rate", "clean_model_asr", "injection_rate")
+        )
         rows = [
             (f"{acc.name} (backdoored)", acc.show(self)),
             (f"{acc.name} (clean twin)", pct(self.clean_twin_accuracy)),
@@ -125,7 +127,13 @@ class RunMetrics(Record):
             ("seed", str(self.seed)),
         ]
         if self.sources is not None:
-            rows.insert(5, ("other classes sent to the target (backdoored / clean)", f"{pct(self.non_source_asr)} / {pct(self.clean_model_non_source_asr)}"))
+            rows.insert(
+                5,
+                (
+                    "other classes sent to the target (backdoored / clean)",
+                    f"{pct(self.non_source_asr)} / {pct(self.clean_model_non_source_asr)}",
+                ),
+            )
         if self.before_update is not None:
             b = self.before_update
             rows.insert(0, ("before update: accuracy / ASR", f"{pct(b.clean_accuracy)} / {pct(b.attack_success_rate)}"))
@@ -168,7 +176,9 @@ def _read_record(cls: type[R], path: Path, what: str) -> R:
         if isinstance(err, ValidationError):
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or what
-            raise DataError(f"{path} is not a perturbd run's {what} ({where}: {first['msg']}); it was written by another version: rerun it with --force") from None
+            raise DataError(
+                f"{path} is not a perturbd run's {what} ({where}: {first['msg']}); it was written by another version: rerun it with --force"
+            ) from None
         raise DataError(f"cannot read {path} ({err}); rerun the run with --force") from None
 
 
@@ -177,7 +187,9 @@ def format_value(value: float | None, fmt: str) -> str:
     (1 decimal), ``int``, ``num3`` (4 decimals), else 2 decimals; ``–`` for none or NaN, ``∞``."""
     if value is None or not math.isfinite(value):
         return "–" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
-    return {"pct": f"{100 * value:.2f}", "pct1": f"{100 * value:.1f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(fmt, f"{value:.2f}")
+    return {"pct": f"{100 * value:.2f}", "pct1": f"{100 * value:.1f}", "int": f"{value:.0f}", "num3": f"{value:.4f}"}.get(
+        fmt, f"{value:.2f}"
+    )
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,9 @@ def locate(path: Path) -> SavedRun:
         run = RunDir(path)
         if not run.has(RunDir.MODEL):
             if run.is_run():
-                raise CheckpointError(f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces")
+                raise CheckpointError(
+                    f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces"
+                )
             raise CheckpointError(f"{path} is a folder without {RunDir.MODEL}; give a run directory or a model file")
         run.check_format()
         cfg = validate(read_yaml(run.config_path)) if run.has(RunDir.CONFIG) else None
@@ -91,7 +93,9 @@ def model_spec(saved: SavedRun, model: dict[str, Any] | None = None) -> ModelCon
         arch = checkpoint_metadata(path).get("arch", "") if is_checkpoint(path) else ""
         if not arch or arch.partition(":")[0] in USER_CODE:
             what = f"a model of '{arch}'" if arch else "weights without their architecture"
-            raise CheckpointError(f"{path} holds {what}; name the architecture with --arch tv:NAME or --arch factory:package.module:function")
+            raise CheckpointError(
+                f"{path} holds {what}; name the architecture with --arch tv:NAME or --arch factory:package.module:function"
+            )
         base = {"name": arch, "weights": str(path)}
     config: ModelConfig = validate({**base, **over}, ModelConfig)
     return config
@@ -116,7 +120,9 @@ def load_model(saved: SavedRun, data: ImageDataset, model: dict[str, Any] | None
 def _data_config(saved: SavedRun, data: str | None, data_root: Path | None) -> DataConfig:
     base = saved.config.data if saved.config is not None else None
     if base is None and data is None:
-        raise ConfigError(f"{saved.model} comes with no run config; say which data it was trained on with --data NAME (or pass its run directory)")
+        raise ConfigError(
+            f"{saved.model} comes with no run config; say which data it was trained on with --data NAME (or pass its run directory)"
+        )
     fields = (base.model_dump() if base is not None else {}) | ({"name": data} if data else {}) | ({"root": data_root} if data_root else {})
     return DataConfig(**fields)
 

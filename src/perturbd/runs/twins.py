@@ -168,7 +168,9 @@ class TwinStore:
             if folder is not None:
                 with atomic_dir(folder) as tmp:
                     save_model(model, tmp / RunDir.MODEL)
-                    write_json(tmp / "twin.json", {"key": key, "train_seconds": result.seconds, "stored": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                    write_json(
+                        tmp / "twin.json", {"key": key, "train_seconds": result.seconds, "stored": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    )
         self._memo[key] = model
         return Twin(model, result.seconds, f"trained in {result.seconds:.1f} s ({result.images_per_s:.0f} img/s)", result.images_per_s)
 

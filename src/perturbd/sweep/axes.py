@@ -24,7 +24,7 @@ def axis_values(key: str, spec: Any) -> list[Any]:
             raise ConfigError(f"sweep axis '{key}' has no values; give a non-empty list")
         return spec
     if isinstance(spec, dict) and len(spec) == 1:
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         maker = _RANGES.get(kind)
         if maker is None:
             raise ConfigError(f"sweep axis '{key}': unknown generator '{kind}'{suggest(str(kind), list(_RANGES))}")

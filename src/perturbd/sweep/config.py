@@ -52,7 +52,9 @@ class SweepConfig(Section):
     name: str | None = Field(None, description="sweep name; default: the file name")
     base: dict[str, Any] = Field(default_factory=dict, description="the experiment config every run starts from")
     base_config: Path | None = Field(None, description="experiment YAML to start from (relative to the sweep file)")
-    variants: list[dict[str, Any]] = Field(default_factory=_no_variant, description="partial configs merged into the base, one after the other (a union, not a product)")
+    variants: list[dict[str, Any]] = Field(
+        default_factory=_no_variant, description="partial configs merged into the base, one after the other (a union, not a product)"
+    )
     axes: dict[str, Any] = Field(default_factory=dict, description="dotted config key → list of values, {range: …} or {logspace: …}")
     seeds: list[int] = Field([0], description="seeds of every grid point, or n for seeds 0 … n-1")
     executor: Literal["local", "ray"] = "local"

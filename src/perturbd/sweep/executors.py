@@ -83,8 +83,12 @@ def execute(
     except Exception as err:  # a bug or a resource error: recorded, the sweep goes on
         first = (str(err).strip().splitlines() or [""])[0]
         return Outcome(
-            cfg, False, error=f"{type(err).__name__}: {first}"[:500], error_type=type(err).__name__,
-            detail=traceback.format_exc()[-6000:], seconds=time.perf_counter() - started,
+            cfg,
+            False,
+            error=f"{type(err).__name__}: {first}"[:500],
+            error_type=type(err).__name__,
+            detail=traceback.format_exc()[-6000:],
+            seconds=time.perf_counter() - started,
         )
     return Outcome(cfg, True, result.run_dir, result.metrics, result.skipped, seconds=time.perf_counter() - started)
 
@@ -168,7 +172,12 @@ class LocalExecutor:
                     try:
                         outcome = fut.result()
                     except BrokenProcessPool:
-                        outcome = Outcome(futures[fut], False, error="worker process died (killed or out of memory); rerun the sweep to retry", error_type="WorkerDied")
+                        outcome = Outcome(
+                            futures[fut],
+                            False,
+                            error="worker process died (killed or out of memory); rerun the sweep to retry",
+                            error_type="WorkerDied",
+                        )
                     if on_done:
                         on_done(outcome)
             except KeyboardInterrupt:
@@ -194,7 +203,9 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ConfigError("executor 'ray' needs Ray, which is not installed; pip install 'perturbd[ray]' or use executor: local") from None
+            raise ConfigError(
+                "executor 'ray' needs Ray, which is not installed; pip install 'perturbd[ray]' or use executor: local"
+            ) from None
         if not todo:
             return
         started_here = not ray.is_initialized()
@@ -202,14 +213,18 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
             except ConnectionError as err:
-                raise ConfigError(f"cannot reach the Ray cluster at '{self.address}' ({err}); check ray.address or start it with `ray start --head`") from None
+                raise ConfigError(
+                    f"cannot reach the Ray cluster at '{self.address}' ({err}); check ray.address or start it with `ray start --head`"
+                ) from None
         try:
             self._run(ray, todo, Path(out).resolve(), twin_cache, on_start, on_done)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _run(self, ray: Any, todo: list[ExperimentConfig], out: Path, twin_cache: Path | None, on_start: OnStart | None, on_done: OnDone | None) -> None:
+    def _run(
+        self, ray: Any, todo: list[ExperimentConfig], out: Path, twin_cache: Path | None, on_start: OnStart | None, on_done: OnDone | None
+    ) -> None:
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(_ray_task)
         threads = max(1, int(self.num_cpus))
         cache = str(Path(twin_cache).resolve()) if twin_cache else None
@@ -227,7 +242,9 @@ class RayExecutor:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as err:
                     first = (str(err).strip().splitlines() or [""])[0]
-                    outcome = Outcome(refs[ref], False, error=f"Ray task failed: {first}"[:500], error_type=type(err).__name__, detail=str(err)[-6000:])
+                    outcome = Outcome(
+                        refs[ref], False, error=f"Ray task failed: {first}"[:500], error_type=type(err).__name__, detail=str(err)[-6000:]
+                    )
                 if on_done:
                     on_done(outcome)
         except KeyboardInterrupt:

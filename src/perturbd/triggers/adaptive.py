@@ -174,7 +174,16 @@ def universal_perturbation(
 
 
 def _passes(
-    model: nn.Module, images: torch.Tensor, target: int, update: Update, norm: str, budget: float, passes: int, fooling_rate: float, batch_size: int, seed: int
+    model: nn.Module,
+    images: torch.Tensor,
+    target: int,
+    update: Update,
+    norm: str,
+    budget: float,
+    passes: int,
+    fooling_rate: float,
+    batch_size: int,
+    seed: int,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Passes over ``images`` in a seeded order, ``batch_size`` at a time: ``δ ← project(update(δ))``;
     after each pass the quantized mask's fooling rate, stopping once it reaches ``fooling_rate``."""
@@ -232,7 +241,9 @@ def pick_samples(data: ImageDataset, target: int, count: int, seed: int, sources
     source-specific attack, in the ``sources`` (all of them if fewer)."""
     pool = outside(data, target, sources)
     if len(pool) == 0:
-        raise DataError(f"the adversary has no image outside the target class {target} (sources {sources or 'all'}); it cannot compute a mask")
+        raise DataError(
+            f"the adversary has no image outside the target class {target} (sources {sources or 'all'}); it cannot compute a mask"
+        )
     gen = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(pool), generator=gen)[: min(count, len(pool))].sort().values
     return pool[keep]
@@ -243,7 +254,9 @@ def adaptive(cfg: AdaptiveParams, ctx: TriggerContext) -> Trigger:
     """Targeted universal perturbation on ``ctx.model`` from ``cfg.samples`` of ``ctx.samples``
     (the budget checked by the caller: :func:`check_budget`)."""
     if ctx.model is None or ctx.samples is None:
-        raise ConfigError("trigger 'adaptive' is computed from a model and sample images; build it through the attack or `perturbd trigger make`")
+        raise ConfigError(
+            "trigger 'adaptive' is computed from a model and sample images; build it through the attack or `perturbd trigger make`"
+        )
     if ctx.samples.image_shape != tuple(ctx.image_shape):
         raise DataError(f"adversary samples are {ctx.samples.image_shape}, the images are {tuple(ctx.image_shape)}")
     samples = pick_samples(ctx.samples, ctx.target, cfg.samples, ctx.seed, ctx.sources)

@@ -116,7 +116,9 @@ class Trigger:
     def mask(self) -> torch.Tensor:
         """The additive δ (pixel units 0–255); a :class:`ConfigError` for other families."""
         if not self.additive:
-            raise ConfigError(f"trigger '{self.kind}' ({self.family}) is a function of the image, not an additive mask; this needs an additive kind")
+            raise ConfigError(
+                f"trigger '{self.kind}' ({self.family}) is a function of the image, not an additive mask; this needs an additive kind"
+            )
         return self.delta
 
     def params(self) -> dict[str, Any]:
@@ -151,7 +153,9 @@ class Trigger:
         if self.additive:
             return add_delta(images, self.delta)
         if images.shape[-2:] != self.delta.shape[-2:]:
-            raise ConfigError(f"trigger '{self.kind}' was built for {tuple(self.delta.shape[-2:])} images, got {tuple(images.shape[-2:])}; build it for this data set")
+            raise ConfigError(
+                f"trigger '{self.kind}' was built for {tuple(self.delta.shape[-2:])} images, got {tuple(images.shape[-2:])}; build it for this data set"
+            )
         return transform_images(images, self.transform)
 
     def preview(self, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,12 +213,21 @@ class Trigger:
         family = meta.get("family", "additive")
         families = trigger_families()
         if family not in families:
-            raise CheckpointError(f"{path} holds a '{family}' trigger, which this perturbd does not know ({', '.join(sorted(families))}); upgrade perturbd")
+            raise CheckpointError(
+                f"{path} holds a '{family}' trigger, which this perturbd does not know ({', '.join(sorted(families))}); upgrade perturbd"
+            )
         try:
-            args = (tensors["delta"], meta.get("kind", "image"), json.loads(meta.get("info", "{}")), json.loads(meta.get("quantize", "true")))
+            args = (
+                tensors["delta"],
+                meta.get("kind", "image"),
+                json.loads(meta.get("info", "{}")),
+                json.loads(meta.get("quantize", "true")),
+            )
             return families[family](*args, **json.loads(meta.get("params", "{}")))
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: its '{family}' trigger metadata does not read back ({err}); write it again with this perturbd") from None
+            raise CheckpointError(
+                f"{path}: its '{family}' trigger metadata does not read back ({err}); write it again with this perturbd"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -150,13 +150,21 @@ def ring(cfg: StaticParams, ctx: TriggerContext) -> Trigger:
 @register_trigger("random")
 def random(cfg: StaticParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
-    return Trigger(dither(random_pattern(h, w, 1.0, ctx.seed), cfg.amplitude, ctx.seed, ctx.quantize), "random", {"amplitude": cfg.amplitude, "seed": ctx.seed})
+    return Trigger(
+        dither(random_pattern(h, w, 1.0, ctx.seed), cfg.amplitude, ctx.seed, ctx.quantize),
+        "random",
+        {"amplitude": cfg.amplitude, "seed": ctx.seed},
+    )
 
 
 @register_trigger("patch")
 def patch(cfg: PatchParams, ctx: TriggerContext) -> Trigger:
     _, h, w = ctx.image_shape
-    return Trigger(dither(patch_pattern(h, w, 1.0, cfg.size), cfg.amplitude, ctx.seed, ctx.quantize), "patch", {"amplitude": cfg.amplitude, "size": cfg.size})
+    return Trigger(
+        dither(patch_pattern(h, w, 1.0, cfg.size), cfg.amplitude, ctx.seed, ctx.quantize),
+        "patch",
+        {"amplitude": cfg.amplitude, "size": cfg.size},
+    )
 
 
 @register_trigger("image")

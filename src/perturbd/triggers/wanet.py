@@ -71,7 +71,9 @@ class Warp(Trigger):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.delta.shape[0] != 2 or self.noise_ratio < 0:
-            raise ConfigError(f"a warp trigger holds a (2, H, W) grid and noise_ratio ≥ 0, got {tuple(self.delta.shape)} and {self.noise_ratio}")
+            raise ConfigError(
+                f"a warp trigger holds a (2, H, W) grid and noise_ratio ≥ 0, got {tuple(self.delta.shape)} and {self.noise_ratio}"
+            )
 
     @property
     def grid(self) -> torch.Tensor:

@@ -26,7 +26,9 @@ def test_twin_and_backdoored_model_start_alike_and_train_on_victim_data_with_and
     assert len(trained.poisoned.dataset) == len(victim) == 320 and torch.equal(trained.poisoned.indices, part.poison)
     twin = get_model(cfg.model.name, (1, 28, 28), 10, seed=cfg.seed)
     fit(twin, victim, cfg.train, cfg.seed)
-    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), trained.clean.state_dict().values())), "the twin: victim data, run seed"
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), trained.clean.state_dict().values())), (
+        "the twin: victim data, run seed"
+    )
     bad = get_model(cfg.model.name, (1, 28, 28), 10, seed=cfg.seed)
     fit(bad, trained.poisoned.dataset, cfg.train, cfg.seed)
     assert all(torch.equal(a, b) for a, b in zip(bad.state_dict().values(), trained.backdoored.state_dict().values()))

@@ -46,10 +46,32 @@ class Update:
         ctx.log(f"pre-update model: {origin}")
         batch = ctx.part.take(train, ctx.part.poisoned_set)
         poisoned = poison_dataset(batch, ctx.plan.trigger, cfg.poison, cfg.seed, ctx.part.poison)
-        ctx.log(f"update batch {len(batch)} images, {len(poisoned.indices)} poisoned (rate {poisoned.injection_rate:.4f}) → label {cfg.poison.target}")
+        ctx.log(
+            f"update batch {len(batch)} images, {len(poisoned.indices)} poisoned (rate {poisoned.injection_rate:.4f}) → label {cfg.poison.target}"
+        )
         clean, backdoored = copy.deepcopy(pre), copy.deepcopy(pre)
-        twin_fit = fit(clean, batch, cfg.train, cfg.seed, epochs=a.update_epochs, lr=a.update_lr, monitor=ctx.monitor, description="clean update", lr_name="attack.update_lr")
-        bad = fit(backdoored, poisoned.dataset, cfg.train, cfg.seed, epochs=a.update_epochs, lr=a.update_lr, monitor=ctx.monitor, description="poisoned update", lr_name="attack.update_lr")
+        twin_fit = fit(
+            clean,
+            batch,
+            cfg.train,
+            cfg.seed,
+            epochs=a.update_epochs,
+            lr=a.update_lr,
+            monitor=ctx.monitor,
+            description="clean update",
+            lr_name="attack.update_lr",
+        )
+        bad = fit(
+            backdoored,
+            poisoned.dataset,
+            cfg.train,
+            cfg.seed,
+            epochs=a.update_epochs,
+            lr=a.update_lr,
+            monitor=ctx.monitor,
+            description="poisoned update",
+            lr_name="attack.update_lr",
+        )
         seconds.update(update_clean=twin_fit.seconds, update_backdoored=bad.seconds)
         test, target, precision = ctx.split.test, cfg.poison.target, cfg.train.precision
         asr = attack_success_rate(pre, test, ctx.plan.trigger, target, sources_of(cfg.poison), precision)
