@@ -50,7 +50,7 @@ def test_the_check_finds_names_not_prose(source: str, names: list[str]) -> None:
 
 def test_scans_the_library_and_the_scripts() -> None:
     paths = {p.relative_to(ROOT).as_posix() for p in scanned()}
-    assert {"src/perturbd/config.py", "experiments/equal_visibility.py", "benchmarks/bench_e2e.py"} <= paths
+    assert {"src/perturbd/config/__init__.py", "experiments/equal_visibility.py", "benchmarks/bench_e2e.py"} <= paths
     assert not any(p.startswith("src/perturbd/runs/") for p in paths)
 
 

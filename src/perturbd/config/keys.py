@@ -1,0 +1,84 @@
+"""Config files and dotted keys: YAML in and out (safe loader only), ``section.key=value``
+assignments, and nested mappings by dotted key. Used by ``--set``, ``--param`` and sweep axes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+)
+
+from perturbd.errors import ConfigError
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (safe loader: nothing is executed)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{at}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of sections, got a {type(data).__name__}")
+    return data
+
+
+def parse_assignment(item: str, usage: str) -> tuple[str, Any]:
+    """``key=value`` as ``(key, value)``, the value parsed as YAML (``""`` when empty, the text
+    itself when it is not YAML); a one-line :class:`ConfigError` saying ``usage`` (e.g. ``--set
+    takes section.key=value``) for anything else."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{usage}, got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, *, merge: bool = False) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, making missing sections; with
+    ``merge`` a mapping value is merged into a mapping already there (so a sweep axis
+    ``trigger: {kind: adaptive}`` keeps the other trigger keys), else it replaces it. A value in
+    the way of a section is a one-line :class:`ConfigError`."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is a value ({child!r}), not a section")
+        node = child
+    old = node.get(parts[-1])
+    node[parts[-1]] = {**old, **value} if merge and isinstance(old, dict) and isinstance(value, dict) else value
+
+
+def flat_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: every leaf of nested mappings under its dotted key."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    for item in overrides:
+        set_dotted(out, *parse_assignment(item, "--set takes section.key=value"))
+    return out
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    text: str = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return text

@@ -1,0 +1,159 @@
+"""The sections of an experiment config other than the trigger's, one pydantic model each.
+
+Units are stated in every field's description. Amplitudes and budgets are in pixel units of the
+0–255 scale; rates are fractions in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from perturbd.knowledge import KNOWLEDGE, check_knowledge
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: str = Field("mnist5k", description="data source: see `perturbd datasets`")
+    root: Path = Field(Path("~/.cache/perturbd/data"), description="folder holding downloaded data")
+    download: bool = Field(False, description="download torchvision data sets that are missing")
+    train_limit: int | None = Field(None, ge=10, description="keep a seeded stratified subset of N training images")
+    test_limit: int | None = Field(None, ge=10, description="keep a seeded stratified subset of N test images")
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "auto",
+        description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save file); factory:package.module:function (your code: returns a fresh nn.Module)",
+    )
+    weights: Path | None = Field(
+        None,
+        description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read with torch.load(weights_only=True)",
+    )
+    replace_head: bool = Field(
+        False,
+        description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); false: an error",
+    )
+    features: str | None = Field(
+        None, description="layer whose output, flattened, dataset screening reads (e.g. layer4); default: the final linear layer's input"
+    )
+    input_range: tuple[float, float] | None = Field(
+        None, description="pixel range the network takes, e.g. [0, 1] or [0, 255]; default [0, 1]"
+    )
+    mean: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="subtracted per channel (one value or one per channel), in input_range units; default: none for torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)",
+    )
+    std: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="divided by per channel, in input_range units; default as for mean (1, or 0.5); what is not stated keeps its default",
+    )
+
+    @field_validator("weights", "replace_head")
+    @classmethod
+    def _not_torchscript(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and str(info.data.get("name", "")).startswith("torchscript:"):
+            raise ValueError(
+                "a TorchScript model holds its own weights and layers; drop it, or use tv:NAME / factory:... with model.weights"
+            )
+        return value
+
+    @field_validator("input_range")
+    @classmethod
+    def _increasing(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("must be [low, high] with low < high, e.g. [0, 255]")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+class PoisonConfig(Section):
+    rate: float = Field(0.05, gt=0, le=1, description="injection rate: poisoned / samples of the set")
+    target: int = Field(0, ge=0, description="target label t")
+    sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
+    quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
+    mode: Literal["dirty", "clean_label"] = Field(
+        "dirty",
+        description="dirty: relabel poisoned images of other classes to the target; clean_label: poison target-class images only, labels kept",
+    )
+
+
+class AttackConfig(Section):
+    setting: Literal["before_training", "update"] = Field("before_training", description="the paper's two settings")
+    knowledge: str = Field(
+        "full", description="what the adversary knows: " + "; ".join(f"{name} ({k.description})" for name, k in KNOWLEDGE.items())
+    )
+    surrogate: str = Field("auto", description="surrogate architecture for knowledge data/none")
+    surrogate_steps: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="optimiser steps at least, for the models the adversary trains itself (knowledge data/model/none)",
+    )
+    aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
+    same_victim: bool = Field(
+        True,
+        description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same model whatever the adversary knows; false: only when the adversary does not know the data",
+    )
+    holdout_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate",
+    )
+    update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
+    update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
+    update_lr: float = Field(0.01, gt=0, description="update setting: fine-tuning learning rate")
+    checkpoint: Path | None = Field(None, description="update setting: clean model to start from (.safetensors, or a .pt/.pth state dict)")
+
+    @field_validator("knowledge")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        return check_knowledge(value)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    schedule: Literal["cosine", "step", "constant", "linear"] = Field("cosine", description="lr decay after warm-up; linear: to 0")
+    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the optimiser steps over which lr rises linearly to train.lr")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing ε (0: none)")
+    augment: Literal["auto", "none", "crop_flip", "crop"] = Field("auto", description="auto: crop+flip for colour, none for grey")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; from Python: perturbd.process.tune_process), never by fit; default: all cores",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
+    deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")
+
+
+class DefenseSpec(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
