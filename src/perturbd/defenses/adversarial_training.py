@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
-from perturbd.defenses.base import Defense, fresh_copy, register_defense, take
-from perturbd.defenses.fine_tuning import TuningParams, tune
+from perturbd.defenses.base import fresh_copy, register_defense, take
+from perturbd.defenses.fine_tuning import Tuned, TuningParams
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float, gen: torch.Generator) -> torch.Tensor:
@@ -32,7 +32,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
 
 
 @register_defense
-class AdversarialTraining(Defense):
+class AdversarialTraining(Tuned):
     name = "adversarial_training"
     kind = "mitigation"
 
@@ -59,14 +59,5 @@ class AdversarialTraining(Defense):
                 loss = (1 - self.clean_weight) * loss + self.clean_weight * F.cross_entropy(net(x), y)
             return loss
 
-        self.losses_ = tune(
-            self.model_,
-            clean,
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=seed,
-            loss_fn=loss_fn,
-            description=self.name,
-        )
+        self.tune_model(clean, seed, loss_fn)
         return self

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
-from perturbd.defenses.base import Defense, fresh_copy, register_defense, reinitialise, take
-from perturbd.defenses.fine_tuning import TuningParams, tune
+from perturbd.defenses.base import fresh_copy, register_defense, reinitialise, take
+from perturbd.defenses.fine_tuning import Tuned, TuningParams
 
 
 @register_defense
-class Distillation(Defense):
+class Distillation(Tuned):
     name = "distillation"
     kind = "mitigation"
 
@@ -68,14 +68,5 @@ class Distillation(Defense):
 
         seed = self.rng_seed()
         self.model_ = reinitialise(model, seed)
-        self.losses_ = tune(
-            self.model_,
-            clean,
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=seed,
-            loss_fn=loss_fn,
-            description=self.name,
-        )
+        self.tune_model(clean, seed, loss_fn)
         return self

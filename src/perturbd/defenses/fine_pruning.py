@@ -41,8 +41,8 @@ import torch.nn as nn
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import Defense, fresh_copy, register_defense, take
-from perturbd.defenses.fine_tuning import TuningParams, tune
+from perturbd.defenses.base import fresh_copy, register_defense, take
+from perturbd.defenses.fine_tuning import Tuned, TuningParams
 from perturbd.errors import ConfigError
 from perturbd.metrics import clean_accuracy
 from perturbd.models import model_device
@@ -123,7 +123,7 @@ def channel_activation(model: nn.Module, module: nn.Module, images: torch.Tensor
 
 
 @register_defense
-class FinePruning(Defense):
+class FinePruning(Tuned):
     name = "fine_pruning"
     kind = "mitigation"
 
@@ -166,9 +166,7 @@ class FinePruning(Defense):
             "layer": self.layer_, "channels": channels, "pruned": count, "validation_accuracy_unpruned": self.base_accuracy_,
             "validation_accuracy_pruned": self.pruned_accuracy_, "summary": f"pruned {count}/{channels} channels of {self.layer_}",
         }  # fmt: skip
-        self.losses_ = tune(
-            self.model_, rest, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name
-        )
+        self.tune_model(rest, self.rng_seed())
         return self
 
     def _largest_within(self, accuracy: Callable[[int], float], channels: int) -> int:

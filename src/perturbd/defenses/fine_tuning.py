@@ -57,8 +57,26 @@ def tune(
     return fit(model, clean, cfg, seed, loss_fn=loss_fn, description=description, lr_name=f"{description}.lr").losses
 
 
+class Tuned(Defense):
+    """Base of the mitigations that train ``model_`` on clean images with :class:`TuningParams`."""
+
+    def tune_model(self, clean: ImageDataset, seed: int, loss_fn: LossFn | None = None) -> None:
+        """Train ``model_`` on ``clean`` (:func:`tune` with this defence's epochs, lr and batch
+        size); the mean loss of each epoch goes to ``losses_``."""
+        self.losses_ = tune(
+            self.model_,
+            clean,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=seed,
+            loss_fn=loss_fn,
+            description=self.name,
+        )
+
+
 @register_defense
-class FineTuning(Defense):
+class FineTuning(Tuned):
     name = "fine_tuning"
     kind = "mitigation"
     Params = TuningParams
@@ -67,7 +85,5 @@ class FineTuning(Defense):
         clean = take(data, self.n_clean)
         self.clean_used_ = len(clean)
         self.model_ = fresh_copy(model)
-        self.losses_ = tune(
-            self.model_, clean, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.rng_seed(), description=self.name
-        )
+        self.tune_model(clean, self.rng_seed())
         return self
