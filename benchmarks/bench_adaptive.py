@@ -181,11 +181,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     rows = [
         [n, s.cell(2), f"{s.extra['fooling_rate_samples']:.3f}", f"{s.extra['fooling_rate_held_out']:.3f}", at_budget(s),
-         f"{s.extra['psnr_held_out']:.1f} / {s.extra['ssim_held_out']:.3f}", f"{ratios[f'{PAPER}/{n}']:.1f}×" if f"{PAPER}/{n}" in ratios else "1.0×"]
+         f"{s.extra['psnr_held_out']:.1f} / {s.extra['ssim_held_out']:.3f}",
+         f"{ratios[f'{PAPER}/{n}']:.1f}×" if f"{PAPER}/{n}" in ratios else "1.0×"]
         for n, s in series.items()
     ]  # fmt: skip
     print_table(
-        f"{NAME}: {args.samples} samples, {args.norm} ξ={args.budget:g}, wanted fooling rate {args.fooling_rate}, ≤ {args.passes} passes, {device}",
+        f"{NAME}: {args.samples} samples, {args.norm} ξ={args.budget:g}, wanted fooling rate {args.fooling_rate}, "
+        f"≤ {args.passes} passes, {device}",
         [
             "contestant",
             "seconds (mean ± std)",
@@ -201,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"skipped {name}: {why}")
     ceiling = batching_ceiling(model, samples.shape[1:], 1, args.batch_size, device, 64 if args.quick else 512)
     print(
-        f"batching ceiling of this machine (model forward + input gradient, per image, batch 1 / batch {args.batch_size}): {ceiling['ceiling']:.1f}×"
+        f"batching ceiling of this machine (model forward + input gradient, per image, batch 1 / batch {args.batch_size}): "
+        f"{ceiling['ceiling']:.1f}×"
     )
     payload = {
         "benchmark": NAME,

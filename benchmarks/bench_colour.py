@@ -120,7 +120,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{NAME}: clean model of {args.config.name}, seeds {args.seeds}, {device}",
         ["model", "train s (mean ± std)", "images/s", "clean accuracy per seed", "frontier"],
         [
-            [m, seconds[m].cell(1), speed[m].cell(0), " · ".join(f"{a:.2%}" for a in accuracy[m].values), "pick" if m == chosen else ("yes" if m in front else "")]
+            [
+                m,
+                seconds[m].cell(1),
+                speed[m].cell(0),
+                " · ".join(f"{a:.2%}" for a in accuracy[m].values),
+                "pick" if m == chosen else ("yes" if m in front else ""),
+            ]
             for m in args.models
         ],
     )  # fmt: skip

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"largest difference of the recovered mask L1 norms, batched vs loop: {difference:.3g} pixels")
     ceiling = batching_ceiling(model, split.train.image_shape, args.batch_size, k * args.batch_size, device, 64 if args.quick else 512)
     print(
-        f"batching ceiling of this machine (model forward + input gradient, per image, batch {args.batch_size} / batch {k * args.batch_size}): {ceiling['ceiling']:.1f}×"
+        f"batching ceiling of this machine (model forward + input gradient, per image, batch {args.batch_size} / "
+        f"batch {k * args.batch_size}): {ceiling['ceiling']:.1f}×"
     )
     payload = {
         "benchmark": NAME,

@@ -266,7 +266,8 @@ def tables(rows: list[dict], asrs: list[dict]) -> str:
     asr = {a["run"]: f"{fmt(a['asr_perturbd'], True)} / {fmt(a['asr_art'], True)}" for a in asrs}
     summary = head + "".join(
         f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {','.join(str(r['seed']) for r in g)} | {spread([r['auroc'] for r in g])} | "
-        f"{spread([r['auroc_target'] for r in g])} | {spread([r['tpr'] for r in g], True)} | {spread([r['fpr'] for r in g], True)} | {spread([r['differ'] for r in g], 'n')} | {asr[k[0]]} |\n"
+        f"{spread([r['auroc_target'] for r in g])} | {spread([r['tpr'] for r in g], True)} | {spread([r['fpr'] for r in g], True)} | "
+        f"{spread([r['differ'] for r in g], 'n')} | {asr[k[0]]} |\n"
         for k, g in groups.items()
     )
     per_seed = head.replace("| seeds |", "| seed |") + "".join(

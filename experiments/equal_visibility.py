@@ -307,7 +307,10 @@ def _smallest(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
-    head = "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t | rates tried: seeds reaching |"
+    head = (
+        "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t | "
+        "rates tried: seeds reaching |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: (-r["psnr_goal"], r["kind"])):
         nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{r['defended_seeds']} (index {_fmt(r['nc_index'])})"

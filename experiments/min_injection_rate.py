@@ -97,7 +97,8 @@ def main() -> None:
     victim_train = part.take(split.train, part.victim)
     adversary = prepare_adversary(cfg, split.train, part, device, TwinStore())
     print(
-        f"adversary {adversary.record['model']['arch']}: held-out accuracy {adversary.record['model']['holdout_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)",
+        f"adversary {adversary.record['model']['arch']}: held-out accuracy {adversary.record['model']['holdout_accuracy']:.4f} "
+        f"({time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
     reuse = Path(args.reuse_run) if args.reuse_run else None
@@ -197,7 +198,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Victim: {s['adversary']['model']['victim_arch']} trained {s['epochs']} epochs on {s['victim_train_size']} images "
         f"(clean twin accuracy {100 * s['clean_twin_accuracy']:.2f} %); adversary: {s['adversary']['model']['arch']} on "
-        f"{s['adversary']['data']['size']} disjoint auxiliary images (held-out accuracy {100 * s['adversary']['model']['holdout_accuracy']:.2f} %). Seed {s['seed']}.",
+        f"{s['adversary']['data']['size']} disjoint auxiliary images "
+        f"(held-out accuracy {100 * s['adversary']['model']['holdout_accuracy']:.2f} %). Seed {s['seed']}.",
         "",
         "| trigger | L∞ | L2 | rate | poisoned | ASR | clean-model ASR | accuracy | acc. loss | PSNR mean (dB) | SSIM mean |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         run = run_seed(data, seed, args.epochs, args.every, args.alfa, args.delta)
         swing = " → ".join(f"{h['asr']:.1%}" for h in run["history"])
         print(f"seed {seed}: ASR {run['asr']:.2%} (clean model {run['clean_model_asr']:.2%}), clean acc. {run['clean_accuracy']:.2%} "
-              f"(twin {run['clean_twin_accuracy']:.2%}), {run['poisoned']} poisoned, {run['seconds']:.0f} s; ASR every {args.every} epochs: {swing}")  # fmt: skip
+              f"(twin {run['clean_twin_accuracy']:.2%}), {run['poisoned']} poisoned, {run['seconds']:.0f} s; "
+              f"ASR every {args.every} epochs: {swing}")  # fmt: skip
         runs.append(run)
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
               "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": runs,

@@ -57,7 +57,8 @@ def test_defenses_accept_names_and_mappings() -> None:
         ),
         (
             ["trigger.budget=4"],
-            r"trigger.budget=4 is not a parameter of 'grid' \(its parameters: amplitude\); drop it, or set trigger.kind to a kind that takes it \(adaptive\)",
+            r"trigger.budget=4 is not a parameter of 'grid' \(its parameters: amplitude\); "
+            r"drop it, or set trigger.kind to a kind that takes it \(adaptive\)",
         ),
         (["trigger.kind=gird"], r"unknown trigger 'gird'; did you mean 'grid'\?"),
     ],
@@ -200,7 +201,8 @@ def test_a_flat_config_of_older_versions_reads_and_keeps_its_hash(tmp_path) -> N
     (tmp_path / "bad.yaml").write_text(FLAT.replace("amplitude: 10.0", "amplitude: 6"))
     with pytest.raises(
         ConfigError,
-        match=r"^trigger.amplitude=6 is not a parameter of 'adaptive' .*drop it, or set trigger.kind to a kind that takes it \(chessboard, grid, ",
+        match=r"^trigger.amplitude=6 is not a parameter of 'adaptive' .*"
+        r"drop it, or set trigger.kind to a kind that takes it \(chessboard, grid, ",
     ):
         load_config(tmp_path / "bad.yaml")
 

@@ -151,14 +151,15 @@ def test_both_phases_on_a_tiny_slice(ev, tmp_path) -> None:
     rows = ev.main([
         "--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0", "--epochs", "1",
         "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100", "--set", "train.threads=1",
-        "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1", "--param", "neural_cleanse.n_clean=16",
-        "--out", str(tmp_path),
+        "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1",
+        "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path),
     ])  # fmt: skip
     assert {r["kind"] for r in rows} == {"grid", "wanet"} and all(r["smallest_rate"] == 0.05 for r in rows)
     assert all(r["strip"] is not None and r["spectral_signature"] is not None and "nc_flagged_seeds" in r for r in rows)
     assert (tmp_path / "equal_visibility.md").is_file() and json.loads((tmp_path / "equal_visibility.json").read_text())["rows"]
-    again = ev.main(["--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0", "--epochs", "1",
-                     "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100", "--set", "train.threads=1",
+    again = ev.main(["--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0",
+                     "--epochs", "1", "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100",
+                     "--set", "train.threads=1",
                      "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1",
                      "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path)])  # fmt: skip
     assert again == rows, "a rerun reuses every run and every defence"

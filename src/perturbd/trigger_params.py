@@ -145,7 +145,8 @@ class AdaptiveParams(TriggerParams):
 
     method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
         "deepfool",
-        description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), deepfool_batched (faster, denser masks) or gradient",
+        description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), "
+        "deepfool_batched (faster, denser masks) or gradient",
     )
     norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
     budget: float = Field(

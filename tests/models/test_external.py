@@ -224,8 +224,9 @@ def test_a_factory_model_gives_the_metrics_of_the_registered_one(tiny_config, tm
 def test_the_factory_is_called_once_per_model_trained_with_its_seed(tiny_overrides, tmp_path):
     SEEDS.clear()
     static = [s for s in tiny_overrides if not s.startswith("trigger.amplitude")]  # an adaptive mask has no amplitude
-    cfg = load_config(overrides=[*static, "train.epochs=1", "data.train_limit=300", "attack.knowledge=model", "attack.surrogate_steps=5", "seed=3",
-                                     "trigger.kind=adaptive", "trigger.samples=20", "trigger.passes=1", "trigger.max_steps=2"])  # fmt: skip
+    cfg = load_config(overrides=[*static, "train.epochs=1", "data.train_limit=300", "attack.knowledge=model", "attack.surrogate_steps=5",
+                                 "seed=3", "trigger.kind=adaptive", "trigger.samples=20", "trigger.passes=1",
+                                 "trigger.max_steps=2"])  # fmt: skip
     run(cfg, tmp_path, model=counted_cnn28)
     assert sorted(SEEDS[1:]) == [3, 3, 3 + ADVERSARY_SEED_OFFSET], "twin, backdoored, the adversary's (after one unseeded check)"
 

@@ -84,7 +84,10 @@ def test_cli_run_writes_one_log_per_model(cli, tmp_path) -> None:
 
 
 def test_nothing_of_tensorboard_is_imported_when_off() -> None:
-    code = "import sys, perturbd.cli, perturbd.runs.experiment, perturbd.sweep.runner; print('torch.utils.tensorboard' in sys.modules, 'tensorboard' in sys.modules)"
+    code = (
+        "import sys, perturbd.cli, perturbd.runs.experiment, perturbd.sweep.runner; "
+        "print('torch.utils.tensorboard' in sys.modules, 'tensorboard' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]
 
 

@@ -57,7 +57,8 @@ def test_screening_scores_equal_those_of_perturbds_own_checkpoint(models, kind, 
 def test_cli_defend_gives_the_same_report(models, kind, cli, tmp_path):
     reports = {}
     for which in ("own", kind):
-        code, _, err = cli("defend", str(models["new"][which]), "--data", f"npz:{models['data']}", "-d", "spectral_signature", "-d", "activation_clustering",
+        code, _, err = cli("defend", str(models["new"][which]), "--data", f"npz:{models['data']}",
+                           "-d", "spectral_signature", "-d", "activation_clustering",
                            "--features", "layer4", *ARGS[which], "-o", str(tmp_path / which))  # fmt: skip
         assert code == 0, err
         reports[which] = [

@@ -59,7 +59,8 @@ def test_a_row_is_the_runs_that_differ_only_in_rate_and_seed() -> None:
 
 def test_bisect_rounds_read_the_runs_on_disk_and_train_every_seed_of_a_probed_rate(tmp_path: Path) -> None:
     spec = SweepConfig(
-        name="rates", base={"poison": {"target": 0}}, variants=[{"trigger": {"kind": "grid", "psnr": 34.5}}, {"trigger": {"kind": "sig", "psnr": 34.5}}],
+        name="rates", base={"poison": {"target": 0}},
+        variants=[{"trigger": {"kind": "grid", "psnr": 34.5}}, {"trigger": {"kind": "sig", "psnr": 34.5}}],
         axes={"poison.rate": RATES}, seeds=[0, 1, 2], out=tmp_path,
     )  # fmt: skip
     full = expand(spec)

@@ -9,7 +9,8 @@ stratified draw order), drawn from its own derived generator (:mod:`perturbd.see
 | ``victim`` | the victim's data: the training split less ``auxiliary`` |
 | ``update`` | the update setting: a stratified ``attack.update_size`` of ``victim``, new data for the update |
 | ``initial`` | what the victim's clean model trains on: ``victim`` less ``update`` |
-| ``adversary`` | the adversary's data: ``initial`` when its knowledge level holds the victim's data (:data:`~perturbd.knowledge.KNOWLEDGE`: ``full``, ``data``), else ``auxiliary`` |
+| ``adversary`` | the adversary's data: ``initial`` when its knowledge level holds the victim's data \
+(:data:`~perturbd.knowledge.KNOWLEDGE`: ``full``, ``data``), else ``auxiliary`` |
 | ``holdout`` | a stratified ``attack.holdout_fraction`` of ``adversary``, kept out of its training and its mask samples |
 | ``fit`` | ``adversary`` less ``holdout`` |
 | ``poison`` | positions, within the set the poison is injected into (``victim``, or ``update`` when updating), of the images to poison |

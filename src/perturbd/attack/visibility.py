@@ -3,8 +3,9 @@
 
 The strength of any kind (the field its ``Params.strength_key`` names, :mod:`perturbd.trigger_params`:
 the amplitude c of a static mask, the budget ξ of an adaptive one, α of ``blended``, Δ of ``sig``,
-s of ``wanet``), within the bounds its ``Params.search_bounds`` gives, is searched so that the mean PSNR (or SSIM) of the images the trigger poisons, measured
-on the adversary's own images (never the test set), is the asked value. PSNR falls by about
+s of ``wanet``), within the bounds its ``Params.search_bounds`` gives, is searched so that the mean
+PSNR (or SSIM) of the images the trigger poisons, measured on the adversary's own images (never the
+test set), is the asked value. PSNR falls by about
 ``20 log10`` of the strength, so each step of the search is a secant step on ``log(strength)``,
 from a first guess that assumes exactly that slope. SSIM is searched on the same scale, as
 ``−10 log10(1 − SSIM)`` (its "dB"; small distortions move ``1 − SSIM`` with the square of the

@@ -137,7 +137,8 @@ def sweep(
     check_sweep(sw)
     st = status(sw)
     console.print(
-        f"sweep [bold]{sw.spec.name}[/]: {len(sw.runs)} runs ({len(sw.runs) // len(sw.spec.seeds)} configs × {len(sw.spec.seeds)} seeds) → {sw.out}\n"
+        f"sweep [bold]{sw.spec.name}[/]: {len(sw.runs)} runs ({len(sw.runs) // len(sw.spec.seeds)} configs × {len(sw.spec.seeds)} seeds) "
+        f"→ {sw.out}\n"
         f"  {len(st.done)} already done, {len(st.failed)} failed before (retried), {len(st.pending)} to run · executor {sw.spec.executor}",
         highlight=False,
     )
@@ -169,7 +170,8 @@ def sweep(
             if o.ok:
                 m = o.metrics
                 progress.console.print(
-                    f"[green]✓[/] {o.run_dir.name}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} · {o.seconds:.0f} s",
+                    f"[green]✓[/] {o.run_dir.name}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} "
+                    f"· {o.seconds:.0f} s",
                     highlight=False,
                 )
             else:

@@ -17,7 +17,8 @@ def export(
         Path,
         typer.Option(
             "--to",
-            help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy (trigger.safetensors for blended, wanet), trigger.png",
+            help="new (or empty) folder to write: train/, test/, manifest.csv, trigger.npy (trigger.safetensors for blended, wanet), "
+            "trigger.png",
         ),
     ],
 ) -> None:

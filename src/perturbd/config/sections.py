@@ -36,15 +36,18 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = Field(
         "auto",
-        description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; torchscript:PATH (a torch.jit.save file); factory:package.module:function (your code: returns a fresh nn.Module)",
+        description="architecture: see `perturbd models`; auto picks by image shape; tv:<torchvision name>; "
+        "torchscript:PATH (a torch.jit.save file); factory:package.module:function (your code: returns a fresh nn.Module)",
     )
     weights: Path | None = Field(
         None,
-        description="state dict every model of this architecture starts from (pretrained or third-party): .safetensors, or .pt/.pth read with torch.load(weights_only=True)",
+        description="state dict every model of this architecture starts from (pretrained or third-party): "
+        ".safetensors, or .pt/.pth read with torch.load(weights_only=True)",
     )
     replace_head: bool = Field(
         False,
-        description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); false: an error",
+        description="when model.weights' final layer has another class count than the data, train a new one (transfer learning); "
+        "false: an error",
     )
     features: str | None = Field(
         None, description="layer whose output, flattened, dataset screening reads (e.g. layer4); default: the final linear layer's input"
@@ -55,7 +58,9 @@ class ModelConfig(Section):
     mean: list[float] | None = Field(
         None,
         min_length=1,
-        description="subtracted per channel (one value or one per channel), in input_range units; default: none for torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, else the architecture's own (0.5)",
+        description="subtracted per channel (one value or one per channel), in input_range units; "
+        "default: none for torchscript:/factory: models and third-party weights, what a perturbd checkpoint records, "
+        "else the architecture's own (0.5)",
     )
     std: list[float] | None = Field(
         None,
@@ -94,7 +99,8 @@ class PoisonConfig(Section):
     quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
     mode: Literal["dirty", "clean_label"] = Field(
         "dirty",
-        description="dirty: relabel poisoned images of other classes to the target; clean_label: poison target-class images only, labels kept",
+        description="dirty: relabel poisoned images of other classes to the target; "
+        "clean_label: poison target-class images only, labels kept",
     )
 
 
@@ -113,13 +119,15 @@ class AttackConfig(Section):
     aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training set held out as the adversary's auxiliary data")
     same_victim: bool = Field(
         True,
-        description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): the victim is the same model whatever the adversary knows; false: only when the adversary does not know the data",
+        description="hold the auxiliary data out of the victim's training under every knowledge level (and for static masks): "
+        "the victim is the same model whatever the adversary knows; false: only when the adversary does not know the data",
     )
     holdout_fraction: float = Field(
         0.1,
         gt=0,
         lt=1,
-        description="share of the adversary's own data kept out of its training and mask computation, to measure its accuracy and the mask's held-out fooling rate",
+        description="share of the adversary's own data kept out of its training and mask computation, "
+        "to measure its accuracy and the mask's held-out fooling rate",
     )
     update_size: int = Field(6000, ge=10, description="update setting: images in the update batch")
     update_epochs: int = Field(2, ge=1, description="update setting: fine-tuning epochs")
@@ -147,7 +155,8 @@ class TrainConfig(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; from Python: perturbd.process.tune_process), never by fit; default: all cores",
+        description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; "
+        "from Python: perturbd.process.tune_process), never by fit; default: all cores",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")

@@ -47,7 +47,8 @@ class TriggerConfig(Section):
         None,
         gt=0,
         le=100,
-        description="equal visibility: the strength (strength_key) searched so that the poisoned adversary's images have this mean PSNR (dB); in adversary.json",
+        description="equal visibility: the strength (strength_key) searched so that the poisoned adversary's images "
+        "have this mean PSNR (dB); in adversary.json",
     )
     ssim: float | None = Field(
         None,
@@ -164,7 +165,8 @@ def _foreign(kind: str, model: type[TriggerParams], key: str, value: Any) -> Non
             return
         takers = [k for k in KINDS if key in params_of(k).model_fields]
         raise _trigger_error(
-            f"trigger.{key}={value!r} is not a parameter of '{kind}' (its parameters: {valid}); drop it, or set trigger.kind to a kind that takes it ({', '.join(takers)})"
+            f"trigger.{key}={value!r} is not a parameter of '{kind}' (its parameters: {valid}); "
+            f"drop it, or set trigger.kind to a kind that takes it ({', '.join(takers)})"
         )
     raise _trigger_error(
         f"trigger.{key} is not a parameter of '{kind}' (its parameters: {valid}){suggest(key, [*model.model_fields, *_TRIGGER_OWN])}"

@@ -68,7 +68,8 @@ def _check_pair(before: nn.Module, after: nn.Module, clean: ImageDataset) -> Non
         shape, classes = getattr(model, "image_shape", None), getattr(model, "num_classes", None)
         if shape is not None and tuple(shape) != clean.image_shape:
             raise ConfigError(
-                f"{name} model takes images of shape {tuple(shape)} but the data has {clean.image_shape}; audit with the data the model was trained on"
+                f"{name} model takes images of shape {tuple(shape)} but the data has {clean.image_shape}; "
+                "audit with the data the model was trained on"
             )
         if classes is not None and classes != clean.num_classes:
             raise ConfigError(

@@ -39,7 +39,10 @@ def detection_text(m: dict[str, Any]) -> str:
     def num(key: str, fmt: str) -> str:
         return "n/a" if m.get(key) is None else format(m[key], fmt)
 
-    return f"AUROC {num('auroc', '.3f')} (TPR {num('tpr', '.2f')} / FPR {num('fpr', '.2f')} at its threshold; TPR {num('tpr_at_5_fpr', '.2f')} at 5 % FPR)"
+    return (
+        f"AUROC {num('auroc', '.3f')} (TPR {num('tpr', '.2f')} / FPR {num('fpr', '.2f')} at its threshold; "
+        f"TPR {num('tpr_at_5_fpr', '.2f')} at 5 % FPR)"
+    )
 
 
 def screened_sample(test: ImageDataset, target: int, limit: int, seed: int) -> torch.Tensor:

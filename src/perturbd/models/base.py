@@ -128,7 +128,8 @@ class Classifier(nn.Module):
         """Logits ``(N, num_classes)`` from features ``(N, D)`` (at the final layer)."""
         if self.feature_layer is not None:
             raise ConfigError(
-                f"model '{self.arch}' reads its features at layer '{self.feature_layer}': head() takes those of the final layer; call the model"
+                f"model '{self.arch}' reads its features at layer '{self.feature_layer}': "
+                "head() takes those of the final layer; call the model"
             )
         logits: Tensor = self.fc(f)
         return logits
@@ -309,5 +310,6 @@ def check_fits(model: Classifier, shape: ImageShape) -> None:
     if f.ndim != 2 or not isinstance(logits, Tensor) or tuple(logits.shape) != (1, model.num_classes):
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ConfigError(
-            f"model '{model.arch}' gives features {tuple(f.shape)} and logits {got}; expected (1, D) and (1, {model.num_classes}): its features/head split is broken"
+            f"model '{model.arch}' gives features {tuple(f.shape)} and logits {got}; expected (1, D) and (1, {model.num_classes}): "
+            "its features/head split is broken"
         )

@@ -89,7 +89,8 @@ class ExternalModel(Classifier):
         if self.last_linear is None:
             names = ", ".join(layer_names(self.net)[:20])
             raise ConfigError(
-                f"model '{self.arch}' has no nn.Linear final layer to read features before; name a layer with model.features (--features): {names}"
+                f"model '{self.arch}' has no nn.Linear final layer to read features before; "
+                f"name a layer with model.features (--features): {names}"
             )
         return read_layer(self.net, self.last_linear, lambda: self.net(x), inputs=True)
 

@@ -21,7 +21,8 @@ from perturbd.runs.results import METRICS
 from perturbd.runs.rundir import read_json
 
 CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 20px;color:#1d232a;line-height:1.45}
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;\
+padding:0 20px;color:#1d232a;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.1em}h2{font-size:1.3em;border-bottom:2px solid #e3e7ec;padding-bottom:.2em;margin-top:1.8em}
 .sub{color:#5b6672;margin-top:0}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
 .card{background:#f4f6f9;border-radius:8px;padding:10px 16px;min-width:150px}.card b{display:block;font-size:1.5em}
@@ -30,7 +31,8 @@ th,td{padding:5px 10px;border-bottom:1px solid #e3e7ec;text-align:left;vertical-
 th{background:#f4f6f9}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#fafbfc}pre{background:#f4f6f9;padding:10px;border-radius:6px;overflow-x:auto;font-size:.85em}
 img{max-width:100%;height:auto;border:1px solid #e3e7ec;border-radius:4px;background:#fff}
-.figs figure{margin:14px 0}.figs img{max-height:520px;width:auto}.figs figcaption{color:#5b6672;font-size:.9em}.pair{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.figs figure{margin:14px 0}.figs img{max-height:520px;width:auto}.figs figcaption{color:#5b6672;font-size:.9em}\
+.pair{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
 .bad{color:#b42318}.ok{color:#067647}.scroll{overflow-x:auto}
 """
 
@@ -193,11 +195,13 @@ def sweep_html(
         )
     if failures:
         rows = "".join(
-            f"<tr><td>{esc(f.get('name'))}-{esc(f.get('config_hash'))}</td><td>{esc(f.get('seed'))}</td><td class='bad'>{esc(f.get('error'))}</td><td>{esc(f.get('time'))}</td></tr>"
+            f"<tr><td>{esc(f.get('name'))}-{esc(f.get('config_hash'))}</td><td>{esc(f.get('seed'))}</td>"
+            f"<td class='bad'>{esc(f.get('error'))}</td><td>{esc(f.get('time'))}</td></tr>"
             for f in failures
         )
         body.append(
-            f"<h2>Failed runs</h2><p>Rerun the sweep to retry them.</p><table><tr><th>run</th><th>seed</th><th>error</th><th>when</th></tr>{rows}</table>"
+            "<h2>Failed runs</h2><p>Rerun the sweep to retry them.</p>"
+            f"<table><tr><th>run</th><th>seed</th><th>error</th><th>when</th></tr>{rows}</table>"
         )
     body.append("<h2>Runs</h2>" + _runs_table(root, records, dest))
     if spec:

@@ -94,7 +94,8 @@ def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
     cfg: ExperimentConfig = validate(read_yaml(run.config_path))
     if cfg.attack.setting != "before_training":
         raise ConfigError(
-            f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; export runs of before_training"
+            f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; "
+            "export runs of before_training"
         )
     if not cfg.poison.quantize:
         raise ConfigError(
@@ -116,7 +117,8 @@ def export_run(run_dir: Path, dest: Path) -> Exported:
     train, indices = inputs.train, inputs.poison_indices
     if train is None or indices is None or inputs.trigger is None:
         raise ConfigError(
-            f"{run_dir}: its poisoned training set cannot be rebuilt (the run's partition does not give {RunDir.POISON_INDICES}; another perturbd version made it?)"
+            f"{run_dir}: its poisoned training set cannot be rebuilt (the run's partition does not give {RunDir.POISON_INDICES}; "
+            "another perturbd version made it?)"
         )
     if train.images.dtype != torch.uint8:
         raise ConfigError(f"{run_dir}: the poisoned images are float and cannot be PNG files; export a quantized run")

@@ -157,7 +157,8 @@ class RunDir:
         """A one-line :class:`DataError` if the folder is of a format newer than :data:`FORMAT`."""
         if self.format > FORMAT:
             raise DataError(
-                f"{self.path} is a run folder of format {self.format}; this perturbd ({__version__}) reads format {FORMAT} and older: upgrade perturbd"
+                f"{self.path} is a run folder of format {self.format}; this perturbd ({__version__}) reads format {FORMAT} and older: "
+                "upgrade perturbd"
             )
 
     def check_finished(self) -> None:

@@ -230,9 +230,11 @@ def _metric(key: str, name: str, label: str, short: str, unit: str, fmt: str, pa
 #: the metric table, in column order: every report and the console name and format metrics from it
 METRICS: dict[str, Metric] = {m.key: m for m in (
     _metric("clean_accuracy", "clean accuracy", "clean acc. %", "acc %", "fraction", "pct", "clean_accuracy", "acc: clean accuracy"),
-    _metric("accuracy_loss", "accuracy loss", "acc. loss (points)", "loss pts", "fraction difference", "pct", "accuracy_loss", "loss: accuracy loss"),
+    _metric("accuracy_loss", "accuracy loss", "acc. loss (points)", "loss pts", "fraction difference", "pct", "accuracy_loss",
+            "loss: accuracy loss"),
     _metric("attack_success_rate", "attack success rate", "ASR %", "ASR %", "fraction", "pct", "attack_success_rate"),
-    _metric("clean_model_asr", "clean-model ASR", "clean-model ASR %", "twin ASR %", "fraction", "pct", "clean_model_asr", "twin ASR: clean-model ASR"),
+    _metric("clean_model_asr", "clean-model ASR", "clean-model ASR %", "twin ASR %", "fraction", "pct", "clean_model_asr",
+            "twin ASR: clean-model ASR"),
     _metric("injection_rate", "injection rate", "injection %", "inj %", "fraction", "pct", "injection_rate", "inj: injection rate"),
     _metric("poisoned_count", "poisoned images", "poisoned", "poisoned", "images", "int", "poisoned_count"),
     _metric("trigger_linf", "trigger L∞", "L∞", "L∞", "pixel units (0–255)", "num", "trigger.linf"),

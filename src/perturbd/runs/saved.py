@@ -58,7 +58,8 @@ def locate(path: Path) -> SavedRun:
         if not run.has(RunDir.MODEL):
             if run.is_run():
                 raise CheckpointError(
-                    f"{path} is a run kept without its weights; `perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces"
+                    f"{path} is a run kept without its weights; "
+                    f"`perturbd reproduce {path} --restore` trains it again and puts them back if it reproduces"
                 )
             raise CheckpointError(f"{path} is a folder without {RunDir.MODEL}; give a run directory or a model file")
         run.check_format()

@@ -100,8 +100,8 @@ def twin_key(cfg: ExperimentConfig, data: ImageDataset, device: torch.device) ->
     """16 hex digits naming the victim's clean model of ``cfg`` trained on ``data`` on ``device``."""
     train = {**cfg.train.model_dump(mode="json", exclude={"device"}), "threads": cpu_threads(device)}
     parts = {
-        "version": VERSION, "model": cfg.model.model_dump(mode="json"), "model_files": model_files(cfg.model), "train": train, "seed": cfg.seed,
-        "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
+        "version": VERSION, "model": cfg.model.model_dump(mode="json"), "model_files": model_files(cfg.model), "train": train,
+        "seed": cfg.seed, "data": data_fingerprint(data), "device": device_kind(device), "code": code_digest(),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

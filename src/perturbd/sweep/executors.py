@@ -120,7 +120,10 @@ def busy_warning() -> str | None:
         return None
     if load <= BUSY_LOAD * cores():
         return None
-    return f"the machine is already busy (1-minute load {load:.1f} on {cores()} cores): runs will be slower, their timings noisy; --workers 1 shares the cores least"
+    return (
+        f"the machine is already busy (1-minute load {load:.1f} on {cores()} cores): runs will be slower, their timings noisy; "
+        "--workers 1 shares the cores least"
+    )
 
 
 def auto_workers(runs: int) -> int:

@@ -156,7 +156,8 @@ def universal_perturbation(
     """A targeted universal perturbation toward ``target`` for uint8 ``images`` (module docstring).
 
     ``batch_size`` is the number of samples per update of ``deepfool_batched`` and ``gradient``;
-    ``deepfool`` updates δ after every sample, as the paper does. Returns the integer-valued mask ``(C, H, W)`` in pixel units (already :func:`quantize`\\ d) and
+    ``deepfool`` updates δ after every sample, as the paper does. Returns the integer-valued mask
+    ``(C, H, W)`` in pixel units (already :func:`quantize`\\ d) and
     ``{"passes": …, "sample_fooling_rate": …}``. The rate used to stop is measured on the
     quantized mask with the real uint8 rounding. Same seed ⇒ same mask. ``norm`` is ``linf`` or
     ``l2`` and ``budget`` at least one grey level (:func:`check_budget`, which a run's attack plan

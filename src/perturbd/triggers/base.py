@@ -154,7 +154,8 @@ class Trigger:
             return add_delta(images, self.delta)
         if images.shape[-2:] != self.delta.shape[-2:]:
             raise ConfigError(
-                f"trigger '{self.kind}' was built for {tuple(self.delta.shape[-2:])} images, got {tuple(images.shape[-2:])}; build it for this data set"
+                f"trigger '{self.kind}' was built for {tuple(self.delta.shape[-2:])} images, got {tuple(images.shape[-2:])}; "
+                "build it for this data set"
             )
         return transform_images(images, self.transform)
 

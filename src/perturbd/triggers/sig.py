@@ -4,8 +4,9 @@ Attack in CNNs by training set corruption without label poisoning", ICIP 2019, a
 ``v(i, j) = Δ · sin(2π · j · f / m)`` for a pixel of row ``i`` and column ``j`` of an image ``m``
 pixels wide: the same on every row and every colour channel. It is additive (``x' = clip(x + v)``),
 so it is applied and saved as every other additive mask. Applied quantized (``ctx.quantize``,
-the default), it is realised in whole grey levels by seeded dithering (:func:`~perturbd.triggers.static.dithered_round`: each pixel ``floor`` or ``ceil``
-of ``v``, ``ceil`` with the probability of its fraction), so that rounding to uint8 changes nothing
+the default), it is realised in whole grey levels by seeded dithering
+(:func:`~perturbd.triggers.static.dithered_round`: each pixel ``floor`` or ``ceil`` of ``v``,
+``ceil`` with the probability of its fraction), so that rounding to uint8 changes nothing
 and the signal's mean square moves smoothly with Δ; a plain round of a sinusoid that takes a
 handful of values would move it in steps (and ``trigger.psnr`` could not land on its goal).
 ``Δ = 20``, ``f = 6`` (``trigger.sig_amplitude``, ``trigger.frequency``) are the sinusoid's

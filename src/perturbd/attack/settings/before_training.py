@@ -25,7 +25,8 @@ class BeforeTraining:
         victim = ctx.part.take(train, ctx.part.victim)
         poisoned = poison_dataset(victim, ctx.plan.trigger, cfg.poison, cfg.seed, ctx.part.poison)
         ctx.log(
-            f"poisoned {len(poisoned.indices)} of {len(poisoned.dataset)} training images (rate {poisoned.injection_rate:.4f}) → label {cfg.poison.target}"
+            f"poisoned {len(poisoned.indices)} of {len(poisoned.dataset)} training images (rate {poisoned.injection_rate:.4f}) "
+            f"→ label {cfg.poison.target}"
         )
         twin = ctx.twins.clean_model(cfg, victim, ctx.device)
         ctx.log(f"clean twin: {twin.source}")

@@ -47,7 +47,8 @@ class Update:
         batch = ctx.part.take(train, ctx.part.poisoned_set)
         poisoned = poison_dataset(batch, ctx.plan.trigger, cfg.poison, cfg.seed, ctx.part.poison)
         ctx.log(
-            f"update batch {len(batch)} images, {len(poisoned.indices)} poisoned (rate {poisoned.injection_rate:.4f}) → label {cfg.poison.target}"
+            f"update batch {len(batch)} images, {len(poisoned.indices)} poisoned (rate {poisoned.injection_rate:.4f}) "
+            f"→ label {cfg.poison.target}"
         )
         clean, backdoored = copy.deepcopy(pre), copy.deepcopy(pre)
         twin_fit = fit(
