@@ -20,7 +20,7 @@ MODULE_OF = {"pyyaml": "yaml", "pillow": "PIL", "scikit-learn": "sklearn", "adve
 # dependencies used only through another package (not imported by name)
 INDIRECT: set[str] = set()
 # modules imported directly but guaranteed by a declared dependency's own requirements
-PROVIDED_BY = {"annotated_types": "pydantic", "threadpoolctl": "scikit-learn"}
+PROVIDED_BY = {"annotated_types": "pydantic", "pydantic_core": "pydantic", "threadpoolctl": "scikit-learn"}
 
 
 def declared() -> tuple[set[str], set[str]]:
