@@ -3,6 +3,7 @@ library (``fit``, ``run``) leaves a notebook's process as it found it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,14 @@ def test_an_entry_point_sets_threads_and_malloc() -> None:
         assert malloc_state() != "untuned"
     finally:
         torch.set_num_threads(before)
+
+
+def test_only_commands_that_train_or_defend_read_the_malloc_setting(tmp_path) -> None:
+    """A bad PERTURBD_MALLOC is one line and exit 2 where it is used, and no obstacle to listing."""
+    env = {**os.environ, "PERTURBD_MALLOC": "bogus"}
+    listing = subprocess.run([sys.executable, "-m", "perturbd", "defenses"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    cmd = [sys.executable, "-m", "perturbd", "run", "--set", "data.name=synthetic", "--set", "train.epochs=1", "-o", str(tmp_path / "r")]
+    training = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert training.returncode == 2 and "PERTURBD_MALLOC='bogus'" in training.stderr + training.stdout
+    assert not (tmp_path / "r").exists()

@@ -12,17 +12,16 @@ import sys
 from perturbd.cli import defences, experiments, export, triggers  # noqa: F401  (each adds its commands to the app)
 from perturbd.cli.app import app, console
 from perturbd.errors import PerturbdError
-from perturbd.malloc import tune_malloc
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console entry point: one line and exit code 2 for every user mistake. The command is an
-    entry point: glibc's malloc is set for tensors here (:mod:`perturbd.malloc`), and a command
-    that trains sets torch's threads from its config (:func:`perturbd.process.tune_process`)."""
+    """Console entry point: one line and exit code 2 for every user mistake. The commands are the
+    entry points: one that trains sets glibc's malloc for tensors and torch's threads from its config
+    (:func:`perturbd.process.tune_process`), one that defends sets the malloc
+    (:func:`perturbd.malloc.tune_malloc`); listing and reporting leave the process alone."""
     try:
-        tune_malloc()
         app()
     except PerturbdError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)

@@ -58,10 +58,12 @@ def defend(
     with --arch); --param applies to every --defense given."""
     from perturbd.config import DefenseSpec
     from perturbd.evaluation.harness import run_defenses, write_defenses
+    from perturbd.malloc import tune_malloc
     from perturbd.runs.folder import RunDir
     from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
+    tune_malloc()  # the command is the entry point: glibc's malloc set for tensors
     inputs = load_inputs(model, data=data, data_root=data_root, trigger=trigger, target=target, model=model_options(arch, features, sets))
     reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{m}"))
     folder = out or Path(f"defend-{model.stem if model.is_file() else model.name}")
@@ -98,10 +100,12 @@ def audit(
     """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
     from perturbd.defenses.base import seed_from_run
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
+    from perturbd.malloc import tune_malloc
     from perturbd.runs.saved import load_inputs, load_model, locate
 
     auditor = UpdateAudit(**params_of(params))
     spec = model_options(arch, features, sets)
+    tune_malloc()
     inputs = load_inputs(new, data=data, data_root=data_root, model=spec)
     old_model = load_model(locate(old), inputs.clean, spec)
     seed_from_run(auditor, inputs.seed)
