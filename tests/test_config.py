@@ -214,3 +214,14 @@ def test_a_trigger_copy_updates_the_kinds_parameters() -> None:
     assert small.at_strength(4).label == "adaptive deepfool linf ξ=4"
     with pytest.raises(ConfigError, match=r"trigger.amplitude is not a parameter of 'adaptive'"):
         cfg.model_copy(update={"amplitude": 3})
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", "a\\b", ".hidden", "", "x" * 201])
+def test_a_run_name_is_one_folder_name(name: str) -> None:
+    """Nothing is written outside --out: the run folder is <out>/<name>-<hash8>."""
+    with pytest.raises(ConfigError, match=r"^config 'name': .*must be one folder name"):
+        load_config(overrides=[f"name={name!r}"] if name else ["name=''"])
+
+
+def test_a_plain_run_name_is_kept() -> None:
+    assert load_config(overrides=["name=grid c=10 (seed 0)"]).run_name == "grid c=10 (seed 0)"

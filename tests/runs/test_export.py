@@ -161,3 +161,7 @@ def test_a_non_additive_run_exports_its_trigger_file_and_its_pixels(synthetic_ov
     first = rows[0]
     pixels = np.asarray(Image.open(done.folder / first["file"]))
     assert np.array_equal(pixels, inputs.train.images[int(Path(first["file"]).stem)].numpy().squeeze(0))
+
+
+def test_a_long_class_name_fits_a_folder_name() -> None:
+    assert len(safe_name("c" * 1000)) <= 200

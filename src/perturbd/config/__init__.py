@@ -21,9 +21,12 @@ from perturbd.config.trigger import LEGACY_TRIGGER_DEFAULTS, TriggerConfig, lega
 from perturbd.errors import ConfigError
 from perturbd.registry import suggest
 
+# bytes of a run name: its folder adds "-<hash8>", and file systems allow 255 bytes a name
+NAME_MAX = 200
+
 
 class ExperimentConfig(Section):
-    name: str | None = Field(None, description="run name; default: <data>-<trigger>")
+    name: str | None = Field(None, description="run name, one folder name (its folder is <name>-<hash8>); default: <data>-<trigger>")
     seed: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -32,6 +35,15 @@ class ExperimentConfig(Section):
     attack: AttackConfig = AttackConfig()
     train: TrainConfig = TrainConfig()
     defenses: list[DefenseSpec] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str | None) -> str | None:
+        """The run folder is ``<out>/<name>-<hash8>``: a name that holds a separator, starts with a
+        dot or is too long for a file system would write it elsewhere or fail after the training."""
+        if value is not None and (not value or value.startswith(".") or any(c in value for c in "/\\\0") or len(value.encode()) > NAME_MAX):
+            raise ValueError(f"must be one folder name: no '/' or '\\', not starting with '.', at most {NAME_MAX} bytes")
+        return value
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -104,6 +116,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 __all__ = [
     "LEGACY_TRIGGER_DEFAULTS",
+    "NAME_MAX",
     "AttackConfig",
     "DataConfig",
     "DefenseSpec",

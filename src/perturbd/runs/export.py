@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from perturbd.config import ExperimentConfig, read_yaml, validate
+from perturbd.config import NAME_MAX, ExperimentConfig, read_yaml, validate
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
 from perturbd.runs.folder import RunDir
@@ -66,8 +66,9 @@ class Exported:
 
 def safe_name(name: str) -> str:
     """``name`` usable as one folder name anywhere: letters, digits, ``. - _`` and spaces kept,
-    every other run of characters replaced by ``_``; no leading dot or space; never empty."""
-    safe = _UNSAFE.sub("_", str(name)).strip(" .")
+    every other run of characters replaced by ``_``; no leading dot or space; never empty; at most
+    :data:`~perturbd.config.NAME_MAX` characters (a collision is then told apart by its label)."""
+    safe = _UNSAFE.sub("_", str(name)).strip(" .")[:NAME_MAX]
     return safe or "class"
 
 
