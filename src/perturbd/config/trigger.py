@@ -187,20 +187,24 @@ def _beside_kind(data: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in data.items() if k != "params"}, **params}
 
 
-def _at_default(key: str, value: Any) -> bool:
-    """Whether ``value`` of the old flat key ``key`` is its old default, read as the field of a
-    kind that takes it reads it (``budget: "10"`` is 10, as the old flat field coerced it)."""
-    default = LEGACY_TRIGGER_DEFAULTS[key]
-    if value == default:
-        return True
+def legacy_value(key: str, value: Any) -> Any:
+    """``value`` of the old flat key ``key`` as the field of a kind that takes it reads it
+    (``budget: "10"`` is 10.0, as the old flat field coerced it; JSON-like); a
+    :class:`ValidationError` if that field refuses it."""
     for kind in KINDS:
         field = params_of(kind).model_fields.get(key)
         if field is not None and field.annotation is not None:
-            try:
-                return bool(TypeAdapter(field.annotation).validate_python(value) == default)
-            except ValidationError:
-                return False
-    return False
+            adapter: TypeAdapter[Any] = TypeAdapter(field.annotation)
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
+    return value
+
+
+def _at_default(key: str, value: Any) -> bool:
+    """Whether ``value`` of the old flat key ``key`` is its old default, read as its field reads it."""
+    try:
+        return bool(value == LEGACY_TRIGGER_DEFAULTS[key] or legacy_value(key, value) == LEGACY_TRIGGER_DEFAULTS[key])
+    except ValidationError:
+        return False
 
 
 def foreign_legacy_keys(section: Mapping[str, Any]) -> list[str]:
