@@ -32,7 +32,7 @@ import torch
 
 from perturbd.attack import adaptive_mask, partition, prepare_adversary
 from perturbd.attack.visibility import at_psnr, mean_psnr
-from perturbd.config import ExperimentConfig, TriggerConfig, load_config
+from perturbd.config import ExperimentConfig, TriggerConfig, load_config, validate
 from perturbd.data import load_data
 from perturbd.data.dataset import ImageDataset
 from perturbd.metrics import attack_success_rate, clean_accuracy, stealth
@@ -110,8 +110,8 @@ def main() -> None:
         if ran.model_dump(exclude={"name"}) != same.model_dump(exclude={"name"}):
             raise SystemExit(f"{reuse} is not a run of this setup; drop --reuse-run")
     linf_cfg = load_config(overrides=[*base, "trigger.norm=linf", "trigger.budget=10"])
-    grid = build_trigger(
-        load_config(overrides=[*base, "trigger.kind=grid", "trigger.amplitude=10"]).trigger,
+    grid = build_trigger(  # the reference grid c=10: only its own keys, not the adaptive ones of base
+        validate({"kind": "grid", "amplitude": 10}, TriggerConfig),
         TriggerContext(split.train.image_shape, cfg.seed, cfg.poison.target),
     )
     triggers: dict[str, Trigger] = {

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from perturbd.cli.app import params_of
-from perturbd.config import ExperimentConfig, TriggerConfig, dump_yaml, flat_keys, load_config, parse_assignment, set_dotted
+from perturbd.config import (
+    ExperimentConfig,
+    TriggerConfig,
+    dump_yaml,
+    flat_keys,
+    load_config,
+    parse_assignment,
+    set_dotted,
+    validate,
+)
 from perturbd.errors import ConfigError
 
 
@@ -225,3 +234,45 @@ def test_a_run_name_is_one_folder_name(name: str) -> None:
 
 def test_a_plain_run_name_is_kept() -> None:
     assert load_config(overrides=["name=grid c=10 (seed 0)"]).run_name == "grid c=10 (seed 0)"
+
+
+def test_a_trigger_copy_to_another_kind_rebuilds_its_parameters() -> None:
+    adaptive = TriggerConfig().model_copy(update={"kind": "adaptive"})
+    assert type(adaptive.params).__name__ == "AdaptiveParams" and adaptive.budget == 10
+    assert adaptive.label == "adaptive deepfool linf ξ=10" and adaptive == TriggerConfig(kind="adaptive")
+    image = TriggerConfig(kind="patch", amplitude=4, size=5).model_copy(update={"kind": "image", "path": "m.png"})
+    assert (image.amplitude, str(image.path)) == (4, "m.png")  # the parameter both kinds take is carried over
+    ring = TriggerConfig(amplitude=7).model_copy(update={"kind": "ring"})  # the same Params: kept
+    assert (ring.kind, ring.amplitude) == ("ring", 7)
+    for update, message in [
+        ({"kind": "adaptive", "amplitude": 3}, r"^trigger.amplitude is not a parameter of 'adaptive' \(its parameters: method, "),
+        ({"kind": "adaptive", "budget": -1}, r"^config 'trigger.budget': Input should be greater than 0, got -1$"),
+        ({"kind": "nope"}, r"^unknown trigger 'nope'"),
+        ({"kind": "wanet", "params": TriggerConfig().params}, r"^trigger.params must be WanetParams for kind 'wanet', got StaticParams$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TriggerConfig().model_copy(update=update)
+
+
+def test_trigger_params_beside_kind_or_under_params() -> None:
+    nested = load_config(overrides=["trigger.kind=grid", "trigger.params={amplitude: 3}"])
+    assert nested == load_config(overrides=["trigger.amplitude=3"])
+    for value, message in [
+        ("{amplitude: 3}", r"^trigger.amplitude is given both beside kind and in trigger.params; keep one$"),
+        ("3", r"^trigger.params must be a mapping of the kind's parameters, got 3; or write them beside kind$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=["trigger.amplitude=4", f"trigger.params={value}"])
+    with pytest.raises(ConfigError, match=r"^trigger.amplitud is not a parameter of 'grid' .*did you mean 'amplitude'\?$"):
+        load_config(overrides=["trigger.params={amplitud: 3}"])
+
+
+@pytest.mark.parametrize("key,value,ok", [("budget", "10", True), ("samples", "1000", True), ("samples", 1000.0, True),
+                                          ("budget", "3", False), ("budget", "x", False), ("norm", "l2", False)])  # fmt: skip
+def test_an_old_flat_key_at_its_default_is_read_as_its_field_reads_it(key: str, value: object, ok: bool) -> None:
+    section = {"kind": "grid", key: value}
+    if ok:
+        assert validate(section, TriggerConfig) == TriggerConfig()
+    else:
+        with pytest.raises(ConfigError, match=rf"^trigger.{key}={value!r} is not a parameter of 'grid'"):
+            validate(section, TriggerConfig)

@@ -55,6 +55,9 @@ def reproduce(
     given = overrides(None, data_root)
     stored = RunDir(run_dir)
     cfg = stored.config(given)  # a mistake is answered before torch loads
+    note = stored.hash_note()
+    if note:
+        console.print(f"[yellow]{note}", highlight=False)
     from perturbd.process import tune_process
     from perturbd.runs.reproduce import REPRODUCED
     from perturbd.runs.reproduce import reproduce as train_again

@@ -17,7 +17,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from perturbd.config.keys import apply_overrides, dump_yaml, flat_keys, parse_assignment, read_yaml, set_dotted
 from perturbd.config.sections import AttackConfig, DataConfig, DefenseSpec, ModelConfig, PoisonConfig, Section, TrainConfig
-from perturbd.config.trigger import LEGACY_TRIGGER_DEFAULTS, TriggerConfig, legacy_trigger_section, section_fields
+from perturbd.config.trigger import (
+    LEGACY_TRIGGER_DEFAULTS,
+    TriggerConfig,
+    foreign_legacy_keys,
+    legacy_trigger_section,
+    legacy_value,
+    section_fields,
+)
 from perturbd.errors import ConfigError
 from perturbd.registry import suggest
 
@@ -130,7 +137,9 @@ __all__ = [
     "config_hash",
     "dump_yaml",
     "flat_keys",
+    "foreign_legacy_keys",
     "legacy_trigger_section",
+    "legacy_value",
     "load_config",
     "parse_assignment",
     "read_yaml",

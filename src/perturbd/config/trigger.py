@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     Field,
     SerializeAsAny,
+    TypeAdapter,
     ValidationError,
     model_serializer,
     model_validator,
@@ -61,8 +62,10 @@ class TriggerConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _kind_params(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or "params" in data:
+        if not isinstance(data, dict) or isinstance(data.get("params"), TriggerParams):
             return data
+        if "params" in data:
+            data = _beside_kind(data)
         kind = data.get("kind", "grid")
         if not isinstance(kind, str):
             return data  # the str field reports it
@@ -139,18 +142,79 @@ class TriggerConfig(Section):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> TriggerConfig:
         """A copy with ``update`` applied (unvalidated, as pydantic's): ``kind``, ``psnr``, ``ssim``
-        or ``params`` themselves, or parameters of this kind (``{"budget": 4}``)."""
+        or ``params`` themselves, or parameters of the (new) kind (``{"budget": 4}``).
+
+        A new ``kind`` without ``params`` rebuilds them for that kind, validated: the parameters
+        both kinds take are carried over, those in ``update`` set, the others at their defaults.
+        Any mismatch (a parameter the kind does not take, ``params`` of another kind) is a
+        one-line :class:`ConfigError`."""
         update = dict(update or {})
         own = {k: v for k, v in update.items() if k in type(self).model_fields}
         mine = {k: v for k, v in update.items() if k not in own}
+        kind = own.get("kind", self.kind)
+        if not isinstance(kind, str):
+            raise ConfigError(f"trigger.kind must be a kind's name, got {kind!r}")
+        model = params_of(kind)
         for key in mine:
-            if key not in type(self.params).model_fields:
+            if key not in model.model_fields:
                 raise ConfigError(
-                    f"trigger.{key} is not a parameter of '{self.kind}' (its parameters: {', '.join(type(self.params).model_fields)})"
+                    f"trigger.{key} is not a parameter of '{kind}' (its parameters: {', '.join(model.model_fields) or 'none'})"
                 )
-        if mine:
+        if "params" in own and type(own["params"]) is not model:
+            raise ConfigError(f"trigger.params must be {model.__name__} for kind '{kind}', got {type(own['params']).__name__}")
+        if "params" not in own and type(self.params) is not model:
+            shared = {k: getattr(self.params, k) for k in model.model_fields if k in type(self.params).model_fields}
+            try:
+                own["params"] = model.model_validate({**shared, **mine})
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ConfigError(f"config 'trigger.{where}': {first['msg']}, got {first.get('input')!r}") from None
+        elif mine:
             own["params"] = own.get("params", self.params).model_copy(update=mine)
         return super().model_copy(update=own, deep=deep)
+
+
+def _beside_kind(data: dict[str, Any]) -> dict[str, Any]:
+    """``{kind, params: {...}}`` (the JSON schema's shape) as the flat section: the parameters
+    beside ``kind``; a one-line error if ``params`` is not a mapping or repeats a key."""
+    params = data["params"]
+    if not isinstance(params, Mapping):
+        raise _trigger_error(f"trigger.params must be a mapping of the kind's parameters, got {params!r}; or write them beside kind")
+    twice = sorted(str(k) for k in params if k in data)
+    if twice:
+        raise _trigger_error(f"trigger.{twice[0]} is given both beside kind and in trigger.params; keep one")
+    return {**{k: v for k, v in data.items() if k != "params"}, **params}
+
+
+def legacy_value(key: str, value: Any) -> Any:
+    """``value`` of the old flat key ``key`` as the field of a kind that takes it reads it
+    (``budget: "10"`` is 10.0, as the old flat field coerced it; JSON-like); a
+    :class:`ValidationError` if that field refuses it."""
+    for kind in KINDS:
+        field = params_of(kind).model_fields.get(key)
+        if field is not None and field.annotation is not None:
+            adapter: TypeAdapter[Any] = TypeAdapter(field.annotation)
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
+    return value
+
+
+def _at_default(key: str, value: Any) -> bool:
+    """Whether ``value`` of the old flat key ``key`` is its old default, read as its field reads it."""
+    try:
+        return bool(value == LEGACY_TRIGGER_DEFAULTS[key] or legacy_value(key, value) == LEGACY_TRIGGER_DEFAULTS[key])
+    except ValidationError:
+        return False
+
+
+def foreign_legacy_keys(section: Mapping[str, Any]) -> list[str]:
+    """The keys of the old flat section in the trigger section ``section`` that its kind does not
+    take (what an older version wrote for every kind); ``[]`` for an unknown kind."""
+    kind = section.get("kind", "grid")
+    if not isinstance(kind, str) or kind not in KINDS:
+        return []
+    fields = params_of(kind).model_fields
+    return [str(k) for k in section if k in LEGACY_TRIGGER_DEFAULTS and k not in fields]
 
 
 def _foreign(kind: str, model: type[TriggerParams], key: str, value: Any) -> None:
@@ -158,10 +222,7 @@ def _foreign(kind: str, model: type[TriggerParams], key: str, value: Any) -> Non
     one-line error saying what to write instead."""
     valid = ", ".join(model.model_fields) or "none"
     if key in LEGACY_TRIGGER_DEFAULTS:
-        default = LEGACY_TRIGGER_DEFAULTS[key]
-        if value == default or (
-            default is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == default
-        ):
+        if _at_default(key, value):
             return
         takers = [k for k in KINDS if key in params_of(k).model_fields]
         raise _trigger_error(

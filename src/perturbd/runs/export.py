@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from perturbd.config import NAME_MAX, ExperimentConfig, read_yaml, validate
+from perturbd.config import NAME_MAX, ExperimentConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
 from perturbd.runs.folder import RunDir
@@ -91,8 +91,7 @@ def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
         raise ConfigError(f"{run_dir} is not a run directory ({what}); give a folder written by `perturbd run`")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"--to {dest} exists and is not an empty folder; give a new folder")
-    run.check_format()
-    cfg: ExperimentConfig = validate(read_yaml(run.config_path))
+    cfg = run.stored_config()
     if cfg.attack.setting != "before_training":
         raise ConfigError(
             f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; "

@@ -25,7 +25,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from perturbd.config import ExperimentConfig, TriggerConfig, dump_yaml, load_config, read_yaml, validate
+from pydantic import ValidationError
+
+from perturbd.config import (
+    LEGACY_TRIGGER_DEFAULTS,
+    ExperimentConfig,
+    TriggerConfig,
+    apply_overrides,
+    config_hash,
+    dump_yaml,
+    foreign_legacy_keys,
+    legacy_trigger_section,
+    legacy_value,
+    read_yaml,
+    validate,
+)
 from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import git_commit
 from perturbd.runs.results import PoisonRecord, RunMetrics
@@ -172,10 +186,53 @@ class RunDir:
     # readers
 
     def config(self, overrides: list[str] | None = None) -> ExperimentConfig:
-        """The run's config (with ``overrides``, e.g. ``data.root=DIR`` on another machine); a
-        one-line :class:`ConfigError` if the folder is not a finished run's."""
+        """The run's config (:meth:`stored_config`, with ``overrides``, e.g. ``data.root=DIR`` on
+        another machine); a one-line :class:`ConfigError` if the folder is not a finished run's."""
         self.check_finished()
-        return load_config(self.config_path, overrides)
+        return self.stored_config(overrides)
+
+    def stored_config(self, overrides: list[str] | None = None) -> ExperimentConfig:
+        """The config in the folder, with ``overrides``. Keys of the old flat trigger section that
+        the run's kind does not take are dropped, at any value: an older version wrote every kind's
+        (a sweep crossing kinds, ``kind: grid`` with ``budget: 3``), and they never took part in
+        the run (in a config a user writes they stay an error: :func:`perturbd.config.load_config`).
+        The run may then hash differently today (:meth:`hash_note`). Any other mistake is a
+        one-line :class:`ConfigError`."""
+        self.check_format()
+        data, _ = self._stored()
+        return validate(apply_overrides(data, overrides or []))
+
+    def _stored(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The config mapping without the foreign keys of the old flat trigger section, and those."""
+        data = read_yaml(self.config_path)
+        section = data.get("trigger")
+        if not isinstance(section, dict):
+            return data, {}
+        dropped = {k: section[k] for k in foreign_legacy_keys(section)}
+        return {**data, "trigger": {k: v for k, v in section.items() if k not in dropped}}, dropped
+
+    def hash_note(self) -> str | None:
+        """``None`` if the run's config (:meth:`stored_config`) hashes today as recorded when it ran
+        (``metrics.json``'s ``config_hash``); otherwise one line saying so and why. What is made
+        from the config (a retrain by ``perturbd reproduce``) is written under today's hash."""
+        metrics = self._json_or_none(self.METRICS)
+        recorded = metrics.get("config_hash") if isinstance(metrics, dict) else None
+        data, dropped = self._stored()
+        cfg = validate(data)
+        today = cfg.hash()
+        if not isinstance(recorded, str) or recorded == today:
+            return None
+        try:
+            flat = {k: legacy_value(k, v) for k, v in dropped.items()}
+        except ValidationError:
+            flat = dropped
+        then = config_hash(cfg, {"trigger": {**legacy_trigger_section(cfg.trigger), **flat}})
+        if dropped and then == recorded:
+            keys = ", ".join(f"trigger.{k}={v!r}" for k, v in flat.items() if v != LEGACY_TRIGGER_DEFAULTS[k])
+            why = f"it was hashed with {keys}, which kind '{cfg.trigger.kind}' does not take (dropped: it never took part in the run)"
+        else:
+            why = "its config.yaml is not the one it ran with"
+        return f"{self.path} was run under config hash {recorded}; {why}: today it hashes {today}, and a retrain is written under {today}"
 
     def settings(self) -> dict[str, Any]:
         """The run's config as the mapping written (unvalidated: a report groups runs of other

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from perturbd.attack.partition import partition
-from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, read_yaml, validate
+from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, validate
 from perturbd.data import ImageDataset, load_data
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
@@ -63,7 +63,7 @@ def locate(path: Path) -> SavedRun:
                 )
             raise CheckpointError(f"{path} is a folder without {RunDir.MODEL}; give a run directory or a model file")
         run.check_format()
-        cfg = validate(read_yaml(run.config_path)) if run.has(RunDir.CONFIG) else None
+        cfg = run.stored_config() if run.has(RunDir.CONFIG) else None
         return SavedRun(run.model_path, cfg, path)
     if not path.is_file():
         raise CheckpointError(f"model not found: {path}; give a run directory or a model file (.safetensors, .pt, .pth)")
