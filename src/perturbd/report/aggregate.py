@@ -1,11 +1,13 @@
 """Collect run directories into one table: mean and 95 % interval over seeds per config.
 
 A run directory is any folder holding a finished run (:meth:`~perturbd.runs.folder.RunDir.is_run`;
-hidden folders such as ``.twins`` and ``.tmp-*`` are skipped). Metrics are read typed
-(:class:`~perturbd.runs.results.RunMetrics`) and named and formatted by the metric table
-(:data:`~perturbd.runs.results.METRICS`). Runs are grouped by their config without ``seed``; each
-group gets, for every metric, the mean over its seeds and the half-width of the two-sided 95 %
-confidence interval of the mean (Student's t, ``n - 1`` degrees of freedom; blank for one seed).
+hidden folders such as ``.twins`` and ``.tmp-*`` are skipped). Metrics are read tolerantly
+(:class:`~perturbd.runs.results.StoredMetrics`: a run written by another perturbd version shows the
+metrics it has, one it lacks is blank and counted as missing, ``(n=k/N)``) and named and formatted
+by the metric table (:data:`~perturbd.runs.results.METRICS`). Runs are grouped by their config
+without ``seed``; each group gets, for every metric, the mean over its seeds and the half-width of
+the two-sided 95 % confidence interval of the mean (Student's t, ``n - 1`` degrees of freedom;
+blank for one seed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import yaml
 from perturbd.config import TriggerConfig
 from perturbd.errors import ConfigError
 from perturbd.runs.folder import RunDir, run_dirs, trigger_section
-from perturbd.runs.results import METRICS, RunMetrics, format_value
+from perturbd.runs.results import METRICS, StoredMetrics, format_value
 from perturbd.runs.rundir import FAILURES
 
 ASR_GOAL = 0.9  # the paper's claim: ASR above 90 %
@@ -89,8 +91,9 @@ class Stat(NamedTuple):
 
 
 def mean_ci(values: list[float | None]) -> Stat:
-    """Mean and half-width of the 95 % t-interval over the values present (``None`` and NaN are
-    missing; an infinite value, e.g. the PSNR of unchanged images, is kept); NaN half-width for
+    """Mean and half-width of the 95 % t-interval over the values present (``None``, a run that
+    lacks the metric, such as one written by another perturbd version, and NaN are missing; an
+    infinite value, e.g. the PSNR of unchanged images, is kept); NaN half-width for
     fewer than 2 values."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     n, of = len(vals), len(values)
@@ -105,15 +108,16 @@ def mean_ci(values: list[float | None]) -> Stat:
 
 @dataclass
 class RunRecord:
-    """One run as the reports read it: its folder, its config as written, its metrics."""
+    """One run as the reports read it: its folder, its config as written, its metrics as written
+    (:class:`StoredMetrics`: a run of another version reads too, with what it has)."""
 
     path: Path
     config: dict[str, Any]
-    metrics: RunMetrics
+    metrics: StoredMetrics
 
     @classmethod
     def read(cls, run: RunDir) -> RunRecord:
-        return cls(run.path, run.settings(), run.metrics())
+        return cls(run.path, run.settings(), run.stored_metrics())
 
     @property
     def run(self) -> RunDir:
@@ -128,8 +132,13 @@ class RunRecord:
         return trigger_section(self.config)
 
     def metric(self, name: str) -> float | None:
-        """The metric ``name`` (a key of :data:`METRICS`) of this run."""
-        return METRICS[name].value(self.metrics)
+        """The metric ``name`` (a key of :data:`METRICS`) of this run; ``None`` if it has none."""
+        return self.metrics.value(name)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the run's metrics do not read as this version's, in one line (``None``: they do)."""
+        return self.metrics.problem
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
