@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from perturbd.config import LEGACY_TRIGGER_DEFAULTS, load_config
 from perturbd.errors import ConfigError
 from perturbd.report.aggregate import (
     aggregate,
@@ -22,6 +23,7 @@ from perturbd.report.aggregate import (
     t975,
     to_csv,
     to_markdown,
+    varying_keys,
 )
 from perturbd.runs.folder import trigger_section
 from perturbd.runs.results import METRICS
@@ -144,3 +146,19 @@ def test_a_run_whose_metrics_another_version_wrote_is_shown_with_what_it_has(mak
     assert "(n=1/2)" in to_markdown(columns, groups) and "– (n=0/1)" in to_markdown(columns, groups)
     rows = {row["run_dir"]: row for row in csv.DictReader(io.StringIO(runs_csv(list(records.values()))))}
     assert rows[old.name]["clean_model_asr"] == "" and rows[good.name]["clean_model_asr"] == "0.01"
+
+
+def test_runs_of_one_config_group_together_whichever_form_their_trigger_section_was_written_in(make_run, tmp_path):
+    short = make_run(tmp_path, 0, 0.05, 6, asr=0.95)
+    flat = make_run(tmp_path, 1, 0.05, 6, asr=0.91)
+    cfg = yaml.safe_load((flat / "config.yaml").read_text())
+    assert set(cfg["trigger"]) == {"kind", "amplitude", "psnr", "ssim"}, "the short form, as this version writes it"
+    # as runs before per-kind parameters wrote it: every kind's parameter
+    cfg["trigger"] = {"kind": "grid", **LEGACY_TRIGGER_DEFAULTS, "amplitude": 6, "psnr": None, "ssim": None}
+    (flat / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_config(short / "config.yaml").trigger == load_config(flat / "config.yaml").trigger, "one trigger in two forms"
+    records = collect_runs(tmp_path)
+    assert varying_keys(records) == []
+    columns, (group,) = aggregate(records)
+    assert columns == [] and group.seeds == [0, 1] and group.stats["attack_success_rate"].n == 2
+    assert next(csv.reader(io.StringIO(runs_csv(records)))) == ["run_dir", "seed", *METRICS]

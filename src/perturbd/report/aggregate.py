@@ -5,9 +5,10 @@ hidden folders such as ``.twins`` and ``.tmp-*`` are skipped). Metrics are read 
 (:class:`~perturbd.runs.results.StoredMetrics`: a run written by another perturbd version shows the
 metrics it has, one it lacks is blank and counted as missing, ``(n=k/N)``) and named and formatted
 by the metric table (:data:`~perturbd.runs.results.METRICS`). Runs are grouped by their config
-without ``seed``; each group gets, for every metric, the mean over its seeds and the half-width of
-the two-sided 95 % confidence interval of the mean (Student's t, ``n - 1`` degrees of freedom;
-blank for one seed).
+without ``seed``, its trigger section in one form whichever form the run's ``config.yaml`` was
+written in (:func:`~perturbd.config.legacy_trigger_section`); each group gets, for every metric,
+the mean over its seeds and the half-width of the two-sided 95 % confidence interval of the mean
+(Student's t, ``n - 1`` degrees of freedom; blank for one seed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from perturbd.config import TriggerConfig
+from perturbd.config import TriggerConfig, legacy_trigger_section
 from perturbd.errors import ConfigError
 from perturbd.runs.folder import RunDir, run_dirs, trigger_section
 from perturbd.runs.results import METRICS, StoredMetrics, format_value
@@ -125,7 +126,12 @@ class RunRecord:
 
     @property
     def flat_config(self) -> dict[str, Any]:
-        return flatten(self.config)
+        """The config flattened (:func:`flatten`), its trigger section in the one flat form of
+        :func:`legacy_trigger_section` (the form the run hash is made of), whether the run wrote
+        that form or only its kind's keys: runs of one config group together either way (keys
+        in the order of that form as written: ``kind`` first)."""
+        section = legacy_trigger_section(self.trigger)
+        return flatten({**self.config, "trigger": {"kind": section.pop("kind"), **section}})
 
     @cached_property
     def trigger(self) -> TriggerConfig:
