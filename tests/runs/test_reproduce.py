@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from perturbd.config import load_config
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import cpu_name
 from perturbd.runs.experiment import run
 from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, reproduce, restore
@@ -76,3 +76,23 @@ def test_the_command_exits_0_when_same_1_when_not_2_for_a_mistake(cli, finished,
     assert code == 1 and "clean_accuracy" in err and "differs" in out
     code, _, err = cli("reproduce", str(tmp_path / "nothing"))
     assert code == 2 and "is not a finished run directory (no such folder)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stored_numbers_another_version_wrote_are_compared_on_what_they_hold(finished, tmp_path) -> None:
+    data = json.loads((finished / "metrics.json").read_text())
+    del data["clean_model_asr"]
+    (finished / "metrics.json").write_text(json.dumps(data | {"a_key_from_another_version": 1}))
+    rep = reproduce(finished, tmp_path / "again")
+    assert rep.differ == ["clean_model_asr"] and rep.stored.get("clean_model_asr") is None
+    assert f"clean_model_asr {rep.retrained['clean_model_asr']} (stored None)" in rep.summary()
+
+
+def test_unreadable_stored_numbers_stop_it_before_anything_is_trained(finished, tmp_path, monkeypatch) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before reading the stored numbers")
+
+    monkeypatch.setattr("perturbd.runs.reproduce.run", no_training)
+    (finished / "metrics.json").write_text("{bad json")
+    with pytest.raises(DataError, match=r"^cannot read .*metrics\.json"):
+        reproduce(finished, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

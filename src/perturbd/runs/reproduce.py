@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import cpu_name
 from perturbd.runs.experiment import run
 from perturbd.runs.folder import RunDir
@@ -110,15 +110,23 @@ def reproduce(
     A retrain already in ``out``, made by this code on this CPU, is reused (not trained a second
     time). ``overrides``: config keys to change first, such as ``data.root=DIR`` on another
     machine. ``twin_cache``: the clean-twin store the run used, if any (see :mod:`perturbd.runs.twins`).
+
+    The stored numbers are read first, tolerantly (:meth:`RunDir.stored_metrics`): a run written
+    by another perturbd version is compared on the numbers it holds (one it lacks differs, shown
+    as ``None``); a ``metrics.json`` that cannot be read at all is a one-line :class:`DataError`
+    before anything is trained.
     """
     stored = RunDir(folder)
     folder = stored.path
     cfg = stored.config(overrides)
+    held = stored.stored_metrics()
+    if not held.data:
+        raise DataError(held.problem or f"{stored.metrics_path} holds no metrics; rerun the run with --force")
     dest = run_dir_for(cfg, out)
     if dest.resolve() == folder.resolve():
         raise ConfigError(f"the retrain of {folder} would be the run itself; give another --out folder")
     again = run(cfg, out, twin_cache=twin_cache, monitor=monitor, log=log, force=dest.is_dir() and not _made_here(dest))
-    return Reproduction(folder, again.run_dir, stored.metrics().to_json(), again.metrics.to_json(), _notes(folder))
+    return Reproduction(folder, again.run_dir, held.data, again.metrics.to_json(), _notes(folder))
 
 
 def restore(rep: Reproduction) -> None:
