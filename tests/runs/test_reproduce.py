@@ -12,7 +12,8 @@ from perturbd.config import load_config
 from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import cpu_name
 from perturbd.runs.experiment import run
-from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, reproduce, restore
+from perturbd.runs.folder import RunDir
+from perturbd.runs.reproduce import REPRODUCED, reproduce, restore
 
 
 @pytest.fixture
@@ -26,15 +27,15 @@ def _edit(path: Path, **changes: object) -> None:
 
 
 def test_a_run_trained_again_gives_its_numbers_and_its_weights_back(finished, tmp_path) -> None:
-    weights = {name: (finished / name).read_bytes() for name in WEIGHTS}
-    for name in WEIGHTS:
+    weights = {name: (finished / name).read_bytes() for name in RunDir.WEIGHTS}
+    for name in RunDir.WEIGHTS:
         (finished / name).unlink()  # as results committed without their weights
     rep = reproduce(finished, tmp_path / "again")
     assert rep.same and rep.differ == [] and rep.notes == [], rep.summary()
     assert {key: rep.retrained[key] for key in REPRODUCED} == {key: rep.stored[key] for key in REPRODUCED}
     assert rep.again.parent == tmp_path / "again" and "reproduced exactly" in rep.summary()
     restore(rep)
-    assert {name: (finished / name).read_bytes() for name in WEIGHTS} == weights, "the very model the numbers were measured on"
+    assert {name: (finished / name).read_bytes() for name in RunDir.WEIGHTS} == weights, "the very model the numbers were measured on"
     assert not rep.again.exists(), "the retrain is removed once its weights are moved"
 
 
@@ -65,11 +66,11 @@ def test_the_retrain_never_lands_on_the_run_itself(finished) -> None:
 
 
 def test_the_command_exits_0_when_same_1_when_not_2_for_a_mistake(cli, finished, tmp_path) -> None:
-    for name in WEIGHTS:
+    for name in RunDir.WEIGHTS:
         (finished / name).unlink()
     code, out, err = cli("reproduce", str(finished), "--out", str(tmp_path / "again"), "--restore")
     assert code == 0, err
-    assert "reproduced exactly" in err and "weights put into" in err and all((finished / name).is_file() for name in WEIGHTS)
+    assert "reproduced exactly" in err and "weights put into" in err and all((finished / name).is_file() for name in RunDir.WEIGHTS)
     assert "attack_success_rate" in out and "differs" not in out
     _edit(finished / "metrics.json", clean_accuracy=0.5)
     code, out, err = cli("reproduce", str(finished), "--out", str(tmp_path / "again"))

@@ -28,8 +28,6 @@ from perturbd.train import Monitor
 
 #: the numbers a retrain must give bit for bit to count as the same run
 REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")
-#: the files a run's retrain can give back to it
-WEIGHTS = RunDir.WEIGHTS
 
 
 @dataclass
@@ -66,11 +64,6 @@ class Reproduction:
             "retrained": {key: self.retrained.get(key) for key in REPRODUCED},
             "stored": {key: self.stored.get(key) for key in REPRODUCED},
         }  # fmt: skip
-
-
-def has_weights(folder: Path) -> bool:
-    """Whether the run in ``folder`` holds both its models (:data:`WEIGHTS`)."""
-    return RunDir(folder).has_weights()
 
 
 def _cpu_of(folder: Path) -> str | None:
@@ -134,6 +127,6 @@ def restore(rep: Reproduction) -> None:
     then holds the very model its numbers were measured on. Refused (``ValueError``) otherwise."""
     if not rep.same:
         raise ValueError(rep.summary() + "; its weights are not the stored run's")
-    for name in WEIGHTS:
+    for name in RunDir.WEIGHTS:
         os.replace(rep.again / name, rep.run_dir / name)
     shutil.rmtree(rep.again)
