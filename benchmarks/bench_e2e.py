@@ -97,7 +97,7 @@ def run_child(overrides: list[str], out: Path, log: Path) -> tuple[float, float,
 
 def run_metrics(out: Path) -> dict[str, Any]:
     """Accuracy, ASR and per-stage seconds of the (single) run directory under ``out``."""
-    found = [run for run in map(RunDir, sorted(out.iterdir())) if run.metrics_path.is_file()]
+    found = [run for run in map(RunDir, sorted(out.iterdir())) if run.is_run()]
     if not found:
         return {}
     m = found[0].metrics()

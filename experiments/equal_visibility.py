@@ -54,7 +54,7 @@ from perturbd.errors import PerturbdError
 from perturbd.evaluation.harness import run_defenses, write_defenses
 from perturbd.process import tune_process
 from perturbd.runs.folder import RunDir
-from perturbd.runs.reproduce import has_weights, reproduce, restore
+from perturbd.runs.reproduce import reproduce, restore
 from perturbd.runs.rundir import atomic_dir, read_json, run_dir_for, write_json
 from perturbd.runs.saved import load_inputs
 from perturbd.sweep.config import TWINS, Sweep, SweepConfig, expand
@@ -192,7 +192,7 @@ def restore_weights(folder: Path, *, other_ok: bool = False, log: Any = print) -
     differs, and nothing is defended, unless ``other_ok`` (``--defend-retrained``): then the
     retrained run is defended, and the record returned (its numbers beside the stored ones, and the
     CPU) goes into the defences' folder as :data:`RETRAINED`."""
-    if has_weights(folder):
+    if RunDir(folder).has_weights():
         return folder, None
     log(f"{folder.name}: no model weights on disk; training it again to defend it")
     tune_process(RunDir(folder).config().train.threads)  # as the sweep's worker trained it

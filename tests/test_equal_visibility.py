@@ -115,28 +115,27 @@ def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None
 def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbers(ev, tmp_path) -> None:
     from perturbd.config import load_config
     from perturbd.runs.experiment import run
-    from perturbd.runs.reproduce import WEIGHTS
 
     cfg = load_config(overrides=["data.train_limit=300", "data.test_limit=100", "train.epochs=1", "train.threads=1", "poison.rate=0.05"])
     out = tmp_path / "rates"
     folder = run(cfg, out, twin_cache=out / ".twins").run_dir
-    weights = {name: (folder / name).read_bytes() for name in WEIGHTS}
-    for name in WEIGHTS:
+    weights = {name: (folder / name).read_bytes() for name in RunDir.WEIGHTS}
+    for name in RunDir.WEIGHTS:
         (folder / name).unlink()  # as a run committed without its weights, on another machine
     assert ev.restore_weights(folder, log=lambda m: None) == (folder, None)
-    assert {name: (folder / name).read_bytes() for name in WEIGHTS} == weights
+    assert {name: (folder / name).read_bytes() for name in RunDir.WEIGHTS} == weights
     assert not (out / ".retrained" / folder.name).exists(), "the scratch run is removed once its weights are moved"
 
-    for name in WEIGHTS:
+    for name in RunDir.WEIGHTS:
         (folder / name).unlink()
     metrics = json.loads((folder / "metrics.json").read_text())
     (folder / "metrics.json").write_text(json.dumps(metrics | {"attack_success_rate": metrics["attack_success_rate"] + 0.01}))
     with pytest.raises(SystemExit, match="does not reproduce its stored run: attack_success_rate .*--defend-retrained"):
         ev.restore_weights(folder, log=lambda m: None)
-    assert not any((folder / name).exists() for name in WEIGHTS), "weights that do not reproduce are not put in"
+    assert not any((folder / name).exists() for name in RunDir.WEIGHTS), "weights that do not reproduce are not put in"
     # --defend-retrained: the retrain (kept by the refusal, not trained a third time) is defended, and said to be
     source, record = ev.restore_weights(folder, other_ok=True, log=lambda m: None)
-    assert source == out / ".retrained" / folder.name and all((source / name).is_file() for name in WEIGHTS)
+    assert source == out / ".retrained" / folder.name and all((source / name).is_file() for name in RunDir.WEIGHTS)
     assert record["stored"]["attack_success_rate"] == record["retrained"]["attack_success_rate"] + 0.01
     assert record["run"] == folder.name and record["cpu"]
     specs = ev.defence_specs(["strip.overlays=2", "strip.n_clean=16", "neural_cleanse.epochs=1", "neural_cleanse.n_clean=16"])

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 
+from perturbd.config import LEGACY_TRIGGER_DEFAULTS, load_config
 from perturbd.errors import ConfigError
-from perturbd.report.aggregate import aggregate, cell, collect_runs, mean_ci, pivot_markdown, t975, to_csv, to_markdown
+from perturbd.report.aggregate import (
+    aggregate,
+    cell,
+    collect_runs,
+    mean_ci,
+    pivot_markdown,
+    runs_csv,
+    t975,
+    to_csv,
+    to_markdown,
+    varying_keys,
+)
 from perturbd.runs.folder import trigger_section
+from perturbd.runs.results import METRICS
 
 
 def test_t_quantiles():
@@ -104,3 +119,46 @@ def test_asr_per_seed_and_how_many_seeds_reach_the_goal(three_seeds):
     assert "| 95.00 · 42.00 · 90.00 | 2/3 |" in md
     row = next(csv.DictReader(io.StringIO(to_csv(columns, [group]))))
     assert row["asr_per_seed"] == "0.95 0.42 0.9" and row["asr_reaching_goal"] == "2/3"
+
+
+def _as_another_version_wrote_it(run: Path) -> None:
+    """``metrics.json`` without a metric and with a key this version does not know."""
+    data = json.loads((run / "metrics.json").read_text())
+    del data["clean_model_asr"]
+    (run / "metrics.json").write_text(json.dumps(data | {"a_key_from_another_version": 1}))
+
+
+def test_a_run_whose_metrics_another_version_wrote_is_shown_with_what_it_has(make_run, tmp_path):
+    good = make_run(tmp_path, 0, 0.05, 10, asr=0.95)
+    old = make_run(tmp_path, 1, 0.05, 10, asr=0.93)
+    broken = make_run(tmp_path, 0, 0.1, 10, asr=0.99)
+    _as_another_version_wrote_it(old)
+    (broken / "metrics.json").write_text("{bad json")
+    records = {r.path: r for r in collect_runs(tmp_path)}
+    assert records[good].problem is None and "clean_model_asr: Field required" in str(records[old].problem)
+    assert records[old].metric("clean_model_asr") is None and records[old].metric("attack_success_rate") == 0.93
+    assert all(records[broken].metric(m) is None for m in METRICS) and str(records[broken].problem).startswith("cannot read ")
+    columns, groups = aggregate(list(records.values()))
+    two, one = sorted(groups, key=lambda g: -len(g.runs))
+    assert two.seeds == [0, 1] and two.per_seed("attack_success_rate") == [0.95, 0.93]
+    assert cell(two.stats["clean_model_asr"], "pct") == "1.00 (n=1/2)" and two.stats["attack_success_rate"].n == 2
+    assert cell(one.stats["attack_success_rate"], "pct") == "– (n=0/1)" and one.reaching() == "0/1"
+    assert "(n=1/2)" in to_markdown(columns, groups) and "– (n=0/1)" in to_markdown(columns, groups)
+    rows = {row["run_dir"]: row for row in csv.DictReader(io.StringIO(runs_csv(list(records.values()))))}
+    assert rows[old.name]["clean_model_asr"] == "" and rows[good.name]["clean_model_asr"] == "0.01"
+
+
+def test_runs_of_one_config_group_together_whichever_form_their_trigger_section_was_written_in(make_run, tmp_path):
+    short = make_run(tmp_path, 0, 0.05, 6, asr=0.95)
+    flat = make_run(tmp_path, 1, 0.05, 6, asr=0.91)
+    cfg = yaml.safe_load((flat / "config.yaml").read_text())
+    assert set(cfg["trigger"]) == {"kind", "amplitude", "psnr", "ssim"}, "the short form, as this version writes it"
+    # as runs before per-kind parameters wrote it: every kind's parameter
+    cfg["trigger"] = {"kind": "grid", **LEGACY_TRIGGER_DEFAULTS, "amplitude": 6, "psnr": None, "ssim": None}
+    (flat / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_config(short / "config.yaml").trigger == load_config(flat / "config.yaml").trigger, "one trigger in two forms"
+    records = collect_runs(tmp_path)
+    assert varying_keys(records) == []
+    columns, (group,) = aggregate(records)
+    assert columns == [] and group.seeds == [0, 1] and group.stats["attack_success_rate"].n == 2
+    assert next(csv.reader(io.StringIO(runs_csv(records)))) == ["run_dir", "seed", *METRICS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -76,3 +77,23 @@ def test_out_puts_every_report_file_there_and_none_beside_the_runs(runs, tmp_pat
     assert rep.html.read_text().count('href="fake-') == len(rep.records), "the runs' own reports are linked"
     run = rep.records[0].path
     assert build_report(run, tmp_path / "one").html == tmp_path / "one" / "report.html" and not (run / "report.html").exists()
+
+
+def test_a_run_whose_metrics_another_version_wrote_does_not_stop_the_report(make_run, tmp_path, cli):
+    runs = tmp_path / "runs"
+    good = make_run(runs, 0, 0.05, 10, asr=0.95)
+    old = make_run(runs, 1, 0.05, 10, asr=0.93)
+    data = json.loads((old / "metrics.json").read_text())
+    del data["clean_model_asr"]
+    (old / "metrics.json").write_text(json.dumps(data | {"a_key_from_another_version": 1}))
+    rep = build_report(runs)
+    (warning,) = rep.warnings
+    assert warning.startswith(f"{old / 'metrics.json'} is not a perturbd run's metrics (clean_model_asr: Field required)")
+    assert "without a page of its own" in warning and "\n" not in warning
+    assert (good / "report.html").is_file() and not (old / "report.html").exists()
+    assert "1.00 (n=1/2)" in rep.markdown and "| 0,1 |" in rep.markdown
+    html = rep.html.read_text()
+    assert "Runs read in part" in html and "clean_model_asr: Field required" in html
+    code, out, err = cli("report", str(runs), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert "(n=1/2)" in out and "warning:" in err and "clean_model_asr: Field required" in " ".join(err.split())

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from perturbd.config import load_config
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import cpu_name
 from perturbd.runs.experiment import run
-from perturbd.runs.reproduce import REPRODUCED, WEIGHTS, reproduce, restore
+from perturbd.runs.folder import RunDir
+from perturbd.runs.reproduce import REPRODUCED, reproduce, restore
 
 
 @pytest.fixture
@@ -26,15 +27,15 @@ def _edit(path: Path, **changes: object) -> None:
 
 
 def test_a_run_trained_again_gives_its_numbers_and_its_weights_back(finished, tmp_path) -> None:
-    weights = {name: (finished / name).read_bytes() for name in WEIGHTS}
-    for name in WEIGHTS:
+    weights = {name: (finished / name).read_bytes() for name in RunDir.WEIGHTS}
+    for name in RunDir.WEIGHTS:
         (finished / name).unlink()  # as results committed without their weights
     rep = reproduce(finished, tmp_path / "again")
     assert rep.same and rep.differ == [] and rep.notes == [], rep.summary()
     assert {key: rep.retrained[key] for key in REPRODUCED} == {key: rep.stored[key] for key in REPRODUCED}
     assert rep.again.parent == tmp_path / "again" and "reproduced exactly" in rep.summary()
     restore(rep)
-    assert {name: (finished / name).read_bytes() for name in WEIGHTS} == weights, "the very model the numbers were measured on"
+    assert {name: (finished / name).read_bytes() for name in RunDir.WEIGHTS} == weights, "the very model the numbers were measured on"
     assert not rep.again.exists(), "the retrain is removed once its weights are moved"
 
 
@@ -65,14 +66,34 @@ def test_the_retrain_never_lands_on_the_run_itself(finished) -> None:
 
 
 def test_the_command_exits_0_when_same_1_when_not_2_for_a_mistake(cli, finished, tmp_path) -> None:
-    for name in WEIGHTS:
+    for name in RunDir.WEIGHTS:
         (finished / name).unlink()
     code, out, err = cli("reproduce", str(finished), "--out", str(tmp_path / "again"), "--restore")
     assert code == 0, err
-    assert "reproduced exactly" in err and "weights put into" in err and all((finished / name).is_file() for name in WEIGHTS)
+    assert "reproduced exactly" in err and "weights put into" in err and all((finished / name).is_file() for name in RunDir.WEIGHTS)
     assert "attack_success_rate" in out and "differs" not in out
     _edit(finished / "metrics.json", clean_accuracy=0.5)
     code, out, err = cli("reproduce", str(finished), "--out", str(tmp_path / "again"))
     assert code == 1 and "clean_accuracy" in err and "differs" in out
     code, _, err = cli("reproduce", str(tmp_path / "nothing"))
     assert code == 2 and "is not a finished run directory (no such folder)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stored_numbers_another_version_wrote_are_compared_on_what_they_hold(finished, tmp_path) -> None:
+    data = json.loads((finished / "metrics.json").read_text())
+    del data["clean_model_asr"]
+    (finished / "metrics.json").write_text(json.dumps(data | {"a_key_from_another_version": 1}))
+    rep = reproduce(finished, tmp_path / "again")
+    assert rep.differ == ["clean_model_asr"] and rep.stored.get("clean_model_asr") is None
+    assert f"clean_model_asr {rep.retrained['clean_model_asr']} (stored None)" in rep.summary()
+
+
+def test_unreadable_stored_numbers_stop_it_before_anything_is_trained(finished, tmp_path, monkeypatch) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before reading the stored numbers")
+
+    monkeypatch.setattr("perturbd.runs.reproduce.run", no_training)
+    (finished / "metrics.json").write_text("{bad json")
+    with pytest.raises(DataError, match=r"^cannot read .*metrics\.json"):
+        reproduce(finished, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

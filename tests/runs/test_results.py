@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from perturbd.errors import DataError
 from perturbd.runs.folder import RunDir
-from perturbd.runs.results import METRICS, BeforeUpdate, RunMetrics, UpdateFacts, pct
+from perturbd.runs.results import METRICS, BeforeUpdate, RunMetrics, StoredMetrics, UpdateFacts, pct
 from perturbd.runs.rundir import write_json
 
 BEFORE = BeforeUpdate(clean_accuracy=0.99, attack_success_rate=0.05)
@@ -114,3 +114,24 @@ def test_the_metric_table_reads_every_metric_from_run_metrics() -> None:
     assert len({metric.label for metric in METRICS.values()}) == len(METRICS)
     assert METRICS["ssim_mean"].text(0.91) == "0.9100" and METRICS["attack_success_rate"].text(None) == "–"
     assert METRICS["accuracy_loss"].show(m) == "+0.40 points" == dict(m.rows())["accuracy loss"]
+
+
+def test_the_tolerant_reader_keeps_what_another_version_wrote_and_says_what_is_wrong(tmp_path) -> None:
+    data = metrics().to_json()
+    write_json(tmp_path / "metrics.json", data)
+    assert (
+        RunDir(tmp_path).stored_metrics() == StoredMetrics(data) and StoredMetrics(data).value("psnr_mean") == data["stealth"]["psnr_mean"]
+    )
+    old = {k: v for k, v in data.items() if k != "clean_model_asr"} | {"a_key_from_another_version": 1}
+    write_json(tmp_path / "metrics.json", old)
+    stored = RunDir(tmp_path).stored_metrics()
+    assert (
+        stored.data == old
+        and stored.value("clean_model_asr") is None
+        and stored.value("attack_success_rate") == data["attack_success_rate"]
+    )
+    assert stored.problem is not None and "(clean_model_asr: Field required)" in stored.problem and "\n" not in stored.problem
+    (tmp_path / "metrics.json").write_text("{bad json")
+    broken = RunDir(tmp_path).stored_metrics()
+    assert broken.data == {} and all(broken.value(m) is None for m in METRICS)
+    assert broken.problem is not None and broken.problem.startswith("cannot read ")

@@ -23,8 +23,10 @@ GOAL = 0.9
 RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 
 
-def write_asr(folder: Path, asr: float) -> None:
+def write_asr(folder: Path, asr: float, cfg: ExperimentConfig | None = None) -> None:
+    """A finished run's folder (its config, default ``load_config()``, and its metrics) with ASR ``asr``."""
     folder.mkdir(parents=True)
+    RunDir(folder).write_config(cfg or load_config())
     RunDir(folder).write_metrics(hand_metrics(attack_success_rate=asr))
 
 
@@ -76,7 +78,7 @@ def test_bisect_rounds_read_the_runs_on_disk_and_train_every_seed_of_a_probed_ra
         assert len({(c.trigger.kind, c.poison.rate) for c in todo}) * 3 == len(todo), "all seeds of each probed cell"
         assert [c.seed for c in todo] == sorted(c.seed for c in todo)
         for cfg in todo:
-            write_asr(run_dir_for(cfg, full.out), asr(cfg))
+            write_asr(run_dir_for(cfg, full.out), asr(cfg), cfg)
         trained += todo
     assert rounds == 4 and len(trained) < len(full.runs) / 2
     done = finished(full)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, app, console, out_console, overrides, with_tensorboard
@@ -189,6 +190,8 @@ def sweep(
     console.print(f"ran {len(result.finished)} runs in {result.seconds:.0f} s; {len(result.failed)} failed", highlight=False)
     report = build_report(sw.out)
     out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
+    for line in report.warnings:
+        console.print(f"[yellow]warning: {escape(line)}", highlight=False)
     console.print(f"report: {report.html}", highlight=False)
     if result.failed:
         console.print(
@@ -220,4 +223,6 @@ def report(
         out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, mean ± 95 % CI over seeds"))
         for f in rep.files[:-1]:
             console.print(f"wrote {f}", highlight=False)
+        for line in rep.warnings:
+            console.print(f"[yellow]warning: {escape(line)}", highlight=False)
     console.print(f"report: {rep.html}", highlight=False)

@@ -1,11 +1,14 @@
 """Collect run directories into one table: mean and 95 % interval over seeds per config.
 
 A run directory is any folder holding a finished run (:meth:`~perturbd.runs.folder.RunDir.is_run`;
-hidden folders such as ``.twins`` and ``.tmp-*`` are skipped). Metrics are read typed
-(:class:`~perturbd.runs.results.RunMetrics`) and named and formatted by the metric table
-(:data:`~perturbd.runs.results.METRICS`). Runs are grouped by their config without ``seed``; each
-group gets, for every metric, the mean over its seeds and the half-width of the two-sided 95 %
-confidence interval of the mean (Student's t, ``n - 1`` degrees of freedom; blank for one seed).
+hidden folders such as ``.twins`` and ``.tmp-*`` are skipped). Metrics are read tolerantly
+(:class:`~perturbd.runs.results.StoredMetrics`: a run written by another perturbd version shows the
+metrics it has, one it lacks is blank and counted as missing, ``(n=k/N)``) and named and formatted
+by the metric table (:data:`~perturbd.runs.results.METRICS`). Runs are grouped by their config
+without ``seed``, its trigger section in one form whichever form the run's ``config.yaml`` was
+written in (:func:`~perturbd.config.legacy_trigger_section`); each group gets, for every metric,
+the mean over its seeds and the half-width of the two-sided 95 % confidence interval of the mean
+(Student's t, ``n - 1`` degrees of freedom; blank for one seed).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from perturbd.config import TriggerConfig
+from perturbd.config import TriggerConfig, legacy_trigger_section
 from perturbd.errors import ConfigError
 from perturbd.runs.folder import RunDir, run_dirs, trigger_section
-from perturbd.runs.results import METRICS, RunMetrics, format_value
+from perturbd.runs.results import METRICS, StoredMetrics, format_value
 from perturbd.runs.rundir import FAILURES
 
 ASR_GOAL = 0.9  # the paper's claim: ASR above 90 %
@@ -89,8 +92,9 @@ class Stat(NamedTuple):
 
 
 def mean_ci(values: list[float | None]) -> Stat:
-    """Mean and half-width of the 95 % t-interval over the values present (``None`` and NaN are
-    missing; an infinite value, e.g. the PSNR of unchanged images, is kept); NaN half-width for
+    """Mean and half-width of the 95 % t-interval over the values present (``None``, a run that
+    lacks the metric, such as one written by another perturbd version, and NaN are missing; an
+    infinite value, e.g. the PSNR of unchanged images, is kept); NaN half-width for
     fewer than 2 values."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     n, of = len(vals), len(values)
@@ -105,15 +109,16 @@ def mean_ci(values: list[float | None]) -> Stat:
 
 @dataclass
 class RunRecord:
-    """One run as the reports read it: its folder, its config as written, its metrics."""
+    """One run as the reports read it: its folder, its config as written, its metrics as written
+    (:class:`StoredMetrics`: a run of another version reads too, with what it has)."""
 
     path: Path
     config: dict[str, Any]
-    metrics: RunMetrics
+    metrics: StoredMetrics
 
     @classmethod
     def read(cls, run: RunDir) -> RunRecord:
-        return cls(run.path, run.settings(), run.metrics())
+        return cls(run.path, run.settings(), run.stored_metrics())
 
     @property
     def run(self) -> RunDir:
@@ -121,15 +126,25 @@ class RunRecord:
 
     @property
     def flat_config(self) -> dict[str, Any]:
-        return flatten(self.config)
+        """The config flattened (:func:`flatten`), its trigger section in the one flat form of
+        :func:`legacy_trigger_section` (the form the run hash is made of), whether the run wrote
+        that form or only its kind's keys: runs of one config group together either way (keys
+        in the order of that form as written: ``kind`` first)."""
+        section = legacy_trigger_section(self.trigger)
+        return flatten({**self.config, "trigger": {"kind": section.pop("kind"), **section}})
 
     @cached_property
     def trigger(self) -> TriggerConfig:
         return trigger_section(self.config)
 
     def metric(self, name: str) -> float | None:
-        """The metric ``name`` (a key of :data:`METRICS`) of this run."""
-        return METRICS[name].value(self.metrics)
+        """The metric ``name`` (a key of :data:`METRICS`) of this run; ``None`` if it has none."""
+        return self.metrics.value(name)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the run's metrics do not read as this version's, in one line (``None``: they do)."""
+        return self.metrics.problem
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

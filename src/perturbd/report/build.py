@@ -1,7 +1,12 @@
 """``perturbd report PATH``: a run directory → its ``report.html``; a folder of runs → the
 aggregated table (``aggregate.csv``, ``aggregate.md``, ``runs.csv``), ``figures/*.png``, a
 ``report.html`` for every run and one for the whole folder; ``--pivot KEY`` adds the ASR table with
-KEY's values as columns (``pivot_KEY.md``); ``--out DIR`` puts them in DIR."""
+KEY's values as columns (``pivot_KEY.md``); ``--out DIR`` puts them in DIR.
+
+A run whose ``metrics.json`` does not read as this version's (written by another perturbd version,
+or corrupt) does not stop the report: the tables show the metrics it has (one it lacks is blank,
+``(n=k/N)``), it gets no page of its own, and :attr:`Report.warnings` and the folder's page say so,
+one line per run."""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ class Report:
     files: list[Path] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     markdown: str = ""
+    #: one line per run whose metrics do not read as this version's (shown in part, without a page)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def single_run(self) -> bool:
@@ -53,8 +60,10 @@ def build_report(path: Path, out: Path | None = None, pivot: str | None = None) 
     if pivot is not None:
         tables.append((f"pivot_{pivot}.md", pivot_markdown(columns, groups, pivot)))
     dest.mkdir(parents=True, exist_ok=True)
+    warnings = [f"{r.problem} (shown with the metrics it has, without a page of its own)" for r in records if r.problem]
     for r in records:
-        run_html(r.path, dest / r.path.relative_to(root))
+        if r.problem is None:
+            run_html(r.path, dest / r.path.relative_to(root))
     files = []
     for name, text in tables:
         (dest / name).write_text(text)
@@ -64,5 +73,5 @@ def build_report(path: Path, out: Path | None = None, pivot: str | None = None) 
     expected = None
     if (root / "sweep.json").is_file():
         expected = len(read_json(root / "sweep.json").get("runs", [])) or None
-    html = sweep_html(root, records, columns, groups, figures, failures, expected, dest)
-    return Report(root, html, records, columns, groups, [*files, html], failures, to_markdown(columns, groups))
+    html = sweep_html(root, records, columns, groups, figures, failures, expected, dest, warnings)
+    return Report(root, html, records, columns, groups, [*files, html], failures, to_markdown(columns, groups), warnings)

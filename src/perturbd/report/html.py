@@ -164,9 +164,11 @@ def sweep_html(
     failures: list[dict[str, Any]],
     expected: int | None = None,
     dest: Path | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """Write the report page of every run under ``root`` into ``dest`` (default: ``root``) and
-    return its path; the runs' own pages are linked at the same place under ``dest``."""
+    return its path; the runs' own pages are linked at the same place under ``dest``;
+    ``warnings``: one line per run whose metrics do not read as this version's."""
     root = Path(root)
     dest = Path(dest or root)
     spec = _read(root / "sweep.yaml")
@@ -202,6 +204,12 @@ def sweep_html(
         body.append(
             "<h2>Failed runs</h2><p>Rerun the sweep to retry them.</p>"
             f"<table><tr><th>run</th><th>seed</th><th>error</th><th>when</th></tr>{rows}</table>"
+        )
+    if warnings:
+        items = "".join(f"<li class='bad'>{esc(w)}</li>" for w in warnings)
+        body.append(
+            "<h2>Runs read in part</h2><p>Their metrics do not read as this perturbd version's: "
+            f"the tables show the metrics they have (– where they lack one), and they have no page of their own.</p><ul>{items}</ul>"
         )
     body.append("<h2>Runs</h2>" + _runs_table(root, records, dest))
     if spec:

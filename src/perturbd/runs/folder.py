@@ -42,7 +42,7 @@ from perturbd.config import (
 )
 from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import git_commit
-from perturbd.runs.results import PoisonRecord, RunMetrics
+from perturbd.runs.results import PoisonRecord, RunMetrics, StoredMetrics
 from perturbd.runs.rundir import read_json, write_json
 from perturbd.trigger_params import params_of
 from perturbd.version import __version__
@@ -55,7 +55,8 @@ class RunDir:
     """One run folder: its files' names and paths, typed readers and the writers of its records.
 
     Readers of a file that is missing or corrupt raise a one-line :class:`DataError` (or
-    :class:`ConfigError` for the config), as does a folder of a format newer than :data:`FORMAT`.
+    :class:`ConfigError` for the config), as does a folder of a format newer than :data:`FORMAT`;
+    :meth:`stored_metrics` is the tolerant reader of the metrics (it says what is wrong instead).
     """
 
     CONFIG = "config.yaml"
@@ -249,6 +250,13 @@ class RunDir:
         """The run's metrics (:meth:`RunMetrics.from_file`)."""
         self.check_format()
         return RunMetrics.from_file(self.metrics_path)
+
+    def stored_metrics(self) -> StoredMetrics:
+        """The run's metrics as written, read tolerantly (:class:`StoredMetrics`): what the
+        reports of a folder of runs and ``perturbd reproduce`` read, so that a run of another
+        perturbd version is shown with what it has instead of failing the whole report."""
+        self.check_format()
+        return StoredMetrics.from_file(self.metrics_path)
 
     def poison_indices(self) -> PoisonRecord:
         """Which training images were poisoned, their labels before, and the target."""

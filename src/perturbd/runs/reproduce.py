@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
 from perturbd.provenance import cpu_name
 from perturbd.runs.experiment import run
 from perturbd.runs.folder import RunDir
@@ -28,8 +28,6 @@ from perturbd.train import Monitor
 
 #: the numbers a retrain must give bit for bit to count as the same run
 REPRODUCED = ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "poisoned_count")
-#: the files a run's retrain can give back to it
-WEIGHTS = RunDir.WEIGHTS
 
 
 @dataclass
@@ -66,11 +64,6 @@ class Reproduction:
             "retrained": {key: self.retrained.get(key) for key in REPRODUCED},
             "stored": {key: self.stored.get(key) for key in REPRODUCED},
         }  # fmt: skip
-
-
-def has_weights(folder: Path) -> bool:
-    """Whether the run in ``folder`` holds both its models (:data:`WEIGHTS`)."""
-    return RunDir(folder).has_weights()
 
 
 def _cpu_of(folder: Path) -> str | None:
@@ -110,15 +103,23 @@ def reproduce(
     A retrain already in ``out``, made by this code on this CPU, is reused (not trained a second
     time). ``overrides``: config keys to change first, such as ``data.root=DIR`` on another
     machine. ``twin_cache``: the clean-twin store the run used, if any (see :mod:`perturbd.runs.twins`).
+
+    The stored numbers are read first, tolerantly (:meth:`RunDir.stored_metrics`): a run written
+    by another perturbd version is compared on the numbers it holds (one it lacks differs, shown
+    as ``None``); a ``metrics.json`` that cannot be read at all is a one-line :class:`DataError`
+    before anything is trained.
     """
     stored = RunDir(folder)
     folder = stored.path
     cfg = stored.config(overrides)
+    held = stored.stored_metrics()
+    if not held.data:
+        raise DataError(held.problem or f"{stored.metrics_path} holds no metrics; rerun the run with --force")
     dest = run_dir_for(cfg, out)
     if dest.resolve() == folder.resolve():
         raise ConfigError(f"the retrain of {folder} would be the run itself; give another --out folder")
     again = run(cfg, out, twin_cache=twin_cache, monitor=monitor, log=log, force=dest.is_dir() and not _made_here(dest))
-    return Reproduction(folder, again.run_dir, stored.metrics().to_json(), again.metrics.to_json(), _notes(folder))
+    return Reproduction(folder, again.run_dir, held.data, again.metrics.to_json(), _notes(folder))
 
 
 def restore(rep: Reproduction) -> None:
@@ -126,6 +127,6 @@ def restore(rep: Reproduction) -> None:
     then holds the very model its numbers were measured on. Refused (``ValueError``) otherwise."""
     if not rep.same:
         raise ValueError(rep.summary() + "; its weights are not the stored run's")
-    for name in WEIGHTS:
+    for name in RunDir.WEIGHTS:
         os.replace(rep.again / name, rep.run_dir / name)
     shutil.rmtree(rep.again)

@@ -1,18 +1,19 @@
 """A run's metrics as one typed object, and the one table of how every report names and shows them.
 
 :class:`RunMetrics` is built by :func:`perturbd.runs.experiment.evaluate`, written into the run
-folder (:meth:`RunMetrics.to_json`, through :class:`~perturbd.runs.folder.RunDir`), read back by
-the reports (:meth:`~perturbd.runs.folder.RunDir.metrics`), and shown, row by row, by the console
-summary and the HTML report (:meth:`RunMetrics.rows`). :data:`METRICS` is the metric table (key,
-label, short label, unit, format, how to read it from a :class:`RunMetrics`) that the aggregated
-tables, the console and the HTML report all use. The metric definitions are in
+folder (:meth:`RunMetrics.to_json`, through :class:`~perturbd.runs.folder.RunDir`), read back
+(:meth:`~perturbd.runs.folder.RunDir.metrics`), and shown, row by row, by the console summary and
+the HTML report (:meth:`RunMetrics.rows`). The aggregated reports read a folder of runs
+tolerantly (:class:`StoredMetrics`, :meth:`~perturbd.runs.folder.RunDir.stored_metrics`): a run
+that another perturbd version wrote shows the metrics it has. :data:`METRICS` is the metric table
+(key, label, short label, unit, format, where it is in a :class:`RunMetrics` and in
+``metrics.json``) that the aggregated tables, the console and the HTML report all use. The metric definitions are in
 :mod:`perturbd.metrics`; rates are fractions in [0, 1], norms in pixel units of the 0–255 scale.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -173,13 +174,49 @@ def _read_record(cls: type[R], path: Path, what: str) -> R:
     try:
         return cls.model_validate(read_json(path))
     except (OSError, ValueError) as err:
-        if isinstance(err, ValidationError):
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or what
-            raise DataError(
-                f"{path} is not a perturbd run's {what} ({where}: {first['msg']}); it was written by another version: rerun it with --force"
-            ) from None
-        raise DataError(f"cannot read {path} ({err}); rerun the run with --force") from None
+        raise DataError(_unread(err, path, what)) from None
+
+
+def _unread(err: OSError | ValueError, path: Path, what: str) -> str:
+    """Why the record ``what`` in ``path`` does not read (``err``), in one line."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or what
+        return f"{path} is not a perturbd run's {what} ({where}: {first['msg']}); it was written by another version: rerun it with --force"
+    return f"cannot read {path} ({err}); rerun the run with --force"
+
+
+@dataclass(frozen=True)
+class StoredMetrics:
+    """A run's ``metrics.json`` read tolerantly: the one reader of metrics that another perturbd
+    version wrote (or that cannot be read at all).
+
+    ``data``: the mapping as written, unvalidated (``{}`` if the file cannot be read as a JSON
+    mapping); ``problem``: why it does not read as today's :class:`RunMetrics`, in one line
+    (``None``: it does). The reports show such a run with the metrics it has (one it lacks is
+    blank, :meth:`value` ``None``); ``perturbd reproduce`` compares the numbers it holds.
+    """
+
+    data: dict[str, Any]
+    problem: str | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> StoredMetrics:
+        path = Path(path)
+        try:
+            raw = read_json(path)
+        except (OSError, ValueError) as err:
+            return cls({}, _unread(err, path, "metrics"))
+        data = raw if isinstance(raw, dict) else {}
+        try:
+            RunMetrics.model_validate(raw)
+        except ValidationError as err:
+            return cls(data, _unread(err, path, "metrics"))
+        return cls(data)
+
+    def value(self, name: str) -> float | None:
+        """The metric ``name`` (a key of :data:`METRICS`) as stored; ``None`` where there is none."""
+        return METRICS[name].find(self.data)
 
 
 def format_value(value: float | None, fmt: str) -> str:
@@ -197,7 +234,8 @@ class Metric:
     """One reported metric: ``key`` (its column in ``aggregate.csv`` / ``runs.csv``), ``name``
     (in words), ``label`` (table header), ``short`` (header on a narrow terminal), ``legend`` (what
     ``short`` stands for, where it needs saying), ``unit`` (of the value stored), ``fmt`` (how
-    tables show it: see :func:`format_value`), ``read`` (its value in a :class:`RunMetrics`)."""
+    tables show it: see :func:`format_value`), ``path`` (where it is in a :class:`RunMetrics` and
+    in ``metrics.json``: ``stealth.psnr_mean``)."""
 
     key: str
     name: str
@@ -205,11 +243,19 @@ class Metric:
     short: str
     unit: str
     fmt: str
-    read: Callable[[RunMetrics], float]
+    path: str
     legend: str = ""
 
     def value(self, metrics: RunMetrics) -> float:
-        return float(self.read(metrics))
+        return float(attrgetter(self.path)(metrics))
+
+    def find(self, data: dict[str, Any]) -> float | None:
+        """The value in a ``metrics.json`` mapping as written (:class:`StoredMetrics`): ``None``
+        where it has none (a run of another version that lacks the metric)."""
+        node: Any = data
+        for part in self.path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
     def text(self, value: float | None) -> str:
         """``value`` as a table cell (no unit: the header says it)."""
@@ -224,7 +270,7 @@ class Metric:
 
 
 def _metric(key: str, name: str, label: str, short: str, unit: str, fmt: str, path: str, legend: str = "") -> Metric:
-    return Metric(key, name, label, short, unit, fmt, attrgetter(path), legend)
+    return Metric(key, name, label, short, unit, fmt, path, legend)
 
 
 #: the metric table, in column order: every report and the console name and format metrics from it

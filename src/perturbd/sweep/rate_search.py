@@ -31,7 +31,7 @@ def row_of(cfg: ExperimentConfig) -> str:
 def finished(sweep: Sweep) -> Runs:
     """The runs of ``sweep`` that have their metrics on disk, in the sweep's order."""
     runs = [(cfg, run_dir_for(cfg, sweep.out)) for cfg in sweep.runs]
-    return [(cfg, folder) for cfg, folder in runs if RunDir(folder).metrics_path.is_file()]
+    return [(cfg, folder) for cfg, folder in runs if RunDir(folder).is_run()]
 
 
 def asr_by_rate(runs: Runs) -> dict[float, list[float]]:
