@@ -48,6 +48,7 @@ from perturbd.config import TrainConfig
 from perturbd.models import default_model_name, get_model
 from perturbd.process import cores, tune_process
 from perturbd.report.aggregate import collect_runs
+from perturbd.runs.folder import RunDir
 from perturbd.sweep.runner import load_sweep, run_sweep
 from perturbd.train import fit
 
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if result.failed:
                     raise RuntimeError(f"{name}: {len(result.failed)} runs failed: {result.failed[0]['error']}")
                 series[name].values.append(seconds)
-                metrics[name] = {(r.config["poison"]["rate"], r.config["seed"]): r.metrics for r in collect_runs(sweep.out)}
+                metrics[name] = {(r.config["poison"]["rate"], r.config["seed"]): RunDir(r.path).metrics() for r in collect_runs(sweep.out)}
                 spent[name].append(breakdown(sweep.out, seconds, workers))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)

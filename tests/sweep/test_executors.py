@@ -17,6 +17,7 @@ import perturbd.sweep.executors as executors
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
 from perturbd.report.aggregate import collect_runs
+from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import run_dir_for
 from perturbd.sweep.executors import LocalExecutor, Outcome, RayExecutor, auto_workers, execute
 from perturbd.sweep.runner import load_sweep, run_sweep
@@ -256,8 +257,8 @@ def in_process(tmp_path_factory, sweep_file) -> Path:
 
 
 def assert_same_metrics(a: Path, b: Path) -> None:
-    ours = {r.path.name: r.metrics for r in collect_runs(a)}
-    theirs = {r.path.name: r.metrics for r in collect_runs(b)}
+    ours = {r.path.name: RunDir(r.path).metrics() for r in collect_runs(a)}
+    theirs = {r.path.name: RunDir(r.path).metrics() for r in collect_runs(b)}
     assert ours and set(ours) <= set(theirs)
     for name, m in ours.items():
         for key in ("clean_accuracy", "clean_twin_accuracy", "attack_success_rate", "clean_model_asr", "injection_rate", "stealth"):

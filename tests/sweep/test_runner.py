@@ -17,6 +17,7 @@ import perturbd.attack.settings.before_training as before_training
 import perturbd.runs.twins as twins
 from perturbd.errors import ConfigError
 from perturbd.report.aggregate import collect_runs
+from perturbd.runs.folder import RunDir
 from perturbd.sweep.executors import LocalExecutor, RayExecutor
 from perturbd.sweep.runner import load_sweep, make_executor, run_sweep, status
 from perturbd.train import fit as real_fit
@@ -203,7 +204,7 @@ def test_clean_twin_is_trained_once_per_seed(interrupted_sweep):
     assert len([p for p in (r.out / ".twins").iterdir() if p.is_dir()]) == 2
     twins = {}
     for run in collect_runs(r.out):
-        twins.setdefault(run.config["seed"], set()).add(run.metrics.clean_twin_accuracy)
+        twins.setdefault(run.config["seed"], set()).add(RunDir(run.path).metrics().clean_twin_accuracy)
     assert all(len(v) == 1 for v in twins.values())
 
 
