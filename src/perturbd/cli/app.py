@@ -35,6 +35,13 @@ TensorBoardOpt = Annotated[
     ),
 ]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a defence parameter: key=value (repeatable)")]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="build a model whose run folder or checkpoint names code to run (factory:, torchscript:): only if you trust who wrote it",
+    ),
+]
 
 
 def params_of(items: list[str] | None) -> dict[str, Any]:

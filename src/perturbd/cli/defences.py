@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from perturbd.cli.app import DataRootOpt, ParamOpt, app, console, out_console, params_of
+from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
 from perturbd.errors import ConfigError
 from perturbd.report.console import defense_table
 
@@ -53,6 +53,7 @@ def defend(
     arch: ArchOpt = None,
     features: FeaturesOpt = None,
     sets: ModelSetOpt = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
     with --arch); --param applies to every --defense given."""
@@ -64,7 +65,15 @@ def defend(
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
     tune_malloc()  # the command is the entry point: glibc's malloc set for tensors
-    inputs = load_inputs(model, data=data, data_root=data_root, trigger=trigger, target=target, model=model_options(arch, features, sets))
+    inputs = load_inputs(
+        model,
+        data=data,
+        data_root=data_root,
+        trigger=trigger,
+        target=target,
+        model=model_options(arch, features, sets),
+        trust_code=trust_code,
+    )
     reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{m}"))
     folder = out or Path(f"defend-{model.stem if model.is_file() else model.name}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +105,7 @@ def audit(
     arch: ArchOpt = None,
     features: FeaturesOpt = None,
     sets: ModelSetOpt = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
     from perturbd.defenses.base import seed_from_run
@@ -105,9 +115,10 @@ def audit(
 
     auditor = UpdateAudit(**params_of(params))
     spec = model_options(arch, features, sets)
+    before = locate(old, trust_code=trust_code, model=spec)  # both models' files are checked before anything loads
     tune_malloc()
-    inputs = load_inputs(new, data=data, data_root=data_root, model=spec)
-    old_model = load_model(locate(old), inputs.clean, spec)
+    inputs = load_inputs(new, data=data, data_root=data_root, model=spec, trust_code=trust_code)
+    old_model = load_model(before, inputs.clean, spec)
     seed_from_run(auditor, inputs.seed)
     with console.status("auditing the update (Neural Cleanse and universal perturbations on both models)"):
         result = auditor.fit(inputs.model, inputs.clean, before=old_model)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, app, console, out_console, overrides, with_tensorboard
+from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, TrustCodeOpt, app, console, out_console, overrides, with_tensorboard
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
 from perturbd.report.aggregate import report_root
@@ -48,6 +48,7 @@ def reproduce(
         bool, typer.Option("--restore", help="if it reproduces, move the retrain's weights into the run (one kept without them)")
     ] = False,
     data_root: DataRootOpt = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Train a finished run again from its config.yaml with this code and compare its numbers bit
     for bit: exit 0 if they are the same, 1 if not."""
@@ -55,7 +56,7 @@ def reproduce(
 
     given = overrides(None, data_root)
     stored = RunDir(run_dir)
-    cfg = stored.config(given)  # a mistake is answered before torch loads
+    cfg = stored.config(given, trust_code=trust_code)  # a mistake is answered before torch loads
     note = stored.hash_note()
     if note:
         console.print(f"[yellow]{note}", highlight=False)
@@ -68,7 +69,7 @@ def reproduce(
 
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
-                          log=lambda m: progress.console.print(f"[dim]{m}"))  # fmt: skip
+                          log=lambda m: progress.console.print(f"[dim]{m}"), trust_code=trust_code)  # fmt: skip
     t = Table(title=f"perturbd reproduce · {run_dir}")
     for column in ("number", "stored", "retrained", ""):
         t.add_column(column)

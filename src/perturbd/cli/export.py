@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from perturbd.cli.app import app, console, out_console
+from perturbd.cli.app import TrustCodeOpt, app, console, out_console
 
 
 @app.command()
@@ -21,13 +21,14 @@ def export(
             "trigger.png",
         ),
     ],
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Write a run's training set as trained on (poison included) and its test set as PNG class
     folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""
     from perturbd.runs.export import export_run
 
     with console.status(f"exporting {run_dir}"):
-        done = export_run(run_dir, to)
+        done = export_run(run_dir, to, trust_code=trust_code)
     out_console.print(
         f"wrote {done.folder}: {done.train:,} training images ({done.poisoned:,} poisoned), {done.test:,} test images, "
         f"{len(done.class_folders)} classes, manifest.csv, {', '.join(p.name for p in sorted(done.folder.glob('trigger.*')))}",

@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.models.base import Classifier, get_model
 from perturbd.tensorfile import save_tensors
+from perturbd.trust import USER_CODE
 
 FORMAT = "perturbd.model"
 _RESERVED = ("format", "arch", "image_shape", "num_classes")
-USER_CODE = ("factory", "torchscript")  # arch prefixes a checkpoint may not make perturbd load by itself
+# USER_CODE: the arch prefixes a checkpoint may not make perturbd load by itself (perturbd.trust)
 _CONVERT = (
     "only .safetensors weights are read; convert a plain state dict with "
     'python -c "import torch, safetensors.torch as st; '

@@ -81,8 +81,9 @@ def class_folders(classes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{i:0{width}d}_{s}" for i, s in enumerate(safe))
 
 
-def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
-    """Every mistake that can be found before loading anything: a one-line :class:`ConfigError`."""
+def check_export(run_dir: Path, dest: Path, *, trust_code: bool = False) -> ExperimentConfig:
+    """Every mistake that can be found before loading anything: a one-line :class:`ConfigError`
+    (a run whose config names code to run among them, unless ``trust_code``: :mod:`perturbd.trust`)."""
     run, dest = RunDir(run_dir), Path(dest).expanduser()
     run_dir = run.path
     missing = run.missing(RUN_FILES)
@@ -91,7 +92,7 @@ def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
         raise ConfigError(f"{run_dir} is not a run directory ({what}); give a folder written by `perturbd run`")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"--to {dest} exists and is not an empty folder; give a new folder")
-    cfg = run.stored_config()
+    cfg = run.stored_config(trust_code=trust_code)
     if cfg.attack.setting != "before_training":
         raise ConfigError(
             f"{run_dir} is a run of attack.setting={cfg.attack.setting}: its poison is in the update batch, not a training set; "
@@ -104,16 +105,19 @@ def check_export(run_dir: Path, dest: Path) -> ExperimentConfig:
     return cfg
 
 
-def export_run(run_dir: Path, dest: Path) -> Exported:
+def export_run(run_dir: Path, dest: Path, *, trust_code: bool = False) -> Exported:
     """Write the run in ``run_dir`` as an image folder at ``dest`` (see the module docstring).
+    ``trust_code``: a run whose config names code to run (``factory:``, ``torchscript:``) is
+    exported (its model is built); otherwise it is refused (:mod:`perturbd.trust`).
 
     Raises:
         ConfigError: not a run directory, ``dest`` not a new or empty folder, an update or
-            unquantized run, or a run whose poison this version of perturbd cannot rebuild.
+            unquantized run, a run naming code untrusted, or a run whose poison this version of
+            perturbd cannot rebuild.
     """
     run_dir, dest = Path(run_dir).expanduser(), Path(dest).expanduser()
-    check_export(run_dir, dest)
-    inputs = load_inputs(run_dir)
+    check_export(run_dir, dest, trust_code=trust_code)
+    inputs = load_inputs(run_dir, trust_code=trust_code)
     train, indices = inputs.train, inputs.poison_indices
     if train is None or indices is None or inputs.trigger is None:
         raise ConfigError(

@@ -45,6 +45,7 @@ from perturbd.provenance import git_commit
 from perturbd.runs.results import PoisonRecord, RunMetrics, StoredMetrics
 from perturbd.runs.rundir import read_json, write_json
 from perturbd.trigger_params import params_of
+from perturbd.trust import check_code, override_keys
 from perturbd.version import __version__
 
 #: the run-folder format this code writes and the newest it reads (1: the layout described above)
@@ -186,22 +187,27 @@ class RunDir:
 
     # readers
 
-    def config(self, overrides: list[str] | None = None) -> ExperimentConfig:
+    def config(self, overrides: list[str] | None = None, *, trust_code: bool = False) -> ExperimentConfig:
         """The run's config (:meth:`stored_config`, with ``overrides``, e.g. ``data.root=DIR`` on
         another machine); a one-line :class:`ConfigError` if the folder is not a finished run's."""
         self.check_finished()
-        return self.stored_config(overrides)
+        return self.stored_config(overrides, trust_code=trust_code)
 
-    def stored_config(self, overrides: list[str] | None = None) -> ExperimentConfig:
-        """The config in the folder, with ``overrides``. Keys of the old flat trigger section that
-        the run's kind does not take are dropped, at any value: an older version wrote every kind's
-        (a sweep crossing kinds, ``kind: grid`` with ``budget: 3``), and they never took part in
-        the run (in a config a user writes they stay an error: :func:`perturbd.config.load_config`).
-        The run may then hash differently today (:meth:`hash_note`). Any other mistake is a
-        one-line :class:`ConfigError`."""
+    def stored_config(self, overrides: list[str] | None = None, *, trust_code: bool = False) -> ExperimentConfig:
+        """The config in the folder, with ``overrides``, to rebuild the run from. Keys of the old
+        flat trigger section that the run's kind does not take are dropped, at any value: an older
+        version wrote every kind's (a sweep crossing kinds, ``kind: grid`` with ``budget: 3``), and
+        they never took part in the run (in a config a user writes they stay an error:
+        :func:`perturbd.config.load_config`). The run may then hash differently today
+        (:meth:`hash_note`). A config that names code to run (``factory:``, ``torchscript:``) in a
+        key ``overrides`` do not set is refused unless ``trust_code`` (:func:`perturbd.trust.check_code`:
+        the folder may come from anyone). Any mistake is a one-line :class:`ConfigError`."""
         self.check_format()
         data, _ = self._stored()
-        return validate(apply_overrides(data, overrides or []))
+        cfg = validate(apply_overrides(data, overrides or []))
+        if not trust_code:
+            check_code(cfg, self.config_path, mine=override_keys(overrides or []))
+        return cfg
 
     def _stored(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The config mapping without the foreign keys of the old flat trigger section, and those."""

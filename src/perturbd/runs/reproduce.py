@@ -97,12 +97,15 @@ def reproduce(
     twin_cache: Path | None = None,
     monitor: Monitor | None = None,
     log: Callable[[str], None] | None = None,
+    trust_code: bool = False,
 ) -> Reproduction:
     """Train the run in ``folder`` again into ``out`` and compare its numbers with the stored ones.
 
     A retrain already in ``out``, made by this code on this CPU, is reused (not trained a second
     time). ``overrides``: config keys to change first, such as ``data.root=DIR`` on another
     machine. ``twin_cache``: the clean-twin store the run used, if any (see :mod:`perturbd.runs.twins`).
+    ``trust_code``: a run whose config names code to run (``factory:``, ``torchscript:``) is
+    trained again; otherwise it is refused (:mod:`perturbd.trust`).
 
     The stored numbers are read first, tolerantly (:meth:`RunDir.stored_metrics`): a run written
     by another perturbd version is compared on the numbers it holds (one it lacks differs, shown
@@ -111,7 +114,7 @@ def reproduce(
     """
     stored = RunDir(folder)
     folder = stored.path
-    cfg = stored.config(overrides)
+    cfg = stored.config(overrides, trust_code=trust_code)
     held = stored.stored_metrics()
     if not held.data:
         raise DataError(held.problem or f"{stored.metrics_path} holds no metrics; rerun the run with --force")

@@ -15,6 +15,10 @@ all of it may be screened, and its images are the clean set. The file is a pertu
 (``.safetensors``/``.pt``/``.pth``) whose architecture ``model`` names (``{"name": "tv:resnet18"}``:
 ``--arch``); ``model`` also sets the other keys of the config's model section (``features``,
 ``input_range``, ``mean``, ``std``), over a run's own (:func:`model_spec`).
+
+A run folder, or a checkpoint's metadata, that names code to run (``factory:``, ``torchscript:``) is
+refused in one line before anything is loaded, unless ``trust_code`` (``--trust-code``) or the
+user names the architecture (``model["name"]``, ``--arch``): see :mod:`perturbd.trust`.
 """
 
 from __future__ import annotations
@@ -31,25 +35,31 @@ from perturbd.data import ImageDataset, load_data
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
 from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
-from perturbd.models.checkpoint import USER_CODE, is_torchscript, read_weights
+from perturbd.models.checkpoint import is_torchscript, read_weights
 from perturbd.poisoning import poison_dataset
 from perturbd.runs.folder import RunDir
 from perturbd.triggers import Trigger
+from perturbd.trust import USER_CODE, check_code
 
 CLEAN_SOURCE = "training split minus the poisoned images, seeded random order (disjoint from the test split)"
 
 
 @dataclass(frozen=True)
 class SavedRun:
-    """Paths and config of a saved model (``config`` is ``None`` for a bare model file)."""
+    """Paths and config of a saved model (``config`` is ``None`` for a bare model file);
+    ``trust_code``: the architecture its files name may be code (:mod:`perturbd.trust`)."""
 
     model: Path
     config: ExperimentConfig | None = None
     folder: Path | None = None
+    trust_code: bool = False
 
 
-def locate(path: Path) -> SavedRun:
-    """A run directory (holding its model) or a model file; a CheckpointError if neither."""
+def locate(path: Path, *, trust_code: bool = False, model: dict[str, Any] | None = None) -> SavedRun:
+    """A run directory (holding its model) or a model file; a CheckpointError if neither. A run
+    whose config names code to run is refused (a one-line ConfigError) unless ``trust_code``, or
+    ``model`` (the keys of the model section the user gives: ``--arch``, :func:`model_spec`) names
+    the architecture."""
     path = Path(path).expanduser()
     if path.name == RunDir.MODEL and RunDir(path.parent).has(RunDir.CONFIG):
         path = path.parent  # a run directory's model: use the whole run
@@ -63,11 +73,13 @@ def locate(path: Path) -> SavedRun:
                 )
             raise CheckpointError(f"{path} is a folder without {RunDir.MODEL}; give a run directory or a model file")
         run.check_format()
-        cfg = run.stored_config() if run.has(RunDir.CONFIG) else None
-        return SavedRun(run.model_path, cfg, path)
+        cfg = run.stored_config(trust_code=True) if run.has(RunDir.CONFIG) else None  # checked here: model may name the architecture
+        if cfg is not None and not trust_code:
+            check_code(cfg, run.config_path, mine=["model.name"] if "name" in (model or {}) else [], arch_option=model is not None)
+        return SavedRun(run.model_path, cfg, path, trust_code)
     if not path.is_file():
         raise CheckpointError(f"model not found: {path}; give a run directory or a model file (.safetensors, .pt, .pth)")
-    return SavedRun(path)
+    return SavedRun(path, trust_code=trust_code)
 
 
 def load_trigger(run: RunDir) -> Trigger | None:
@@ -92,10 +104,15 @@ def model_spec(saved: SavedRun, model: dict[str, Any] | None = None) -> ModelCon
     else:
         read_weights(path)  # a corrupt or unsafe file says so first
         arch = checkpoint_metadata(path).get("arch", "") if is_checkpoint(path) else ""
-        if not arch or arch.partition(":")[0] in USER_CODE:
-            what = f"a model of '{arch}'" if arch else "weights without their architecture"
+        if not arch:
             raise CheckpointError(
-                f"{path} holds {what}; name the architecture with --arch tv:NAME or --arch factory:package.module:function"
+                f"{path} holds weights without their architecture; name the architecture with --arch tv:NAME or "
+                "--arch factory:package.module:function"
+            )
+        if arch.partition(":")[0] in USER_CODE and not saved.trust_code:
+            raise CheckpointError(
+                f"{path} holds a model of '{arch}', code its metadata names; perturbd runs no code a file names unless told: "
+                f"--trust-code if you trust who wrote it, or --arch {arch} to name it yourself"
             )
         base = {"name": arch, "weights": str(path)}
     config: ModelConfig = validate({**base, **over}, ModelConfig)
@@ -137,10 +154,12 @@ def load_inputs(
     target: int | None = None,
     seed: int | None = None,
     model: dict[str, Any] | None = None,
+    trust_code: bool = False,
 ) -> DefenseInputs:
     """Everything :func:`~perturbd.evaluation.harness.run_defenses` needs for a saved model
-    (``model``: keys of the config's model section, see :func:`model_spec`)."""
-    saved = locate(path)
+    (``model``: keys of the config's model section, see :func:`model_spec`; ``trust_code``: a
+    run or checkpoint naming code to run is built, see :func:`locate`)."""
+    saved = locate(path, trust_code=trust_code, model=model)
     cfg = saved.config
     seed = seed if seed is not None else (cfg.seed if cfg is not None else 0)
     split = load_data(_data_config(saved, data, data_root), seed)
@@ -153,7 +172,7 @@ def load_inputs(
         raise ConfigError(f"--target must be in [0, {split.train.num_classes - 1}], got {target}")
     clean_model = None
     if folder is not None and folder.has(RunDir.CLEAN_MODEL):
-        clean_model = load_model(SavedRun(folder.clean_model_path, cfg, folder.path), split.train, model)
+        clean_model = load_model(SavedRun(folder.clean_model_path, cfg, folder.path, trust_code), split.train, model)
     train: ImageDataset | None = split.train
     indices: torch.Tensor | None = None
     if folder is not None and cfg is not None and trig is not None and folder.has(RunDir.POISON_INDICES):
