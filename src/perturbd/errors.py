@@ -28,3 +28,9 @@ class DataError(PerturbdError):
 
 class CheckpointError(PerturbdError):
     """A weights or trigger file is missing, corrupt, unsafe or belongs to another model."""
+
+
+class OutputError(PerturbdError):
+    """An output location cannot be written: not a folder, a name too long, read-only, no
+    permission, no space left. Found before any work where it can be; otherwise nothing is left
+    half written."""

@@ -14,6 +14,20 @@ from perturbd.errors import PerturbdError
 from perturbd.report.console import RichMonitor, make_progress, pct
 from perturbd.runs.folder import RunDir  # the defaults are named as a run folder names its trigger
 
+#: the figure formats ``trigger show -o`` writes (matplotlib's, by the file's suffix)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps", ".ps")
+
+
+def _check_output_file(output: Path, suffixes: tuple[str, ...]) -> None:
+    """Before any work: ``-o`` names a file of a format written here, in a folder that can be written."""
+    from perturbd.runs.rundir import check_output
+
+    if output.suffix.lower() not in suffixes:
+        raise PerturbdError(f"-o {output}: cannot write a '{output.suffix or 'suffixless'}' file; give a {' or '.join(suffixes[:3])} file")
+    if output.is_dir():
+        raise PerturbdError(f"-o {output} is a folder; give a file name")
+    check_output(output.parent, "-o", output.name)
+
 
 @trigger_app.command("list")
 def trigger_list() -> None:
@@ -42,6 +56,7 @@ def trigger_show(
     cfg = load_config(None, [f"trigger.kind={kind}", f"data.name={data}", *overrides(sets, data_root)])
     if needs_model(kind):
         raise PerturbdError(f"trigger '{kind}' is computed from a model; use `perturbd trigger make` to build it first")
+    _check_output_file(output, FIGURE_SUFFIXES)
     split = load_data(cfg.data, cfg.seed)
     trig = build_trigger(cfg.trigger, TriggerContext(split.test.image_shape, cfg.seed, cfg.poison.target, quantize=cfg.poison.quantize))
     clean = split.test.images[:4]
@@ -61,6 +76,7 @@ def trigger_make(
     """Build a trigger as the adversary would (adaptive by default) and save it; no victim is trained."""
     base = [] if config is not None else ["trigger.kind=adaptive"]
     cfg = load_config(config, [*base, *overrides(sets, data_root)])  # a config mistake is answered before torch loads
+    _check_output_file(output, (".safetensors",))
     from perturbd.attack.trigger_file import make_trigger, write_trigger
     from perturbd.process import tune_process
 

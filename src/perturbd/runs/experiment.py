@@ -38,7 +38,7 @@ from perturbd.report.figures import samples_png, trigger_png
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.folder import RunDir
 from perturbd.runs.results import PoisonRecord, RunMetrics, Stealth, TriggerNorms
-from perturbd.runs.rundir import atomic_dir, run_dir_for
+from perturbd.runs.rundir import atomic_dir, check_output, run_dir_for, run_lock
 from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.runs.twins import TwinStore
 from perturbd.train import Monitor, SilentMonitor, resolve_device
@@ -188,7 +188,11 @@ def run(
     """
     cfg = with_inputs(cfg, model, data)
     final = run_dir_for(cfg, out)
-    if final.is_dir() and not force:
+    try:
+        complete = final.is_dir()
+    except OSError:  # a name too long: check_output says so below
+        complete = False
+    if complete and not force:
         done = RunDir(final)
         stale = done.made_elsewhere()
         if stale and log:
@@ -201,10 +205,31 @@ def run(
         if log:
             log(msg)
 
+    check_output(out, "--out", final.name)
     started = time.perf_counter()
     stages = Stopwatch()
     monitor = monitor or SilentMonitor()
     ready = preflight(cfg, TwinStore(twin_cache, monitor))
+    with run_lock(final, log) as waited:
+        if final.is_dir() and (waited or not force):  # another process made it as this one waited
+            if log:
+                log(f"{final} was made by another process meanwhile; not made again")
+            return RunResult(final, RunDir(final).metrics(), skipped=True)
+        return _make(cfg, final, force, ready, stages, started, monitor, lines, say)
+
+
+def _make(
+    cfg: ExperimentConfig,
+    final: Path,
+    force: bool,
+    ready: Prepared,
+    stages: Stopwatch,
+    started: float,
+    monitor: Monitor,
+    lines: list[str],
+    say: Callable[[str], None],
+) -> RunResult:
+    """Train, evaluate and defend the run of ``cfg`` and write it to ``final`` (under its lock)."""
     split = ready.split
     stages.lap("data")
     plan = plan_attack(cfg, split, ready.part, ready.device, ready.twins, monitor)

@@ -43,7 +43,7 @@ from perturbd.config import NAME_MAX, ExperimentConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
 from perturbd.runs.folder import RunDir
-from perturbd.runs.rundir import atomic_dir
+from perturbd.runs.rundir import atomic_dir, check_output
 from perturbd.runs.saved import load_inputs
 from perturbd.triggers import Trigger
 
@@ -90,8 +90,11 @@ def check_export(run_dir: Path, dest: Path, *, trust_code: bool = False) -> Expe
     if not run_dir.is_dir() or missing:
         what = "no such folder" if not run_dir.is_dir() else f"it has no {', '.join(missing)}"
         raise ConfigError(f"{run_dir} is not a run directory ({what}); give a folder written by `perturbd run`")
+    if dest.resolve().is_relative_to(run_dir.resolve()):
+        raise ConfigError(f"--to {dest} is inside the run {run_dir}; give a folder outside it")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"--to {dest} exists and is not an empty folder; give a new folder")
+    check_output(dest.parent, "--to", dest.name)
     cfg = run.stored_config(trust_code=trust_code)
     if cfg.attack.setting != "before_training":
         raise ConfigError(

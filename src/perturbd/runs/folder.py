@@ -288,7 +288,10 @@ class RunDir:
         one-line :class:`DataError` if no defence ran on this run."""
         if not self.defenses_path.is_file():
             raise DataError(f"{self.path} has no {self.DEFENSES}; run it with `defenses: [...]` in its config")
-        data = read_json(self.defenses_path)
+        try:
+            data = read_json(self.defenses_path)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{self.defenses_path} cannot be read ({type(err).__name__}: {err}); rerun the run with --force") from None
         return data if isinstance(data, dict) else {}
 
     def config_text(self) -> str:

@@ -121,6 +121,8 @@ def reproduce(
     dest = run_dir_for(cfg, out)
     if dest.resolve() == folder.resolve():
         raise ConfigError(f"the retrain of {folder} would be the run itself; give another --out folder")
+    if Path(out).expanduser().resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(f"--out {out} is inside the run {folder}; give a folder outside it")
     again = run(cfg, out, twin_cache=twin_cache, monitor=monitor, log=log, force=dest.is_dir() and not _made_here(dest))
     return Reproduction(folder, again.run_dir, held.data, again.metrics.to_json(), _notes(folder))
 

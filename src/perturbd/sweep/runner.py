@@ -23,7 +23,7 @@ import yaml
 from perturbd.config import ExperimentConfig
 from perturbd.runs.experiment import check_config
 from perturbd.runs.folder import RunDir
-from perturbd.runs.rundir import clear_failure, failure_path, record_failure, run_dir_for, write_json
+from perturbd.runs.rundir import check_output, clear_failure, failure_path, record_failure, run_dir_for, user_os_errors, write_json
 from perturbd.sweep.config import TWINS, RayConfig, Sweep, SweepConfig, expand, read_sweep
 from perturbd.sweep.executors import Executor, LocalExecutor, RayExecutor, auto_workers
 
@@ -41,6 +41,8 @@ def check_sweep(sweep: Sweep) -> Sweep:
     defences: :func:`~perturbd.runs.experiment.check_config`), once per config without its seed."""
     for cfg in {c.model_dump_json(exclude={"seed"}): c for c in sweep.runs}.values():
         check_config(cfg)
+    longest = max((run_dir_for(c, sweep.out).name for c in sweep.runs), key=len, default="")
+    check_output(sweep.out, "out:", longest)
     return sweep
 
 
@@ -108,9 +110,10 @@ def run_sweep(
     ``on_done`` receives each :class:`~perturbd.sweep.executors.Outcome` as it arrives.
     """
     out = sweep.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(_dump_spec(sweep))
-    write_json(out / "sweep.json", {"name": sweep.spec.name, "runs": [run_dir_for(c, out).name for c in sweep.runs]})
+    with user_os_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.yaml").write_text(_dump_spec(sweep))
+        write_json(out / "sweep.json", {"name": sweep.spec.name, "runs": [run_dir_for(c, out).name for c in sweep.runs]})
     state = status(sweep)
     done_hashes = {c.hash() for c in state.done}
     todo = [c for c in sweep.runs if c.hash() not in done_hashes]
