@@ -73,6 +73,9 @@ CASES: dict[str, Case] = {
     ),
     "reproduce --out into the run": lambda t, m: (["reproduce", str(_run_copy(t, m)), "--out", str(_inside(t, m))], "inside the run"),
     "reproduce --out a file": lambda t, m: (["reproduce", str(_run_copy(t, m)), "--out", str(_file(t))], "is a file, not a folder"),
+    "defend --out a file": lambda t, m: (["defend", str(m), "-d", "spectral_signature", "--out", str(_file(t))], "is a file, not a folder"),
+    "audit --out below a file": lambda t, m: (["audit", str(m), str(m), "--out", f"{_file(t)}/a"], "is a file, not a folder"),
+    "report --out a file": lambda t, m: (["report", str(m), "--out", str(_file(t))], "is a file, not a folder"),
 }
 
 

@@ -61,9 +61,11 @@ def defend(
     from perturbd.evaluation.harness import run_defenses, write_defenses
     from perturbd.malloc import tune_malloc
     from perturbd.runs.folder import RunDir
+    from perturbd.runs.rundir import check_output, user_os_errors
     from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
+    folder = check_output(out or Path(f"defend-{model.stem if model.is_file() else model.name}"), "--out")
     tune_malloc()  # the command is the entry point: glibc's malloc set for tensors
     inputs = load_inputs(
         model,
@@ -75,9 +77,9 @@ def defend(
         trust_code=trust_code,
     )
     reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{m}"))
-    folder = out or Path(f"defend-{model.stem if model.is_file() else model.name}")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_defenses(folder, reports, inputs.clean_source)
+    with user_os_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_defenses(folder, reports, inputs.clean_source)
     out_console.print(defense_table(reports, f"perturbd defend · {model}"))
     console.print(f"wrote {RunDir(folder).defenses_path}")
 
@@ -111,9 +113,12 @@ def audit(
     from perturbd.defenses.base import seed_from_run
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
     from perturbd.malloc import tune_malloc
+    from perturbd.runs.rundir import check_output, user_os_errors, write_json
     from perturbd.runs.saved import load_inputs, load_model, locate
 
     auditor = UpdateAudit(**params_of(params))
+    if out is not None:
+        check_output(out, "--out")
     spec = model_options(arch, features, sets)
     before = locate(old, trust_code=trust_code, model=spec)  # both models' files are checked before anything loads
     tune_malloc()
@@ -138,9 +143,8 @@ def audit(
         f"suspicious labels: {result.suspicious_labels_ or 'none'} ({result.clean_used_} clean images, {result.seconds_:.1f} s)"
     )
     if out is not None:
-        from perturbd.runs.rundir import write_json
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "audit.json", result.to_json())
-        for filename, draw in result.figures().items():
-            draw(out / filename)
+        with user_os_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "audit.json", result.to_json())
+            for filename, draw in result.figures().items():
+                draw(out / filename)

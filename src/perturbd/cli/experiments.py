@@ -216,8 +216,12 @@ def report(
     report_root(path)  # a wrong folder is answered before the plotting libraries load
     from perturbd.report.build import build_report
     from perturbd.runs.folder import RunDir
+    from perturbd.runs.rundir import check_output, user_os_errors
 
-    rep = build_report(path, out, pivot)
+    if out is not None:
+        check_output(out, "--out")
+    with user_os_errors(out or path):
+        rep = build_report(path, out, pivot)
     if rep.single_run:
         out_console.print(summary_table(RunDir(rep.root).metrics(), rep.root))
     else:

@@ -51,6 +51,7 @@ def trigger_show(
     to the samples) beside clean and poisoned samples."""
     from perturbd.data import load_data
     from perturbd.report.figures import trigger_sheet
+    from perturbd.runs.rundir import user_os_errors
     from perturbd.triggers import TriggerContext, build_trigger, needs_model
 
     cfg = load_config(None, [f"trigger.kind={kind}", f"data.name={data}", *overrides(sets, data_root)])
@@ -60,7 +61,8 @@ def trigger_show(
     split = load_data(cfg.data, cfg.seed)
     trig = build_trigger(cfg.trigger, TriggerContext(split.test.image_shape, cfg.seed, cfg.poison.target, quantize=cfg.poison.quantize))
     clean = split.test.images[:4]
-    trigger_sheet(trig.preview(clean), clean, trig.apply(clean), output, cfg.trigger.label, trig.norms(clean.shape[1], clean)["linf"])
+    with user_os_errors(output):
+        trigger_sheet(trig.preview(clean), clean, trig.apply(clean), output, cfg.trigger.label, trig.norms(clean.shape[1], clean)["linf"])
     out_console.print(f"wrote {output}")
 
 
@@ -79,6 +81,7 @@ def trigger_make(
     _check_output_file(output, (".safetensors",))
     from perturbd.attack.trigger_file import make_trigger, write_trigger
     from perturbd.process import tune_process
+    from perturbd.runs.rundir import user_os_errors
 
     tune_process(cfg.train.threads)
 
@@ -89,7 +92,8 @@ def trigger_make(
         from perturbd.data import load_data
 
         samples = load_data(cfg.data, cfg.seed).test.images[:256]
-    written = write_trigger(plan, output, samples)
+    with user_os_errors(output):
+        written = write_trigger(plan, output, samples)
     t = Table(title=f"perturbd trigger make · {output}", header_style="bold")
     t.add_column("fact")
     t.add_column("value", justify="right")
