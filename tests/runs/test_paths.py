@@ -182,3 +182,15 @@ def test_two_processes_making_one_run_train_it_once(tmp_path) -> None:
     said = "".join(stderr + stdout for stdout, stderr in results)
     assert "already complete" in said or "made by another process" in said, said
     RunDir(final).metrics()
+
+
+def test_a_full_disk_during_an_export_leaves_no_folder(monkeypatch, tmp_path, made) -> None:
+    from perturbd.runs import export
+
+    def full(path: Path, image: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(export, "write_png", full)
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'exp'}/train/.*: no space left on the device"):
+        export.export_run(made, tmp_path / "exp")
+    assert list(tmp_path.iterdir()) == []
