@@ -18,11 +18,11 @@ from perturbd.runs.folder import RunDir  # the defaults are named as a run folde
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps", ".ps")
 
 
-def _check_output_file(output: Path, suffixes: tuple[str, ...]) -> None:
+def _check_output_file(output: Path, suffixes: tuple[str, ...] = ()) -> None:
     """Before any work: ``-o`` names a file of a format written here, in a folder that can be written."""
     from perturbd.runs.rundir import check_output
 
-    if output.suffix.lower() not in suffixes:
+    if suffixes and output.suffix.lower() not in suffixes:
         raise PerturbdError(f"-o {output}: cannot write a '{output.suffix or 'suffixless'}' file; give a {' or '.join(suffixes[:3])} file")
     if output.is_dir():
         raise PerturbdError(f"-o {output} is a folder; give a file name")
@@ -78,7 +78,7 @@ def trigger_make(
     """Build a trigger as the adversary would (adaptive by default) and save it; no victim is trained."""
     base = [] if config is not None else ["trigger.kind=adaptive"]
     cfg = load_config(config, [*base, *overrides(sets, data_root)])  # a config mistake is answered before torch loads
-    _check_output_file(output, (".safetensors",))
+    _check_output_file(output)  # its suffix: make_trigger checks it
     from perturbd.attack.trigger_file import make_trigger, write_trigger
     from perturbd.process import tune_process
     from perturbd.runs.rundir import user_os_errors
