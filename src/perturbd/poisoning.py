@@ -28,6 +28,7 @@ from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.metrics import attacked
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
+from perturbd.triggers.static import mask_values
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,11 @@ def _as_trigger(
             validate({"kind": trigger, **params}, TriggerConfig), TriggerContext(shape, seed, target, quantize=quantize)
         )
     elif isinstance(trigger, (np.ndarray, torch.Tensor)):
-        delta = torch.as_tensor(np.asarray(trigger) if isinstance(trigger, np.ndarray) else trigger.detach().cpu(), dtype=torch.float32)
+        values = trigger.detach().cpu().resolve_conj() if isinstance(trigger, torch.Tensor) else trigger
+        if isinstance(values, torch.Tensor):
+            values = values.numpy() if values.is_complex() else values.double().numpy()
+        values = values.astype(np.uint8) if values.dtype == np.bool_ else values
+        delta = torch.from_numpy(mask_values(values, "trigger δ"))
         delta = delta.unsqueeze(0) if delta.ndim == 2 else delta
         if delta.ndim == 3 and delta.shape[-1] in (1, 3) and delta.shape[0] not in (1, 3):
             delta = delta.permute(2, 0, 1)  # (H, W, C) as the caller's channels-last images
@@ -259,6 +264,9 @@ def poison(
         raise ConfigError(
             f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}"
         )
+    top = int(labels.numpy().max()) if len(labels) and labels.dtype == torch.uint64 else 0  # torch has no uint64 max
+    if top > torch.iinfo(torch.int64).max:
+        raise ConfigError(f"y holds label {top}, beyond any class count; labels must be 0…K-1")
     labels = labels.long()
     cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
