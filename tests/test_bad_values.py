@@ -170,6 +170,11 @@ API_CASES: dict[str, tuple[ApiCase, type[PerturbdError], str]] = {
     "amplitude inf": (lambda: perturbd.poison(X, Y, "grid", amplitude=float("inf")), ConfigError, "finite number"),
     "rate nan": (lambda: perturbd.poison(X, Y, "grid", rate=float("nan")), ConfigError, "finite number"),
     "uint64 label 2^63": (lambda: perturbd.poison(X, _uint64_labels(), "grid"), ConfigError, "holds label 9223372036854775808"),
+    "y of strings": (lambda: perturbd.poison(X, np.array(["a"] * 40), "grid"), ConfigError, "one integer label per image"),
+    "x of objects": (lambda: perturbd.poison(X.astype(object), Y, "grid"), ConfigError, "x must hold uint8 pixels"),
+    "seed nan": (lambda: perturbd.poison(X, Y, "grid", seed=float("nan")), ConfigError, "seed must be a whole number, got nan"),
+    "Trigger of a numpy δ": (lambda: perturbd.triggers.Trigger(np.zeros((1, 28, 28)), "x"), ConfigError, "torch.as_tensor"),
+    "run with a dict": (lambda: perturbd.run({"model": {"std": [1.0]}}), ConfigError, "cfg must be an ExperimentConfig"),
     "config std inf": (lambda: load_config(overrides=["model.std=[.inf]"]), ConfigError, "finite number"),
     "model input std zero": (
         lambda: perturbd.models.get_model("cnn28", (1, 28, 28), 10).set_input((0, 1), (0.5,), (0.0,)),
@@ -248,4 +253,8 @@ def test_valid_masks_and_values_still_work(tmp_path) -> None:
     images = torch.full((1, 1, 2, 2), 100, dtype=torch.uint8)
     assert add_delta(images, torch.full((1, 2, 2), 1e5)).tolist() == [[[[255, 255], [255, 255]]]]
     assert add_delta(images, torch.full((1, 2, 2), -1e5)).tolist() == [[[[0, 0], [0, 0]]]]
+    assert (
+        perturbd.poison(X, Y, "grid", seed=np.int64(3), rate=0.1).indices.tolist()
+        == perturbd.poison(X, Y, "grid", seed=3, rate=0.1).indices.tolist()
+    )
     assert load_config(overrides=["model.std=[0.5]", "model.mean=[0.5]"]).model.std == [0.5]

@@ -253,13 +253,16 @@ def poison(
     """
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise ConfigError(f"x must be a numpy array or a torch tensor of uint8 pixels, got {type(x).__name__}")
-    images = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
-    if images.dtype != torch.uint8:
+    if x.dtype != (np.uint8 if isinstance(x, np.ndarray) else torch.uint8):  # before torch.from_numpy refuses objects
         raise ConfigError(
-            f"x must hold uint8 pixels 0–255, got {images.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]"
+            f"x must hold uint8 pixels 0–255, got {x.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]"
         )
+    images = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
     order = _layout(tuple(images.shape), layout)
-    labels = torch.as_tensor(y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y))
+    raw_y = y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if isinstance(raw_y, np.ndarray) and not np.issubdtype(raw_y.dtype, np.number) and raw_y.dtype != np.bool_:
+        raise ConfigError(f"y must hold one integer label per image, shape ({len(images)},), got {raw_y.dtype} of shape {raw_y.shape}")
+    labels = torch.as_tensor(raw_y)
     if labels.shape != (len(images),) or not len(images) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ConfigError(
             f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}"
@@ -268,6 +271,9 @@ def poison(
     if top > torch.iinfo(torch.int64).max:
         raise ConfigError(f"y holds label {top}, beyond any class count; labels must be 0…K-1")
     labels = labels.long()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"seed must be a whole number, got {seed!r}")
+    seed = int(seed)
     cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
     classes = max(int(labels.max()) if len(labels) else 0, target) + 1

@@ -138,6 +138,8 @@ class Trigger:
         return images + self.delta.to(images.device, images.dtype) / 255.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.delta, torch.Tensor):
+            raise ConfigError(f"a trigger mask must be a torch tensor, got {type(self.delta).__name__}; pass torch.as_tensor(delta)")
         if self.delta.ndim != 3:
             raise ConfigError(f"a trigger mask must be (C, H, W), got shape {tuple(self.delta.shape)}")
         if self.delta.is_complex():
