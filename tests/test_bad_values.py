@@ -43,6 +43,14 @@ def _npy(path: Path, value: Any, dtype: Any = np.float64) -> Path:
     return path
 
 
+def _saved_trigger(tmp: Path, value: float) -> Path:
+    from perturbd.triggers import Trigger
+
+    path = tmp / "t.safetensors"
+    Trigger(torch.full((1, 28, 28), value), "array").save(path)
+    return path
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -87,6 +95,7 @@ CLI_CASES: dict[str, CliCase] = {
     "mask 1e30": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", 1e30)))], "δ is in pixel units, within [-255, 255]"),
     "mask 1e5": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", -1e5)))], "holds values up to 100000 in magnitude"),
     "mask nan": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", np.nan)))], "holds NaN or inf"),
+    "saved trigger of 1e30": lambda t: ([*RUN, *_image(str(_saved_trigger(t, 1e30)))], "within [-255, 255]"),
     "mask complex": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", 3 + 4j, np.complex128)))], "holds complex numbers"),
     # duplicate keys
     "duplicate key in a section": lambda t: (
@@ -118,6 +127,10 @@ CLI_CASES: dict[str, CliCase] = {
     "no fraction fits, not an inverted range": lambda t: (
         [*RUN, "--set", "data.train_limit=60", "--set", "attack.knowledge=model"],
         "use at least 100 training images",
+    ),
+    "update batch larger than the data, not a negative rest": lambda t: (
+        [*RUN, "--set", "attack.setting=update", "--set", "attack.update_size=900"],
+        "attack.update_size 900 is more than the victim's",
     ),
     "brackets in a message survive": lambda t: ([*RUN, "--set", f"data.name=npz:{t}/[tensorboard].npz"], "[tensorboard].npz"),
     "three-frame gif": lambda t: (

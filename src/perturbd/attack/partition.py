@@ -119,8 +119,9 @@ def _update_batch(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int,
     need = 0 if cfg.attack.checkpoint is not None else MIN_PER_CLASS * num_classes
     if size > n - need:
         fix = "lower attack.update_size" + ("" if need == 0 else " or start from attack.checkpoint")
+        leaves = f"leaves {n - size} of" if size <= n else "is more than"  # never "leaves -50"
         raise ConfigError(
-            f"attack.update_size {size} leaves {n - size} of the victim's {n} images for its initial training (need at least {need}); {fix}"
+            f"attack.update_size {size} {leaves} the victim's {n} images for its initial training (need at least {need}); {fix}"
         )
     batch = stratified_indices(labels, size, derived_generator(cfg.seed, "update"), num_classes)
     return victim[complement(n, batch)], victim[batch]

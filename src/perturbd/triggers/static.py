@@ -112,7 +112,7 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
         raise ConfigError(f"trigger mask file not found: {path}; set trigger.path to an existing file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return Trigger.load(path).mask()
+        return torch.from_numpy(mask_values(Trigger.load(path).mask().numpy(), f"mask {path}"))
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
