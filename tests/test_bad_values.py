@@ -114,6 +114,18 @@ CLI_CASES: dict[str, CliCase] = {
         ["sweep", str(_write(t / "s.yaml", "base: {}\naxes:\n  poison.rate: [0.1]\n  poison.rate: [0.2]\nseeds: [0]\n"))],
         "names the key 'poison.rate' twice",
     ),
+    "sweep range of NaN": lambda t: (
+        ["sweep", str(_write(t / "s.yaml", "base: {}\naxes: {poison.rate: {range: [0.1, .nan, 0.1]}}\nseeds: [0]\n"))],
+        "range takes finite numbers",
+    ),
+    "sweep linspace to inf": lambda t: (
+        ["sweep", str(_write(t / "s.yaml", "base: {}\naxes: {poison.rate: {linspace: [0.1, .inf, 3]}}\nseeds: [0]\n"))],
+        "linspace takes finite numbers",
+    ),
+    "sweep value inf": lambda t: (
+        ["sweep", str(_write(t / "s.yaml", "base: {}\naxes: {poison.rate: [0.1, .inf]}\nseeds: [0]\n"))],
+        "Input should be a finite number, got inf",
+    ),
     # labels
     "test label never trained": lambda t: (
         [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_train=np.arange(40) % 3)}"],
