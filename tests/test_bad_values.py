@@ -56,14 +56,19 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _gif(path: Path) -> Path:
+    frames = [Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (0, 100, 200)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
 def _gif_folder(root: Path) -> Path:
     for part in ("train", "test"):
         for cls in ("a", "b"):
             (root / part / cls).mkdir(parents=True)
             for i in range(3):
                 Image.fromarray(np.full((28, 28, 3), 40 * i, np.uint8)).save(root / part / cls / f"{i}.png")
-    frames = [Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (0, 100, 200)]
-    frames[0].save(root / "train" / "a" / "anim.gif", save_all=True, append_images=frames[1:])
+    _gif(root / "train" / "a" / "anim.gif")
     return root
 
 
@@ -96,6 +101,11 @@ CLI_CASES: dict[str, CliCase] = {
     "mask 1e5": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", -1e5)))], "holds values up to 100000 in magnitude"),
     "mask nan": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", np.nan)))], "holds NaN or inf"),
     "saved trigger of 1e30": lambda t: ([*RUN, *_image(str(_saved_trigger(t, 1e30)))], "within [-255, 255]"),
+    "three-frame gif as a mask": lambda t: ([*RUN, *_image(str(_gif(t / "m.gif")))], "holds 3 frames"),
+    "three-frame gif as a blend image": lambda t: (
+        [*RUN, "--set", "trigger.kind=blended", "--set", f"trigger.path={_gif(t / 'b.gif')}"],
+        "holds 3 frames",
+    ),
     "mask complex": lambda t: ([*RUN, *_image(str(_npy(t / "m.npy", 3 + 4j, np.complex128)))], "holds complex numbers"),
     # duplicate keys
     "duplicate key in a section": lambda t: (

@@ -122,6 +122,8 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
     else:
         try:
             with Image.open(path) as img:
+                if (frames := int(getattr(img, "n_frames", 1))) > 1:
+                    raise ConfigError(f"mask image {path} holds {frames} frames (an animation or a multi-page file); save one frame")
                 arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise ConfigError(f"cannot read mask image {path}: {err}; use a PNG or a .npy file") from None
