@@ -16,7 +16,7 @@ Poisoning the arrays of another framework (numpy or torch, any layout)::
 from typing import Any
 
 from perturbd.config import ExperimentConfig, load_config
-from perturbd.errors import PerturbdError
+from perturbd.errors import ConfigError, PerturbdError
 from perturbd.version import __version__
 
 
@@ -31,6 +31,8 @@ def run(cfg: ExperimentConfig, out: str = "runs", *, model=None, data=None, **kw
 
     from perturbd.runs.experiment import run as _run
 
+    if not isinstance(cfg, ExperimentConfig):
+        raise ConfigError(f"cfg must be an ExperimentConfig (perturbd.load_config(...)), got {type(cfg).__name__}")
     return _run(cfg, Path(out), model=model, data=data, **kwargs)
 
 

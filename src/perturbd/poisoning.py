@@ -28,6 +28,7 @@ from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.metrics import attacked
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
+from perturbd.triggers.static import mask_values
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,11 @@ def _as_trigger(
             validate({"kind": trigger, **params}, TriggerConfig), TriggerContext(shape, seed, target, quantize=quantize)
         )
     elif isinstance(trigger, (np.ndarray, torch.Tensor)):
-        delta = torch.as_tensor(np.asarray(trigger) if isinstance(trigger, np.ndarray) else trigger.detach().cpu(), dtype=torch.float32)
+        values = trigger.detach().cpu().resolve_conj() if isinstance(trigger, torch.Tensor) else trigger
+        if isinstance(values, torch.Tensor):
+            values = values.numpy() if values.is_complex() else values.double().numpy()
+        values = values.astype(np.uint8) if values.dtype == np.bool_ else values
+        delta = torch.from_numpy(mask_values(values, "trigger δ"))
         delta = delta.unsqueeze(0) if delta.ndim == 2 else delta
         if delta.ndim == 3 and delta.shape[-1] in (1, 3) and delta.shape[0] not in (1, 3):
             delta = delta.permute(2, 0, 1)  # (H, W, C) as the caller's channels-last images
@@ -248,18 +253,27 @@ def poison(
     """
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise ConfigError(f"x must be a numpy array or a torch tensor of uint8 pixels, got {type(x).__name__}")
-    images = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
-    if images.dtype != torch.uint8:
+    if x.dtype != (np.uint8 if isinstance(x, np.ndarray) else torch.uint8):  # before torch.from_numpy refuses objects
         raise ConfigError(
-            f"x must hold uint8 pixels 0–255, got {images.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]"
+            f"x must hold uint8 pixels 0–255, got {x.dtype}; convert with (x * 255).round().astype('uint8') if it is in [0, 1]"
         )
+    images = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
     order = _layout(tuple(images.shape), layout)
-    labels = torch.as_tensor(y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y))
+    raw_y = y.detach().cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if isinstance(raw_y, np.ndarray) and not np.issubdtype(raw_y.dtype, np.number) and raw_y.dtype != np.bool_:
+        raise ConfigError(f"y must hold one integer label per image, shape ({len(images)},), got {raw_y.dtype} of shape {raw_y.shape}")
+    labels = torch.as_tensor(raw_y)
     if labels.shape != (len(images),) or not len(images) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ConfigError(
             f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}"
         )
+    top = int(labels.numpy().max()) if len(labels) and labels.dtype == torch.uint64 else 0  # torch has no uint64 max
+    if top > torch.iinfo(torch.int64).max:
+        raise ConfigError(f"y holds label {top}, beyond any class count; labels must be 0…K-1")
     labels = labels.long()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(f"seed must be a whole number, got {seed!r}")
+    seed = int(seed)
     cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
     classes = max(int(labels.max()) if len(labels) else 0, target) + 1

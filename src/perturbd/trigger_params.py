@@ -31,7 +31,7 @@ class TriggerParams(BaseModel):
     Class variables: ``strength_key`` (the field that sets how strong the trigger is), ``symbol``
     (its symbol in labels), ``needs_model`` (the kind is computed from the adversary's model)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     strength_key: ClassVar[str] = "amplitude"
     symbol: ClassVar[str] = "c"
     needs_model: ClassVar[bool] = False

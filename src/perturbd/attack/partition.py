@@ -92,9 +92,14 @@ def partition(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int) -> 
         aux_n = round(a.aux_fraction * n)
         if aux_n < need or n - aux_n < need:
             who, got = ("adversary", aux_n) if aux_n < need else ("victim", n - aux_n)
+            fix = (
+                f"choose a fraction in [{need / n:.3g}, {1 - need / n:.3g}] or use more data"
+                if 2 * need <= n
+                else f"no fraction does with {n}: use at least {2 * need} training images"
+            )
             raise ConfigError(
                 f"attack.aux_fraction {a.aux_fraction:g} of {n} training images leaves {got} to the {who} "
-                f"(at least {need} on each side); choose a fraction in [{need / n:.3g}, {1 - need / n:.3g}] or use more data"
+                f"(at least {need} on each side); {fix}"
             )
         auxiliary = stratified_indices(labels, aux_n, derived_generator(cfg.seed, "aux"), num_classes)
         victim = complement(n, auxiliary)
@@ -114,8 +119,9 @@ def _update_batch(cfg: ExperimentConfig, labels: torch.Tensor, num_classes: int,
     need = 0 if cfg.attack.checkpoint is not None else MIN_PER_CLASS * num_classes
     if size > n - need:
         fix = "lower attack.update_size" + ("" if need == 0 else " or start from attack.checkpoint")
+        leaves = f"leaves {n - size} of" if size <= n else "is more than"  # never "leaves -50"
         raise ConfigError(
-            f"attack.update_size {size} leaves {n - size} of the victim's {n} images for its initial training (need at least {need}); {fix}"
+            f"attack.update_size {size} {leaves} the victim's {n} images for its initial training (need at least {need}); {fix}"
         )
     batch = stratified_indices(labels, size, derived_generator(cfg.seed, "update"), num_classes)
     return victim[complement(n, batch)], victim[batch]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from perturbd.cli import defences, experiments, export, triggers  # noqa: F401  (each adds its commands to the app)
 from perturbd.cli.app import app, console
 from perturbd.errors import PerturbdError
@@ -24,7 +26,7 @@ def main() -> None:
     try:
         app()
     except PerturbdError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted; finished runs are kept, partial ones were removed")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
@@ -76,7 +77,7 @@ def defend(
         model=model_options(arch, features, sets),
         trust_code=trust_code,
     )
-    reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{m}"))
+    reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{escape(m)}"))
     with user_os_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
         write_defenses(folder, reports, inputs.clean_source)

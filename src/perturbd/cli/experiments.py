@@ -34,9 +34,9 @@ def run(
 
     tune_process(cfg.train.threads)  # the command is the entry point: the library never retunes the process
     with make_progress(console) as progress, with_tensorboard(RichMonitor(progress), tensorboard, run_dir_for(cfg, out).name) as monitor:
-        result = run_experiment(cfg, out, monitor=monitor, log=lambda m: progress.console.print(f"[dim]{m}"), force=force)
+        result = run_experiment(cfg, out, monitor=monitor, log=lambda m: progress.console.print(f"[dim]{escape(m)}"), force=force)
     if result.skipped:
-        console.print(f"[yellow]already complete, not rerun (use --force to redo): {result.run_dir}")
+        console.print(f"[yellow]already complete, not rerun (use --force to redo): {escape(str(result.run_dir))}")
     out_console.print(summary_table(result.metrics, result.run_dir))
 
 
@@ -59,7 +59,7 @@ def reproduce(
     cfg = stored.config(given, trust_code=trust_code)  # a mistake is answered before torch loads
     note = stored.hash_note()
     if note:
-        console.print(f"[yellow]{note}", highlight=False)
+        console.print(f"[yellow]{escape(note)}", highlight=False)
     from perturbd.process import tune_process
     from perturbd.runs.reproduce import REPRODUCED
     from perturbd.runs.reproduce import reproduce as train_again
@@ -69,7 +69,7 @@ def reproduce(
 
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
-                          log=lambda m: progress.console.print(f"[dim]{m}"), trust_code=trust_code)  # fmt: skip
+                          log=lambda m: progress.console.print(f"[dim]{escape(m)}"), trust_code=trust_code)  # fmt: skip
     t = Table(title=f"perturbd reproduce · {run_dir}")
     for column in ("number", "stored", "retrained", ""):
         t.add_column(column)
@@ -77,7 +77,7 @@ def reproduce(
         t.add_row(key, str(rep.stored.get(key)), str(rep.retrained.get(key)), "same" if key not in rep.differ else "[red]differs")
     out_console.print(t)
     for note in rep.notes:
-        console.print(f"[yellow]{note}", highlight=False)
+        console.print(f"[yellow]{escape(note)}", highlight=False)
     console.print(rep.summary(), highlight=False)
     if not rep.same:
         console.print(f"the retrain is kept in {rep.again}" + ("; weights not restored" if restore else ""), highlight=False)
@@ -149,7 +149,7 @@ def sweep(
     )
     busy = busy_warning()
     if busy and st.todo:
-        console.print(f"[yellow]  {busy}", highlight=False)
+        console.print(f"[yellow]  {escape(str(busy))}", highlight=False)
     stale = made_elsewhere_runs(sw, st)
     if stale:
         console.print(
@@ -180,7 +180,7 @@ def sweep(
                     highlight=False,
                 )
             else:
-                progress.console.print(f"[red]✗[/] {o.cfg.run_name}-{o.cfg.hash()}: {o.error}", highlight=False)
+                progress.console.print(f"[red]✗[/] {escape(f'{o.cfg.run_name}-{o.cfg.hash()}: {o.error}')}", highlight=False)
 
         def on_start(cfg: Any) -> None:
             progress.update(overall, info=f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}")

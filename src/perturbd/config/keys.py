@@ -15,13 +15,48 @@ from pydantic import (
 from perturbd.errors import ConfigError
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):  # type: ignore[misc]  # PyYAML is untyped
+    """A mapping that names one key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """The safe loader, refusing a mapping that names a key twice (YAML's own rule; PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the safe loader's own error follows
+            if duplicate:
+                raise DuplicateKeyError(None, None, f"the key '{key}' twice", key_node.start_mark)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python data with the safe loader (nothing is executed); a key named twice in
+    one mapping is a :class:`DuplicateKeyError`."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: nothing is executed
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (safe loader: nothing is executed)."""
+    """A YAML file that must hold a mapping (safe loader: nothing is executed; a key named twice
+    in one mapping is an error, not "the last one wins")."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
+    except DuplicateKeyError as err:
+        mark = err.problem_mark
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path} names {err.problem} in one mapping{at}; keep one of them") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

@@ -22,7 +22,7 @@ from perturbd.knowledge import KNOWLEDGE, check_knowledge
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):

@@ -150,9 +150,20 @@ def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     return image[:1] if channels == 2 else image[:3] if channels == 4 else image
 
 
-def _decode_pil(data: torch.Tensor) -> torch.Tensor:
+class _Frames(DataError):
+    """A file of several frames (an animation, a multi-page TIFF): not one image."""
+
+
+def _frames_error(rel: str, frames: int) -> _Frames:
+    return _Frames(f"{rel} holds {frames} frames (an animation or a multi-page file), not one image; save one frame per file")
+
+
+def _decode_pil(data: torch.Tensor, rel: str = "") -> torch.Tensor:
     """Pillow decoding: grey modes stay 1 channel (16-bit scaled to 8 bits), the rest become RGB."""
     with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+        frames = int(getattr(im, "n_frames", 1))
+        if frames > 1:
+            raise _frames_error(rel, frames)
         if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey, read as 0–65535
             array = (np.asarray(im, dtype=np.int64).clip(0, 65535) // 257).astype(np.uint8)
         else:
@@ -178,11 +189,13 @@ def _torchvision_io() -> Any:
 def _decode_one(rel: str, data: torch.Tensor) -> torch.Tensor:
     tvio = _torchvision_io()
     if tvio is None or _suffix(rel) not in TORCHVISION_SUFFIXES:
-        return _decode_pil(data)
+        return _decode_pil(data, rel)
     if _png_palette(data):  # UNCHANGED would give palette indices: expand, and keep grey palettes grey
         image: torch.Tensor = tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)  # torchvision is untyped here
         return image[:1] if bool((image[0] == image[1]).all() and (image[1] == image[2]).all()) else image
     image = tvio.decode_image(data, mode=tvio.ImageReadMode.UNCHANGED)
+    if image.ndim == 4:  # an animated GIF: (frames, C, H, W)
+        raise _frames_error(rel, image.shape[0])
     if image.shape[0] == 4 and _suffix(rel) in JPEG_SUFFIXES:  # CMYK: let the decoder convert
         image = tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)
     return _to_uint8(image)
@@ -205,6 +218,8 @@ def _decode_chunk(root: Path, rels: list[str]) -> list[torch.Tensor]:
         if out[i] is None:
             try:
                 out[i] = _decode_one(rel, blobs[i])
+            except _Frames as err:
+                raise DataError(f"imagefolder: {err} (in {root})") from None
             except (RuntimeError, OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError too
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
                 if reason.startswith("cannot identify image file"):  # Pillow names a BytesIO object

@@ -97,6 +97,8 @@ def _labels(y: np.ndarray, key: str, n: int, where: str) -> torch.Tensor:
         raise DataError(f"{where}: {key} has {len(y)} labels for {n} images; give one label per image")
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{where}: {key} holds negative labels (min {int(y.min())}); labels must be 0…K-1")
+    if len(y) and int(y.max()) > np.iinfo(np.int64).max:  # uint64 beyond int64: read as it is, not wrapped negative
+        raise DataError(f"{where}: {key} holds label {int(y.max())}, beyond any class count; labels must be 0…K-1")
     return torch.from_numpy(y.astype(np.int64))
 
 

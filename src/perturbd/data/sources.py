@@ -25,7 +25,7 @@ import torch
 
 from perturbd.config import DataConfig
 from perturbd.data.dataset import DataSplit, ImageDataset
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
 from perturbd.registry import Registry
 from perturbd.seeding import derived_generator
 
@@ -154,9 +154,33 @@ def load_data(cfg: DataConfig, seed: int = 0) -> DataSplit:
     """
     source, arg = get_source(cfg.name)
     split = source.load(SourceRequest(cfg.name, arg, Path(cfg.root).expanduser(), cfg.download))
+    unseen = _unseen_labels(split.train, split.test)
+    if unseen:
+        raise DataError(
+            f"{split.test.name}: the test set has label(s) {_some(unseen)} that no training image has; "
+            "a model cannot learn them: add training images of these classes or drop them from the test set"
+        )
     train = _limit(split.train, cfg.train_limit, derived_generator(seed, "train", namespace="limit"))
     test = _limit(split.test, cfg.test_limit, derived_generator(seed, "test", namespace="limit"))
+    unseen = _unseen_labels(train, test)
+    if unseen:
+        log.warning(
+            "data.train_limit=%d keeps no training image of test label(s) %s: their test images count as errors; raise the limit",
+            cfg.train_limit,
+            _some(unseen),
+        )
     return split if (train is split.train and test is split.test) else DataSplit(train, test)
+
+
+def _unseen_labels(train: ImageDataset, test: ImageDataset) -> list[int]:
+    """Labels of ``test`` that no image of ``train`` has, ascending."""
+    seen = torch.bincount(train.labels, minlength=train.num_classes) > 0
+    present = torch.bincount(test.labels, minlength=test.num_classes) > 0
+    return [int(c) for c in (present & ~seen[: len(present)]).nonzero().flatten()]
+
+
+def _some(labels: list[int]) -> str:
+    return ", ".join(map(str, labels[:10])) + (f" (and {len(labels) - 10} more)" if len(labels) > 10 else "")
 
 
 def _limit(data: ImageDataset, limit: int | None, generator: torch.Generator) -> ImageDataset:

@@ -40,7 +40,7 @@ from perturbd.seeding import derived_seed
 class DefenseParams(BaseModel):
     """Base of each defence's ``Params``: typed fields with bounds; units in the descriptions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _valid_range(field: Any) -> str:

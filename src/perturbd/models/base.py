@@ -9,6 +9,7 @@ resolved at run time (``tv:<torchvision name>``) registers a resolver with :func
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,8 @@ class Classifier(nn.Module):
         """The network takes ``(lo + x·(hi − lo) − mean) / std`` of ``x`` in [0, 1] (``mean``/``std`` in
         those units, one value or one per channel); buffers outside the state dict, in checkpoints' metadata."""
         spec = {"input_range": [float(v) for v in input_range], "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+        if not all(math.isfinite(v) for values in spec.values() for v in values) or min(spec["std"], default=0.0) <= 0:
+            raise ConfigError(f"model input range, mean and std must be finite numbers with std > 0, got {spec}")
         self.register_buffer("_mean", torch.tensor(spec["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(spec["std"]).view(1, -1, 1, 1), persistent=False)
         self.input_spec = spec

@@ -30,6 +30,8 @@ def axis_values(key: str, spec: Any) -> list[Any]:
             raise ConfigError(f"sweep axis '{key}': unknown generator '{kind}'{suggest(str(kind), list(_RANGES))}")
         if not (isinstance(args, list) and len(args) == 3 and all(isinstance(a, (int, float)) for a in args)):
             raise ConfigError(f"sweep axis '{key}': {kind} takes [start, stop, {'step' if kind == 'range' else 'n'}], got {args!r}")
+        if not all(math.isfinite(a) for a in args):
+            raise ConfigError(f"sweep axis '{key}': {kind} takes finite numbers, got {args!r}")
         values = maker(*args)
         if not values:
             raise ConfigError(f"sweep axis '{key}': {kind} {args} gives no value")

@@ -53,7 +53,7 @@ def add_delta(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         )
     delta = delta.to(images.device)
     if images.dtype == torch.uint8:
-        step = torch.round(delta).to(torch.int16)
+        step = torch.round(delta.clamp(-255.0, 255.0)).to(torch.int16)  # beyond ±255 every pixel saturates alike
         return (images.to(torch.int16) + step).clamp_(0, 255).to(torch.uint8)
     if images.is_floating_point():
         return (images + delta.to(images.dtype) / 255.0).clamp_(0.0, 1.0)
@@ -138,8 +138,12 @@ class Trigger:
         return images + self.delta.to(images.device, images.dtype) / 255.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.delta, torch.Tensor):
+            raise ConfigError(f"a trigger mask must be a torch tensor, got {type(self.delta).__name__}; pass torch.as_tensor(delta)")
         if self.delta.ndim != 3:
             raise ConfigError(f"a trigger mask must be (C, H, W), got shape {tuple(self.delta.shape)}")
+        if self.delta.is_complex():
+            raise ConfigError(f"a trigger mask must hold real values, got {self.delta.dtype}")
         if not torch.isfinite(self.delta).all():
             raise ConfigError("a trigger mask must hold finite values; got NaN or inf")
         self.delta = self.delta.detach().to("cpu", torch.float32).contiguous()

@@ -63,6 +63,8 @@ def read_pattern(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
     channels, height, width = shape
     try:
         with Image.open(path) as raw:
+            if (frames := int(getattr(raw, "n_frames", 1))) > 1:
+                raise ConfigError(f"the blend image {path} holds {frames} frames (an animation or a multi-page file); save one frame")
             img = raw.convert("L" if channels == 1 else "RGB")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,23 @@ def dither(pattern: torch.Tensor, amplitude: float, seed: int, quantize: bool = 
     return dithered_round(pattern * amplitude, seed)
 
 
+def mask_values(arr: Any, source: str) -> np.ndarray:
+    """A user's δ in pixel units as float32: real, finite and within ±255 (:class:`ConfigError` else)."""
+    arr = np.asarray(arr)
+    if np.iscomplexobj(arr):
+        raise ConfigError(f"{source} holds complex numbers ({arr.dtype}); δ must be real pixel values in [-255, 255]")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        raise ConfigError(f"{source} must hold numbers, got dtype {arr.dtype}")
+    values = arr.astype(np.float64, copy=False)
+    if not np.isfinite(values).all():
+        raise ConfigError(f"{source} holds NaN or inf; δ must be finite pixel values in [-255, 255]")
+    if values.size and float(np.abs(values).max()) > 255:
+        raise ConfigError(
+            f"{source} holds values up to {float(np.abs(values).max()):g} in magnitude; δ is in pixel units, within [-255, 255]"
+        )
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
 def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
     """A user's mask: ``.npy`` holds δ in pixel units as ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``;
     an image file (PNG, …) is read as intensity ``m`` in 0–255 and scaled to ``δ = c · m / 255``;
@@ -94,18 +112,18 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
         raise ConfigError(f"trigger mask file not found: {path}; set trigger.path to an existing file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return Trigger.load(path).mask()
+        return torch.from_numpy(mask_values(Trigger.load(path).mask().numpy(), f"mask {path}"))
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as err:
             raise ConfigError(f"cannot read mask {path}: {err}; save it with numpy.save") from None
-        if not np.issubdtype(arr.dtype, np.number):
-            raise ConfigError(f"mask {path} must hold numbers, got dtype {arr.dtype}")
-        delta = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        delta = torch.from_numpy(mask_values(arr, f"mask {path}"))
     else:
         try:
             with Image.open(path) as img:
+                if (frames := int(getattr(img, "n_frames", 1))) > 1:
+                    raise ConfigError(f"mask image {path} holds {frames} frames (an animation or a multi-page file); save one frame")
                 arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise ConfigError(f"cannot read mask image {path}: {err}; use a PNG or a .npy file") from None
