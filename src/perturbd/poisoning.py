@@ -26,6 +26,7 @@ import torch
 from perturbd.config import PoisonConfig, TriggerConfig, validate
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.limits import check_label_bound, check_seed
 from perturbd.metrics import attacked
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 
@@ -260,6 +261,9 @@ def poison(
             f"y must hold one integer label per image, shape ({len(images)},), got {labels.dtype} of shape {tuple(labels.shape)}"
         )
     labels = labels.long()
+    check_seed(seed)
+    if len(labels):
+        check_label_bound(int(labels.max()), "y")
     cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
     classes = max(int(labels.max()) if len(labels) else 0, target) + 1

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from perturbd.knowledge import KNOWLEDGE, check_knowledge
+from perturbd.limits import MAX_CLASSES
 
 
 class Section(BaseModel):
@@ -94,7 +95,7 @@ class ModelConfig(Section):
 
 class PoisonConfig(Section):
     rate: float = Field(0.05, gt=0, le=1, description="injection rate: poisoned / samples of the set")
-    target: int = Field(0, ge=0, description="target label t")
+    target: int = Field(0, ge=0, lt=MAX_CLASSES, description="target label t (a class index, below 100,000)")
     sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
     quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
     mode: Literal["dirty", "clean_label"] = Field(
