@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from perturbd.errors import ConfigError
+from perturbd.imageread import open_image
 from perturbd.seeding import derived_generator
 from perturbd.trigger_params import ImageParams, PatchParams, StaticParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
@@ -105,7 +106,7 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
         delta = torch.from_numpy(np.asarray(arr, dtype=np.float32))
     else:
         try:
-            with Image.open(path) as img:
+            with open_image(path, "mask") as img:
                 arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise ConfigError(f"cannot read mask image {path}: {err}; use a PNG or a .npy file") from None
