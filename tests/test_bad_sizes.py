@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perturbd.errors import ConfigError, DataError, PerturbdError
+from perturbd.errors import CheckpointError, ConfigError, DataError, PerturbdError
 from perturbd.limits import MAX_CLASSES, MAX_IMAGE_PIXELS, SEED_LIMIT, check_seed
 
 BIG = 30_000  # 30000×30000 = 9×10^8 pixels: above Pillow's own bomb bound
@@ -42,6 +42,29 @@ def tiff_header(path: Path, width: int, height: int) -> Path:
         for tag, kind, value in tags
     )
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0))
+    return path
+
+
+def _npy_header(path: Path, shape: tuple[int, ...]) -> Path:
+    """A ``.npy`` file of ``shape`` float32 whose data is absent (a header and a sparse tail)."""
+    with path.open("wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        fh.truncate(fh.tell() + 4 * int(np.prod(shape)))
+    return path
+
+
+def _checkpoint(path: Path, **meta: str) -> Path:
+    """A cnn28 checkpoint whose metadata says ``meta``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from perturbd.models import get_model, save_model
+
+    save_model(get_model("cnn28", (1, 28, 28), 10), path, {})
+    with safe_open(str(path), "pt") as fh:
+        stored = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no mapping)
+    save_file(tensors, str(path), {**stored, **meta})
     return path
 
 
@@ -84,6 +107,18 @@ CLI_CASES: dict[str, Case] = {
         "y_train: label 1000000000 is too large: perturbd takes at most 100,000 classes",
     ),
     "npz label of 2^62": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', _labels_up_to(2**62))}"], "is too large"),
+    "checkpoint of 10^9 classes": lambda t: (
+        [
+            *RUN,
+            "--set",
+            "attack.setting=update",
+            "--set",
+            "attack.update_size=100",
+            "--set",
+            f"attack.checkpoint={_checkpoint(t / 'c.safetensors', num_classes=str(10**9))}",
+        ],
+        "1000000000 classes), not 'cnn28' (1x28x28 images, 10 classes)",
+    ),
     "target of 10^9": lambda t: ([*RUN, "--set", "poison.target=1000000000"], "config 'poison.target': Input should be less than 100000"),
     # seeds
     "seed of 10^30": lambda t: ([*RUN, "--set", f"seed={10**30}"], "config 'seed': Input should be less than 9223372036854775808"),
@@ -143,6 +178,10 @@ CLI_CASES: dict[str, Case] = {
         [*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={tiff_header(t / 'm.tif', MID, MID)}"],
         "(9000×9000 = 81,000,000 pixels)",
     ),
+    "npy mask of 30000²×3": lambda t: (
+        [*RUN, "--set", "trigger.kind=image", "--set", f"trigger.path={_npy_header(t / 'm.npy', (3, BIG, BIG))}"],
+        "(3×30000×30000 = 2,700,000,000 values)",
+    ),
     "blend image 30000² TIFF": lambda t: (
         [*RUN, "--set", "trigger.kind=blended", "--set", f"trigger.path={tiff_header(t / 'b.tif', BIG, BIG)}"],
         f"blend image {t / 'b.tif'} is too large",
@@ -181,6 +220,33 @@ API_CASES: dict[str, tuple[Callable[[Path], object], type[PerturbdError], str]] 
     "poison seed=2**63": (lambda t: _poison(seed=2**63), ConfigError, f"got {2**63}"),
     "poison seed=1.5": (lambda t: _poison(seed=1.5), ConfigError, "must be an integer"),
     "poison a label of 10**9": (lambda t: _poison(y=np.r_[np.arange(19) % 4, 10**9]), DataError, "label 1000000000 is too large"),
+    "get_model seed=10**30": (
+        lambda t: __import__("perturbd.models").models.get_model("cnn28", (1, 28, 28), 10, seed=10**30),
+        ConfigError,
+        "seed must be in",
+    ),
+    "get_model 10**9 classes": (
+        lambda t: __import__("perturbd.models").models.get_model("cnn28", (1, 28, 28), 10**9),
+        ConfigError,
+        "num_classes must be at most 100,000",
+    ),
+    "get_model image of 10**10 pixels": (
+        lambda t: __import__("perturbd.models").models.get_model("auto", (1, 100_000, 100_000), 10),
+        ConfigError,
+        "out of bounds",
+    ),
+    "build_from_checkpoint of 10**9 classes": (
+        lambda t: __import__("perturbd.models").models.build_from_checkpoint(_checkpoint(t / "c.safetensors", num_classes=str(10**9))),
+        CheckpointError,
+        "num_classes must be at most 100,000",
+    ),
+    "build_from_checkpoint of 1x100000x100000 images": (
+        lambda t: __import__("perturbd.models").models.build_from_checkpoint(
+            _checkpoint(t / "c.safetensors", image_shape="1x100000x100000")
+        ),
+        CheckpointError,
+        "out of bounds",
+    ),
     "load_config seed=10**30": (
         lambda t: __import__("perturbd").load_config(overrides=[f"seed={10**30}"]),
         ConfigError,

@@ -13,7 +13,8 @@ A sweep file is a YAML mapping::
     variants:                                          # optional: alternatives merged into base
       - {trigger: {kind: grid, amplitude: 10}}         # (a union; the grid of axes applies to each)
       - {trigger: {kind: adaptive}, attack: {knowledge: none}}
-    seeds: [0, 1]                                      # or an int n: seeds 0 … n-1
+    seeds: [0, 1]                                      # or an int n: seeds 0 … n-1 (0 ≤ seed < 2^63)
+    max_runs: 10000                                    # refuse a larger expansion (--max-runs N)
     executor: local                                    # local | ray
     workers: auto                                      # local: 1 = in-process; N = process pool
     ray: {address: null, num_gpus_per_run: 0}

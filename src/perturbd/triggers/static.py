@@ -23,6 +23,7 @@ from PIL import UnidentifiedImageError
 
 from perturbd.errors import ConfigError
 from perturbd.imageread import open_image
+from perturbd.limits import MAX_IMAGE_PIXELS
 from perturbd.seeding import derived_generator
 from perturbd.trigger_params import ImageParams, PatchParams, StaticParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
@@ -98,12 +99,17 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
         return Trigger.load(path).mask()
     if suffix == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: the size is checked before reading
         except (ValueError, OSError) as err:
             raise ConfigError(f"cannot read mask {path}: {err}; save it with numpy.save") from None
+        if arr.size > 4 * MAX_IMAGE_PIXELS:
+            raise ConfigError(
+                f"mask {path} is too large ({'×'.join(map(str, arr.shape))} = {arr.size:,} values); "
+                f"perturbd reads masks of at most {4 * MAX_IMAGE_PIXELS:,} values: downscale it"
+            )
         if not np.issubdtype(arr.dtype, np.number):
             raise ConfigError(f"mask {path} must hold numbers, got dtype {arr.dtype}")
-        delta = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        delta = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the file is mapped read-only
     else:
         try:
             with open_image(path, "mask") as img:
