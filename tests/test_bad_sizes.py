@@ -119,6 +119,10 @@ CLI_CASES: dict[str, Case] = {
         ],
         "1000000000 classes), not 'cnn28' (1x28x28 images, 10 classes)",
     ),
+    "train.threads of 10^9": lambda t: (
+        [*RUN, "--set", "train.threads=1000000000"],
+        "'train.threads': Input should be less than or equal to 1024",
+    ),
     "target of 10^9": lambda t: ([*RUN, "--set", "poison.target=1000000000"], "config 'poison.target': Input should be less than 100000"),
     # seeds
     "seed of 10^30": lambda t: ([*RUN, "--set", f"seed={10**30}"], "config 'seed': Input should be less than 9223372036854775808"),

@@ -156,7 +156,8 @@ class TrainConfig(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; "
+        le=1024,
+        description="CPU threads (at most 1024), set by what runs the experiment (perturbd run, a sweep worker; "
         "from Python: perturbd.process.tune_process), never by fit; default: all cores",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
