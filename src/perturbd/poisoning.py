@@ -26,6 +26,7 @@ import torch
 from perturbd.config import PoisonConfig, TriggerConfig, validate
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.limits import check_label_bound, check_seed
 from perturbd.metrics import attacked
 from perturbd.triggers import Trigger, TriggerContext, build_trigger, needs_model
 from perturbd.triggers.static import mask_values
@@ -271,9 +272,9 @@ def poison(
     if top > torch.iinfo(torch.int64).max:
         raise ConfigError(f"y holds label {top}, beyond any class count; labels must be 0…K-1")
     labels = labels.long()
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be a whole number, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed(seed)
+    if len(labels):
+        check_label_bound(int(labels.max()), "y")
     cfg = validate({"rate": rate, "target": target, "sources": sources, "quantize": quantize, "mode": mode}, PoisonConfig)
     nchw = _to_nchw(images, order).contiguous()
     classes = max(int(labels.max()) if len(labels) else 0, target) + 1

@@ -127,9 +127,17 @@ def sweep(
     workers: Annotated[Optional[str], typer.Option("--workers", "-w", help="local runs at once: auto or N (1 = in this process)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and their state; run nothing")] = False,
     tensorboard: TensorBoardOpt = None,
+    max_runs: Annotated[
+        Optional[int], typer.Option("--max-runs", help="allow a sweep of up to N runs (overrides max_runs:, default 10,000)")
+    ] = None,
 ) -> None:
     """Run a grid of experiments × seeds; finished runs are kept and never rerun, failed ones retried."""
-    wanted = {"out": str(out) if out else None, "executor": executor, "workers": int(workers) if workers and workers.isdigit() else workers}
+    wanted = {
+        "out": str(out) if out else None,
+        "executor": executor,
+        "workers": int(workers) if workers and workers.isdigit() else workers,
+        "max_runs": max_runs,
+    }
     if tensorboard is not None and workers is None:
         wanted["workers"] = 1  # TensorBoard sees the runs trained in this process
     sw = read_sweep(spec, wanted, sets)  # a mistake in the sweep file is answered before torch loads

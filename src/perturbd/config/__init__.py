@@ -26,6 +26,7 @@ from perturbd.config.trigger import (
     section_fields,
 )
 from perturbd.errors import ConfigError
+from perturbd.limits import SEED_LIMIT
 from perturbd.registry import suggest
 
 # bytes of a run name: its folder adds "-<hash8>", and file systems allow 255 bytes a name
@@ -34,7 +35,7 @@ NAME_MAX = 200
 
 class ExperimentConfig(Section):
     name: str | None = Field(None, description="run name, one folder name (its folder is <name>-<hash8>); default: <data>-<trigger>")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="run seed, 0 ≤ seed < 2^63")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     trigger: TriggerConfig = TriggerConfig()

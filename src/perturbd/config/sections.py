@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from perturbd.knowledge import KNOWLEDGE, check_knowledge
+from perturbd.limits import MAX_CLASSES
 
 
 class Section(BaseModel):
@@ -94,7 +95,7 @@ class ModelConfig(Section):
 
 class PoisonConfig(Section):
     rate: float = Field(0.05, gt=0, le=1, description="injection rate: poisoned / samples of the set")
-    target: int = Field(0, ge=0, description="target label t")
+    target: int = Field(0, ge=0, lt=MAX_CLASSES, description="target label t (a class index, below 100,000)")
     sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
     quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
     mode: Literal["dirty", "clean_label"] = Field(
@@ -155,7 +156,8 @@ class TrainConfig(Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads, set by what runs the experiment (perturbd run, a sweep worker; "
+        le=1024,
+        description="CPU threads (at most 1024), set by what runs the experiment (perturbd run, a sweep worker; "
         "from Python: perturbd.process.tune_process), never by fit; default: all cores",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")

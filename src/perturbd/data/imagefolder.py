@@ -31,11 +31,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import UnidentifiedImageError
 
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, cache_file, make_split, read_cache, register_source, write_cache
 from perturbd.errors import DataError
+from perturbd.imageread import open_image
 
 try:  # torchvision's decoders are faster than Pillow's; deprecated since 0.29, so perhaps gone one day
     import torchvision.io as tvio
@@ -158,9 +159,21 @@ def _frames_error(rel: str, frames: int) -> _Frames:
     return _Frames(f"{rel} holds {frames} frames (an animation or a multi-page file), not one image; save one frame per file")
 
 
+def _check_header(root: Path, rel: str, data: torch.Tensor) -> None:
+    """A :class:`DataError` when the header of ``rel`` gives more pixels than perturbd reads;
+    a file Pillow cannot identify is left to the decoder to name."""
+    try:
+        with open_image(io.BytesIO(data.numpy().tobytes()), "imagefolder: image", f"{rel} in {root}"):
+            pass
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        pass  # the decoder names a file it cannot read
+
+
 def _decode_pil(data: torch.Tensor, rel: str = "") -> torch.Tensor:
     """Pillow decoding: grey modes stay 1 channel (16-bit scaled to 8 bits), the rest become RGB."""
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+    with open_image(io.BytesIO(data.numpy().tobytes()), "image") as im:
         frames = int(getattr(im, "n_frames", 1))
         if frames > 1:
             raise _frames_error(rel, frames)
@@ -205,6 +218,8 @@ def _decode_chunk(root: Path, rels: list[str]) -> list[torch.Tensor]:
     """Read and decode a few files: JPEGs in one batched call, the others one by one."""
     tvio = _torchvision_io()
     blobs = [_read_bytes(root, rel) for rel in rels]
+    for rel, blob in zip(rels, blobs):
+        _check_header(root, rel, blob)
     out: list[torch.Tensor | None] = [None] * len(rels)
     jpegs = [i for i, rel in enumerate(rels) if _suffix(rel) in JPEG_SUFFIXES] if tvio is not None else []
     if jpegs:

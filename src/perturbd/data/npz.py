@@ -37,6 +37,7 @@ import torch
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, make_split, register_source
 from perturbd.errors import DataError
+from perturbd.limits import check_label_bound
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 FLOAT_TOLERANCE = 1e-6  # float pixels this far outside [0, 1] are clipped, farther is an error
@@ -99,6 +100,8 @@ def _labels(y: np.ndarray, key: str, n: int, where: str) -> torch.Tensor:
         raise DataError(f"{where}: {key} holds negative labels (min {int(y.min())}); labels must be 0…K-1")
     if len(y) and int(y.max()) > np.iinfo(np.int64).max:  # uint64 beyond int64: read as it is, not wrapped negative
         raise DataError(f"{where}: {key} holds label {int(y.max())}, beyond any class count; labels must be 0…K-1")
+    if len(y):
+        check_label_bound(int(y.max()), f"{where}: {key}")
     return torch.from_numpy(y.astype(np.int64))
 
 

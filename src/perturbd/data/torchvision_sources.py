@@ -44,6 +44,7 @@ from perturbd.data.sources import (
     write_cache,
 )
 from perturbd.errors import DataError
+from perturbd.imageread import open_image
 
 # what torchvision and its readers raise on missing, truncated or corrupt files
 READ_ERRORS = (RuntimeError, OSError, ValueError, AssertionError, KeyError, EOFError, SyntaxError, pickle.UnpicklingError)
@@ -107,7 +108,7 @@ def _gtsrb_chunk(paths: list[str]) -> list[torch.Tensor]:
     """Decode ``.ppm`` files with Pillow and resize each to GTSRB_SIZE² RGB (bilinear, antialiased)."""
     out = []
     for path in paths:
-        with Image.open(path) as im:
+        with open_image(path, "GTSRB image") as im:
             small = im.convert("RGB").resize((GTSRB_SIZE, GTSRB_SIZE), Image.Resampling.BILINEAR)
         out.append(torch.from_numpy(np.array(small)).permute(2, 0, 1))
     return out

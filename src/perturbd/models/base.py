@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from perturbd.errors import ConfigError
+from perturbd.limits import MAX_CLASSES, MAX_IMAGE_PIXELS, check_seed
 from perturbd.models.layers import read_layer
 from perturbd.registry import Registry, suggest
 
@@ -251,6 +252,10 @@ def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: 
         classes = -1
     if classes < 2:
         raise ConfigError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    if classes > MAX_CLASSES:
+        raise ConfigError(f"num_classes must be at most {MAX_CLASSES:,}, got {classes}")
+    if seed is not None:
+        check_seed(seed)
     key = str(name).strip()
     if key == "auto":
         key = default_model_name(shape)
@@ -285,6 +290,10 @@ def _check_shape(image_shape: Sequence[int]) -> ImageShape:
         ok = False
     if not ok:
         raise ConfigError(f"image_shape must be three positive integers (C, H, W), got {image_shape!r}")
+    if shape[0] > 1024 or shape[1] * shape[2] > MAX_IMAGE_PIXELS:
+        raise ConfigError(
+            f"image_shape {shape[0]}x{shape[1]}x{shape[2]} is out of bounds: at most 1024 channels and {MAX_IMAGE_PIXELS:,} pixels"
+        )
     return shape  # type: ignore[return-value]
 
 

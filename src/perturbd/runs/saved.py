@@ -34,6 +34,7 @@ from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, validate
 from perturbd.data import ImageDataset, load_data
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
+from perturbd.limits import check_seed
 from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
 from perturbd.models.checkpoint import is_torchscript, read_weights
 from perturbd.poisoning import poison_dataset
@@ -159,6 +160,8 @@ def load_inputs(
     """Everything :func:`~perturbd.evaluation.harness.run_defenses` needs for a saved model
     (``model``: keys of the config's model section, see :func:`model_spec`; ``trust_code``: a
     run or checkpoint naming code to run is built, see :func:`locate`)."""
+    if seed is not None:
+        check_seed(seed)
     saved = locate(path, trust_code=trust_code, model=model)
     cfg = saved.config
     seed = seed if seed is not None else (cfg.seed if cfg is not None else 0)

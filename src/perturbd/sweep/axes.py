@@ -13,12 +13,16 @@ from pydantic import BaseModel
 
 from perturbd.config import ExperimentConfig, section_fields
 from perturbd.errors import ConfigError
+from perturbd.limits import MAX_SWEEP_RUNS
 from perturbd.registry import suggest
 
 
-def axis_values(key: str, spec: Any) -> list[Any]:
+def axis_values(key: str, spec: Any, limit: int = MAX_SWEEP_RUNS) -> list[Any]:
     """The values of one axis: a list as is, or ``{range: [start, stop, step]}`` (stop excluded),
-    ``{linspace: [start, stop, n]}`` or ``{logspace: [start, stop, n]}`` (both inclusive)."""
+    ``{linspace: [start, stop, n]}`` or ``{logspace: [start, stop, n]}`` (both inclusive).
+
+    A generator's length is counted first: one of more than ``limit`` values is a
+    :class:`ConfigError` before a value is made."""
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"sweep axis '{key}' has no values; give a non-empty list")
@@ -30,8 +34,14 @@ def axis_values(key: str, spec: Any) -> list[Any]:
             raise ConfigError(f"sweep axis '{key}': unknown generator '{kind}'{suggest(str(kind), list(_RANGES))}")
         if not (isinstance(args, list) and len(args) == 3 and all(isinstance(a, (int, float)) for a in args)):
             raise ConfigError(f"sweep axis '{key}': {kind} takes [start, stop, {'step' if kind == 'range' else 'n'}], got {args!r}")
-        if not all(math.isfinite(a) for a in args):
-            raise ConfigError(f"sweep axis '{key}': {kind} takes finite numbers, got {args!r}")
+        if not all(isinstance(a, int) or math.isfinite(a) for a in args):
+            raise ConfigError(f"sweep axis '{key}': {kind} takes finite numbers, got {args}")
+        count = _COUNTS[kind](*args)
+        if count > limit:
+            raise ConfigError(
+                f"sweep axis '{key}': {kind} {args} gives {count:,} values, more than the sweep's max_runs ({limit:,}); "
+                f"use a coarser step, or raise max_runs: in the sweep file (or --max-runs) if you mean it"
+            )
         values = maker(*args)
         if not values:
             raise ConfigError(f"sweep axis '{key}': {kind} {args} gives no value")
@@ -43,13 +53,27 @@ def _tidy(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def _range(start: float, stop: float, step: float) -> list[Any]:
+def _range_count(start: float, stop: float, step: float) -> int:
     if step == 0:
         raise ConfigError("sweep axis range step must not be 0")
     if all(isinstance(a, int) for a in (start, stop, step)):
+        return len(range(int(start), int(stop), int(step)))
+    try:
+        ratio = (stop - start) / step
+    except OverflowError:
+        return 2**63
+    return max(0, math.ceil(ratio - 1e-9)) if math.isfinite(ratio) else 2**63
+
+
+def _range(start: float, stop: float, step: float) -> list[Any]:
+    if all(isinstance(a, int) for a in (start, stop, step)):
         return list(range(int(start), int(stop), int(step)))
-    n = math.ceil((stop - start) / step - 1e-9)
-    return [_tidy(start + i * step) for i in range(max(0, n))]
+    n = _range_count(start, stop, step)
+    return [_tidy(start + i * step) for i in range(n)]
+
+
+def _n_count(start: float, stop: float, n: float) -> int:
+    return max(1, int(n))
 
 
 def _linspace(start: float, stop: float, n: float) -> list[Any]:
@@ -68,6 +92,7 @@ def _logspace(start: float, stop: float, n: float) -> list[Any]:
 
 
 _RANGES: dict[str, Callable[[float, float, float], list[Any]]] = {"range": _range, "linspace": _linspace, "logspace": _logspace}
+_COUNTS: dict[str, Callable[[float, float, float], int]] = {"range": _range_count, "linspace": _n_count, "logspace": _n_count}
 
 
 def check_key(key: str) -> None:

@@ -13,7 +13,8 @@ A sweep file is a YAML mapping::
     variants:                                          # optional: alternatives merged into base
       - {trigger: {kind: grid, amplitude: 10}}         # (a union; the grid of axes applies to each)
       - {trigger: {kind: adaptive}, attack: {knowledge: none}}
-    seeds: [0, 1]                                      # or an int n: seeds 0 … n-1
+    seeds: [0, 1]                                      # or an int n: seeds 0 … n-1 (0 ≤ seed < 2^63)
+    max_runs: 10000                                    # refuse a larger expansion (--max-runs N)
     executor: local                                    # local | ray
     workers: auto                                      # local: 1 = in-process; N = process pool
     ray: {address: null, num_gpus_per_run: 0}
@@ -24,14 +25,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from perturbd.config import ExperimentConfig, Section, apply_overrides, flat_keys, read_yaml, set_dotted, validate
 from perturbd.errors import ConfigError
+from perturbd.limits import MAX_SWEEP_RUNS, SEED_LIMIT
 from perturbd.sweep.axes import axis_values, check_key, deep_merge
 
 TWINS = ".twins"
@@ -56,7 +59,13 @@ class SweepConfig(Section):
         default_factory=_no_variant, description="partial configs merged into the base, one after the other (a union, not a product)"
     )
     axes: dict[str, Any] = Field(default_factory=dict, description="dotted config key → list of values, {range: …} or {logspace: …}")
-    seeds: list[int] = Field([0], description="seeds of every grid point, or n for seeds 0 … n-1")
+    max_runs: int = Field(
+        MAX_SWEEP_RUNS,
+        ge=1,
+        description="the most runs the sweep may expand to (seeds × variants × axes), checked before a run is listed; "
+        "raise it (or pass --max-runs) to run a larger sweep",
+    )
+    seeds: list[int] = Field([0], description="seeds of every grid point, or n for seeds 0 … n-1 (each 0 ≤ seed < 2^63)")
     executor: Literal["local", "ray"] = "local"
     workers: int | Literal["auto"] = Field("auto", description="local: runs at once (1 = in this process)")
     out: Path = Field(Path("runs/sweep"), description="folder of the run directories")
@@ -64,14 +73,23 @@ class SweepConfig(Section):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _count_as_list(cls, value: Any) -> Any:
-        return list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
+    def _count_as_list(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            limit = info.data.get("max_runs", MAX_SWEEP_RUNS)
+            if value > limit:
+                raise ValueError(
+                    f"a count of seeds above max_runs ({limit:,}); give fewer, or raise max_runs: (or --max-runs) if you mean it"
+                )
+            return list(range(value))
+        return value
 
     @field_validator("seeds")
     @classmethod
     def _seed_list(cls, seeds: list[int]) -> list[int]:
         if not seeds or any(s < 0 for s in seeds):
             raise ValueError("seeds must be a non-empty list of non-negative ints, or a positive count")
+        if any(s >= SEED_LIMIT for s in seeds):
+            raise ValueError(f"each seed must be below 2^63 = {SEED_LIMIT}")
         return list(dict.fromkeys(seeds))
 
     @field_validator("workers")
@@ -125,6 +143,20 @@ def read_sweep(path: Path, overrides: dict[str, Any] | None = None, sets: list[s
     return expand(spec)
 
 
+def check_size(spec: SweepConfig, axes: list[tuple[str, list[Any]]]) -> int:
+    """The number of runs the sweep expands to (before duplicates are dropped); a
+    :class:`ConfigError` naming the count and its factors when it is above ``max_runs``."""
+    factors = [("seeds", len(spec.seeds)), ("variants", len(spec.variants)), *((key, len(values)) for key, values in axes)]
+    total = math.prod(n for _, n in factors)
+    if total > spec.max_runs:
+        shown = " × ".join(f"{n:,} {name}" for name, n in factors if n != 1 or name == "seeds")
+        raise ConfigError(
+            f"the sweep expands to {total:,} runs ({shown}), more than max_runs ({spec.max_runs:,}); "
+            f"shrink it, or set max_runs: {total} in the sweep file (or --max-runs {total}) if you mean it"
+        )
+    return total
+
+
 def expand(spec: SweepConfig) -> Sweep:
     """(variants × grid) × seeds as validated configs: seeds outermost (a half-done sweep already
     covers the whole grid once), then variants, then the axes in file order; a config that
@@ -137,7 +169,8 @@ def expand(spec: SweepConfig) -> Sweep:
     axes: list[tuple[str, list[Any]]] = []
     for key, values in spec.axes.items():
         check_key(key)
-        axes.append((key, axis_values(key, values)))
+        axes.append((key, axis_values(key, values, spec.max_runs)))
+    check_size(spec, axes)
     validate({k: v for k, v in base.items() if k != "trigger"})  # a bad base is reported once, not per run; its
     # trigger keys are checked per run, against the kind a variant or an axis may set
     runs: list[ExperimentConfig] = []

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from perturbd.errors import ConfigError
+from perturbd.imageread import open_image
+from perturbd.limits import MAX_IMAGE_PIXELS
 from perturbd.seeding import derived_generator
 from perturbd.trigger_params import ImageParams, PatchParams, StaticParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
@@ -115,13 +117,18 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
         return torch.from_numpy(mask_values(Trigger.load(path).mask().numpy(), f"mask {path}"))
     if suffix == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: the size is checked before reading
         except (ValueError, OSError) as err:
             raise ConfigError(f"cannot read mask {path}: {err}; save it with numpy.save") from None
-        delta = torch.from_numpy(mask_values(arr, f"mask {path}"))
+        if arr.size > 4 * MAX_IMAGE_PIXELS:
+            raise ConfigError(
+                f"mask {path} is too large ({'×'.join(map(str, arr.shape))} = {arr.size:,} values); "
+                f"perturbd reads masks of at most {4 * MAX_IMAGE_PIXELS:,} values: downscale it"
+            )
+        delta = torch.from_numpy(mask_values(np.array(arr), f"mask {path}"))  # a copy: the file is mapped read-only
     else:
         try:
-            with Image.open(path) as img:
+            with open_image(path, "mask") as img:
                 if (frames := int(getattr(img, "n_frames", 1))) > 1:
                     raise ConfigError(f"mask image {path} holds {frames} frames (an animation or a multi-page file); save one frame")
                 arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))
