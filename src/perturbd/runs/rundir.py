@@ -214,13 +214,15 @@ def check_output(folder: Path, option: str, name: str = "") -> Path:
 def run_lock(final: Path, wait: Callable[[str], None] | None = None) -> Iterator[bool]:
     """Hold ``<parent>/.<name>.lock`` while the run ``final`` is made: the first process to take it
     makes the run; another waits for it (``wait`` is told once) and then finds the run done. Yields
-    whether it waited. The lock file is removed by its holder; the operating system releases the
-    lock of a process that dies. Without ``fcntl`` (not POSIX) there is no lock."""
+    whether it waited. The lock file is removed by its holder, with the folders it had to create if
+    they are left empty (a run that failed); the operating system releases the lock of a process
+    that dies. Without ``fcntl`` (not POSIX) there is no lock."""
     if fcntl is None:
         yield False
         return
     path = final.parent / f".{final.name}.lock"
     waited = False
+    created = [above for above in (final.parent, *final.parent.parents) if not above.exists()]
     with user_os_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -244,6 +246,11 @@ def run_lock(final: Path, wait: Callable[[str], None] | None = None) -> Iterator
                 yield waited
             finally:
                 path.unlink(missing_ok=True)
+                for made in created:  # a run that failed leaves no folder it made (rmdir: only when empty)
+                    try:
+                        made.rmdir()
+                    except OSError:
+                        break
             return
         finally:
             fh.close()
