@@ -207,7 +207,11 @@ API_CASES: dict[str, tuple[ApiCase, type[PerturbdError], str]] = {
     "uint64 label 2^63": (lambda: perturbd.poison(X, _uint64_labels(), "grid"), ConfigError, "holds label 9223372036854775808"),
     "y of strings": (lambda: perturbd.poison(X, np.array(["a"] * 40), "grid"), ConfigError, "one integer label per image"),
     "x of objects": (lambda: perturbd.poison(X.astype(object), Y, "grid"), ConfigError, "x must hold uint8 pixels"),
-    "seed nan": (lambda: perturbd.poison(X, Y, "grid", seed=float("nan")), ConfigError, "seed must be an integer in [0, 2^63 - 1], got nan"),
+    "seed nan": (
+        lambda: perturbd.poison(X, Y, "grid", seed=float("nan")),
+        ConfigError,
+        "seed must be an integer in [0, 2^63 - 1], got nan",
+    ),
     "Trigger of a numpy δ": (lambda: perturbd.triggers.Trigger(np.zeros((1, 28, 28)), "x"), ConfigError, "torch.as_tensor"),
     "run with a dict": (lambda: perturbd.run({"model": {"std": [1.0]}}), ConfigError, "cfg must be an ExperimentConfig"),
     "config std inf": (lambda: load_config(overrides=["model.std=[.inf]"]), ConfigError, "finite number"),
