@@ -1,6 +1,48 @@
 """The bad-input suite: one table of user mistakes across config, CLI, data, triggers,
 checkpoints and sweeps. Each must end in one line naming the problem, exit code 2, nothing
-partial on disk, and no other run harmed."""
+partial on disk, and no other run harmed.
+
+The hostile and careless inputs of issue 39 are one table in five files, each case held to the
+one harness of ``tests/hostile.py`` (CLI: one line, exit 2, no traceback; API: perturbd's own
+error type, one line) and to its file's "nothing written" check:
+
+- ``tests/test_bad_input.py`` (this file; nothing partial in ``--out``, an earlier run unharmed):
+  config and CLI values (unknown keys and sections, out-of-range rates, amplitudes, seeds and
+  epochs, a ``--set`` without a value, YAML not a mapping or not YAML, targets and sources);
+  unknown names (data set, model, trigger, defence); data files (missing, npz keys, NaN, range,
+  one class, empty, a target without images; image folders corrupt, of mixed sizes, unnamed);
+  trigger files (mask missing, of another size, not an image; a patch too large); checkpoints
+  (another architecture, truncated, a pickle); models perturbd did not build (weights missing or a
+  pickle, a head of another class count, TorchScript missing, of another shape or class count,
+  or given as weights, an unknown feature layer, a factory that does not import, a mean of
+  another channel count; ``defend``/``audit`` of such models); sweep files (an unknown axis key,
+  a bad axis value, not a mapping).
+- ``tests/test_bad_values.py`` (``--out`` absent or empty): values and messages: non-finite
+  numbers in a config (mean, std, input range, rate, learning rate, amplitude, a defence
+  parameter); masks and δ out of range, NaN, complex, or of several frames (mask, blend image,
+  image folder); a key named twice in a config or a sweep; non-finite sweep ranges and values;
+  test labels no training image has; messages that say the right thing (big numbers, brackets,
+  no inverted range or negative rest); the API (``perturbd.poison``, ``Trigger``, ``run``, ``load_config``,
+  ``set_input``) refusing such values with ``ConfigError``.
+- ``tests/test_bad_sizes.py`` (no ``--out``, nothing beside the inputs): resources bounded before
+  anything is allocated: class counts and targets, threads, seeds (0 ≤ seed < 2^63), the size of
+  an expanded sweep (seed counts, ranges, linspaces, grids above ``max_runs``), image pixel
+  counts read from PNG, TIFF and npy headers (image folders, masks, blend images); the API
+  (``poison``, ``get_model``, ``build_from_checkpoint``, ``load_config``, ``axis_values``,
+  ``read_sweep``, ``load_inputs``) refusing them with its own error.
+- ``tests/runs/test_paths.py`` (the whole temporary folder unchanged, answered before training):
+  output locations (``--out``, the sweep's ``out:``, ``-o``, ``--to``) that are files, below a
+  file, too long a name, an unwritable format, or inside the run; a truncated
+  ``poison_indices.json``; errors of the operating system (no space, read-only, permission
+  denied) with nothing half written; two processes making one run (the run lock).
+- ``tests/runs/test_trust.py`` (no output folder made; the named code did not run: ``os.abort``
+  and ``torch.jit.load`` recorded, ``helper.py`` not imported): a received run folder or
+  checkpoint naming code (``factory:``, ``torchscript:``, a surrogate) refused by ``defend``,
+  ``audit``, ``export``, ``reproduce`` and the Python API unless ``--trust-code`` or ``--arch``;
+  a run folder cannot trust itself; ``report`` builds no model.
+
+Run names that would write outside ``--out`` are refused in ``tests/test_config.py``
+(``test_a_run_name_is_one_folder_name``)."""
 
 from __future__ import annotations
 
@@ -10,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import run_case
 from PIL import Image
 
 
@@ -250,21 +293,11 @@ def _png(path: Path, side: int) -> Path:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_exit_2_nothing_on_disk(name: str, cli, monkeypatch, tmp_path) -> None:
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    out = tmp_path / "runs"
     # a finished run that must not be harmed
-    done = out / "earlier-run-00000000"
+    done = tmp_path / "runs" / "earlier-run-00000000"
     done.mkdir(parents=True)
     (done / "metrics.json").write_text("{}")
-    monkeypatch.chdir(tmp_path)
-    args, message = CASES[name](inputs)
-    args = [*args, "--out", str(out)]
-    code, _, err = cli(*args)
-    assert code == 2, err
-    assert message in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
+    out = run_case(cli, CASES[name], tmp_path, monkeypatch)
     assert sorted(p.name for p in out.iterdir()) == ["earlier-run-00000000"], "nothing partial, nothing harmed"
     assert (done / "metrics.json").read_text() == "{}"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN
+from hostile import assert_one_line_exit_2, tree
 
 from perturbd.config import load_config
 from perturbd.errors import OutputError
@@ -85,24 +86,17 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_output_mistake_is_one_line_exit_2_before_work(name: str, cli, monkeypatch, tmp_path, made) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     monkeypatch.chdir(tmp_path)
     args, message = CASES[name](inputs, made)
-    before = _tree(tmp_path)
+    before = tree(tmp_path)
     started = time.perf_counter()
     code, _, err = cli(*args)
-    assert code == 2, err
-    assert message in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert _tree(tmp_path) == before, "nothing written"
+    assert_one_line_exit_2(code, err, message)
+    assert tree(tmp_path) == before, "nothing written"
     assert time.perf_counter() - started < 20, "answered before any training"
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_RUN
+from hostile import assert_api_error, assert_one_line_exit_2
 from torch import nn
 
 from perturbd.config import load_config
@@ -129,8 +130,7 @@ def _commands(folder: Path, tmp_path: Path) -> dict[str, list[str]]:
 def test_a_run_folder_naming_code_is_refused_in_one_line(cli, factory_run, here, tmp_path, case, command) -> None:
     folder, key, value = _bad_run(factory_run, tmp_path, case)
     code, _, err = cli(*_commands(folder, tmp_path)[command])
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert str(folder / RunDir.CONFIG) in err and f"{key} '{value}'" in err and "--trust-code if you trust who wrote it" in err
+    assert_one_line_exit_2(code, err, str(folder / RunDir.CONFIG), f"{key} '{value}'", "--trust-code if you trust who wrote it")
     assert ("--arch" in err) == (command in ("defend", "audit") and key == "model.name"), err
     assert not here.exists(), "helper.py was imported"
     assert "helper" not in sys.modules
@@ -141,7 +141,7 @@ def test_audit_checks_the_old_model_before_loading_the_new_one(cli, factory_run,
     folder, key, value = _bad_run(factory_run, tmp_path, "os.abort")
     good = _edited(factory_run, tmp_path / "good", model__name="auto")
     code, _, err = cli("audit", str(folder), str(good))
-    assert code == 2 and f"{key} '{value}'" in err and len(err.strip().splitlines()) == 1, err
+    assert_one_line_exit_2(code, err, f"{key} '{value}'")
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -157,9 +157,7 @@ def test_the_python_api_refuses_it_too(factory_run, here, tmp_path, case) -> Non
         "reproduce": lambda: reproduce(folder, tmp_path / "again"),
     }
     for name, call in calls.items():
-        with pytest.raises(ConfigError, match=f"{key} '{value}' names code to run") as caught:
-            call()
-        assert "\n" not in str(caught.value), name
+        assert_api_error(call, ConfigError, f"{key} '{value}' names code to run", name)
     assert not here.exists()
 
 
@@ -181,7 +179,7 @@ def test_a_run_folder_cannot_trust_itself(cli, factory_run, here, tmp_path, wher
         config["trust_code"] = True
     (folder / RunDir.CONFIG).write_text(yaml.safe_dump(config))
     code, _, err = cli("defend", str(folder), "-d", "spectral_signature", "--out", str(tmp_path / "defended"))
-    assert code == 2 and "unknown config key" in err and "trust_code" in err and len(err.strip().splitlines()) == 1, err
+    assert_one_line_exit_2(code, err, "unknown config key", "trust_code")
     assert not here.exists()
 
 
