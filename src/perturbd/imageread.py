@@ -43,3 +43,15 @@ def _too_large(what: str, name: object, pixels: int | None, dims: str = "") -> s
     return (
         f"{what} {name} is too large ({shown}); perturbd reads images of at most {MAX_IMAGE_PIXELS:,} pixels (e.g. 8192×8192): downscale it"
     )
+
+
+def several_frames(name: object, frames: int) -> str:
+    """The one line for a file of several frames (an animation, a multi-page TIFF): not one image."""
+    return f"{name} holds {frames} frames (an animation or a multi-page file), not one image; save one frame per file"
+
+
+def one_frame(img: Image.Image, name: object, error: type[Exception] = DataError) -> None:
+    """Raise ``error`` (:func:`several_frames`'s line) if ``img`` holds more than one frame."""
+    frames = int(getattr(img, "n_frames", 1))
+    if frames > 1:
+        raise error(several_frames(name, frames))

@@ -36,7 +36,7 @@ from PIL import UnidentifiedImageError
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, cache_file, make_split, read_cache, register_source, write_cache
 from perturbd.errors import DataError
-from perturbd.imageread import open_image
+from perturbd.imageread import one_frame, open_image, several_frames
 
 try:  # torchvision's decoders are faster than Pillow's; deprecated since 0.29, so perhaps gone one day
     import torchvision.io as tvio
@@ -155,10 +155,6 @@ class _Frames(DataError):
     """A file of several frames (an animation, a multi-page TIFF): not one image."""
 
 
-def _frames_error(rel: str, frames: int) -> _Frames:
-    return _Frames(f"{rel} holds {frames} frames (an animation or a multi-page file), not one image; save one frame per file")
-
-
 def _check_header(root: Path, rel: str, data: torch.Tensor) -> None:
     """A :class:`DataError` when the header of ``rel`` gives more pixels than perturbd reads;
     a file Pillow cannot identify is left to the decoder to name."""
@@ -174,9 +170,7 @@ def _check_header(root: Path, rel: str, data: torch.Tensor) -> None:
 def _decode_pil(data: torch.Tensor, rel: str = "") -> torch.Tensor:
     """Pillow decoding: grey modes stay 1 channel (16-bit scaled to 8 bits), the rest become RGB."""
     with open_image(io.BytesIO(data.numpy().tobytes()), "image") as im:
-        frames = int(getattr(im, "n_frames", 1))
-        if frames > 1:
-            raise _frames_error(rel, frames)
+        one_frame(im, rel, _Frames)
         if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey, read as 0–65535
             array = (np.asarray(im, dtype=np.int64).clip(0, 65535) // 257).astype(np.uint8)
         else:
@@ -208,7 +202,7 @@ def _decode_one(rel: str, data: torch.Tensor) -> torch.Tensor:
         return image[:1] if bool((image[0] == image[1]).all() and (image[1] == image[2]).all()) else image
     image = tvio.decode_image(data, mode=tvio.ImageReadMode.UNCHANGED)
     if image.ndim == 4:  # an animated GIF: (frames, C, H, W)
-        raise _frames_error(rel, image.shape[0])
+        raise _Frames(several_frames(rel, image.shape[0]))
     if image.shape[0] == 4 and _suffix(rel) in JPEG_SUFFIXES:  # CMYK: let the decoder convert
         image = tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)
     return _to_uint8(image)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from perturbd.errors import ConfigError
-from perturbd.imageread import open_image
+from perturbd.imageread import one_frame, open_image
 from perturbd.seeding import derived_generator
 from perturbd.trigger_params import BlendedParams
 from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
@@ -64,8 +64,7 @@ def read_pattern(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
     channels, height, width = shape
     try:
         with open_image(path, "blend image") as raw:
-            if (frames := int(getattr(raw, "n_frames", 1))) > 1:
-                raise ConfigError(f"the blend image {path} holds {frames} frames (an animation or a multi-page file); save one frame")
+            one_frame(raw, f"the blend image {path}", ConfigError)
             img = raw.convert("L" if channels == 1 else "RGB")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.Resampling.BILINEAR)

@@ -23,7 +23,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from perturbd.errors import ConfigError
-from perturbd.imageread import open_image
+from perturbd.imageread import one_frame, open_image
 from perturbd.limits import MAX_IMAGE_PIXELS
 from perturbd.seeding import derived_generator
 from perturbd.trigger_params import ImageParams, PatchParams, StaticParams
@@ -129,8 +129,7 @@ def read_mask_file(path: Path, amplitude: float) -> torch.Tensor:
     else:
         try:
             with open_image(path, "mask") as img:
-                if (frames := int(getattr(img, "n_frames", 1))) > 1:
-                    raise ConfigError(f"mask image {path} holds {frames} frames (an animation or a multi-page file); save one frame")
+                one_frame(img, f"mask image {path}", ConfigError)
                 arr = np.asarray(img.convert("L" if img.mode in ("1", "L", "I", "F", "P", "LA") else "RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise ConfigError(f"cannot read mask image {path}: {err}; use a PNG or a .npy file") from None
