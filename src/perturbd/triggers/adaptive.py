@@ -6,12 +6,17 @@
 
 - ``deepfool`` (the paper's algorithm, the default): passes over the samples in a seeded order;
   for each sample that ``x + δ`` does not yet send to ``t``, one targeted DeepFool perturbation
-  (:func:`~perturbd.triggers.deepfool.deepfool_one`) is added to δ and δ is projected onto the
-  budget ball *before the next sample*.
+  (:func:`~perturbd.triggers.deepfool.deepfool_one`) is added to δ — only if DeepFool converged,
+  and computed at the unclipped ``x + δ``, as the reference code (LTS4 ``universal_pert.py``)
+  does — and δ is projected onto the budget ball *before the next sample*. Departures from the
+  reference: DeepFool is targeted (toward ``t``, as Liao et al.'s attack needs) where the
+  reference's is untargeted; the L2 projection shrinks δ onto the ball only when it is outside
+  (the reference's ``proj_lp`` rescales every δ to norm ξ); the pass loop stops on the fooling
+  rate of the final, clipped and uint8-rounded images rather than of the unclipped ones.
 - ``deepfool_batched`` (a faster variant with other results): the DeepFool perturbations of a
   batch of ``batch_size`` samples are all computed at the same δ
-  (:func:`~perturbd.triggers.deepfool.targeted_deepfool`), their sum is added to δ and δ is
-  projected once. A sample that an earlier sample's step would already have sent to ``t`` still
+  (:func:`~perturbd.triggers.deepfool.targeted_deepfool`), the sum of those that converged is
+  added to δ and δ is projected once. A sample that an earlier sample's step would already have sent to ``t`` still
   gets its own step, and the sum overshoots the ball: the masks are denser (more pixels at ±ξ)
   and more visible than the paper's. With ``batch_size: 1`` it is the paper's algorithm. The
   measured difference is in the README's "Speed" table (``bench_adaptive``).
@@ -45,7 +50,7 @@ from perturbd.metrics import outside, target_rate
 from perturbd.models import frozen, model_device
 from perturbd.trigger_params import AdaptiveParams
 from perturbd.triggers.base import Trigger, TriggerContext, add_delta, register_trigger
-from perturbd.triggers.deepfool import deepfool_one, perturbed, targeted_deepfool
+from perturbd.triggers.deepfool import converged, deepfool_one, perturbed, targeted_deepfool
 
 Update = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -105,20 +110,24 @@ def target_gradient(model: nn.Module, x: torch.Tensor, deltas: torch.Tensor, tar
 
 
 def _deepfool_update(overshoot: float, max_steps: int, target: int) -> Update:
-    """The paper's step, for one sample ``x`` ``(1, C, H, W)``: δ + its DeepFool perturbation
-    (zero if ``x + δ`` is already at ``target``)."""
+    """The paper's step, for one sample ``x`` ``(1, C, H, W)``: δ + its DeepFool perturbation if
+    DeepFool converged (:func:`~perturbd.triggers.deepfool.converged`), else δ unchanged; zero
+    when ``x + δ`` is already at ``target``."""
 
     def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return delta + deepfool_one(model, x, delta, target, overshoot, max_steps)[0]
+        r, steps = deepfool_one(model, x, delta, target, overshoot, max_steps)
+        return delta + r[0] if bool(converged(torch.tensor(steps), max_steps)) else delta
 
     return update
 
 
 def _deepfool_batched_update(overshoot: float, max_steps: int, target: int) -> Update:
-    """The batched variant's step: δ + the sum of a batch's DeepFool perturbations, all at δ."""
+    """The batched variant's step: δ + the sum of the batch's converged DeepFool perturbations,
+    all computed at δ."""
 
     def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return delta + targeted_deepfool(model, x, delta, target, overshoot, max_steps).sum(0)
+        r, steps = targeted_deepfool(model, x, delta, target, overshoot, max_steps)
+        return delta + r[converged(steps, max_steps)].sum(0)
 
     return update
 
