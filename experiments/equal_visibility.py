@@ -7,7 +7,10 @@ paper's grids of c = 10 and c = 6 on MNIST), it finds the smallest injection rat
 ``--rates`` at which the backdoor reaches ASR ≥ 90 % in most seeds, and reports at that rate the
 clean-model ASR, the accuracy loss, and what four defences see: the detection AUROC of STRIP
 (inputs), activation clustering and spectral signatures (training samples), and Neural Cleanse's
-verdict on the target label (flagged in how many seeds; mean anomaly index).
+verdict on the target label (flagged in how many seeds; mean anomaly index). Each defence runs at
+its paper's defaults and, beside them, under their own names, the variants that
+``defense_matrix.yaml`` lists (its labelled specs, e.g. ``spectral_signature_k5``; a tuned
+value comes from experiments/tune_defenses.py, run on other seeds than these).
 
 Every kind is poisoned the same way (dirty label: relabelled to the target, ``poison.mode`` left
 at its default) so that the rates compare the triggers, not the labelling; wanet keeps its noise
@@ -25,7 +28,7 @@ Two phases, both resumable (rerun the same command: finished work is skipped):
    search: :mod:`perturbd.sweep.rate_search`);
 2. the defences, on the saved runs of each row's smallest rate (no retraining: the models are
    read back as ``perturbd defend`` reads them), each into ``OUT/defended/<run>/``, with the
-   parameters of ``defense_matrix.yaml``. A run whose weights are not on disk (results are
+   specs of ``defense_matrix.yaml`` (defaults and labelled variants) of the four defences. A run whose weights are not on disk (results are
    committed without them) is trained again first, and its weights are used only if it
    reproduces the stored numbers exactly (:func:`restore_weights`); on another CPU it does not,
    and ``--defend-retrained`` defends the retrain instead, its numbers recorded beside.
@@ -49,7 +52,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml
+from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml, validate
 from perturbd.errors import PerturbdError
 from perturbd.evaluation.harness import run_defenses, write_defenses
 from perturbd.process import tune_process
@@ -74,6 +77,9 @@ KINDS: dict[str, dict[str, Any]] = {
 LEVELS = [34.5, 38.9]
 RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 DEFENCES = ("strip", "activation_clustering", "spectral_signature", "neural_cleanse")
+SCREENS = DEFENCES[:3]
+"""The screens' columns when no defence has run yet (each variant adds its own)."""
+SHORT = {"strip": "STRIP", "activation_clustering": "AC", "spectral_signature": "SS"}
 
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,7 +115,11 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
         help="a run whose weights are lost and whose retrain gives other numbers (another CPU): defend the retrain and say so",
     )  # fmt: skip
     parser.add_argument(
-        "--param", dest="params", action="append", default=[], help="defence parameter NAME.KEY=VALUE (e.g. neural_cleanse.epochs=2)"
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        help="defence parameter NAME.KEY=VALUE, NAME a defence or a variant's label (e.g. neural_cleanse.epochs=2)",
     )
     parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value for every run")
     parser.add_argument("--out", type=Path, default=Path("runs/equal-visibility"))
@@ -165,16 +175,19 @@ def run_rates(args: argparse.Namespace, full: Sweep, log: Any = print) -> list[t
 
 
 def defence_specs(params: list[str]) -> list[DefenseSpec]:
-    """The four defences with the parameters of ``defense_matrix.yaml``, then ``--param``."""
-    matrix = [{"name": d} if isinstance(d, str) else d for d in read_yaml(HERE / "defense_matrix.yaml").get("defenses", [])]
-    chosen = {d["name"]: dict(d.get("params", {})) for d in matrix if d["name"] in DEFENCES}
+    """The four defences as ``defense_matrix.yaml`` lists them (each default, and its labelled
+    variants beside it, in the file's order; a defence the file lacks at its defaults), then
+    ``--param`` (NAME: the name a spec is reported under)."""
+    matrix = validate({"defenses": read_yaml(HERE / "defense_matrix.yaml").get("defenses", [])}).defenses
+    chosen = {s.report_name: s for s in matrix if s.name in DEFENCES}
     for name in DEFENCES:
-        chosen.setdefault(name, {})
+        chosen.setdefault(name, DefenseSpec(name=name))
     for name, values in apply_overrides({}, params).items():
         if name not in chosen or not isinstance(values, dict):
-            raise SystemExit(f"--param takes NAME.KEY=VALUE with NAME one of {', '.join(DEFENCES)}, got {name}")
-        chosen[name] |= values
-    return [DefenseSpec(name=name, params=chosen[name]) for name in DEFENCES]
+            raise SystemExit(f"--param takes NAME.KEY=VALUE with NAME one of {', '.join(chosen)}, got {name}")
+        chosen[name] = chosen[name].model_copy(update={"params": chosen[name].params | values})
+    order = [s.report_name for s in matrix if s.report_name in chosen] + [n for n in DEFENCES if n not in {s.report_name for s in matrix}]
+    return [chosen[name] for name in order]
 
 
 RETRAINED = "retrained.json"
@@ -227,9 +240,10 @@ def defend(folder: Path, out: Path, specs: list[DefenseSpec], *, other_ok: bool 
 
 
 def defence_facts(dest: Path) -> dict[str, Any]:
-    """AUROC of the three screens and Neural Cleanse's verdict on the target, from ``defenses.json``."""
+    """AUROC of every screen (the defaults and their variants, by the name each is reported under)
+    and Neural Cleanse's verdict on the target, from ``defenses.json``."""
     reports = {r["name"]: r["metrics"] for r in RunDir(dest).defenses()["defenses"]}
-    facts: dict[str, Any] = {name: reports[name].get("auroc") for name in DEFENCES[:3] if name in reports}
+    facts: dict[str, Any] = {name: m.get("auroc") for name, m in reports.items() if "auroc" in m}
     if (dest / RETRAINED).is_file():
         facts["retrained_asr"] = read_json(dest / RETRAINED)["retrained"]["attack_success_rate"]
     nc = reports.get("neural_cleanse")
@@ -279,7 +293,9 @@ def summarise(args: argparse.Namespace, runs: list[tuple[ExperimentConfig, Path]
                 dests = [defend(f, defended, specs, other_ok=args.defend_retrained) if specs else defended / f.name for _, f in at]
                 facts = [defence_facts(d) for d in dests if RunDir(d).defenses_path.is_file()]
                 if facts:
-                    row |= {name: mean([x.get(name) for x in facts]) for name in DEFENCES[:3]}
+                    screens = list(dict.fromkeys(n for x in facts for n in x if n not in ("nc_flagged", "nc_index", "retrained_asr")))
+                    row |= {name: mean([x.get(name) for x in facts]) for name in screens}
+                    row["screens"] = screens
                     row["nc_flagged_seeds"] = sum(bool(x.get("nc_flagged")) for x in facts)
                     row["nc_index"] = mean([x.get("nc_index") for x in facts])
                     row["defended_seeds"] = len(facts)
@@ -306,12 +322,22 @@ def _smallest(row: dict[str, Any]) -> str:
     return f"{bound} (searching)"
 
 
+def short(name: str) -> str:
+    """A screen's column: ``SS``, a variant ``SS k5`` (``spectral_signature_k5``)."""
+    for long, abbr in SHORT.items():
+        if name.startswith(long):
+            return (abbr + name[len(long) :].replace("_", " ")).strip()
+    return name
+
+
 def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
+    screens = list(dict.fromkeys(n for r in rows for n in r.get("screens", []))) or list(SCREENS)
     head = (
-        "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | STRIP | AC | SS | NC flags t | "
-        "rates tried: seeds reaching |"
+        "| trigger | PSNR goal dB | smallest rate % | ASR % | clean-model ASR % | acc. loss pt | PSNR dB | "
+        + "".join(f"{short(n)} | " for n in screens)
+        + "NC flags t | rates tried: seeds reaching |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(screens) + "---|---|"]
     for r in sorted(rows, key=lambda r: (-r["psnr_goal"], r["kind"])):
         nc = "–" if "nc_flagged_seeds" not in r else f"{r['nc_flagged_seeds']}/{r['defended_seeds']} (index {_fmt(r['nc_index'])})"
         if "defended_seeds" in r and r["defended_seeds"] < len(r["seeds"]):
@@ -322,10 +348,11 @@ def markdown(rows: list[dict[str, Any]], goal: float = GOAL) -> str:
         lines.append(
             f"| {r['kind']} | {r['psnr_goal']:g} | {_smallest(r)} | {_fmt(r.get('asr'), 100, 1)} "
             f"| {_fmt(r.get('clean_model_asr'), 100, 1)} | {_fmt(r.get('accuracy_loss'), 100)} | {_fmt(r.get('psnr_reached'))} "
-            f"| {_fmt(r.get('strip'))} | {_fmt(r.get('activation_clustering'))} | {_fmt(r.get('spectral_signature'))} | {nc} | {tried} |"
+            f"| {''.join(f'{_fmt(r.get(n))} | ' for n in screens)}{nc} | {tried} |"
         )
     return "\n".join(lines) + (
-        f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens; "
+        f"\n\nMeans over the seeds at the smallest rate with ASR ≥ {100 * goal:g} % in most seeds; AUROC of the screens "
+        "(AC, SS: the paper's defaults; a column with a suffix: a labelled variant of defense_matrix.yaml); "
         "STRIP, AC, SS and NC over the seeds defended (NC flags t: in how many of them Neural Cleanse flags the target); "
         "defended on a retrain: a run whose weights were lost, trained again with other numbers (--defend-retrained; "
         "its ASR in that cell, its record in the defences' retrained.json); "

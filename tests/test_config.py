@@ -26,6 +26,29 @@ def test_defaults_match_the_design() -> None:
     assert cfg.attack.setting == "before_training" and cfg.attack.knowledge == "full"
 
 
+def test_a_defence_variant_carries_its_label_and_names_are_unique() -> None:
+    cfg = load_config(
+        overrides=["defenses=[spectral_signature, {name: spectral_signature, label: spectral_signature_k5, params: {components: 5}}]"]
+    )
+    assert [d.report_name for d in cfg.defenses] == ["spectral_signature", "spectral_signature_k5"]
+    assert "label" not in cfg.defenses[0].model_dump(), "an unset label is not hashed: older configs keep their hash"
+    with pytest.raises(
+        ConfigError,
+        match=r"^two defences are reported as 'spectral_signature'; give one a label of its own, "
+        r"e.g. \{name: spectral_signature, label: spectral_signature_2, params: \{\.\.\.\}\}$",
+    ):
+        load_config(overrides=["defenses=[spectral_signature, {name: spectral_signature, params: {components: 5}}]"])
+    with pytest.raises(ConfigError, match=r"^two defences are reported as 'strip'"):
+        load_config(overrides=["defenses=[strip, {name: spectral_signature, label: strip}]"])
+    with pytest.raises(ConfigError, match=r"^config 'defenses.0.label': String should match pattern"):
+        load_config(overrides=["defenses=[{name: strip, label: ../x}]"])
+
+
+def test_the_hash_of_a_config_with_defences_is_unchanged_by_labels() -> None:
+    # as hashed before defence labels (7d9401d)
+    assert load_config(overrides=["defenses=[strip, {name: spectral_signature, params: {components: 5}}]"]).hash() == "e16161b2"
+
+
 def test_overrides_parse_yaml_values(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("poison: {rate: 0.01}\ntrain: {epochs: 3}\n")

@@ -104,11 +104,26 @@ def test_the_table_only_reads_the_defences_run_so_far(ev, tmp_path) -> None:
 
 
 def test_defences_come_from_the_matrix_file_and_params_override_them(ev) -> None:
-    specs = {s.name: s.params for s in ev.defence_specs(["neural_cleanse.epochs=3"])}
-    assert list(specs) == list(ev.DEFENCES)
-    assert specs["spectral_signature"] == {"components": 5} and specs["neural_cleanse"] == {"epochs": 3}
+    specs = {s.report_name: s for s in ev.defence_specs(["neural_cleanse.epochs=3", "spectral_signature_k5.epsilon=0.2"])}
+    assert {s.name for s in specs.values()} == set(ev.DEFENCES), "the four defences, nothing else"
+    assert specs["spectral_signature"].params == {} and specs["activation_clustering"].params == {}, "the papers' defaults"
+    assert specs["spectral_signature_k5"].params == {"components": 5, "epsilon": 0.2}, "a variant beside, under its label"
+    assert specs["activation_clustering_pca"].params == {"reduction": "pca"} and specs["neural_cleanse"].params == {"epochs": 3}
     with pytest.raises(SystemExit, match="NAME.KEY=VALUE"):
         ev.defence_specs(["fine_tuning.epochs=1"])
+
+
+def test_each_variant_has_its_own_column(ev) -> None:
+    row = {"kind": "grid", "psnr_goal": 34.5, "smallest_rate": 0.01, "seeds": [0], "tried": {"0.01": [1, 1]}, "searching": False}
+    row |= {
+        "strip": 0.9,
+        "spectral_signature": 0.5,
+        "spectral_signature_k5": 0.99,
+        "screens": ["strip", "spectral_signature", "spectral_signature_k5"],
+    }
+    head, _, line = ev.markdown([row]).splitlines()[:3]
+    assert "| PSNR dB | STRIP | SS | SS k5 | NC flags t |" in head
+    assert "| 0.90 | 0.50 | 0.99 | – |" in line
 
 
 @pytest.mark.slow

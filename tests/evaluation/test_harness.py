@@ -18,7 +18,8 @@ from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
 from perturbd.defenses.base import Defense, DefenseParams, Figures, ModelInspector
 from perturbd.errors import ConfigError
-from perturbd.evaluation import DefenseInputs, defender_clean_set, evaluate_defense, run_defenses, write_defenses
+from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, evaluate_defense, run_defenses, write_defenses
+from perturbd.evaluation.harness import labelled
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.experiment import run
 from perturbd.runs.rundir import run_dir_for
@@ -110,7 +111,11 @@ def test_unset_seeds_derive_from_the_run_seed_and_set_ones_are_kept(planted) -> 
     inputs = dataclasses.replace(planted.inputs(), seed=5)
     cheap = {"n_clean": 32, "epochs": 1}
     derived, kept = run_defenses(
-        [DefenseSpec(name="fine_tuning", params=cheap), DefenseSpec(name="fine_tuning", params={**cheap, "seed": 7})], inputs
+        [
+            DefenseSpec(name="fine_tuning", params=cheap),
+            DefenseSpec(name="fine_tuning", label="fine_tuning_seed7", params={**cheap, "seed": 7}),
+        ],
+        inputs,
     )
     assert derived.params["seed"] == derived_seed(5, "defense:fine_tuning")
     assert kept.params["seed"] == 7
@@ -124,7 +129,34 @@ def test_dataset_screening_reports_its_operating_points(planted) -> None:
     assert (
         r.cell["text"]
         == f"AUROC {m['auroc']:.3f} (TPR {m['tpr']:.2f} / FPR {m['fpr']:.2f} at its threshold; TPR {m['tpr_at_5_fpr']:.2f} at 5 % FPR)"
+        f"; class 0 {100 * m['target_share']:.0f} % poisoned"
     )
+    share = len(planted.indices) / int((planted.train.labels == 0).sum())
+    assert m["poisoned_share"] == {"0": round(share, 4)} and m["target_share"] == round(share, 4)
+
+
+def test_a_labelled_variant_is_reported_under_its_label_beside_the_default(planted) -> None:
+    specs = [
+        DefenseSpec(name="spectral_signature"),
+        DefenseSpec(name="spectral_signature", label="spectral_signature_k5", params={"components": 5}),
+    ]
+    default, variant = run_defenses(specs, planted.inputs())
+    assert (default.name, variant.name) == ("spectral_signature", "spectral_signature_k5")
+    assert variant.params["components"] == 5 and variant.to_json()["defense"] == "spectral_signature"
+    assert "defense" not in default.to_json()
+    with pytest.raises(ConfigError, match=r"^two defences are reported as 'spectral_signature'; give one a label of its own"):
+        run_defenses(
+            [DefenseSpec(name="spectral_signature"), DefenseSpec(name="spectral_signature", params={"components": 5})], planted.inputs()
+        )
+
+
+def test_a_labelled_reports_figures_carry_its_label() -> None:
+    def draw(path: Path) -> None:
+        path.write_text("x")
+
+    r = DefenseReport("neural_cleanse", "model", {}, 0.0, 0, {}, {}, {"neural_cleanse_trigger.png": draw, "audit.png": draw})
+    assert sorted(labelled(r, "nc_long").figures) == ["nc_long_audit.png", "nc_long_trigger.png"]
+    assert labelled(r, "neural_cleanse") is r
 
 
 def test_a_mitigations_facts_join_its_metrics_and_cell(planted) -> None:

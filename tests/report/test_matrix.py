@@ -44,14 +44,21 @@ def test_over_seeds_each_defence_lists_every_seed_and_counts_the_verdicts(tmp_pa
     for seed, (auroc, index, flagged, after) in enumerate([(0.99, 2.7, True, 0.003), (0.42, 1.1, False, 0.5)]):
         run = make_run(tmp_path, seed, 0.01, 10, asr=0.99 - seed / 100)
         write_json(run / "defenses.json", {"defenses": [
-            report("activation_clustering", "dataset", auroc, tpr_at_5_fpr=auroc - 0.1),
+            report("activation_clustering", "dataset", auroc, tpr_at_5_fpr=auroc - 0.1, target_share=0.33 + 0.17 * seed),
+            report("activation_clustering_pca", "dataset", auroc / 2, tpr_at_5_fpr=0.0, target_share=0.33 + 0.17 * seed),
             report("neural_cleanse", "model", index, target_flagged=flagged),
             report("distillation", "mitigation", after, cost=0.01 * (seed + 1)),
         ]})  # fmt: skip
     rows = matrix_rows(sorted(p for p in tmp_path.iterdir() if p.is_dir()))
     row = seeds_markdown(rows).splitlines()[2]
     assert row.startswith("| grid c=10, before_training/full, rate 1 % (0, 1) | 98.00 · 98.00 | 99.0 · 98.0 |")
-    assert "AUROC 0.990 · 0.420; TPR at 5 % FPR 0.89 · 0.32" in row
+    assert "AUROC 0.990 · 0.420; TPR at 5 % FPR 0.89 · 0.32; target class poisoned 33 · 50 %" in row
+    assert "| AUROC 0.495 · 0.210; TPR at 5 % FPR 0.00 · 0.00; target class poisoned 33 · 50 % |" in row, "a variant: its own column"
+    assert (
+        seeds_markdown(rows)
+        .splitlines()[0]
+        .endswith("| activation_clustering | activation_clustering_pca | neural_cleanse | distillation |")
+    )
     assert "target flagged 1/2; anomaly index 2.70 · 1.10" in row
     assert "ASR after 0.3 · 50.0 %; acc. -1.50 pt (mean)" in row
     assert matrix_markdown(rows).startswith("## Over seeds")

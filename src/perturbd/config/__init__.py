@@ -14,9 +14,19 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from perturbd.config.keys import apply_overrides, dump_yaml, flat_keys, parse_assignment, read_yaml, set_dotted
-from perturbd.config.sections import AttackConfig, DataConfig, DefenseSpec, ModelConfig, PoisonConfig, Section, TrainConfig
+from perturbd.config.sections import (
+    AttackConfig,
+    DataConfig,
+    DefenseSpec,
+    ModelConfig,
+    PoisonConfig,
+    Section,
+    TrainConfig,
+    repeated_report_name,
+)
 from perturbd.config.trigger import (
     LEGACY_TRIGGER_DEFAULTS,
     TriggerConfig,
@@ -60,6 +70,14 @@ class ExperimentConfig(Section):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
 
+    @field_validator("defenses")
+    @classmethod
+    def _one_report_name_each(cls, value: list[DefenseSpec]) -> list[DefenseSpec]:
+        problem = repeated_report_name(value)
+        if problem is not None:
+            raise PydanticCustomError("one_line", "{message}", {"message": problem})
+        return value
+
     @property
     def run_name(self) -> str:
         return self.name or f"{self.data.name.split(':')[0]}-{self.trigger.kind}"
@@ -93,7 +111,7 @@ def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
     where = ".".join(str(p) for p in loc) or "config"
-    if first["type"] == "trigger_param":
+    if first["type"] in ("trigger_param", "one_line"):
         return str(first["msg"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'{suggest(str(loc[-1]), _field_names(model, loc[:-1]))}"
@@ -144,6 +162,7 @@ __all__ = [
     "load_config",
     "parse_assignment",
     "read_yaml",
+    "repeated_report_name",
     "section_fields",
     "set_dotted",
     "validate",

@@ -5,6 +5,7 @@ Units are stated in every field's description. Amplitudes and budgets are in pix
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,8 +13,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
 )
 
 from perturbd.knowledge import KNOWLEDGE, check_knowledge
@@ -165,6 +168,45 @@ class TrainConfig(Section):
     deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")
 
 
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 class DefenseSpec(Section):
-    name: str
+    """One defence of a config: the registered ``name``, its ``params`` and, for a variant beside
+    the defence's own defaults, the ``label`` it is reported under (e.g. ``{name:
+    spectral_signature, label: spectral_signature_k5, params: {components: 5}}``): the report,
+    the matrix's column and the figures' file names use :attr:`report_name`. A label left unset
+    is not hashed, so a config written before labels keeps its hash."""
+
+    name: str = Field(description="a registered defence: see `perturbd defenses`")
+    label: str | None = Field(
+        None,
+        pattern=LABEL_PATTERN,
+        description="the name it is reported under (default: name): letters, digits, '_', '.', '-', at most 64",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def report_name(self) -> str:
+        """The name in the report and the matrix: the label, else the defence's name."""
+        return self.label or self.name
+
+    @model_serializer(mode="wrap")
+    def _no_unset_label(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("label") is None:
+            out.pop("label", None)
+        return out
+
+
+def repeated_report_name(specs: Sequence[DefenseSpec]) -> str | None:
+    """One line naming the first report name two of ``specs`` share; None when all differ."""
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.report_name in seen:
+            return (
+                f"two defences are reported as '{spec.report_name}'; give one a label of its own, "
+                f"e.g. {{name: {spec.name}, label: {spec.name}_2, params: {{...}}}}"
+            )
+        seen.add(spec.report_name)
+    return None

@@ -1,21 +1,27 @@
 """Activation clustering (Chen et al., 2018): dataset screening.
 
-Per training label, the penultimate features are reduced to ``components`` dimensions (PCA by
-default; FastICA as in the paper with ``reduction="ica"``) and split by k-means into two clusters.
-Which is better depends on the data: on full MNIST (cnn28, 1 % BadNets patch) PCA's split follows
-natural variation and misses the poison where ICA isolates it (experiments/README.md); on a few
-hundred images per class ICA's components are noisy and it flags clean classes too. A backdoored class splits into its
-genuine images and the poisoned ones, which form the *smaller* cluster; a clean class splits
-into two halves of natural variation. A class is poisoned when its smaller cluster holds at most
-``size_threshold`` of it and the split's silhouette is at least ``silhouette_threshold``; its
-smaller cluster is then flagged.
+Per training label, the penultimate features are reduced to ``components`` dimensions and split
+by k-means into two clusters. A backdoored class splits into its genuine images and the poisoned
+ones, which form the *smaller* cluster; a clean class splits into two halves of natural
+variation. A class is poisoned when its smaller cluster holds at most ``size_threshold`` of it
+and the split's silhouette is at least ``silhouette_threshold``; its smaller cluster is then
+flagged.
 
-Chen et al. reduce with ICA to 10 dimensions; ART (v1.20.1, ``activation_defence.py``), the
-reference implementation, defaults its class to ``nb_clusters=2``, ``nb_dims=10``, ``reduce="PCA"``
-(its module functions default to ``FastICA(max_iter=1000, tol=0.005)`` without a seed), k-means
-without a seed, and the analyses ``smaller``, ``relative-size`` (0.35) and
-``silhouette-scores`` (size < 0.35 and silhouette > 0.1: the rule used here, with ≤ and ≥). Here both the
-reduction and k-means draw from ``seed``, so a run is reproducible.
+Defaults are the paper's: FastICA to 10 dimensions (``reduction="ica"``, ``components=10``),
+2-means, and the relative-size and silhouette analyses. Chen et al. give no thresholds for those
+analyses; ``size_threshold = 0.35`` and ``silhouette_threshold = 0.1`` are those of ART (v1.20.1,
+``activation_defence.py``), the reference implementation (size < 0.35 and silhouette > 0.1 there,
+≤ and ≥ here). ART defaults its class to ``reduce="PCA"`` (its module functions to
+``FastICA(max_iter=1000, tol=0.005)``), both without a seed; here the reduction and k-means draw
+from ``seed``, so a run is reproducible, and FastICA runs at most 400 iterations.
+
+``reduction="pca"`` is a variant, reported under its own name in a config (``{name:
+activation_clustering, label: activation_clustering_pca, params: {reduction: pca}}``). Which
+reduction finds the poison depends on the data: on full MNIST (cnn28, 1 % BadNets patch) PCA's
+split follows natural variation and misses the poison where ICA isolates it
+(experiments/README.md); on a few hundred images per class ICA's components are noisy and it
+flags clean classes too, and on full MNIST its AUROC swung with its seed alone. A reduction
+chosen for a study is chosen on other seeds than it is scored on (experiments/tune_defenses.py).
 
 ``scores_`` (for AUROC): ``silhouette × (1 − small share) × tanh(margin / σ)``, where ``margin`` is
 how much closer a sample is to the small cluster's centre than to the large one's (σ: the
@@ -42,8 +48,8 @@ class ActivationClustering(Defense):
     kind = "dataset"
 
     class Params(DefenseParams):
-        reduction: Literal["pca", "ica"] = Field(
-            "pca", description="dimension reduction before k-means: pca, or ica (the paper's; better on large classes)"
+        reduction: Literal["ica", "pca"] = Field(
+            "ica", description="dimension reduction before k-means: ica (the paper's), or pca (a variant)"
         )
         components: int = Field(10, ge=1, le=512, description="dimensions kept")
         size_threshold: float = Field(0.35, gt=0, le=0.5, description="a smaller cluster holding at most this share of its class is poison")

@@ -277,6 +277,20 @@ def seed_from_run(defense: Defense, run_seed: int) -> None:
         setattr(defense, "seed", derived_seed(run_seed, f"defense:{defense.name}"))  # noqa: B010
 
 
+def epsilon_from_truth(defense: Defense, share: float | None) -> None:
+    """Set ``epsilon`` of a defence whose ``epsilon_source`` parameter is ``"oracle"`` to
+    ``share``, the run's true poisoned share of the target class (the evaluation knows it from the
+    ground truth); a one-line :class:`ConfigError` when the run has none. Other defences: nothing."""
+    if getattr(defense, "epsilon_source", None) != "oracle":
+        return
+    if share is None:
+        raise ConfigError(
+            f"{defense.name}.epsilon_source=oracle needs the run's poison indices (a run directory or an experiment); "
+            "set epsilon_source=given and epsilon to a bound"
+        )
+    setattr(defense, "epsilon", share)  # noqa: B010  (as seed_from_run: __init__ sets parameters)
+
+
 def fresh_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode; the original is never modified by a mitigation."""
     out = copy.deepcopy(model)

@@ -9,7 +9,10 @@ the Markdown cell) and its figures (file name → draw into that path):
 
 - dataset: fit on the training set as trained on; against the saved poison indices, AUROC of
   ``scores_``, TPR / FPR of ``flagged_`` (the method's own threshold) and TPR at 5 % FPR (the
-  best threshold on ``scores_`` whose FPR is at most 5 %).
+  best threshold on ``scores_`` whose FPR is at most 5 %); beside them the poisoned share of
+  each label as trained on (``poisoned_share``) and of the target (``target_share``; the cell
+  ends ``class 0 33 % poisoned``): a per-class method reads each class at its own share. A
+  defence with ``epsilon_source = "oracle"`` gets the target's share as its ε before the fit.
 - input: fit on the defender's clean images; on clean versus triggered test images, AUROC,
   TPR / FPR at the method's own threshold (set for ``frr`` on the clean calibration images) and
   TPR at 5 % FPR from the ROC. The test images screened are a seeded random sample of at most
@@ -30,12 +33,21 @@ Every detection cell shows an operating point beside the AUROC, e.g.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from perturbd.defenses.base import DatasetScreen, Figures, InputScreen, Mitigator, ModelInspector, UpdateAuditor
+from perturbd.defenses.base import (
+    DatasetScreen,
+    Defense,
+    Figures,
+    InputScreen,
+    Mitigator,
+    ModelInspector,
+    UpdateAuditor,
+    epsilon_from_truth,
+)
 from perturbd.errors import ConfigError
 from perturbd.evaluation.detection import auroc, detection_text, screened_sample, tpr_at_fpr
 from perturbd.evaluation.inputs import DefenseInputs
@@ -51,24 +63,44 @@ def _need(value: Any, what: str, name: str) -> Any:
     return value
 
 
+def poisoned_shares(labels: torch.Tensor, poison_indices: torch.Tensor, num_classes: int) -> dict[int, float]:
+    """Per label (as trained on), the share of its images that are poisoned; only labels with poison."""
+    total = torch.bincount(labels, minlength=num_classes)
+    poisoned = torch.bincount(labels[poison_indices], minlength=num_classes)
+    return {c: float(poisoned[c]) / int(total[c]) for c in range(num_classes) if int(poisoned[c])}
+
+
 def measure_dataset(d: DatasetScreen, inp: DefenseInputs, limit: int) -> Evaluation:
     """Dataset screening: see the module docstring."""
     train = _need(inp.train, "the training set (run it from an experiment or on a run directory)", d.name)
+    poison = inp.poison_indices if inp.poison_indices is not None and len(inp.poison_indices) else None
+    shares = {} if poison is None else poisoned_shares(train.labels, poison, train.num_classes)
+    # the target's share; without a target, the most poisoned label's
+    t = inp.target if inp.target is not None else max(shares, key=shares.__getitem__, default=None)
+    epsilon_from_truth(cast(Defense, d), None if poison is None or t is None else shares.get(t, 0.0))
     d.fit(inp.model, train)
     flagged = d.flagged_
     m: dict[str, Any] = {"samples": len(train), "flagged": int(flagged.sum())}
-    if inp.poison_indices is None or not len(inp.poison_indices):
+    if poison is None:
         return m, {"value": None, "text": f"{m['flagged']} flagged (no ground truth)"}, {}
     truth = torch.zeros(len(train), dtype=torch.bool)
-    truth[inp.poison_indices] = True
+    truth[poison] = True
     m.update(
         poisoned=int(truth.sum()),
         auroc=auroc(truth, d.scores_),
         tpr=float(flagged[truth].float().mean()),
         fpr=float(flagged[~truth].float().mean()),
         tpr_at_5_fpr=tpr_at_fpr(truth, d.scores_),
+        poisoned_share={str(c): round(v, 4) for c, v in shares.items()},
+        target_label=t,
+        target_share=None if t is None else round(shares.get(t, 0.0), 4),
     )
-    return m, {"value": m["auroc"], "text": detection_text(m)}, {}
+    return m, {"value": m["auroc"], "text": f"{detection_text(m)}; {share_text(m)}"}, {}
+
+
+def share_text(m: dict[str, Any]) -> str:
+    """``class 0 33 % poisoned``: the target's (or most poisoned label's) poisoned share."""
+    return f"class {m['target_label']} {100 * m['target_share']:.0f} % poisoned"
 
 
 def _triggered_pair(inp: DefenseInputs, name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:

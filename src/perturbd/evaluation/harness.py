@@ -16,12 +16,13 @@ training split's clean (not poisoned) images (see :func:`~perturbd.evaluation.in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from perturbd.config import DefenseSpec
+from perturbd.config import DefenseSpec, repeated_report_name
 from perturbd.defenses.base import Defense, Figures, build_defense, seed_from_run
+from perturbd.errors import ConfigError
 from perturbd.evaluation.inputs import DefenseInputs
 from perturbd.evaluation.kinds import kind_of
 from perturbd.progress import Log
@@ -41,12 +42,14 @@ class DefenseReport:
     metrics: dict[str, Any]
     cell: dict[str, Any]
     figures: Figures = field(default_factory=dict)
+    defense: str | None = None
+    """The registered defence when ``name`` is a variant's label (:func:`labelled`); else None."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "kind": self.kind, "params": self.params, "seconds": self.seconds,
             "clean_images_used": self.clean_used, "metrics": self.metrics, "cell": self.cell, "figures": sorted(self.figures),
-        }  # fmt: skip
+        } | ({"defense": self.defense} if self.defense else {})  # fmt: skip
 
 
 def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 2000) -> DefenseReport:
@@ -68,17 +71,31 @@ def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 
 
 def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
     """Build every defence and find its kind first (so a bad parameter or kind fails before any
-    work), then run each."""
+    work), then run each. Each report is named by its spec's :attr:`~DefenseSpec.report_name`
+    (a labelled variant under its label: :func:`labelled`); two specs of one name are a ConfigError."""
+    problem = repeated_report_name(specs)
+    if problem is not None:
+        raise ConfigError(problem)
     defenses = [build_defense(s.name, **s.params) for s in specs]
     for d in defenses:
         kind_of(d)
     reports = []
-    for d in defenses:
-        report = evaluate_defense(d, inp, eval_limit=eval_limit)
+    for spec, d in zip(specs, defenses, strict=True):
+        report = labelled(evaluate_defense(d, inp, eval_limit=eval_limit), spec.report_name)
         if log:
-            log(f"defense {d.name}: {report.cell['text']} ({report.seconds:.1f} s)")
+            log(f"defense {report.name}: {report.cell['text']} ({report.seconds:.1f} s)")
         reports.append(report)
     return reports
+
+
+def labelled(report: DefenseReport, label: str) -> DefenseReport:
+    """``report`` under ``label`` (a variant's name): its ``name``, and its figures' file names
+    (``<defence>_x.png`` → ``<label>_x.png``, any other ``x.png`` → ``<label>_x.png``), so that
+    two variants of one defence write apart; the registered defence is kept as ``defense``."""
+    if label == report.name:
+        return report
+    figures = {(label + f[len(report.name) :] if f.startswith(report.name) else f"{label}_{f}"): draw for f, draw in report.figures.items()}
+    return replace(report, name=label, figures=figures, defense=report.name)
 
 
 def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:

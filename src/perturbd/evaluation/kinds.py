@@ -67,7 +67,12 @@ def _values(cells: Cells) -> list[Any]:
 
 
 def _detection(cells: Cells, metrics: Cells) -> str:
-    return f"AUROC {dots(_values(cells), '.3f')}; TPR at 5 % FPR {dots([m.get('tpr_at_5_fpr') for m in metrics], '.2f')}"
+    """AUROC and TPR at 5 % FPR per seed; for dataset screening, the target's poisoned share per seed."""
+    text = f"AUROC {dots(_values(cells), '.3f')}; TPR at 5 % FPR {dots([m.get('tpr_at_5_fpr') for m in metrics], '.2f')}"
+    shares = [m.get("target_share") for m in metrics]
+    if any(s is not None for s in shares):
+        text += f"; target class poisoned {dots([None if s is None else 100 * s for s in shares], '.0f')} %"
+    return text
 
 
 def _verdicts(cells: Cells, metrics: Cells) -> str:
