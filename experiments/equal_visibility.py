@@ -1,7 +1,8 @@
 """Invisible triggers at equal visibility: which one needs the fewest poisoned images?
 
 For each trigger kind (the paper's static grid and chessboard, its adaptive DeepFool L∞ mask, and
-the invisible triggers that came after it: blended, sig, wanet) at each visibility level (mean
+the invisible triggers that came after it: blended, sig, wanet; and the control, a seeded random
+±c mask with neither structure nor adaptivity) at each visibility level (mean
 PSNR of the poisoned images, ``trigger.psnr``: 34.5 dB and 38.9 dB by default, those of the
 paper's grids of c = 10 and c = 6 on MNIST), it finds the smallest injection rate of the grid
 ``--rates`` at which the backdoor reaches ASR ≥ 90 % in most seeds, and reports at that rate the
@@ -73,6 +74,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "blended": {"kind": "blended"},
     "sig": {"kind": "sig"},
     "wanet": {"kind": "wanet"},
+    "random": {"kind": "random"},
 }
 LEVELS = [34.5, 38.9]
 RATES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]

@@ -31,6 +31,17 @@ def test_folder_report_writes_tables_figures_and_html(runs, self_contained):
     assert all((r.path / "report.html").is_file() for r in rep.records)
 
 
+def test_the_table_is_headed_by_how_to_remake_it_the_code_and_the_machine(runs):
+    build_report(runs)
+    head = (runs / "aggregate.md").read_text().split("\n\n")[0].splitlines()
+    envs = [json.loads(p.read_text()) for p in sorted(runs.glob("*/environment.json"))]
+    assert head[0] == f"Table: `perturbd report {runs.name}` over its {len(envs)} runs."
+    code = envs[0]["git_commit"] or f"no commit, code digest {envs[0].get('code_digest') or 'unrecorded'}"
+    assert head[-2] == f"Code: {code[:40]}." and len({(e["git_commit"], e.get("code_digest")) for e in envs}) == 1
+    assert head[-1].startswith(f"Machine: {envs[0].get('cpu', 'CPU unrecorded')}, {envs[0]['device']}, ")
+    assert f"torch {envs[0]['torch']}." in head[-1]
+
+
 def test_pivot_is_written_beside_the_tables_and_a_wrong_key_writes_nothing(runs, tmp_path):
     rep = build_report(runs, tmp_path / "out", pivot="poison.rate")
     assert (tmp_path / "out" / "pivot_poison.rate.md").read_text().startswith("| trigger | poison.rate = 0.01 |")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -309,6 +310,27 @@ def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
         f"\n\nASR % of the backdoored model per seed (seeds in order); (k/N): how many of the N seeds reach "
         f"ASR ≥ {100 * ASR_GOAL:g} %; –: not run.\n"
     )
+
+
+def provenance(records: list[RunRecord], root: Path) -> str:
+    """The lines that head a results table: how to remake it, and the code versions and machines
+    its runs were made with (from each run's ``environment.json``), each with its count of runs."""
+
+    def counted(values: list[str]) -> str:
+        tally = Counter(values)
+        return ", ".join(f"{v} ({n} runs)" if len(tally) > 1 else v for v, n in sorted(tally.items()))
+
+    envs = [r.run.environment() for r in records]
+    commits = [str(e.get("git_commit") or f"no commit, code digest {e.get('code_digest') or 'unrecorded'}")[:40] for e in envs]
+    machines = [
+        f"{e.get('cpu', 'CPU unrecorded')}, {e.get('device', '?')}, {e.get('threads', '?')} thread(s), torch {e.get('torch', '?')}"
+        for e in envs
+    ]
+    lines = [f"Table: `perturbd report {root.name}` over its {len(records)} runs."]
+    if (root / "sweep.yaml").is_file():
+        lines.append(f"Runs: `perturbd sweep {root.name}/sweep.yaml` (resumable: finished runs are skipped).")
+    lines += [f"Code: {counted(commits)}.", f"Machine: {counted(machines)}."]
+    return "\n".join(lines) + "\n\n"
 
 
 def to_csv(columns: list[str], groups: list[Group]) -> str:

@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.errors import ConfigError
-from perturbd.report.aggregate import Group, RunRecord, aggregate, collect_runs, pivot_markdown, report_root, runs_csv, to_csv, to_markdown
+from perturbd.report.aggregate import (
+    Group,
+    RunRecord,
+    aggregate,
+    collect_runs,
+    pivot_markdown,
+    provenance,
+    report_root,
+    runs_csv,
+    to_csv,
+    to_markdown,
+)
 from perturbd.report.html import run_html, sweep_html
 from perturbd.report.plots import write_figures
 from perturbd.runs.folder import RunDir
@@ -56,7 +67,11 @@ def build_report(path: Path, out: Path | None = None, pivot: str | None = None) 
     records = collect_runs(root)
     failures = read_failures(root)
     columns, groups = aggregate(records)
-    tables = [("aggregate.csv", to_csv(columns, groups)), ("aggregate.md", to_markdown(columns, groups)), ("runs.csv", runs_csv(records))]
+    tables = [
+        ("aggregate.csv", to_csv(columns, groups)),
+        ("aggregate.md", provenance(records, root) + to_markdown(columns, groups)),
+        ("runs.csv", runs_csv(records)),
+    ]
     if pivot is not None:
         tables.append((f"pivot_{pivot}.md", pivot_markdown(columns, groups, pivot)))
     dest.mkdir(parents=True, exist_ok=True)
