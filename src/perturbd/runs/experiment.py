@@ -143,12 +143,13 @@ def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained:
 
 def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: Trained, log: Log) -> list[DefenseReport]:
     """Run ``cfg.defenses`` on the backdoored model (the clean twin as baseline). The defender's
-    clean images are the poisoned set's clean images (see :data:`~perturbd.runs.saved.CLEAN_SOURCE`),
-    never the test images the defences are measured on."""
+    clean images are the poisoned set's images the attacker did not touch (neither poisoned nor
+    wanet's noise-mode images; see :data:`~perturbd.runs.saved.CLEAN_SOURCE`), never the test
+    images the defences are measured on."""
     if not cfg.defenses:
         return []
     p = trained.poisoned
-    clean = defender_clean_set(p.dataset, p.indices, cfg.seed)
+    clean = defender_clean_set(p.dataset, p.indices, cfg.seed, p.noise_indices)
     inputs = DefenseInputs(
         trained.backdoored,
         split.test,

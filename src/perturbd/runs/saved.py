@@ -42,7 +42,10 @@ from perturbd.runs.folder import RunDir
 from perturbd.triggers import Trigger
 from perturbd.trust import USER_CODE, check_code
 
-CLEAN_SOURCE = "training split minus the poisoned images, seeded random order (disjoint from the test split)"
+CLEAN_SOURCE = (
+    "training split minus the poisoned images and the other images the attacker changed (wanet's noise mode), "
+    "seeded random order (disjoint from the test split)"
+)
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ def load_inputs(
         clean_model = load_model(SavedRun(folder.clean_model_path, cfg, folder.path, trust_code), split.train, model)
     train: ImageDataset | None = split.train
     indices: torch.Tensor | None = None
+    touched: torch.Tensor | None = None
     if folder is not None and cfg is not None and trig is not None and folder.has(RunDir.POISON_INDICES):
         saved_idx = torch.tensor(folder.poison_indices().indices, dtype=torch.long)
         train = None
@@ -185,6 +189,7 @@ def load_inputs(
             part = partition(cfg, split.train.labels, split.train.num_classes)
             if torch.equal(part.poison, saved_idx):
                 victim = part.take(split.train, part.victim)
-                train, indices = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison).dataset, saved_idx
-    clean = defender_clean_set(train if train is not None else split.train, indices, seed)
+                rebuilt = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison)
+                train, indices, touched = rebuilt.dataset, saved_idx, rebuilt.noise_indices
+    clean = defender_clean_set(train if train is not None else split.train, indices, seed, touched)
     return DefenseInputs(net, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed)
