@@ -10,6 +10,7 @@ import torch
 
 from perturbd.data import stratified_indices
 from perturbd.data.dataset import ImageDataset
+from perturbd.metrics import Sources, attacked
 from perturbd.seeding import derived_generator
 
 
@@ -45,10 +46,11 @@ def detection_text(m: dict[str, Any]) -> str:
     )
 
 
-def screened_sample(test: ImageDataset, target: int, limit: int, seed: int) -> torch.Tensor:
+def screened_sample(test: ImageDataset, target: int, limit: int, seed: int, sources: Sources = None) -> torch.Tensor:
     """Indices into ``test`` of a seeded random sample of at most ``limit`` images whose label is
-    not ``target``, stratified over those classes (sorted; ``derived_generator(seed, "strip-sample")``)."""
-    others = torch.nonzero(test.labels != target).flatten()
+    not ``target`` (and, given ``sources``, is one of them: :func:`perturbd.metrics.attacked`),
+    stratified over those classes (sorted; ``derived_generator(seed, "strip-sample")``)."""
+    others = torch.nonzero(attacked(test.labels, target, sources)).flatten()
     n = min(limit, len(others))
     pick = stratified_indices(test.labels[others], n, derived_generator(seed, "strip-sample"), test.num_classes)
     return others[pick]

@@ -31,6 +31,9 @@ class DefenseInputs:
             the update setting: the model after a clean update).
         before_model: the model before the update (update setting only), for the update audit.
         seed: the run seed: defences' unset seeds and the sample of screened test images derive from it.
+        sources: the source classes of a source-specific attack (None: every class but the
+            target): every ASR a defence reports counts only their test images, and input
+            screens are measured on triggered images of these classes only.
     """
 
     model: nn.Module
@@ -44,6 +47,7 @@ class DefenseInputs:
     clean_model: nn.Module | None = None
     before_model: nn.Module | None = None
     seed: int = 0
+    sources: tuple[int, ...] | None = None
 
 
 def defender_clean_set(
