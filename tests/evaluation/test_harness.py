@@ -124,7 +124,7 @@ def test_input_screening_scores_a_stratified_seeded_sample(planted) -> None:
     evaluate_defense(other, _sorted_inputs(planted, seed=1), eval_limit=180)
     assert torch.bincount(other.screened[0].long(), minlength=10).tolist() == counts.tolist()
     assert r.metrics["auroc"] == 1.0 and r.metrics["tpr"] == 1.0 and r.metrics["tpr_at_5_fpr"] == 1.0
-    assert r.cell["text"] == "AUROC 1.000 (TPR 1.00 / FPR 0.00 at its threshold; TPR 1.00 at 5 % FPR)"
+    assert r.cell["text"] == "AUROC 1.000 (TPR 1.00 / FPR 0.00 (target 0.01) at its threshold; TPR 1.00 at 5 % FPR)"
 
 
 def test_unset_seeds_derive_from_the_run_seed_and_set_ones_are_kept(planted) -> None:

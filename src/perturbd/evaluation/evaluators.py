@@ -20,6 +20,11 @@ the Markdown cell) and its figures (file name → draw into that path):
   the source classes only (the clean ones still come from every class but the target).
 - model: fit on the defender's clean images, for the backdoored model and the clean twin;
   flagged labels, anomaly indices, the defence's per-label evidence and its figures.
+
+An input screen or a model inspector may also set ``facts_`` (optional, JSON-ready): what it
+used, copied into its metrics for each model screened (STRIP: the overlay and calibration images
+used and the FPR measured on the calibration images; Neural Cleanse: the clean images drawn from).
+The input cell shows the target FPR (``frr``) beside the FPR measured on the test images.
 - mitigation: fit on the defender's clean images; clean accuracy and ASR on the test set
   before and after, and the clean images used. The ASR counts the source classes only for a
   source-specific attack (as the run's), whose other classes' rate is reported beside it
@@ -31,7 +36,8 @@ A source-specific attack's sources are in the input and mitigation metrics (``so
   suspicious labels, per-label rows and the recovered triggers as PNG.
 
 Every detection cell shows an operating point beside the AUROC, e.g.
-``AUROC 0.864 (TPR 0.00 / FPR 0.01 at its threshold; TPR 0.31 at 5 % FPR)``.
+``AUROC 0.864 (TPR 0.00 / FPR 0.03 (target 0.01) at its threshold; TPR 0.31 at 5 % FPR)`` (input screens; a
+dataset screen sets no target).
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ def measure_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
             "fpr": float(d.flag_scores(s_clean).float().mean()),
             "tpr_at_5_fpr": tpr_at_fpr(truth, scores),
             "threshold": d.threshold_,
+            **getattr(d, "facts_", {}),
         }
 
     m: dict[str, Any] = {"test_images": len(clean), "triggered_images": len(triggered), "frr_target": d.frr, **_sources(inp)}
@@ -126,6 +133,7 @@ def measure_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluati
             "flagged_labels": list(d.flagged_labels_),
             "anomaly_index": [round(float(v), 4) for v in d.scores_],
             **d.evidence_,
+            **getattr(d, "facts_", {}),
             "seconds": d.seconds_,
         }
 
