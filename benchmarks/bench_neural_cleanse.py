@@ -52,9 +52,9 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, default=None, help="victim training images (stratified subset)")
     p.add_argument("--train-epochs", type=int, default=3, help="epochs of the victim model (not timed)")
     p.add_argument("--checkpoint", type=Path, default=None, help="victim .safetensors instead of training one")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of n_clean // batch_size mini-batches (the reference runs up to 1,000)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of min(n_clean, 1000) // batch_size mini-batches (reference: 1,000)")
     p.add_argument("--batch-size", type=int, default=32, help="clean images per step")
-    p.add_argument("--n-clean", type=int, default=1000, help="clean images to blend with")
+    p.add_argument("--n-clean", type=int, default=1000, help="clean images the mini-batches are drawn from")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.n_clean, args.repeat = min(args.epochs, 1), min(args.n_clean, 300), 1

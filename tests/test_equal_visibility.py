@@ -153,7 +153,9 @@ def test_a_run_without_its_weights_is_trained_again_and_must_reproduce_its_numbe
     assert source == out / ".retrained" / folder.name and all((source / name).is_file() for name in RunDir.WEIGHTS)
     assert record["stored"]["attack_success_rate"] == record["retrained"]["attack_success_rate"] + 0.01
     assert record["run"] == folder.name and record["cpu"]
-    specs = ev.defence_specs(["strip.overlays=2", "strip.n_clean=16", "neural_cleanse.epochs=1", "neural_cleanse.n_clean=16"])
+    specs = ev.defence_specs(
+        ["strip.overlays=2", "strip.n_overlay=8", "strip.n_calibration=8", "neural_cleanse.epochs=1", "neural_cleanse.n_clean=16"]
+    )
     dest = ev.defend(folder, tmp_path / "defended", specs, other_ok=True)
     assert json.loads((dest / ev.RETRAINED).read_text()) == record and (dest / "defenses.json").is_file()
     assert ev.defence_facts(dest)["retrained_asr"] == record["retrained"]["attack_success_rate"]
@@ -165,8 +167,8 @@ def test_both_phases_on_a_tiny_slice(ev, tmp_path) -> None:
     rows = ev.main([
         "--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0", "--epochs", "1",
         "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100", "--set", "train.threads=1",
-        "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1",
-        "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path),
+        "--param", "strip.overlays=2", "--param", "strip.n_overlay=8", "--param", "strip.n_calibration=8",
+        "--param", "neural_cleanse.epochs=1", "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path),
     ])  # fmt: skip
     assert {r["kind"] for r in rows} == {"grid", "wanet"} and all(r["smallest_rate"] == 0.05 for r in rows)
     assert all(r["strip"] is not None and r["spectral_signature"] is not None and "nc_flagged_seeds" in r for r in rows)
@@ -174,6 +176,6 @@ def test_both_phases_on_a_tiny_slice(ev, tmp_path) -> None:
     again = ev.main(["--data", "mnist5k", "--kinds", "grid", "wanet", "--psnr", "34.5", "--rates", "0.05", "--seeds", "0",
                      "--epochs", "1", "--workers", "1", "--goal-asr", "0", "--set", "data.train_limit=300", "--set", "data.test_limit=100",
                      "--set", "train.threads=1",
-                     "--param", "strip.overlays=2", "--param", "strip.n_clean=16", "--param", "neural_cleanse.epochs=1",
-                     "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path)])  # fmt: skip
+                     "--param", "strip.overlays=2", "--param", "strip.n_overlay=8", "--param", "strip.n_calibration=8",
+                     "--param", "neural_cleanse.epochs=1", "--param", "neural_cleanse.n_clean=16", "--out", str(tmp_path)])  # fmt: skip
     assert again == rows, "a rerun reuses every run and every defence"

@@ -27,7 +27,7 @@ ALL = list_defenses()
 # cheap settings so that every fit takes well under a second on the planted model
 CHEAP = {
     "n_clean": 64, "epochs": 1, "steps": 3, "overlays": 2, "batch_size": 16, "components": 3,
-    "nc_epochs": 1, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8,
+    "nc_epochs": 1, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8, "n_overlay": 32, "n_calibration": 32,
 }  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from perturbd.defenses import build_defense
-from perturbd.defenses.neural_cleanse import NeuralCleanse, anomaly_index, initial_trigger, reverse_triggers
+from perturbd.defenses.neural_cleanse import NeuralCleanse, anomaly_index, epoch_steps, flow, initial_trigger, reverse_triggers
 from perturbd.evaluation.harness import evaluate_defense, write_defenses
 
 # 30 epochs of 10 mini-batches of 8 (the schedule sets the cost after 5 epochs and moves it every
@@ -66,7 +66,7 @@ def test_evidence_and_figures_are_per_label(planted, tmp_path) -> None:
 
 def test_defaults_are_the_reference_example() -> None:
     d = NeuralCleanse()
-    assert (d.epochs, d.batch_size, d.n_clean, d.lr, d.init_cost) == (1000, 32, 1000, 0.1, 1e-3)
+    assert (d.epochs, d.epoch_images, d.batch_size, d.n_clean, d.lr, d.init_cost) == (1000, 1000, 32, None, 0.1, 1e-3)
     assert (d.cost_multiplier, d.patience, d.attack_threshold) == (2.0, 5, 0.99)
     assert (d.early_stop, d.early_stop_threshold, d.early_stop_patience, d.anomaly_threshold) == (True, 1.0, 25, 2.0)
 
@@ -92,3 +92,27 @@ def test_cost_stays_zero_until_patience_epochs_succeed() -> None:
         assert torch.allclose(out["masks"][0], mask0[0], atol=1e-5), epochs
         assert out["reached"].tolist() == [True] and out["epochs"].tolist() == [epochs]
     assert float(_reverse(6)["norms"][0]) < float(mask0.sum()) - 0.5, "from epoch 6 on the L1 cost shrinks the mask"
+
+
+def test_mini_batches_come_from_the_whole_pool(planted) -> None:
+    """An epoch is 1000 // 32 = 31 mini-batches (the reference's NB_SAMPLE / BATCH_SIZE), drawn from
+    every clean image given, not from the first 1,000: the next epoch goes on through the pool."""
+    gen = torch.Generator().manual_seed(0)
+    batches = flow(2000, 32, gen)
+    seen = torch.cat([next(batches) for _ in range(2 * 31)])
+    assert len(set(seen.tolist())) == len(seen) == 1984, "two epochs of 31 batches: one pass over 2,000, nothing twice"
+    assert epoch_steps(2000, 32, 1000) == 31 and epoch_steps(500, 32, 1000) == 15 and epoch_steps(10, 32, None) == 1
+    d = build_defense("neural_cleanse", epochs=1, batch_size=8, epoch_images=16)
+    r = evaluate_defense(d, planted.inputs())
+    assert r.clean_used == len(planted.clean) and r.metrics["clean_pool"] == len(planted.clean), "all the clean images by default"
+    assert r.metrics["batches_per_epoch"] == 2 and r.metrics["clean_model"]["clean_pool"] == len(planted.clean)
+
+
+def test_a_pool_of_one_epoch_is_drawn_as_before(planted) -> None:
+    """A pool no larger than an epoch: one fresh seeded permutation per epoch, as before the pool was whole."""
+    gen = torch.Generator().manual_seed(3)
+    batches = flow(80, 8, gen)
+    again = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        order = torch.randperm(80, generator=again)
+        assert torch.equal(torch.cat([next(batches) for _ in range(10)]), order)

@@ -85,4 +85,4 @@ def test_data_of_another_shape_is_a_one_line_error(planted) -> None:
 def test_neural_cleanse_defaults_are_neural_cleanses_own() -> None:
     audit, nc = UpdateAudit(), NeuralCleanse()
     assert (audit.nc_epochs, audit.nc_batch) == (nc.epochs, nc.batch_size) == (1000, 32)
-    assert audit.n_clean // 2 == nc.n_clean, "the half that runs Neural Cleanse is its own default sample"
+    assert audit.n_clean // 2 == nc.epoch_images, "the half that runs Neural Cleanse is one of its epochs (the reference's NB_SAMPLE)"

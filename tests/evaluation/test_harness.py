@@ -23,6 +23,7 @@ from perturbd.evaluation.harness import labelled
 from perturbd.report.matrix import matrix_rows, write_matrix
 from perturbd.runs.experiment import run
 from perturbd.runs.rundir import run_dir_for
+from perturbd.runs.saved import load_inputs
 from perturbd.seeding import derived_generator, derived_seed
 from perturbd.triggers import Trigger
 
@@ -77,16 +78,36 @@ class PixelScreen(Defense):
         return scores > 200
 
 
-def _sorted_inputs(planted, seed: int = 0) -> DefenseInputs:
-    """A test set sorted by class (as image folders are), 100 images a class, label in pixel (0, 0, 0);
-    a trigger that sets that pixel to 255."""
+def _sorted_inputs(planted, seed: int = 0, sources: tuple[int, ...] | None = None) -> DefenseInputs:
+    """A test set sorted by class (as image folders are), 100 images a class, label in pixels
+    (0, 0, 0) and (0, 0, 1); a trigger that sets the first to 255."""
     labels = torch.arange(10).repeat_interleave(100)
     images = torch.zeros(1000, 1, 28, 28, dtype=torch.uint8)
-    images[:, 0, 0, 0] = labels.to(torch.uint8)
+    images[:, 0, 0, :2] = labels.to(torch.uint8)[:, None]
     test = ImageDataset(images, labels, tuple(str(c) for c in range(10)), "sorted")
     delta = torch.zeros(1, 28, 28)
     delta[0, 0, 0] = 255.0
-    return DefenseInputs(planted.model, test, planted.clean, trigger=Trigger(delta, "patch"), target=0, seed=seed)
+    return DefenseInputs(planted.model, test, planted.clean, trigger=Trigger(delta, "patch"), target=0, seed=seed, sources=sources)
+
+
+class LabelScreen(PixelScreen):
+    """:class:`PixelScreen` that remembers the label (pixel (0, 0, 1)) of each image it screened."""
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        self.screened.append(images[:, 0, 0, 1].clone())
+        return images[:, 0, 0, 0].float()
+
+
+def test_a_source_specific_attack_is_screened_on_triggered_source_images(planted) -> None:
+    d = LabelScreen()
+    r = evaluate_defense(d, _sorted_inputs(planted, sources=(3, 4)), eval_limit=180)
+    clean, triggered = (torch.bincount(s.long(), minlength=10).tolist() for s in d.screened)
+    assert clean == [0] + [20] * 9, "clean images: every class but the target, as before"
+    assert triggered == [0, 0, 0, 90, 90, 0, 0, 0, 0, 0], "triggered images: the source classes only"
+    assert r.metrics["sources"] == [3, 4] and r.metrics["test_images"] == r.metrics["triggered_images"] == 180
+    every = LabelScreen()
+    evaluate_defense(every, _sorted_inputs(planted), eval_limit=180)
+    assert torch.equal(every.screened[0], every.screened[1]) and torch.equal(every.screened[0], d.screened[0])
 
 
 def test_input_screening_scores_a_stratified_seeded_sample(planted) -> None:
@@ -104,7 +125,7 @@ def test_input_screening_scores_a_stratified_seeded_sample(planted) -> None:
     evaluate_defense(other, _sorted_inputs(planted, seed=1), eval_limit=180)
     assert torch.bincount(other.screened[0].long(), minlength=10).tolist() == counts.tolist()
     assert r.metrics["auroc"] == 1.0 and r.metrics["tpr"] == 1.0 and r.metrics["tpr_at_5_fpr"] == 1.0
-    assert r.cell["text"] == "AUROC 1.000 (TPR 1.00 / FPR 0.00 at its threshold; TPR 1.00 at 5 % FPR)"
+    assert r.cell["text"] == "AUROC 1.000 (TPR 1.00 / FPR 0.00 (target 0.01) at its threshold; TPR 1.00 at 5 % FPR)"
 
 
 def test_unset_seeds_derive_from_the_run_seed_and_set_ones_are_kept(planted) -> None:
@@ -246,3 +267,22 @@ def test_bad_defense_in_config_fails_before_any_work(tiny_run, tmp_path) -> None
     with pytest.raises(ConfigError, match=r"strip.overlays must be in \[1, 1000\], got 0"):
         run(cfg, tmp_path)
     assert not run_dir_for(cfg, tmp_path).exists()
+
+
+SOURCES = ["poison.sources=[1, 2]", "defenses=[{name: fine_tuning, params: {n_clean: 50, epochs: 1}}]"]
+
+
+def test_defences_of_a_source_specific_run_report_its_asr(tiny_overrides, tmp_path) -> None:
+    folder = run(load_config(overrides=[*tiny_overrides, *SOURCES]), tmp_path).run_dir
+    asr = json.loads((folder / "metrics.json").read_text())["attack_success_rate"]
+    report = json.loads((folder / "defenses.json").read_text())["defenses"][0]["metrics"]
+    assert report["asr_before"] == asr, "the defence's 'before' is the run's ASR: over the source classes"
+    assert report["sources"] == [1, 2] and {"non_source_asr_before", "non_source_asr_after"} <= set(report)
+    inputs = load_inputs(folder)
+    assert inputs.sources == (1, 2), "perturbd defend takes the sources from the run's config"
+    again = evaluate_defense(build_defense("fine_tuning", n_clean=50, epochs=1), inputs)
+    assert again.metrics["asr_before"] == asr
+    bare = load_inputs(folder / "model.safetensors", data="mnist5k", trigger=folder / "trigger.safetensors", target=0, sources=[2, 1])
+    assert bare.sources == (2, 1), "a bare model: the sources given (--source)"
+    with pytest.raises(ConfigError, match=r"--source \[0\] has no class other than the target 0"):
+        load_inputs(folder / "model.safetensors", data="mnist5k", target=0, sources=[0])

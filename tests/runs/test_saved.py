@@ -52,6 +52,8 @@ def test_cli_user_mistakes_exit_2(run_dir, monkeypatch) -> None:
     for argv in (
         ["defend", str(run_dir), "-d", "strip", "-p", "overlays=0"],
         ["defend", str(run_dir), "-d", "stirp"],
+        ["defend", str(run_dir), "-d", "fine_tuning", "--source", "0"],
+        ["defend", str(run_dir), "-d", "fine_tuning", "--source", "10"],
         ["audit", "missing.safetensors", str(run_dir)],
     ):
         with pytest.raises(SystemExit) as exit_:

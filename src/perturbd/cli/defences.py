@@ -46,6 +46,12 @@ def defend(
     data: Annotated[Optional[str], typer.Option("--data", help="data set the model was trained on (default: the run's)")] = None,
     trigger: Annotated[Optional[Path], typer.Option("--trigger", help="trigger .safetensors, to measure ASR / input screening")] = None,
     target: Annotated[Optional[int], typer.Option("--target", help="the attack's target label")] = None,
+    source: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            "--source", help="a source class of a source-specific attack (repeatable; default: the run's poison.sources, else all)"
+        ),
+    ] = None,
     params: ParamOpt = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="folder for defenses.json, figures and matrix (default: ./defend-<model>)")
@@ -57,7 +63,8 @@ def defend(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
-    with --arch); --param applies to every --defense given."""
+    with --arch); --param applies to every --defense given. Every ASR reported counts the source
+    classes only (--source, or the run's poison.sources)."""
     from perturbd.config import DefenseSpec
     from perturbd.evaluation.harness import run_defenses, write_defenses
     from perturbd.malloc import tune_malloc
@@ -76,6 +83,7 @@ def defend(
         target=target,
         model=model_options(arch, features, sets),
         trust_code=trust_code,
+        sources=source or None,
     )
     reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{escape(m)}"))
     with user_os_errors(folder):

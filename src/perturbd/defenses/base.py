@@ -136,7 +136,8 @@ class DatasetScreen(Protocol):
 class InputScreen(Protocol):
     """Screens inputs at inference. ``fit`` on clean images sets ``threshold_`` so that about
     ``frr`` (false rejection rate) of clean inputs are flagged; ``scores_`` / ``flagged_`` are
-    those calibration images'."""
+    those calibration images'. It may also set ``facts_`` (optional): what it used, JSON-ready,
+    copied into the report's metrics (STRIP: overlay and calibration images, calibration FPR)."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
@@ -163,7 +164,8 @@ class ModelInspector(Protocol):
     """Inspects a model from clean images: per label, ``scores_`` (anomaly index; above
     ``anomaly_threshold`` flags the label), ``flagged_`` (bool) and ``flagged_labels_``;
     ``evidence_`` maps a name to one JSON value per label (what the index was computed from);
-    ``figures()`` draws what was found (file name → draw into that path)."""
+    ``figures()`` draws what was found (file name → draw into that path); ``facts_`` (optional,
+    JSON-ready) is copied into the report's metrics (Neural Cleanse: the clean images drawn from)."""
 
     name: ClassVar[str]
     kind: ClassVar[str]

@@ -11,8 +11,10 @@ What the reference does (bolunwang/backdoor @ e8577747: ``visualizer.py``,
 - mask and pattern tanh-parametrised, ``tanh(w) / (2 − ε) + 0.5`` (ε = 1e-7), from a random
   initial mask and pattern; Adam, learning rate 0.1, betas (0.5, 0.9), in Keras 2's form
   (``lr_t = lr √(1 − β₂ᵗ) / (1 − β₁ᵗ)``, ``w −= lr_t m / (√v + 1e-7)``);
-- ``epochs`` (its ``STEPS``, 1000) epochs of ``n_clean // batch_size`` mini-batches (1000 // 32 =
-  31) over the clean sample, so about 31,000 mini-batches a label unless it stops early;
+- ``epochs`` (its ``STEPS``, 1000) epochs of ``epoch_images // batch_size`` mini-batches (its
+  ``NB_SAMPLE / BATCH_SIZE``, 1000 // 32 = 31), drawn from all the clean images it is given (the
+  reference flows over its whole test set, not a fixed sample of 1,000), so about 31,000
+  mini-batches a label unless it stops early;
 - the cost λ starts at 0 and follows the epoch-level schedule of
   :mod:`perturbd.defenses.nc_schedule` (patience 5, ×2 up, ÷2^1.5 down, attack threshold 0.99);
   the result is the mask and pattern after the last epoch whose mean attack accuracy reached the
@@ -29,8 +31,10 @@ Where perturbd departs from it:
 - **float masks**: the reference reads the masks back from 8-bit PNG files to compute the norms;
   the float masks are used here;
 - **pixels in [0, 1]**: the reference blends in [0, 255]; the blend is linear, so the same;
-- **batches**: each epoch draws a fresh seeded permutation of the clean sample and takes its
-  first ``steps × batch_size`` images (Keras' generator flows over the whole set, epoch after epoch);
+- **batches**: the mini-batches come from seeded passes over the clean images (:func:`flow`),
+  as Keras' generator flows over the whole set epoch after epoch, except that each pass skips its
+  last ``N mod batch_size`` images rather than yielding a short batch; an epoch of a pool smaller
+  than ``epoch_images`` is one pass (``N // batch_size`` mini-batches), not several;
 - **all labels in one batch** (``mode="batched"``): the K masks and patterns are one ``(K, …)``
   tensor; each step blends the same clean batch with every running label's trigger in one
   forward pass over ``K × batch_size`` images. Each label keeps its own cost, counters, flags,
@@ -38,7 +42,8 @@ Where perturbd departs from it:
   state); a label that stops early leaves the batch. ``mode="loop"`` runs label by label with the
   same batches: the same result (the reference's loop), in K passes.
 
-After ``fit``: ``norms_`` (mask L1, pixels), ``scores_`` (anomaly index per label, positive =
+After ``fit``: ``facts_`` (``clean_pool``: the clean images drawn from, ``batches_per_epoch``),
+``norms_`` (mask L1, pixels), ``scores_`` (anomaly index per label, positive =
 smaller than the median), ``flagged_``, ``flagged_labels_``, ``masks_`` ``(K, H, W)``, ``patterns_``
 ``(K, C, H, W)``, ``reached_`` (a result reached the threshold), ``success_``, ``epochs_`` (epochs
 run), ``stopped_`` (stopped early), ``seconds_`` and ``evidence_`` (``mask_l1``, ``reached``,
@@ -48,6 +53,7 @@ run), ``stopped_`` (stopped early), ``seconds_`` and ``evidence_`` (``mask_l1``,
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -110,12 +116,23 @@ class _Adam:
         self.v = [v[rows] for v in self.v]
 
 
+def flow(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless mini-batches of ``batch`` positions in ``range(n)``, as Keras' ``flow`` over a data
+    set: a fresh permutation from ``gen`` per pass, taken in order; the last ``n mod batch``
+    positions of a pass are skipped (Keras yields them as a short batch)."""
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for s in range(n // batch):
+            yield order[s * batch : (s + 1) * batch]
+
+
 def reverse_triggers(
     model: nn.Module,
     images: torch.Tensor,
     labels: list[int],
     *,
     epochs: int,
+    epoch_images: int | None = None,
     batch_size: int,
     lr: float,
     init_cost: float,
@@ -130,12 +147,14 @@ def reverse_triggers(
     """Reverse-engineer one trigger per label in ``labels``, all in one batch (module docstring).
 
     Args:
-        images: clean uint8 (or float [0, 1]) images ``(N, C, H, W)`` to blend with; an epoch is
-            ``N // batch_size`` mini-batches (at least one, of ``min(batch_size, N)`` images).
+        images: clean uint8 (or float [0, 1]) images ``(N, C, H, W)`` the mini-batches are drawn
+            from (:func:`flow`), each of ``min(batch_size, N)`` images.
         labels: the target labels, one trigger each.
-        seed: each epoch's order of the clean images comes from one generator seeded here, and
-            each label's initial mask and pattern from ``seed`` and the label, so any grouping
-            of labels gives the same result.
+        epoch_images: an epoch is ``min(epoch_images, N) // batch_size`` mini-batches (at least
+            one); None: ``N``.
+        seed: the order of the clean images comes from one generator seeded here, and each
+            label's initial mask and pattern from ``seed`` and the label, so any grouping of
+            labels gives the same result.
 
     Returns: ``masks`` ``(K, H, W)``, ``patterns`` ``(K, C, H, W)``, ``norms`` ``(K,)`` (mask L1),
     ``reached`` ``(K,)`` bool, ``success`` ``(K,)`` (mean attack accuracy of the kept result's
@@ -156,18 +175,17 @@ def reverse_triggers(
     adam = _Adam([mask_w, pattern_w], lr)
     alive = torch.arange(k)
     target = torch.tensor(labels, device=device)
-    gen = torch.Generator().manual_seed(seed)
     batch = min(batch_size, len(images))
-    steps = max(1, len(images) // batch)
+    steps = epoch_steps(len(images), batch, epoch_images)
+    batches = flow(len(images), batch, torch.Generator().manual_seed(seed))
     with frozen(model):
         for _ in range(epochs):
-            order = torch.randperm(len(images), generator=gen)
             cost = sched.cost[alive].float().to(device)
             tgt = target[alive.to(device)]
             acc_sum = torch.zeros(len(alive), device=device)
             reg_sum = torch.zeros(len(alive), device=device)
-            for s in range(steps):
-                x = to_float01(images[order[s * batch : (s + 1) * batch]].to(device))
+            for _ in range(steps):
+                x = to_float01(images[next(batches)].to(device))
                 mw, pw = (p.detach().requires_grad_(True) for p in adam.params)
                 mask, pattern = squash(mw), squash(pw)
                 blended = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # (R, B, C, H, W)
@@ -205,6 +223,12 @@ def reverse_triggers(
     }
 
 
+def epoch_steps(n: int, batch: int, epoch_images: int | None) -> int:
+    """Mini-batches of ``batch`` in an epoch over ``n`` images: ``min(epoch_images, n) // batch``
+    (``n // batch`` for None), at least one."""
+    return max(1, min(n if epoch_images is None else epoch_images, n) // batch)
+
+
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """MAD anomaly index of each value, signed: positive when smaller than the median (the
     reference's ``|l1 − median| / (1.4826 · MAD)``, which it only flags below the median)."""
@@ -221,7 +245,10 @@ class NeuralCleanse(Defense):
 
     class Params(DefenseParams):
         epochs: int = Field(
-            1000, ge=1, le=100_000, description="epochs (the reference's STEPS), each of n_clean // batch_size mini-batches"
+            1000, ge=1, le=100_000, description="epochs (the reference's STEPS), each of epoch_images // batch_size mini-batches"
+        )
+        epoch_images: int = Field(
+            1000, ge=1, le=10_000_000, description="images an epoch blends (the reference's NB_SAMPLE), capped by the clean images"
         )
         batch_size: int = Field(32, ge=1, le=4096, description="clean images per mini-batch, blended with every label's trigger")
         lr: float = Field(0.1, gt=0, le=10, description="Adam step size on the tanh-parametrised mask and pattern")
@@ -238,17 +265,22 @@ class NeuralCleanse(Defense):
             2.0, gt=0, le=100, description="flag labels below the median norm whose anomaly index exceeds this"
         )
         mode: Literal["batched", "loop"] = Field("batched", description="all labels in one batch, or label by label")
-        n_clean: int = Field(1000, ge=1, le=1_000_000, description="clean images to blend with")
+        n_clean: int | None = Field(
+            None, ge=1, le=10_000_000, description="clean images the mini-batches are drawn from (None: all given, as the reference)"
+        )
         seed: int | None = Field(None, ge=0, description="seeds the epochs' orders and initial triggers (None: derived from the run seed)")
 
     def fit(self, model: nn.Module, data: ImageDataset) -> NeuralCleanse:
         """Reverse-engineer a trigger for every label of ``data`` and flag the anomalous ones."""
-        clean = take(data, self.n_clean)
+        clean = data if self.n_clean is None else take(data, self.n_clean)
         self.clean_used_ = len(clean)
+        batch = min(self.batch_size, len(clean))
+        self.facts_ = {"clean_pool": len(clean), "batches_per_epoch": epoch_steps(len(clean), batch, self.epoch_images)}
         kw = dict(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, init_cost=self.init_cost, cost_multiplier=self.cost_multiplier,
-            patience=self.patience, attack_threshold=self.attack_threshold, early_stop=self.early_stop,
-            early_stop_threshold=self.early_stop_threshold, early_stop_patience=self.early_stop_patience, seed=self.rng_seed(),
+            epochs=self.epochs, epoch_images=self.epoch_images, batch_size=self.batch_size, lr=self.lr, init_cost=self.init_cost,
+            cost_multiplier=self.cost_multiplier, patience=self.patience, attack_threshold=self.attack_threshold,
+            early_stop=self.early_stop, early_stop_threshold=self.early_stop_threshold, early_stop_patience=self.early_stop_patience,
+            seed=self.rng_seed(),
         )  # fmt: skip
         labels = list(range(data.num_classes))
         started = time.perf_counter()

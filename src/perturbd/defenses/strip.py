@@ -14,12 +14,24 @@ As the reference (garrisongys/STRIP @ 6588a385, ``STRIP_CIFAR10DeepArchit_Tb.ipy
 - threshold: a normal distribution fitted (maximum likelihood) to the entropies of clean inputs,
   and its ``frr`` quantile (``norm.ppf(0.01)``: a false rejection rate of 1 %, Gao's preset).
 
-``blend="average"`` is the alternative ``(1 − α) x + α x_clean`` (in [0, 1]). The clean images
-``fit`` receives are split in two: the first half is the overlay pool, the second half the
-calibration inputs whose entropies set the threshold, so no image is blended with itself.
+- an overlay pool of ``n_overlay`` (10,000) clean images and ``n_calibration`` (2,000) clean
+  inputs whose entropies set the threshold, as Gao et al.'s evaluation.
+
+The clean images ``fit`` receives are split in two: the first ``n_overlay`` are the overlay pool,
+the next ``n_calibration`` the calibration inputs, so no image is blended with itself.
+
+Where perturbd departs from it:
+
+- **fewer clean images**: where the defender holds fewer than ``n_overlay + n_calibration``
+  (mnist5k's training split: under 5,000), both are scaled down in proportion
+  (:func:`split_pool`); ``facts_`` says how many were used;
+- ``blend="average"`` is an alternative to Gao's sum: ``(1 − α) x + α x_clean`` (in [0, 1]).
 
 After ``fit``: ``threshold_`` (entropy, bits), ``scores_`` (suspicion = −entropy) and ``flagged_``
-of the calibration images; :meth:`score` / :meth:`flag` screen new inputs.
+of the calibration images; ``facts_``: ``overlay_images`` and ``calibration_images`` (how many
+were used) and ``calibration_fpr`` (the share of calibration images flagged: the FPR the
+threshold gives on the images it was fitted to, beside the target ``frr``); :meth:`score` /
+:meth:`flag` screen new inputs.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import Defense, DefenseParams, register_defense, take
+from perturbd.defenses.base import Defense, DefenseParams, register_defense
 from perturbd.errors import ConfigError
 from perturbd.models import model_device
 
@@ -43,6 +55,16 @@ def normal_quantile(values: torch.Tensor, q: float) -> float:
     x = values.double()
     mu, sigma = float(x.mean()), float(x.std(unbiased=False)) if len(x) > 1 else 0.0
     return mu if sigma <= 0 else NormalDist(mu, sigma).inv_cdf(q)
+
+
+def split_pool(available: int, overlay: int, calibration: int) -> tuple[int, int]:
+    """Clean images for the overlay pool and for calibration, out of ``available`` (at least 4):
+    ``(overlay, calibration)`` when there are enough, else both scaled down in proportion (the
+    calibration share rounded down), at least 2 each."""
+    if available >= overlay + calibration:
+        return overlay, calibration
+    cal = min(max(2, available * calibration // (overlay + calibration)), available - 2)
+    return available - cal, cal
 
 
 @register_defense
@@ -57,23 +79,28 @@ class Strip(Defense):
         )
         alpha: float = Field(0.5, gt=0, lt=1, description="weight of the clean image in an 'average' blend")
         frr: float = Field(0.01, gt=0, lt=1, description="false rejection rate: quantile of the normal fit of clean entropies (Gao: 0.01)")
-        n_clean: int = Field(1000, ge=4, le=1_000_000, description="clean images: half overlay pool, half calibration")
+        n_overlay: int = Field(10_000, ge=2, le=1_000_000, description="clean images the overlays are drawn from (Gao: 10,000)")
+        n_calibration: int = Field(2_000, ge=2, le=1_000_000, description="clean inputs whose entropies set the threshold (Gao: 2,000)")
         batch_size: int = Field(1024, ge=1, le=65536, description="blends per forward pass")
         seed: int | None = Field(None, ge=0, description="seeds the choice of overlays (None: derived from the run seed)")
 
     def fit(self, model: nn.Module, data: ImageDataset) -> Strip:
         """Keep ``model``, an overlay pool and the entropy threshold from clean images ``data``."""
-        clean = take(data, self.n_clean)
-        if len(clean) < 4:
-            raise ConfigError(f"strip needs at least 4 clean images, got {len(clean)}")
-        half = len(clean) // 2
+        if len(data) < 4:
+            raise ConfigError(f"strip needs at least 4 clean images, got {len(data)}")
+        overlay, calibration = split_pool(len(data), self.n_overlay, self.n_calibration)
         self.screened_model_ = model
-        self.pool_ = clean.images[:half]
-        self.clean_used_ = len(clean)
-        entropy = self.entropy(clean.images[half:])
+        self.pool_ = data.images[:overlay]
+        self.clean_used_ = overlay + calibration
+        entropy = self.entropy(data.images[overlay : overlay + calibration])
         self.threshold_ = normal_quantile(entropy, self.frr)
         self.scores_ = -entropy
         self.flagged_ = entropy < self.threshold_
+        self.facts_ = {
+            "overlay_images": overlay,
+            "calibration_images": calibration,
+            "calibration_fpr": float(self.flagged_.float().mean()),
+        }
         return self
 
     def superimpose(self, x: torch.Tensor, overlay: torch.Tensor) -> torch.Tensor:

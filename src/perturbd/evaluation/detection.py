@@ -10,6 +10,7 @@ import torch
 
 from perturbd.data import stratified_indices
 from perturbd.data.dataset import ImageDataset
+from perturbd.metrics import Sources, attacked
 from perturbd.seeding import derived_generator
 
 
@@ -34,21 +35,25 @@ def tpr_at_fpr(positive: torch.Tensor, scores: torch.Tensor, fpr: float = 0.05) 
 
 
 def detection_text(m: dict[str, Any]) -> str:
-    """``AUROC 0.864 (TPR 0.00 / FPR 0.01 at its threshold; TPR 0.31 at 5 % FPR)``."""
+    """``AUROC 0.864 (TPR 0.00 / FPR 0.01 at its threshold; TPR 0.31 at 5 % FPR)``; with the
+    FPR the threshold was set for (``frr_target``, input screens) beside the measured one:
+    ``FPR 0.03 (target 0.01)``."""
 
     def num(key: str, fmt: str) -> str:
         return "n/a" if m.get(key) is None else format(m[key], fmt)
 
+    target = f" (target {num('frr_target', '.2f')})" if "frr_target" in m else ""
     return (
-        f"AUROC {num('auroc', '.3f')} (TPR {num('tpr', '.2f')} / FPR {num('fpr', '.2f')} at its threshold; "
+        f"AUROC {num('auroc', '.3f')} (TPR {num('tpr', '.2f')} / FPR {num('fpr', '.2f')}{target} at its threshold; "
         f"TPR {num('tpr_at_5_fpr', '.2f')} at 5 % FPR)"
     )
 
 
-def screened_sample(test: ImageDataset, target: int, limit: int, seed: int) -> torch.Tensor:
+def screened_sample(test: ImageDataset, target: int, limit: int, seed: int, sources: Sources = None) -> torch.Tensor:
     """Indices into ``test`` of a seeded random sample of at most ``limit`` images whose label is
-    not ``target``, stratified over those classes (sorted; ``derived_generator(seed, "strip-sample")``)."""
-    others = torch.nonzero(test.labels != target).flatten()
+    not ``target`` (and, given ``sources``, is one of them: :func:`perturbd.metrics.attacked`),
+    stratified over those classes (sorted; ``derived_generator(seed, "strip-sample")``)."""
+    others = torch.nonzero(attacked(test.labels, target, sources)).flatten()
     n = min(limit, len(others))
     pick = stratified_indices(test.labels[others], n, derived_generator(seed, "strip-sample"), test.num_classes)
     return others[pick]

@@ -18,17 +18,29 @@ the Markdown cell) and its figures (file name → draw into that path):
   TPR at 5 % FPR from the ROC. The test images screened are a seeded random sample of at most
   ``limit`` images whose true label is not the target, stratified over those classes
   (image-folder test sets are sorted by class: their first images are one class), drawn from
-  ``derived_generator(seed, "strip-sample")``; the triggered images are the same images with the trigger.
+  ``derived_generator(seed, "strip-sample")``; the triggered images are the same images with the
+  trigger, except for a source-specific attack (``sources``): then they are the same draw from
+  the source classes only (the clean ones still come from every class but the target).
 - model: fit on the defender's clean images, for the backdoored model and the clean twin;
   flagged labels, anomaly indices, the defence's per-label evidence and its figures.
+
+An input screen or a model inspector may also set ``facts_`` (optional, JSON-ready): what it
+used, copied into its metrics for each model screened (STRIP: the overlay and calibration images
+used and the FPR measured on the calibration images; Neural Cleanse: the clean images drawn from).
+The input cell shows the target FPR (``frr``) beside the FPR measured on the test images.
 - mitigation: fit on the defender's clean images; clean accuracy and ASR on the test set
-  before and after, and the clean images used.
+  before and after, and the clean images used. The ASR counts the source classes only for a
+  source-specific attack (as the run's), whose other classes' rate is reported beside it
+  (``non_source_asr_before`` / ``_after``).
+
+A source-specific attack's sources are in the input and mitigation metrics (``sources``).
 - update: needs the model before the update (a run of the update setting); audits
   before → model, and before → clean twin (the clean update) as the false-positive baseline;
   suspicious labels, per-label rows and the recovered triggers as PNG.
 
 Every detection cell shows an operating point beside the AUROC, e.g.
-``AUROC 0.864 (TPR 0.00 / FPR 0.01 at its threshold; TPR 0.31 at 5 % FPR)``.
+``AUROC 0.864 (TPR 0.00 / FPR 0.03 (target 0.01) at its threshold; TPR 0.31 at 5 % FPR)`` (input screens; a
+dataset screen sets no target).
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from perturbd.defenses.base import (
 from perturbd.errors import ConfigError
 from perturbd.evaluation.detection import auroc, detection_text, screened_sample, tpr_at_fpr
 from perturbd.evaluation.inputs import DefenseInputs
-from perturbd.metrics import attack_success_rate, clean_accuracy
+from perturbd.metrics import attack_success_rate, clean_accuracy, non_source_rate
 
 Evaluation = tuple[dict[str, Any], dict[str, Any], Figures]
 """What an evaluator returns: the metrics, the matrix cell and the figures."""
@@ -68,6 +80,11 @@ def poisoned_shares(labels: torch.Tensor, poison_indices: torch.Tensor, num_clas
     total = torch.bincount(labels, minlength=num_classes)
     poisoned = torch.bincount(labels[poison_indices], minlength=num_classes)
     return {c: float(poisoned[c]) / int(total[c]) for c in range(num_classes) if int(poisoned[c])}
+
+
+def _sources(inp: DefenseInputs) -> dict[str, Any]:
+    """``{"sources": [...]}`` for a source-specific attack, else nothing: the classes every ASR counts."""
+    return {} if inp.sources is None else {"sources": list(inp.sources)}
 
 
 def measure_dataset(d: DatasetScreen, inp: DefenseInputs, limit: int) -> Evaluation:
@@ -104,10 +121,14 @@ def share_text(m: dict[str, Any]) -> str:
 
 
 def _triggered_pair(inp: DefenseInputs, name: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean test images screened (every class but the target) and the triggered ones (the
+    same draw from the source classes only: the same images unless the attack is source-specific)."""
     trigger = _need(inp.trigger, "the trigger", name)
     target = _need(inp.target, "the target label", name)
     clean = inp.test.images[screened_sample(inp.test, target, limit, inp.seed)]
-    return clean, trigger.apply(clean)
+    if inp.sources is None:
+        return clean, trigger.apply(clean)
+    return clean, trigger.apply(inp.test.images[screened_sample(inp.test, target, limit, inp.seed, inp.sources)])
 
 
 def measure_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
@@ -125,9 +146,10 @@ def measure_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
             "fpr": float(d.flag_scores(s_clean).float().mean()),
             "tpr_at_5_fpr": tpr_at_fpr(truth, scores),
             "threshold": d.threshold_,
+            **getattr(d, "facts_", {}),
         }
 
-    m: dict[str, Any] = {"test_images": len(clean), "frr_target": d.frr}
+    m: dict[str, Any] = {"test_images": len(clean), "triggered_images": len(triggered), "frr_target": d.frr, **_sources(inp)}
     if inp.clean_model is not None:
         m["clean_model"] = measure(inp.clean_model)
     m.update(measure(inp.model))
@@ -143,6 +165,7 @@ def measure_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluati
             "flagged_labels": list(d.flagged_labels_),
             "anomaly_index": [round(float(v), 4) for v in d.scores_],
             **d.evidence_,
+            **getattr(d, "facts_", {}),
             "seconds": d.seconds_,
         }
 
@@ -167,12 +190,19 @@ def measure_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluati
     def asr(model: nn.Module) -> float | None:
         if inp.trigger is None or inp.target is None:
             return None
-        return attack_success_rate(model, inp.test, inp.trigger, inp.target)
+        return attack_success_rate(model, inp.test, inp.trigger, inp.target, inp.sources)
 
-    m: dict[str, Any] = {"clean_accuracy_before": clean_accuracy(inp.model, inp.test), "asr_before": asr(inp.model)}
+    def non_source(model: nn.Module) -> dict[str, Any]:
+        if inp.trigger is None or inp.target is None or inp.sources is None:
+            return {}
+        return {"non_source_asr": non_source_rate(model, inp.test, inp.trigger, inp.target, inp.sources)}
+
+    m: dict[str, Any] = {"clean_accuracy_before": clean_accuracy(inp.model, inp.test), "asr_before": asr(inp.model), **_sources(inp)}
+    m.update({f"{k}_before": v for k, v in non_source(inp.model).items()})
     d.fit(inp.model, inp.clean)
     m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)
     m["asr_after"] = asr(d.model_)
+    m.update({f"{k}_after": v for k, v in non_source(d.model_).items()})
     m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
     facts = getattr(d, "facts_", {})
     m.update(facts)

@@ -10,7 +10,8 @@ the run seed (:func:`~perturbd.defenses.base.seed_from_run`); a seed the user se
 report's params record the seed used.
 
 The defender's clean images never overlap the test images used to measure: they come from the
-training split's clean (not poisoned) images (see :func:`~perturbd.evaluation.inputs.defender_clean_set`).
+training split's images the attacker did not touch, neither poisoned nor noise-mode (see
+:func:`~perturbd.evaluation.inputs.defender_clean_set`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What defences are run on and measured with (:class:`DefenseInputs`), and the defender's clean
-images (:func:`defender_clean_set`): training images that were not poisoned, disjoint from the
-test images used to measure."""
+images (:func:`defender_clean_set`): training images the attacker did not touch (neither poisoned
+nor changed otherwise, as wanet's noise-mode images), disjoint from the test images used to measure."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ class DefenseInputs:
             the update setting: the model after a clean update).
         before_model: the model before the update (update setting only), for the update audit.
         seed: the run seed: defences' unset seeds and the sample of screened test images derive from it.
+        sources: the source classes of a source-specific attack (None: every class but the
+            target): every ASR a defence reports counts only their test images, and input
+            screens are measured on triggered images of these classes only.
     """
 
     model: nn.Module
@@ -44,14 +47,23 @@ class DefenseInputs:
     clean_model: nn.Module | None = None
     before_model: nn.Module | None = None
     seed: int = 0
+    sources: tuple[int, ...] | None = None
 
 
-def defender_clean_set(train: ImageDataset, poison_indices: torch.Tensor | None, seed: int) -> ImageDataset:
-    """The defender's clean images: the training split minus the poisoned positions, in a seeded
-    random order (so the first ``n`` are a random sample). Disjoint from the test split."""
+def defender_clean_set(
+    train: ImageDataset, poison_indices: torch.Tensor | None, seed: int, touched: torch.Tensor | None = None
+) -> ImageDataset:
+    """The defender's clean images: the training split minus every image the attacker touched, in
+    a seeded random order (so the first ``n`` are a random sample). Disjoint from the test split.
+
+    ``poison_indices``: the poisoned positions; ``touched``: the other positions the attacker
+    changed but left at their labels (:attr:`perturbd.poisoning.PoisonedSet.noise_indices`:
+    wanet's noise-mode images, warped with random grids), left out as well.
+    """
     keep = torch.ones(len(train), dtype=torch.bool)
-    if poison_indices is not None and len(poison_indices):
-        keep[poison_indices] = False
+    for gone in (poison_indices, touched):
+        if gone is not None and len(gone):
+            keep[gone] = False
     idx = torch.nonzero(keep).flatten()
     order = torch.randperm(len(idx), generator=derived_generator(seed, "defender"))
     return train.subset(idx[order])

@@ -143,12 +143,14 @@ def evaluate(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained:
 
 def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: Trained, log: Log) -> list[DefenseReport]:
     """Run ``cfg.defenses`` on the backdoored model (the clean twin as baseline). The defender's
-    clean images are the poisoned set's clean images (see :data:`~perturbd.runs.saved.CLEAN_SOURCE`),
-    never the test images the defences are measured on."""
+    clean images are the poisoned set's images the attacker did not touch (neither poisoned nor
+    wanet's noise-mode images; see :data:`~perturbd.runs.saved.CLEAN_SOURCE`), never the test
+    images the defences are measured on. A source-specific attack's sources go with them: every
+    ASR a defence reports counts those classes only, as the run's."""
     if not cfg.defenses:
         return []
-    p = trained.poisoned
-    clean = defender_clean_set(p.dataset, p.indices, cfg.seed)
+    p, sources = trained.poisoned, sources_of(cfg.poison)
+    clean = defender_clean_set(p.dataset, p.indices, cfg.seed, p.noise_indices)
     inputs = DefenseInputs(
         trained.backdoored,
         split.test,
@@ -161,6 +163,7 @@ def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: T
         trained.clean,
         before_model=trained.before,
         seed=cfg.seed,
+        sources=None if sources is None else tuple(sources),
     )
     return run_defenses(cfg.defenses, inputs, log=log)
 

@@ -23,6 +23,7 @@ user names the architecture (``model["name"]``, ``--arch``): see :mod:`perturbd.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,15 @@ from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
 from perturbd.limits import check_seed
 from perturbd.models import Classifier, build_model, checkpoint_metadata, is_checkpoint
 from perturbd.models.checkpoint import is_torchscript, read_weights
-from perturbd.poisoning import poison_dataset
+from perturbd.poisoning import poison_dataset, sources_of
 from perturbd.runs.folder import RunDir
 from perturbd.triggers import Trigger
 from perturbd.trust import USER_CODE, check_code
 
-CLEAN_SOURCE = "training split minus the poisoned images, seeded random order (disjoint from the test split)"
+CLEAN_SOURCE = (
+    "training split minus the poisoned images and the other images the attacker changed (wanet's noise mode), "
+    "seeded random order (disjoint from the test split)"
+)
 
 
 @dataclass(frozen=True)
@@ -156,10 +160,13 @@ def load_inputs(
     seed: int | None = None,
     model: dict[str, Any] | None = None,
     trust_code: bool = False,
+    sources: Sequence[int] | None = None,
 ) -> DefenseInputs:
     """Everything :func:`~perturbd.evaluation.harness.run_defenses` needs for a saved model
     (``model``: keys of the config's model section, see :func:`model_spec`; ``trust_code``: a
-    run or checkpoint naming code to run is built, see :func:`locate`)."""
+    run or checkpoint naming code to run is built, see :func:`locate`). ``sources``: the source
+    classes of a source-specific attack (default: a run's ``poison.sources``; none for a bare
+    model: every class but the target), which every ASR a defence reports counts."""
     if seed is not None:
         check_seed(seed)
     saved = locate(path, trust_code=trust_code, model=model)
@@ -173,11 +180,16 @@ def load_inputs(
         target = cfg.poison.target
     if target is not None and not 0 <= target < split.train.num_classes:
         raise ConfigError(f"--target must be in [0, {split.train.num_classes - 1}], got {target}")
+    if sources is None and cfg is not None:
+        sources = sources_of(cfg.poison)
+    if sources is not None:
+        _check_sources(list(sources), target, split.train.num_classes)
     clean_model = None
     if folder is not None and folder.has(RunDir.CLEAN_MODEL):
         clean_model = load_model(SavedRun(folder.clean_model_path, cfg, folder.path, trust_code), split.train, model)
     train: ImageDataset | None = split.train
     indices: torch.Tensor | None = None
+    touched: torch.Tensor | None = None
     if folder is not None and cfg is not None and trig is not None and folder.has(RunDir.POISON_INDICES):
         saved_idx = torch.tensor(folder.poison_indices().indices, dtype=torch.long)
         train = None
@@ -185,6 +197,17 @@ def load_inputs(
             part = partition(cfg, split.train.labels, split.train.num_classes)
             if torch.equal(part.poison, saved_idx):
                 victim = part.take(split.train, part.victim)
-                train, indices = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison).dataset, saved_idx
-    clean = defender_clean_set(train if train is not None else split.train, indices, seed)
-    return DefenseInputs(net, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed)
+                rebuilt = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison)
+                train, indices, touched = rebuilt.dataset, saved_idx, rebuilt.noise_indices
+    clean = defender_clean_set(train if train is not None else split.train, indices, seed, touched)
+    chosen = None if sources is None else tuple(sources)
+    return DefenseInputs(net, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed, sources=chosen)
+
+
+def _check_sources(sources: list[int], target: int | None, num_classes: int) -> None:
+    """One line when ``sources`` (``--source``) names a label the data lacks, or only the target."""
+    bad = [s for s in sources if not 0 <= s < num_classes]
+    if bad:
+        raise ConfigError(f"--source must be labels in [0, {num_classes - 1}], got {bad}")
+    if not [s for s in sources if s != target]:
+        raise ConfigError(f"--source {sources} has no class other than the target {target}; give a source class that is not the target")
