@@ -112,7 +112,7 @@ class DataCache:
         limited = cfg.data.train_limit is not None or cfg.data.test_limit is not None
         key = cfg.data.model_dump_json() + (f"|seed {cfg.seed}" if limited else "")
         if key != self._key or self._split is None:
-            self._key, self._split = None, None
+            self._key, self._split = None, None  # let the last split go before the next loads
             self._split, self._key = load_data(cfg.data, cfg.seed), key
         return self._split
 
@@ -147,7 +147,8 @@ def restate(path: Path, data: DataCache, roots: list[tuple[str, str]], commit: s
         before = (float(old["ssim_mean"]), float(old["ssim_min"]), float(old["psnr_mean"]), float(old["psnr_min"]))
     except (OSError, ValueError, KeyError, TypeError) as err:
         return Outcome(path, "skipped", f"its {RunDir.METRICS} holds no readable stealth metrics ({type(err).__name__}: {err})")
-    if (written.get("ssim_restated") or {}).get("variant") == VARIANT:
+    done = written.get("ssim_restated")
+    if isinstance(done, dict) and done.get("variant") == VARIANT:
         return Outcome(path, "kept", f"already restated to {VARIANT}")
     try:
         cfg = run.stored_config(data_overrides(run.settings(), roots))
@@ -189,9 +190,10 @@ def runs_under(paths: list[Path], exclude: list[Path]) -> Iterator[Path]:
             where = run.path.resolve()
             if where in found or any(where.is_relative_to(s) for s in skip):
                 continue
-            data = run.settings().get("data") or {}
+            settings = run.settings()
+            data = settings.get("data") or {}
             limits = data.get("train_limit") is not None or data.get("test_limit") is not None
-            seed = run.settings().get("seed", 0) if limits else 0
+            seed = settings.get("seed", 0) if limits else 0
             found[where] = (str(data.get("name")), str(data.get("root")), str(data.get("train_limit")), str(data.get("test_limit")))
             found[where] += (f"{seed:>12}", str(run.path))
     return iter(sorted(found, key=found.__getitem__))
