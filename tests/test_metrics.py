@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from perturbd import metrics
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import DataError
 from perturbd.metrics import attack_success_rate, clean_accuracy, mean_finite, psnr_each, ssim_each, stealth
@@ -95,6 +96,18 @@ def test_ssim_is_wang_et_al_as_scikit_image_computes_it() -> None:
     assert torch.equal(ssim_each(a, a), torch.ones(len(a), dtype=torch.float64)), "an unchanged image has SSIM 1"
     with pytest.raises(DataError, match="SSIM needs images of at least 11×11"):
         ssim_each(torch.zeros(1, 1, 10, 28), torch.zeros(1, 1, 10, 28))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_ssim_in_batches_is_bit_identical_to_one_image_at_a_time(shape: tuple[int, int, int]) -> None:
+    """ssim_each works through SSIM_BATCH_PIXELS at a time (memory): the batches do not change a bit."""
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 256, (100, *shape), generator=g).double()
+    poisoned = (clean + torch.randint(-6, 7, clean.shape, generator=g)).clamp(0, 255)
+    one_by_one = torch.cat([ssim_each(clean[i : i + 1], poisoned[i : i + 1]) for i in range(len(clean))])
+    assert torch.equal(ssim_each(clean, poisoned), one_by_one)
+    assert 100 * math.prod(shape) > metrics.SSIM_BATCH_PIXELS  # more than one batch
+    assert len(ssim_each(clean[:0], poisoned[:0])) == 0
 
 
 def test_ssim_of_the_paper_grid_on_a_digit_is_wang_s_not_the_reflected_border_s() -> None:

@@ -50,6 +50,16 @@ class Stealth(Record):
     ssim_min: float
 
 
+class Restated(Record):
+    """A metric recomputed after the run on the very images the run measured it on (their PSNR
+    recomputed equal to the stored one): ``commit``, the code that recomputed it; ``variant``, the
+    definition it now follows (``wang2004-valid``: :func:`perturbd.metrics.ssim_each`). Written by
+    ``tools/restate_ssim.py`` for runs measured before the SSIM changed definition (commit 7d9401d)."""
+
+    commit: str
+    variant: str
+
+
 class BeforeUpdate(Record):
     """The update setting: the pre-update model on the clean test set and with the trigger."""
 
@@ -94,11 +104,13 @@ class RunMetrics(Record):
     before_update: BeforeUpdate | None = None
     update: UpdateFacts | None = None
     defenses: dict[str, dict[str, Any]] | None = None
+    #: set where the stored SSIM was recomputed after the run (:class:`Restated`)
+    ssim_restated: Restated | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` mapping: every field, less the optional parts this run has not
         (floats kept as they are: an image left unchanged has an infinite PSNR)."""
-        optional = {"sources", "non_source_asr", "clean_model_non_source_asr", "before_update", "update", "defenses"}
+        optional = {"sources", "non_source_asr", "clean_model_non_source_asr", "before_update", "update", "defenses", "ssim_restated"}
         return {k: v for k, v in self.model_dump().items() if v is not None or k not in optional}
 
     @classmethod
@@ -123,7 +135,10 @@ class RunMetrics(Record):
             (rate.name, f"{rate.show(self)} ({self.poisoned_count} of {self.poison_set_size} images)"),
             ("trigger L∞ / L2 (0–255)", f"{t.linf:.1f} / {t.l2:.1f}"),
             ("PSNR mean / worst", f"{s.psnr_mean:.1f} / {s.psnr_min:.1f} dB"),
-            ("SSIM mean / worst", f"{s.ssim_mean:.4f} / {s.ssim_min:.4f}"),
+            (
+                "SSIM mean / worst" + (f" (restated at {r.commit[:10]})" if (r := self.ssim_restated) else ""),
+                f"{s.ssim_mean:.4f} / {s.ssim_min:.4f}",
+            ),
             ("setting / knowledge", f"{self.setting} / {self.knowledge}"),
             ("seed", str(self.seed)),
         ]
