@@ -61,9 +61,9 @@ from perturbd.runs.folder import RunDir
 from perturbd.runs.saved import load_inputs
 
 OUT = Path("experiments/results/crosscheck_art")
-RUNS = {  # trigger → overrides of `perturbd run` (embedded mnist5k data, 5 % poison)
-    "patch": ["trigger.kind=patch", "trigger.amplitude=255", "poison.rate=0.05"],
-    "grid": ["trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.05"],
+RUNS = {  # trigger → overrides of `perturbd run` (embedded mnist5k data, 5 % poison, 10 epochs: as measured)
+    "patch": ["trigger.kind=patch", "trigger.amplitude=255", "poison.rate=0.05", "train.epochs=10"],
+    "grid": ["trigger.kind=grid", "trigger.amplitude=10", "poison.rate=0.05", "train.epochs=10"],
 }
 SIZE, SILHOUETTE = 0.35, 0.1  # perturbd's activation-clustering thresholds = ART's silhouette-scores defaults
 

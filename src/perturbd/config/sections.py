@@ -97,7 +97,7 @@ class ModelConfig(Section):
 
 
 class PoisonConfig(Section):
-    rate: float = Field(0.05, gt=0, le=1, description="injection rate: poisoned / samples of the set")
+    rate: float = Field(0.1, gt=0, le=1, description="injection rate: poisoned / samples of the set (0.1: BackdoorBench's default)")
     target: int = Field(0, ge=0, lt=MAX_CLASSES, description="target label t (a class index, below 100,000)")
     sources: Literal["all"] | list[int] = Field("all", description="classes whose images may be poisoned")
     quantize: bool = Field(True, description="round poisoned images to uint8, as an image file would")
@@ -145,7 +145,7 @@ class AttackConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1, le=1000)
+    epochs: int = Field(20, ge=1, le=1000, description="passes over the training set (20: the default experiment's recipe)")
     batch_size: int = Field(128, ge=1, le=65536)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0, le=10)
