@@ -77,6 +77,8 @@ line) and to its file's "nothing written" check. Files: ``bad_input`` = this fil
                                                                tag" (os.system did not run)
  C9    kill -9 mid-training, mid-write, mid-sweep              ``tests/test_interrupted.py``, ``tests/sweep/test_runner.py``
                                                                (``test_sigkilled_sweep_resumes``)
+ X1    (beyond the issue's list) the command line itself:     bad_input "unknown option", "option value of the wrong type",
+       click's usage errors, once a 5-line box                 "missing argument", "unknown command"
 =====  ======================================================  ==============================================================="""
 
 from __future__ import annotations
@@ -208,6 +210,11 @@ CASES: dict[str, Case] = {
     "yaml !!python tag": lambda t: (["run", str(_python_tag(t, "c.yaml")), *RUN[1:]], "not valid YAML"),
     "run name escaping --out": lambda t: ([*RUN, "--set", "name=../escape"], "must be one folder name"),
     "run name absolute": lambda t: ([*RUN, "--set", f"name={t}/abs"], "must be one folder name"),
+    # the command line itself (click's mistakes, one line like the rest)
+    "unknown option": lambda t: (["run", "--bogus"], "error: No such option: --bogus"),
+    "option value of the wrong type": lambda t: (["sweep", "s.yaml", "--max-runs", "abc"], "Invalid value for '--max-runs'"),
+    "missing argument": lambda t: (["defend"], "error: Missing argument 'model'; see `perturbd defend --help`"),
+    "unknown command": lambda t: (["nosuch"], "error: No such command 'nosuch'; see `perturbd --help`"),
     # names
     "unknown data set": lambda t: ([*RUN, "--set", "data.name=mnsit"], "did you mean 'mnist'"),
     "unknown model": lambda t: ([*RUN, "--set", "model.name=lenet"], "did you mean 'lenet5'"),
