@@ -43,3 +43,9 @@ def test_a_bracketed_sweep_name_and_folder(cli, tmp_path: Path) -> None:
     code, _, err = cli("sweep", str(spec), "--dry-run")
     assert code == 0, err
     assert _flat("sweep [green]grid: 1 runs") in _flat(err) and _flat(f"→ {tmp_path}/[blue]sw") in _flat(err), err
+
+
+def test_the_help_keeps_its_brackets(cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    code, said, _ = cli("run", "--help")
+    assert code == 0 and "pip install 'perturbd[tensorboard]'" in said, said
