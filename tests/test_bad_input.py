@@ -55,7 +55,8 @@ line) and to its file's "nothing written" check. Files: ``bad_input`` = this fil
                                                                larger than the data, not a negative rest"
  V6    2^63 printed negative                                   values "uint64 label 2^63 printed as it is", API "uint64 …"
  V7    text the console formatting swallows (``[tensorboard]``,  values ``test_the_install_hint_keeps_its_brackets``, "brackets
-       a bracketed path or name)                                in a message survive"; markup (both tests)
+       a bracketed path or name, a help text)                   in a message survive"; markup (3 tests: paths and names, a
+                                                               sweep, ``--help``)
  V8    a three-frame GIF reported as "3×28"                    values "three-frame gif", "…as a mask", "…as a blend image"
  V9    the API raises perturbd's errors, not TypeError,        bad_input ``test_the_api_answers_a_careless_call_…`` (10
        MemoryError, NotADirectoryError                          rows); values and sizes API tables (33 rows)
