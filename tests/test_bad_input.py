@@ -78,6 +78,9 @@ line) and to its file's "nothing written" check. Files: ``bad_input`` = this fil
                                                                tag" (os.system did not run)
  C9    kill -9 mid-training, mid-write, mid-sweep              ``tests/test_interrupted.py``, ``tests/sweep/test_runner.py``
                                                                (``test_sigkilled_sweep_resumes``)
+ R6    (found here) YAML that would exhaust the machine: an  bad_input "yaml alias bomb", "sweep alias bomb", "yaml alias to
+       alias bomb (6 GB, then a hang), an alias to itself,      itself", "yaml nested too deeply", "yaml file of 17 MiB";
+       nesting deeper than Python's stack, a huge file          sizes API "load_config of an alias bomb"
  X1    (beyond the issue's list) the command line itself:     bad_input "unknown option", "option value of the wrong type",
        click's usage errors, once a 5-line box                 "missing argument", "unknown command"
 =====  ======================================================  ==============================================================="""
@@ -182,6 +185,14 @@ def _hacked(t: Path) -> Path:
     return t.parent / "runs" / "hacked"
 
 
+def _laughs(t: Path, name: str, key: str = "seed") -> Path:
+    """A billion laughs: nine levels of nine aliases, 9^9 values once expanded, ten lines in the file."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    lines.append(f"{key}: [{', '.join(['*a8'] * 9)}]")
+    return _write(t / name, "\n".join(lines) + "\n")
+
+
 def _python_tag(t: Path, name: str) -> Path:
     return _write(t / name, f"seed: !!python/object/apply:os.system ['touch {_hacked(t)}']\n")
 
@@ -216,6 +227,15 @@ CASES: dict[str, Case] = {
     "option value of the wrong type": lambda t: (["sweep", "s.yaml", "--max-runs", "abc"], "Invalid value for '--max-runs'"),
     "missing argument": lambda t: (["defend"], "error: Missing argument 'model'; see `perturbd defend --help`"),
     "unknown command": lambda t: (["nosuch"], "error: No such command 'nosuch'; see `perturbd --help`"),
+    # YAML that would exhaust the machine: aliases, nesting, size
+    "yaml alias bomb": lambda t: (["run", str(_laughs(t, "c.yaml")), *RUN[1:]], "more than 100,000 values once its aliases are expanded"),
+    "yaml alias to itself": lambda t: (
+        ["run", str(_write(t / "c.yaml", "poison: &p {rate: 0.1, again: *p}\n")), *RUN[1:]],
+        "an alias to itself",
+    ),
+    "yaml nested too deeply": lambda t: (["run", str(_write(t / "c.yaml", "seed: " + "[" * 100_000)), *RUN[1:]], "nested too deeply"),
+    "yaml file of 17 MiB": lambda t: (["run", str(_sparse(t / "c.yaml", 17 * 2**20)), *RUN[1:]], "is too large for a config"),
+    "sweep alias bomb": lambda t: (["sweep", str(_laughs(t, "sweep.yaml", "seeds"))], "more than 100,000 values"),
     # names
     "unknown data set": lambda t: ([*RUN, "--set", "data.name=mnsit"], "did you mean 'mnist'"),
     "unknown model": lambda t: ([*RUN, "--set", "model.name=lenet"], "did you mean 'lenet5'"),
@@ -359,6 +379,12 @@ CASES: dict[str, Case] = {
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as fh:
+        fh.truncate(size)
     return path
 
 

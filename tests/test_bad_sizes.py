@@ -92,6 +92,12 @@ def _labels_up_to(top: int) -> np.ndarray:
     return y
 
 
+def _alias_bomb(tmp: Path) -> Path:
+    """Six levels of ten aliases: 10^6 values once expanded, seven lines in the file."""
+    lines = ["b0: &b0 [x, x, x, x, x, x, x, x, x, x]"] + [f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 10)}]" for i in range(1, 7)]
+    return _sweep(tmp, "\n".join(lines) + "\n")
+
+
 def _sweep(tmp: Path, body: str) -> Path:
     (tmp / "sweep.yaml").write_text(body)
     return tmp / "sweep.yaml"
@@ -247,6 +253,11 @@ API_CASES: dict[str, tuple[Callable[[Path], object], type[PerturbdError], str]] 
         lambda t: __import__("perturbd").load_config(overrides=[f"seed={10**30}"]),
         ConfigError,
         "config 'seed'",
+    ),
+    "load_config of an alias bomb": (
+        lambda t: __import__("perturbd").load_config(_alias_bomb(t)),
+        ConfigError,
+        "more than 100,000 values once its aliases are expanded",
     ),
     "axis_values range step 1e-7": (
         lambda t: __import__("perturbd.sweep.axes").sweep.axes.axis_values("poison.rate", {"range": [0.0, 1.0, 1e-7]}),

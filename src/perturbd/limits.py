@@ -11,6 +11,9 @@ image pixels        2^26 = 67,108,864    every image file read (image folders, m
 sweep runs          10,000               an expanded sweep (seeds × variants × axes), counted before
                                          a value is listed; ``max_runs:`` in the sweep file or
                                          ``perturbd sweep --max-runs N`` raises it
+YAML files          16 MiB, 100,000      every config, sweep and run folder ``config.yaml`` read: its
+                    values               size, and its values counted with every alias expanded (an
+                                         alias bomb), before it is built; no alias to itself
 ==================  ===================  ==============================================================
 
 Every breach is a one-line :class:`~perturbd.errors.PerturbdError` naming the value and the bound.
@@ -27,6 +30,8 @@ MAX_CLASSES = 100_000
 SEED_LIMIT = 2**63
 MAX_IMAGE_PIXELS = 2**26
 MAX_SWEEP_RUNS = 10_000
+MAX_YAML_BYTES = 16 * 2**20
+MAX_YAML_VALUES = 100_000
 
 
 def check_seed(seed: object, where: str = "seed") -> int:
