@@ -33,6 +33,8 @@ line) and to its file's "nothing written" check. Files: ``bad_input`` = this fil
                                                                10^12", "…grid above max_runs", "…above --max-runs", API
  R5    image pixel counts read from the header                 sizes "imagefolder 30000² PNG/TIFF", "…9000² PNG", "mask …",
                                                                "npy mask …", "blend image 30000² TIFF"
+ R7    (found here) npz arrays whose header declares more     sizes "npz header of 10^12 images" (713 TiB: a MemoryError
+       than the file holds or the machine's memory              traceback before), "npz header larger than its data"
  P1    every output location checked before training, its      paths ``test_output_mistake_is_one_line_exit_2_before_work``
        name and format (``--out``, ``--to``, ``-o``, ``out:``)  (17 rows), ``test_check_output_leaves_no_folder_it_made``
  P2    errors of the operating system the user can fix (no     paths ``test_a_full_disk_while_writing_…`` (ENOSPC, EROFS,
