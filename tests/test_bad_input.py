@@ -2,58 +2,105 @@
 checkpoints and sweeps. Each must end in one line naming the problem, exit code 2, nothing
 partial on disk, and no other run harmed.
 
-The hostile and careless inputs of issue 39 are one table in five files, each case held to the
-one harness of ``tests/hostile.py`` (CLI: one line, exit 2, no traceback; API: perturbd's own
-error type, one line) and to its file's "nothing written" check:
+Issue 39's classes, each with the test that holds it. Every case is held to the one harness of
+``tests/hostile.py`` (CLI: one line, exit 2, no traceback; API: perturbd's own error type, one
+line) and to its file's "nothing written" check. Files: ``bad_input`` = this file (nothing in
+``--out`` but an earlier run, unharmed), ``values`` = ``tests/test_bad_values.py``, ``sizes`` =
+``tests/test_bad_sizes.py`` (nothing beside the inputs), ``paths`` = ``tests/runs/test_paths.py``
+(the whole temporary folder unchanged, answered before training), ``trust`` =
+``tests/runs/test_trust.py`` (no output folder; ``os.abort`` and ``torch.jit.load`` recorded,
+``helper.py`` not imported), ``markup`` = ``tests/cli/test_markup.py``. Rows name the table rows
+(``"row"``) or the tests (``test_…``).
 
-- ``tests/test_bad_input.py`` (this file; nothing partial in ``--out``, an earlier run unharmed):
-  config and CLI values (unknown keys and sections, out-of-range rates, amplitudes, seeds and
-  epochs, a ``--set`` without a value, YAML not a mapping or not YAML, targets and sources);
-  unknown names (data set, model, trigger, defence); data files (missing, npz keys, NaN, range,
-  one class, empty, a target without images; image folders corrupt, of mixed sizes, unnamed);
-  trigger files (mask missing, of another size, not an image; a patch too large); checkpoints
-  (another architecture, truncated, a pickle); models perturbd did not build (weights missing or a
-  pickle, a head of another class count, TorchScript missing, of another shape or class count,
-  or given as weights, an unknown feature layer, a factory that does not import, a mean of
-  another channel count; ``defend``/``audit`` of such models); sweep files (an unknown axis key,
-  a bad axis value, not a mapping).
-- ``tests/test_bad_values.py`` (``--out`` absent or empty): values and messages: non-finite
-  numbers in a config (mean, std, input range, rate, learning rate, amplitude, a defence
-  parameter); masks and δ out of range, NaN, complex, or of several frames (mask, blend image,
-  image folder); a key named twice in a config or a sweep; non-finite sweep ranges and values;
-  test labels no training image has; messages that say the right thing (big numbers, brackets,
-  no inverted range or negative rest); the API (``perturbd.poison``, ``Trigger``, ``run``, ``load_config``,
-  ``set_input``) refusing such values with ``ConfigError``.
-- ``tests/test_bad_sizes.py`` (no ``--out``, nothing beside the inputs): resources bounded before
-  anything is allocated: class counts and targets, threads, seeds (0 ≤ seed < 2^63), the size of
-  an expanded sweep (seed counts, ranges, linspaces, grids above ``max_runs``), image pixel
-  counts read from PNG, TIFF and npy headers (image folders, masks, blend images); the API
-  (``poison``, ``get_model``, ``build_from_checkpoint``, ``load_config``, ``axis_values``,
-  ``read_sweep``, ``load_inputs``) refusing them with its own error.
-- ``tests/runs/test_paths.py`` (the whole temporary folder unchanged, answered before training):
-  output locations (``--out``, the sweep's ``out:``, ``-o``, ``--to``) that are files, below a
-  file, too long a name, an unwritable format, or inside the run; a truncated
-  ``poison_indices.json``; errors of the operating system (no space, read-only, permission
-  denied) with nothing half written; two processes making one run (the run lock).
-- ``tests/runs/test_trust.py`` (no output folder made; the named code did not run: ``os.abort``
-  and ``torch.jit.load`` recorded, ``helper.py`` not imported): a received run folder or
-  checkpoint naming code (``factory:``, ``torchscript:``, a surrogate) refused by ``defend``,
-  ``audit``, ``export``, ``reproduce`` and the Python API unless ``--trust-code`` or ``--arch``;
-  a run folder cannot trust itself; ``report`` builds no model.
+=====  ======================================================  ===============================================================
+ #     class of the issue (new)                                tests
+=====  ======================================================  ===============================================================
+ S1    a received run folder names code: ``factory:os:abort``  trust ``test_a_run_folder_naming_code_is_refused_in_one_line``
+                                                               (defend, audit, export, reproduce), ``test_the_python_api_…``
+ S2    ``factory:helper:make`` imports helper.py from cwd      trust, the same tests (case "helper.py in the current folder")
+ S3    every other place a file names code: torchscript:,      trust (cases "torchscript file", "surrogate"),
+       ``attack.surrogate``, checkpoint metadata, a run folder  ``test_a_checkpoint_naming_code_is_refused_by_the_cli`` and
+       that trusts itself                                       ``…_unless_trusted``, ``test_a_run_folder_cannot_trust_itself``
+ S4    nothing written outside ``--out``: run names, export    bad_input "run name escaping --out", "run name absolute";
+       class folders, names from data                          ``tests/test_config.py::test_a_run_name_is_one_folder_name``;
+                                                               ``tests/runs/test_export.py::test_class_folders_sort_in_…``
+ R1    class counts and labels from files                      sizes "npz label of 10^9", "…2^62", "checkpoint of 10^9
+                                                               classes", API "poison a label of 10**9", "get_model 10**9 …"
+ R2    targets (``poison.target``, ``poison(target=…)``)       sizes "target of 10^9", API "poison target=10**9"
+ R3    seeds (0 ≤ seed < 2^63)                                 sizes "seed of 10^30", "seed of 2^63", "sweep seed of 2^63",
+                                                               API "poison seed=…", "get_model seed=…", "load_inputs seed=…"
+ R4    the size of an expanded sweep                           sizes "sweep seeds 10^12", "…range of step 1e-7", "…linspace of
+                                                               10^12", "…grid above max_runs", "…above --max-runs", API
+ R5    image pixel counts read from the header                 sizes "imagefolder 30000² PNG/TIFF", "…9000² PNG", "mask …",
+                                                               "npy mask …", "blend image 30000² TIFF"
+ R7    (found here) npz arrays whose header declares more     sizes "npz header of 10^12 images" (713 TiB: a MemoryError
+       than the file holds or the machine's memory              traceback before), "npz header larger than its data"
+ P1    every output location checked before training, its      paths ``test_output_mistake_is_one_line_exit_2_before_work``
+       name and format (``--out``, ``--to``, ``-o``, ``out:``)  (17 rows), ``test_check_output_leaves_no_folder_it_made``
+ P2    errors of the operating system the user can fix (no     paths ``test_a_full_disk_while_writing_…`` (ENOSPC, EROFS,
+       space, read-only, permission denied): run, sweep,        EACCES; a run), ``test_a_full_disk_stops_a_sweep_…``,
+       export                                                   ``test_a_full_disk_during_an_export_…`` (injected ENOSPC)
+ P3    two processes making one run                            paths ``test_two_processes_making_one_run_train_it_once``,
+                                                               ``test_the_second_holder_of_a_run_lock_…``
+ P4    export into the run, ``reproduce --out`` into the run   paths "export --to inside the run", "…the run itself",
+                                                               "reproduce --out into the run"
+ P5    a truncated ``poison_indices.json``                     paths "export a truncated poison_indices.json"
+ V1    non-finite or out-of-range config numbers (mean, std,   values "std inf", "mean nan", "std zero", "input range inf",
+       input range, rates, amplitude, defence parameters)       "rate nan", "learning rate inf", "amplitude nan", "defence …"
+ V2    masks and δ: 1e30, 1e5 (API), NaN, complex              values "mask 1e30", "mask 1e5", "mask nan", "mask complex",
+                                                               "saved trigger of 1e30"; API "δ 1e5 …", "δ complex …", "δ inf"
+ V3    a key named twice in a YAML file                        values "duplicate key …", "duplicate section", "… in a sweep",
+                                                               ``test_duplicate_keys_refused_by_the_one_loader_…``
+ V4    test labels no training image has                       values "test label never trained",
+                                                               ``test_a_train_limit_that_drops_a_test_class_is_a_stated_…``
+ V5    a range printed inverted                                values "no fraction fits, not an inverted range", "update batch
+                                                               larger than the data, not a negative rest"
+ V6    2^63 printed negative                                   values "uint64 label 2^63 printed as it is", API "uint64 …"
+ V7    text the console formatting swallows (``[tensorboard]``,  values ``test_the_install_hint_keeps_its_brackets``, "brackets
+       a bracketed path or name, a help text)                   in a message survive"; markup (3 tests: paths and names, a
+                                                               sweep, ``--help``)
+ V8    a three-frame GIF reported as "3×28"                    values "three-frame gif", "…as a mask", "…as a blend image"
+ V9    the API raises perturbd's errors, not TypeError,        bad_input ``test_the_api_answers_a_careless_call_…`` (10
+       MemoryError, NotADirectoryError                          rows); values and sizes API tables (33 rows)
+=====  ======================================================  ===============================================================
 
-Run names that would write outside ``--out`` are refused in ``tests/test_config.py``
-(``test_a_run_name_is_one_folder_name``)."""
+=====  ======================================================  ===============================================================
+ #     class of the issue (already covered)                    tests
+=====  ======================================================  ===============================================================
+ C1    config and CLI values                                   bad_input "unknown key" … "rate too small" (16 rows)
+ C2    unknown names (data set, model, trigger, defence)        bad_input "unknown data set" … "unknown defense"
+ C3    data files: missing, keys, NaN, range, one class,       bad_input "data not found" … "imagefolder without path"
+       empty, a target without images; image folders; a       (12 rows; "npz holding a pickle": the pickle did not run)
+       pickle in an npz
+ C4    trigger files: mask missing, size, not an image, patch  bad_input "mask missing" … "patch too large" (5 rows)
+ C5    checkpoints: other architecture, truncated, a pickle    bad_input "checkpoint of another architecture" … (3 rows)
+ C6    models perturbd did not build                           bad_input "model weights missing" … "audit a model of …"
+ C7    sweep files                                             bad_input "sweep axis over unknown key" … (3 rows)
+ C8    ``!!python`` YAML tags (config and sweep)               bad_input "yaml !!python tag", "sweep file with a !!python
+                                                               tag" (os.system did not run)
+ C9    kill -9 mid-training, mid-write, mid-sweep              ``tests/test_interrupted.py``, ``tests/sweep/test_runner.py``
+                                                               (``test_sigkilled_sweep_resumes``)
+ R6    (found here) YAML that would exhaust the machine: an  bad_input "yaml alias bomb", "sweep alias bomb", "yaml alias to
+       alias bomb (6 GB, then a hang), an alias to itself,      itself", "yaml nested too deeply", "yaml file of 17 MiB";
+       nesting deeper than Python's stack, a huge file          sizes API "load_config of an alias bomb"
+ X1    (beyond the issue's list) the command line itself:     bad_input "unknown option", "option value of the wrong type",
+       click's usage errors, once a 5-line box                 "missing argument", "unknown command"
+=====  ======================================================  ==============================================================="""
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from hostile import run_case
+from hostile import assert_api_error, run_case
 from PIL import Image
+
+from perturbd.errors import CheckpointError, ConfigError, OutputError, PerturbdError
 
 
 def _npz(path: Path, **overrides: np.ndarray) -> Path:
@@ -124,6 +171,34 @@ def _sweep(tmp: Path, body: str) -> Path:
     return path
 
 
+class _Touch:
+    """What a hostile pickle holds: unpickling it runs ``touch PATH`` (the marker says it ran)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, (f"touch {self.path}",)
+
+
+def _hacked(t: Path) -> Path:
+    """The marker a hostile file would write: in ``--out`` (``t`` is the inputs folder beside it),
+    so that the table's "nothing in --out" check sees it."""
+    return t.parent / "runs" / "hacked"
+
+
+def _laughs(t: Path, name: str, key: str = "seed") -> Path:
+    """A billion laughs: nine levels of nine aliases, 9^9 values once expanded, ten lines in the file."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    lines.append(f"{key}: [{', '.join(['*a8'] * 9)}]")
+    return _write(t / name, "\n".join(lines) + "\n")
+
+
+def _python_tag(t: Path, name: str) -> Path:
+    return _write(t / name, f"seed: !!python/object/apply:os.system ['touch {_hacked(t)}']\n")
+
+
 RUN = ["run", "--set", "data.train_limit=500", "--set", "data.test_limit=100", "--set", "train.epochs=1"]
 Case = Callable[[Path], tuple[list[str], str]]
 
@@ -145,6 +220,24 @@ CASES: dict[str, Case] = {
     "target out of range": lambda t: ([*RUN, "--set", "poison.target=10"], "poison.target must be in [0, 9], got 10"),
     "sources only target": lambda t: ([*RUN, "--set", "poison.sources=[0]"], "no class other than the target"),
     "rate too small": lambda t: ([*RUN, "--set", "poison.rate=0.0001"], "poisons no image"),
+    # YAML that would run code, run names that would write outside --out
+    "yaml !!python tag": lambda t: (["run", str(_python_tag(t, "c.yaml")), *RUN[1:]], "not valid YAML"),
+    "run name escaping --out": lambda t: ([*RUN, "--set", "name=../escape"], "must be one folder name"),
+    "run name absolute": lambda t: ([*RUN, "--set", f"name={t}/abs"], "must be one folder name"),
+    # the command line itself (click's mistakes, one line like the rest)
+    "unknown option": lambda t: (["run", "--bogus"], "error: No such option: --bogus"),
+    "option value of the wrong type": lambda t: (["sweep", "s.yaml", "--max-runs", "abc"], "Invalid value for '--max-runs'"),
+    "missing argument": lambda t: (["defend"], "error: Missing argument 'model'; see `perturbd defend --help`"),
+    "unknown command": lambda t: (["nosuch"], "error: No such command 'nosuch'; see `perturbd --help`"),
+    # YAML that would exhaust the machine: aliases, nesting, size
+    "yaml alias bomb": lambda t: (["run", str(_laughs(t, "c.yaml")), *RUN[1:]], "more than 100,000 values once its aliases are expanded"),
+    "yaml alias to itself": lambda t: (
+        ["run", str(_write(t / "c.yaml", "poison: &p {rate: 0.1, again: *p}\n")), *RUN[1:]],
+        "an alias to itself",
+    ),
+    "yaml nested too deeply": lambda t: (["run", str(_write(t / "c.yaml", "seed: " + "[" * 100_000)), *RUN[1:]], "nested too deeply"),
+    "yaml file of 17 MiB": lambda t: (["run", str(_sparse(t / "c.yaml", 17 * 2**20)), *RUN[1:]], "is too large for a config"),
+    "sweep alias bomb": lambda t: (["sweep", str(_laughs(t, "sweep.yaml", "seeds"))], "more than 100,000 values"),
     # names
     "unknown data set": lambda t: ([*RUN, "--set", "data.name=mnsit"], "did you mean 'mnist'"),
     "unknown model": lambda t: ([*RUN, "--set", "model.name=lenet"], "did you mean 'lenet5'"),
@@ -156,6 +249,10 @@ CASES: dict[str, Case] = {
     "npz missing key": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_test=None)}"], "y_test"),
     "npz NaN": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.full((40, 28, 28), np.nan))}"], "NaN"),
     "npz out of range": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_test=np.full((20, 28, 28), 2.5))}"], "x_test"),
+    "npz holding a pickle": lambda t: (
+        [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', classes=np.array([_Touch(_hacked(t)), 'b', 'c', 'd'], dtype=object))}"],
+        "without object arrays",
+    ),
     "npz one class": lambda t: (
         [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', y_train=np.zeros(40, int), y_test=np.zeros(20, int))}"],
         "at least 2 classes",
@@ -278,11 +375,18 @@ CASES: dict[str, Case] = {
         "poison.rate",
     ),
     "sweep file not a mapping": lambda t: (["sweep", str(_sweep(t, "- 1\n"))], "mapping"),
+    "sweep file with a !!python tag": lambda t: (["sweep", str(_python_tag(t, "sweep.yaml"))], "not valid YAML"),
 }
 
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as fh:
+        fh.truncate(size)
     return path
 
 
@@ -304,3 +408,68 @@ def test_bad_input_is_one_line_exit_2_nothing_on_disk(name: str, cli, monkeypatc
 
 def test_the_suite_is_large() -> None:
     assert len(CASES) >= 30
+
+
+# --------------------------------------------------------------------------- the Python API
+
+
+def _tiny_config() -> Any:
+    from perturbd.config import load_config
+
+    return load_config(overrides=["data.name=synthetic", "train.epochs=1", "data.train_limit=100", "data.test_limit=50"])
+
+
+def _file(t: Path) -> Path:
+    return _write(t / "file.txt", "x")
+
+
+# the API answers a file where a folder is expected, a folder where a file is, and a list where an
+# array is with its own one-line error (issue 39: not NotADirectoryError, IsADirectoryError, TypeError)
+API_CASES: dict[str, tuple[Callable[[Path], object], type[PerturbdError], str]] = {
+    "run into a file": (
+        lambda t: __import__("perturbd.runs.experiment").runs.experiment.run(_tiny_config(), _file(t)),
+        OutputError,
+        "is a file, not a folder",
+    ),
+    "run below a file": (
+        lambda t: __import__("perturbd.runs.experiment").runs.experiment.run(_tiny_config(), _file(t) / "runs"),
+        OutputError,
+        "is a file, not a folder",
+    ),
+    "export a file": (
+        lambda t: __import__("perturbd.runs.export").runs.export.export_run(_file(t), t / "e"),
+        ConfigError,
+        "is not a run directory",
+    ),
+    "config of a file as a run": (
+        lambda t: __import__("perturbd.runs.folder").runs.folder.RunDir(_file(t)).config(),
+        ConfigError,
+        "is not a finished run directory",
+    ),
+    "report of a file": (lambda t: __import__("perturbd.report.build").report.build.build_report(_file(t)), ConfigError, "no such folder"),
+    "config file a folder": (lambda t: __import__("perturbd").load_config(t), ConfigError, "config file not found"),
+    "trigger file a folder": (lambda t: __import__("perturbd.triggers").triggers.Trigger.load(t), CheckpointError, "not found"),
+    "weights a folder": (
+        lambda t: __import__("perturbd.models").models.build_from_checkpoint(t),
+        CheckpointError,
+        "model weights not found",
+    ),
+    "poison a list": (
+        lambda t: __import__("perturbd").poison([[1]], [0], "grid"),
+        ConfigError,
+        "x must be a numpy array or a torch tensor",
+    ),
+    "model shape as text": (
+        lambda t: __import__("perturbd.models").models.get_model("cnn28", "1x28x28", 10),
+        ConfigError,
+        "image_shape must be three positive integers",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(API_CASES))
+def test_the_api_answers_a_careless_call_with_its_own_error(name: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    call, error, message = API_CASES[name]
+    assert_api_error(lambda: call(tmp_path), error, message, name)
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["file.txt"]), "nothing written"

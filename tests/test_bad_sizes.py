@@ -86,10 +86,32 @@ def _npz(path: Path, y_train: np.ndarray) -> Path:
     return path
 
 
+def _npz_declaring(path: Path, shape: tuple[int, ...], data: bytes = b"") -> Path:
+    """An npz whose x_train header declares ``shape`` (uint8) but holds only ``data``."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x_train.npy", header.getvalue() + data)
+        for key, value in {"y_train": np.arange(40) % 4, "x_test": np.zeros((20, 28, 28), np.uint8), "y_test": np.arange(20) % 4}.items():
+            buf = io.BytesIO()
+            np.save(buf, value)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+    return path
+
+
 def _labels_up_to(top: int) -> np.ndarray:
     y = np.arange(40) % 4
     y[5] = top
     return y
+
+
+def _alias_bomb(tmp: Path) -> Path:
+    """Six levels of ten aliases: 10^6 values once expanded, seven lines in the file."""
+    lines = ["b0: &b0 [x, x, x, x, x, x, x, x, x, x]"] + [f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 10)}]" for i in range(1, 7)]
+    return _sweep(tmp, "\n".join(lines) + "\n")
 
 
 def _sweep(tmp: Path, body: str) -> Path:
@@ -125,6 +147,15 @@ CLI_CASES: dict[str, Case] = {
         "'train.threads': Input should be less than or equal to 1024",
     ),
     "target of 10^9": lambda t: ([*RUN, "--set", "poison.target=1000000000"], "config 'poison.target': Input should be less than 100000"),
+    # npz arrays, from their headers
+    "npz header of 10^12 images": lambda t: (
+        [*RUN, "--set", f"data.name=npz:{_npz_declaring(t / 'a.npz', (10**12, 28, 28))}"],
+        "x_train (1000000000000×28×28 uint8) needs 784,000,000,000,000 bytes, more than this machine's memory",
+    ),
+    "npz header larger than its data": lambda t: (
+        [*RUN, "--set", f"data.name=npz:{_npz_declaring(t / 'a.npz', (1000, 28, 28), bytes(100))}"],
+        "x_train declares 1000×28×28 uint8 (784,000 bytes) but holds 100; the file is truncated or corrupt",
+    ),
     # seeds
     "seed of 10^30": lambda t: ([*RUN, "--set", f"seed={10**30}"], "config 'seed': Input should be less than 9223372036854775808"),
     "seed of 2^63": lambda t: ([*RUN, "--set", f"seed={2**63}"], "config 'seed'"),
@@ -247,6 +278,11 @@ API_CASES: dict[str, tuple[Callable[[Path], object], type[PerturbdError], str]] 
         lambda t: __import__("perturbd").load_config(overrides=[f"seed={10**30}"]),
         ConfigError,
         "config 'seed'",
+    ),
+    "load_config of an alias bomb": (
+        lambda t: __import__("perturbd").load_config(_alias_bomb(t)),
+        ConfigError,
+        "more than 100,000 values once its aliases are expanded",
     ),
     "axis_values range step 1e-7": (
         lambda t: __import__("perturbd.sweep.axes").sweep.axes.axis_values("poison.rate", {"range": [0.0, 1.0, 1e-7]}),

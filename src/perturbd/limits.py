@@ -11,6 +11,12 @@ image pixels        2^26 = 67,108,864    every image file read (image folders, m
 sweep runs          10,000               an expanded sweep (seeds × variants × axes), counted before
                                          a value is listed; ``max_runs:`` in the sweep file or
                                          ``perturbd sweep --max-runs N`` raises it
+npz arrays          the data it holds,   every array of an npz data set, from its ``.npy`` header
+                    the machine's        before it is read: its declared size at most the bytes the
+                    memory               archive holds for it (no lying header) and the memory
+YAML files          16 MiB, 100,000      every config, sweep and run folder ``config.yaml`` read: its
+                    values               size, and its values counted with every alias expanded (an
+                                         alias bomb), before it is built; no alias to itself
 ==================  ===================  ==============================================================
 
 Every breach is a one-line :class:`~perturbd.errors.PerturbdError` naming the value and the bound.
@@ -19,6 +25,7 @@ Every breach is a one-line :class:`~perturbd.errors.PerturbdError` naming the va
 from __future__ import annotations
 
 import operator
+import os
 from typing import SupportsIndex
 
 from perturbd.errors import ConfigError, DataError
@@ -27,6 +34,16 @@ MAX_CLASSES = 100_000
 SEED_LIMIT = 2**63
 MAX_IMAGE_PIXELS = 2**26
 MAX_SWEEP_RUNS = 10_000
+MAX_YAML_BYTES = 16 * 2**20
+MAX_YAML_VALUES = 100_000
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_seed(seed: object, where: str = "seed") -> int:

@@ -22,7 +22,7 @@ from perturbd.config import load_config
 from perturbd.errors import OutputError
 from perturbd.runs.experiment import run
 from perturbd.runs.folder import RunDir
-from perturbd.runs.rundir import atomic_dir, check_output, run_dir_for, run_lock
+from perturbd.runs.rundir import TMP_PREFIX, atomic_dir, check_output, run_dir_for, run_lock
 
 SETS = [arg for value in TINY_RUN for arg in ("--set", value)]
 TRAIN = ["run", *SETS]
@@ -189,3 +189,47 @@ def test_a_full_disk_during_an_export_leaves_no_folder(monkeypatch, tmp_path, ma
     with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'exp'}/train/.*: no space left on the device"):
         export.export_run(made, tmp_path / "exp")
     assert list(tmp_path.iterdir()) == []
+
+
+def _tiny_sweep(tmp: Path, seeds: str) -> Path:
+    """A sweep of :data:`TINY_RUN` over ``seeds``, run in this process, into ``tmp/sw``."""
+    sections: dict[str, list[str]] = {}
+    for item in TINY_RUN:
+        key, value = item.split("=")
+        section, name = key.split(".")
+        sections.setdefault(section, []).append(f"{name}: {value}")
+    base = ", ".join(f"{section}: {{{', '.join(items)}}}" for section, items in sections.items())
+    return _write(tmp / "s.yaml", f"base: {{{base}}}\nseeds: {seeds}\nworkers: 1\nout: {tmp / 'sw'}\n")
+
+
+def test_a_full_disk_stops_a_sweep_in_one_line_finished_runs_kept(cli, monkeypatch, tmp_path) -> None:
+    """An injected ENOSPC (a small real file system needs root to mount): the second run's
+    metrics.json cannot be written. The sweep stops there in one line, exit 2: the first run is
+    kept whole, the second leaves nothing, the third is not started, no failure is recorded (the
+    disk is the problem, not the run); the same command finishes the sweep once space is freed."""
+    made: list[Path] = []
+    write_metrics = RunDir.write_metrics
+
+    def full(self: RunDir, metrics: object) -> None:
+        made.append(self.path)
+        if len(made) == 2:
+            (self.path / "metrics.json").write_text("{")  # half a file, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / "metrics.json"))
+        write_metrics(self, metrics)
+
+    monkeypatch.setattr(RunDir, "write_metrics", full)
+    spec, out = _tiny_sweep(tmp_path, "[0, 1, 2]"), tmp_path / "sw"
+    rc, _, err = cli("sweep", str(spec))
+    assert rc == 2, err
+    said = err.strip().splitlines()
+    assert [line for line in said if line.startswith("error:")] == said[-1:], err  # the sweep's lines, then one error line
+    assert "no space left on the device" in said[-1] and "metrics.json" in said[-1] and "Traceback" not in err, err
+    assert len(made) == 2, "the third run is not started"
+    runs = [p for p in out.iterdir() if p.is_dir() and p.name not in (".twins", "failures")]
+    assert [p.name for p in runs] == [made[0].name.removeprefix(TMP_PREFIX).rsplit("-", 1)[0]], "the first run kept, nothing of the second"
+    RunDir(runs[0]).metrics()
+    assert not (out / "failures").exists() or not any((out / "failures").iterdir())
+    monkeypatch.setattr(RunDir, "write_metrics", write_metrics)  # space freed: the same command finishes
+    rc, _, err = cli("sweep", str(spec))
+    assert rc == 0, err
+    assert len([p for p in out.iterdir() if (p / RunDir.METRICS).is_file()]) == 3

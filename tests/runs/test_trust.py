@@ -221,3 +221,16 @@ def test_arch_names_the_architecture_instead(cli, factory_run, here, tmp_path) -
     code, _, err = cli("defend", str(factory_run), "-d", "spectral_signature", "--out", str(tmp_path / "d"), "--arch", FACTORY)
     assert code == 0, err
     assert here.exists()
+
+
+@pytest.mark.parametrize("command", ["defend", "audit"])
+def test_a_checkpoint_naming_code_is_refused_by_the_cli(cli, factory_run, here, tmp_path, command) -> None:
+    """A bare model file whose metadata names a factory: the same one line as a run folder's."""
+    bare = Path(shutil.copy(factory_run / RunDir.MODEL, tmp_path / "m.safetensors"))
+    args = {
+        "defend": ["defend", str(bare), "--data", "synthetic", "-d", "spectral_signature", "--out", str(tmp_path / "d")],
+        "audit": ["audit", str(bare), str(bare), "--data", "synthetic", "--out", str(tmp_path / "d")],
+    }[command]
+    code, _, err = cli(*args)
+    assert_one_line_exit_2(code, err, FACTORY, "--trust-code if you trust who wrote it")
+    assert not (tmp_path / "d").exists() and not here.exists() and "helper" not in sys.modules

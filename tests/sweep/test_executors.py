@@ -15,7 +15,7 @@ import torch
 
 import perturbd.sweep.executors as executors
 from perturbd.config import load_config
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, OutputError
 from perturbd.report.aggregate import collect_runs
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import run_dir_for
@@ -146,6 +146,30 @@ def test_a_dead_worker_is_a_failed_outcome_not_a_crash(tmp_path, configs, monkey
     for o in done:
         assert not o.ok and o.error_type == "WorkerDied"
         assert o.error == "worker process died (killed or out of memory); rerun the sweep to retry"
+
+
+def slow_no_space(cfg, out, twin_cache, threads=None, monitor=None, log=None) -> Outcome:
+    """A run that says it started (a file in ``out``), then finds the disk full."""
+    (Path(out) / f"started-{cfg.seed}").touch()
+    time.sleep(0.5)
+    return Outcome(cfg, False, error=f"cannot write {out}: no space left on the device", error_type="OutputError")
+
+
+def test_a_sweep_stopped_by_on_done_starts_no_further_run(tmp_path, tiny_config, monkeypatch) -> None:
+    """The runner stops a sweep on a full disk by raising from ``on_done``: the pool's runs not yet
+    started are cancelled (at most those running and the pool's few queued ones go on)."""
+    monkeypatch.setattr(executors, "get_context", lambda method: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(executors, "use_threads", lambda threads: None)
+    monkeypatch.setattr(executors, "execute", slow_no_space)
+    todo = [tiny_config.model_copy(update={"seed": s}) for s in range(20)]
+
+    def stop(outcome: Outcome) -> None:
+        raise OutputError(outcome.error)
+
+    with pytest.raises(OutputError, match="no space left"):
+        LocalExecutor(2).run(todo, tmp_path, None, on_done=stop)
+    started = len(list(tmp_path.glob("started-*")))
+    assert 1 <= started <= 8, f"{started} of 20 runs started"  # 2 running, 3 queued, 2 begun meanwhile, 1 of margin
 
 
 # --------------------------------------------------------------------------- ray

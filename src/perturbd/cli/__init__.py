@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import typer
 from rich.markup import escape
 
 from perturbd.cli import defences, experiments, export, triggers  # noqa: F401  (each adds its commands to the app)
@@ -24,10 +25,28 @@ def main() -> None:
     (:func:`perturbd.process.tune_process`), one that defends sets the malloc
     (:func:`perturbd.malloc.tune_malloc`); listing and reporting leave the process alone."""
     try:
-        app()
+        code = app(standalone_mode=False)  # click's own mistakes (an unknown option, a missing argument) come here too
     except PerturbdError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except typer.TyperException as err:  # click's exceptions (typer vendors click)
+        sys.exit(_usage_error(err))
     except KeyboardInterrupt:
+        code = 130
+    except typer.Abort:
+        sys.exit(1)
+    if code == 130:  # Ctrl-C: typer answers it with Exit(130)
         console.print("interrupted; finished runs are kept, partial ones were removed")
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(err: typer.TyperException) -> int:
+    """A mistake click finds on the command line (an unknown option, a missing argument, an option
+    value of the wrong type) as one line naming the fix, like every other; returns its exit code.
+    With no arguments a group has printed its help already (``no_args_is_help``)."""
+    if type(err).__name__ != "NoArgsIsHelpError":
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "perturbd"
+        message = " ".join((err.format_message() if hasattr(err, "format_message") else str(err)).split()).rstrip(".")
+        console.print(f"[bold red]error:[/] {escape(message)}; see `{escape(where)} --help`", highlight=False, soft_wrap=True)
+    return int(getattr(err, "exit_code", 2))

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # help texts are rich markup: [tensorboard] would be a style
 
 from perturbd.config import parse_assignment
 
@@ -31,7 +32,7 @@ TensorBoardOpt = Annotated[
     typer.Option(
         "--tensorboard",
         metavar="DIR",
-        help="log every model's training loss and images/s per epoch to TensorBoard in DIR (pip install 'perturbd[tensorboard]')",
+        help=escape("log every model's training loss and images/s per epoch to TensorBoard in DIR (pip install 'perturbd[tensorboard]')"),
     ),
 ]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a defence parameter: key=value (repeatable)")]

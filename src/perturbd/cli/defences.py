@@ -89,8 +89,8 @@ def defend(
     with user_os_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
         write_defenses(folder, reports, inputs.clean_source)
-    out_console.print(defense_table(reports, f"perturbd defend · {model}"))
-    console.print(f"wrote {RunDir(folder).defenses_path}")
+    out_console.print(defense_table(reports, f"perturbd defend · {escape(str(model))}"))
+    console.print(escape(f"wrote {RunDir(folder).defenses_path}"), highlight=False)
 
 
 @app.command()
@@ -102,7 +102,7 @@ def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter")] 
     for name in list_defenses(pattern):
         kind = get_defense(name).kind
         about = KINDS[kind].about if kind in KINDS else "(no evaluator measures this kind)"
-        out_console.print(f"{name:<22} {kind:<11} {about}")
+        out_console.print(f"{name:<22} {kind:<11} {about}", markup=False, highlight=False)
 
 
 @app.command()
@@ -136,7 +136,7 @@ def audit(
     seed_from_run(auditor, inputs.seed)
     with console.status("auditing the update (Neural Cleanse and universal perturbations on both models)"):
         result = auditor.fit(inputs.model, inputs.clean, before=old_model)
-    t = Table(title=f"perturbd audit · {old} → {new}", header_style="bold")
+    t = Table(title=escape(f"perturbd audit · {old} → {new}"), header_style="bold")
     for col in ("label", "verdict", "NC index old → new", "mask L1 old → new", "UAP fooling old → new"):
         t.add_column(col)
     for r in result.rows_:

@@ -36,7 +36,7 @@ def run(
     with make_progress(console) as progress, with_tensorboard(RichMonitor(progress), tensorboard, run_dir_for(cfg, out).name) as monitor:
         result = run_experiment(cfg, out, monitor=monitor, log=lambda m: progress.console.print(f"[dim]{escape(m)}"), force=force)
     if result.skipped:
-        console.print(f"[yellow]already complete, not rerun (use --force to redo): {escape(str(result.run_dir))}")
+        console.print(f"[yellow]already complete, not rerun (use --force to redo): {escape(str(result.run_dir))}", highlight=False)
     out_console.print(summary_table(result.metrics, result.run_dir))
 
 
@@ -70,7 +70,7 @@ def reproduce(
     with make_progress(console) as progress:
         rep = train_again(run_dir, out or Path(f"reproduce-{run_dir.name}"), overrides=given, monitor=RichMonitor(progress),
                           log=lambda m: progress.console.print(f"[dim]{escape(m)}"), trust_code=trust_code)  # fmt: skip
-    t = Table(title=f"perturbd reproduce · {run_dir}")
+    t = Table(title=f"perturbd reproduce · {escape(str(run_dir))}")
     for column in ("number", "stored", "retrained", ""):
         t.add_column(column)
     for key in REPRODUCED:
@@ -78,17 +78,17 @@ def reproduce(
     out_console.print(t)
     for note in rep.notes:
         console.print(f"[yellow]{escape(note)}", highlight=False)
-    console.print(rep.summary(), highlight=False)
+    console.print(escape(rep.summary()), highlight=False)
     if not rep.same:
-        console.print(f"the retrain is kept in {rep.again}" + ("; weights not restored" if restore else ""), highlight=False)
+        console.print(escape(f"the retrain is kept in {rep.again}" + ("; weights not restored" if restore else "")), highlight=False)
         raise typer.Exit(1)
     if restore and stored.has_weights():
-        console.print(f"{run_dir} has its weights; nothing restored (the retrain is in {rep.again})", highlight=False)
+        console.print(escape(f"{run_dir} has its weights; nothing restored (the retrain is in {rep.again})"), highlight=False)
     elif restore:
         put_back(rep)
-        console.print(f"weights put into {run_dir}: {', '.join(RunDir.WEIGHTS)}", highlight=False)
+        console.print(escape(f"weights put into {run_dir}: {', '.join(RunDir.WEIGHTS)}"), highlight=False)
     else:
-        console.print(f"the retrain is in {rep.again}", highlight=False)
+        console.print(escape(f"the retrain is in {rep.again}"), highlight=False)
 
 
 @app.command()
@@ -98,11 +98,11 @@ def datasets(data_root: DataRootOpt = None) -> None:
     from perturbd.data import list_sources, source_status
 
     root = data_root or DataConfig().root
-    t = Table(title=f"data sources (root {root})")
+    t = Table(title=escape(f"data sources (root {root})"))
     t.add_column("name")
     t.add_column("status")
     for name in list_sources():
-        t.add_row(name, source_status(name, Path(root).expanduser()))
+        t.add_row(name, escape(source_status(name, Path(root).expanduser())))
     out_console.print(t)
 
 
@@ -112,7 +112,7 @@ def models() -> None:
     from perturbd.models import list_models
 
     for name in list_models():
-        out_console.print(name)
+        out_console.print(name, markup=False)
     out_console.print("tv:<name>  (any torchvision classification model, e.g. tv:resnet18; model.weights=PATH: pretrained or your weights)")
     out_console.print("torchscript:PATH  (a torch.jit.save file)")
     out_console.print("factory:package.module:function  (your code, returning a fresh nn.Module)")
@@ -150,8 +150,9 @@ def sweep(
     check_sweep(sw)
     st = status(sw)
     console.print(
-        f"sweep [bold]{sw.spec.name}[/]: {len(sw.runs)} runs ({len(sw.runs) // len(sw.spec.seeds)} configs × {len(sw.spec.seeds)} seeds) "
-        f"→ {sw.out}\n"
+        f"sweep [bold]{escape(str(sw.spec.name))}[/]: {len(sw.runs)} runs "
+        f"({len(sw.runs) // len(sw.spec.seeds)} configs × {len(sw.spec.seeds)} seeds) "
+        f"→ {escape(str(sw.out))}\n"
         f"  {len(st.done)} already done, {len(st.failed)} failed before (retried), {len(st.pending)} to run · executor {sw.spec.executor}",
         highlight=False,
     )
@@ -161,7 +162,7 @@ def sweep(
     stale = made_elsewhere_runs(sw, st)
     if stale:
         console.print(
-            f"[yellow]  {len(stale)} of the finished runs were made by another perturbd version or commit (e.g. {stale[0].name}); "
+            f"[yellow]  {len(stale)} of the finished runs were made by another perturbd version or commit (e.g. {escape(stale[0].name)}); "
             "they are kept, not rerun: delete them to redo them with this code",
             highlight=False,
         )
@@ -172,6 +173,7 @@ def sweep(
                 f"{state.get(cfg.hash(), 'todo'):>6}  {run_dir_for(cfg, sw.out).name}  "
                 + " ".join(f"{k}={v}" for k, v in assigned.items()),
                 highlight=False,
+                markup=False,
             )
         return
     with make_progress(console) as progress, with_tensorboard(SweepMonitor(progress), tensorboard) as monitor:
@@ -183,7 +185,7 @@ def sweep(
             if o.ok:
                 m = o.metrics
                 progress.console.print(
-                    f"[green]✓[/] {o.run_dir.name}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} "
+                    f"[green]✓[/] {escape(o.run_dir.name)}  ASR {pct(m.attack_success_rate)} · clean acc {pct(m.clean_accuracy)} "
                     f"· {o.seconds:.0f} s",
                     highlight=False,
                 )
@@ -191,7 +193,7 @@ def sweep(
                 progress.console.print(f"[red]✗[/] {escape(f'{o.cfg.run_name}-{o.cfg.hash()}: {o.error}')}", highlight=False)
 
         def on_start(cfg: Any) -> None:
-            progress.update(overall, info=f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}")
+            progress.update(overall, info=escape(f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}"))
             if tensorboard is not None:
                 monitor.run = run_dir_for(cfg, sw.out).name
 
@@ -201,10 +203,11 @@ def sweep(
     out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
     for line in report.warnings:
         console.print(f"[yellow]warning: {escape(line)}", highlight=False)
-    console.print(f"report: {report.html}", highlight=False)
+    console.print(escape(f"report: {report.html}"), highlight=False)
     if result.failed:
         console.print(
-            f"[red]{len(result.failed)} runs failed[/] (see {sw.out / 'failures'}); rerun the same command to retry them", highlight=False
+            f"[red]{len(result.failed)} runs failed[/] (see {escape(str(sw.out / 'failures'))}); rerun the same command to retry them",
+            highlight=False,
         )
         raise typer.Exit(1)
 
@@ -235,7 +238,7 @@ def report(
     else:
         out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, mean ± 95 % CI over seeds"))
         for f in rep.files[:-1]:
-            console.print(f"wrote {f}", highlight=False)
+            console.print(escape(f"wrote {f}"), highlight=False)
         for line in rep.warnings:
             console.print(f"[yellow]warning: {escape(line)}", highlight=False)
-    console.print(f"report: {rep.html}", highlight=False)
+    console.print(escape(f"report: {rep.html}"), highlight=False)

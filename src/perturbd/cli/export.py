@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from perturbd.cli.app import TrustCodeOpt, app, console, out_console
 
@@ -27,10 +28,11 @@ def export(
     folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""
     from perturbd.runs.export import export_run
 
-    with console.status(f"exporting {run_dir}"):
+    with console.status(escape(f"exporting {run_dir}")):
         done = export_run(run_dir, to, trust_code=trust_code)
     out_console.print(
         f"wrote {done.folder}: {done.train:,} training images ({done.poisoned:,} poisoned), {done.test:,} test images, "
         f"{len(done.class_folders)} classes, manifest.csv, {', '.join(p.name for p in sorted(done.folder.glob('trigger.*')))}",
         highlight=False,
+        markup=False,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, SetOpt, console, out_console, overrides, trigger_app
@@ -63,7 +64,7 @@ def trigger_show(
     clean = split.test.images[:4]
     with user_os_errors(output):
         trigger_sheet(trig.preview(clean), clean, trig.apply(clean), output, cfg.trigger.label, trig.norms(clean.shape[1], clean)["linf"])
-    out_console.print(f"wrote {output}")
+    out_console.print(f"wrote {output}", markup=False, highlight=False)
 
 
 @trigger_app.command("make")
@@ -94,7 +95,7 @@ def trigger_make(
         samples = load_data(cfg.data, cfg.seed).test.images[:256]
     with user_os_errors(output):
         written = write_trigger(plan, output, samples)
-    t = Table(title=f"perturbd trigger make · {output}", header_style="bold")
+    t = Table(title=escape(f"perturbd trigger make · {output}"), header_style="bold")
     t.add_column("fact")
     t.add_column("value", justify="right")
     info, norms = plan.trigger.info, plan.trigger.norms(None, samples)
@@ -106,8 +107,7 @@ def trigger_make(
         t.add_row("fooling rate samples / held-out", f"{pct(info['fooling_rate_samples'])} / {pct(hold) if hold is not None else '–'}")
         t.add_row("passes · seconds", f"{info['passes_used']} · {info['seconds']:.1f} s")
         m = plan.record["model"]
-        t.add_row(
-            "adversary model", f"{m['arch']}{' (surrogate)' if m['surrogate'] else ''}, held-out accuracy {pct(m['holdout_accuracy'])}"
-        )
-    t.add_row("files", ", ".join(str(p) for p in written))
+        surrogate = " (surrogate)" if m["surrogate"] else ""
+        t.add_row("adversary model", escape(f"{m['arch']}{surrogate}, held-out accuracy {pct(m['holdout_accuracy'])}"))
+    t.add_row("files", escape(", ".join(str(p) for p in written)))
     out_console.print(t)

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from perturbd.errors import ConfigError
+from perturbd.limits import MAX_YAML_BYTES, MAX_YAML_VALUES
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):  # type: ignore[misc]  # PyYAML is untyped
@@ -39,10 +40,61 @@ class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
         return mapping
 
 
+class YamlSizeError(yaml.YAMLError):  # type: ignore[misc]  # PyYAML is untyped
+    """A document too large once its aliases are expanded, or holding an alias to itself."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def expanded_values(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> int:
+    """How many values (scalars, lists, mappings) the document ``root`` holds with every alias
+    expanded, counted on its node graph (each node once, so a billion laughs costs its size in
+    the file), capped at ``limit + 1``; a :class:`YamlSizeError` for an alias to itself."""
+    done: dict[int, int] = {}
+    path = {id(root)}
+    stack: list[tuple[yaml.Node, Any, int]] = [(root, iter(_children(root)), 1)]
+    while stack:
+        node, rest, total = stack[-1]
+        child = next(rest, None)
+        if child is None:
+            stack.pop()
+            path.discard(id(node))
+            done[id(node)] = total
+            if stack:
+                above, above_rest, above_total = stack[-1]
+                stack[-1] = (above, above_rest, min(above_total + total, limit + 1))
+        elif id(child) in done:
+            stack[-1] = (node, rest, min(total + done[id(child)], limit + 1))
+        elif id(child) in path:
+            raise YamlSizeError(f"an alias to itself (line {child.start_mark.line + 1}); write its values out")
+        else:
+            path.add(id(child))
+            stack.append((child, iter(_children(child)), 1))
+    return done[id(root)]
+
+
 def load_yaml(text: str) -> Any:
     """YAML text as Python data with the safe loader (nothing is executed); a key named twice in
-    one mapping is a :class:`DuplicateKeyError`."""
-    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: nothing is executed
+    one mapping is a :class:`DuplicateKeyError`; more than :data:`~perturbd.limits.MAX_YAML_VALUES`
+    values with the aliases expanded, or an alias to itself, a :class:`YamlSizeError` (before the
+    data is built)."""
+    loader = _StrictLoader(text)  # a SafeLoader subclass: nothing is executed
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values = expanded_values(node)
+        if values > MAX_YAML_VALUES:
+            raise YamlSizeError(f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded; perturbd reads no config that large")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -51,8 +103,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path} is too large for a config ({size:,} bytes; perturbd reads at most {MAX_YAML_BYTES:,})")
     try:
         data = load_yaml(path.read_text())
+    except YamlSizeError as err:
+        raise ConfigError(f"{path} holds {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a config") from None
     except DuplicateKeyError as err:
         mark = err.problem_mark
         at = f" (line {mark.line + 1})" if mark else ""

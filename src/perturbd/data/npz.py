@@ -37,7 +37,7 @@ import torch
 from perturbd.data.dataset import DataSplit
 from perturbd.data.sources import SourceRequest, make_split, register_source
 from perturbd.errors import DataError
-from perturbd.limits import check_label_bound
+from perturbd.limits import check_label_bound, memory_bytes
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 FLOAT_TOLERANCE = 1e-6  # float pixels this far outside [0, 1] are clipped, farther is an error
@@ -123,9 +123,13 @@ def read_npz(path: Path, name: str) -> DataSplit:
     if not path.is_file():
         raise DataError(f"npz: no file at {path}; write npz:PATH with PATH an .npz file ({SAVE_HINT})")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"npz {path} holds a single array, not an npz archive; {SAVE_HINT}")
+        if not zipfile.is_zipfile(path):  # a single array is not read either: its header may lie
+            with path.open("rb") as fh:
+                if fh.read(6) == b"\x93NUMPY":
+                    raise DataError(f"npz {path} holds a single array, not an npz archive; {SAVE_HINT}")
+            raise ValueError("not a zip archive")
+        _check_declared_sizes(path)
+        loaded = np.load(path, allow_pickle=False)  # an archive: its arrays are read below, one by one
         with loaded as archive:
             found = list(archive.files)
             missing = [k for k in REQUIRED if k not in found]
@@ -168,6 +172,31 @@ def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shapes[info.filename[: -len(".npy")]] = read(fh)[0]
     return shapes
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Every ``.npy`` member's size from its header, before any data is read: at most the bytes
+    the archive holds for it (a header that claims more is a lie or a truncation) and at most this
+    machine's memory (a compression bomb); a one-line :class:`DataError` otherwise."""
+    memory = memory_bytes()
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+                header = fh.tell()
+            key, size = info.filename[: -len(".npy")], int(np.prod(shape, dtype=object)) * dtype.itemsize
+            shown = "×".join(map(str, shape)) or "()"
+            if memory is not None and size > memory:
+                raise DataError(f"npz {path}: {key} ({shown} {dtype}) needs {size:,} bytes, more than this machine's memory ({memory:,})")
+            if not dtype.hasobject and size > info.file_size - header:
+                raise DataError(
+                    f"npz {path}: {key} declares {shown} {dtype} ({size:,} bytes) but holds {info.file_size - header:,}; "
+                    "the file is truncated or corrupt"
+                )
 
 
 def _status(req: SourceRequest) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +28,7 @@ class RichMonitor:
 
     def start(self, description: str, total_steps: int) -> None:
         self.description = description
-        self.task = self.progress.add_task(description, total=total_steps, info="")
+        self.task = self.progress.add_task(escape(description), total=total_steps, info="")
 
     def step(self, images: int) -> None:
         self.progress.advance(self.task)
@@ -36,7 +37,7 @@ class RichMonitor:
         info = f"epoch {epoch} · loss {loss:.3f} · {images_per_s:,.0f} img/s"
         self.progress.update(self.task, info=info)
         if self.progress.disable:
-            self.progress.console.print(f"{self.description}: {info}", highlight=False)
+            self.progress.console.print(escape(f"{self.description}: {info}"), highlight=False)
 
     def stop(self) -> None:
         self.progress.update(self.task, completed=self.progress.tasks[-1].total)
@@ -62,7 +63,7 @@ def make_progress(console: Console) -> Progress:
 
 def summary_table(metrics: RunMetrics, run_dir: Path) -> Table:
     """The headline numbers of one run: the rows of :meth:`RunMetrics.rows`."""
-    t = Table(title=f"perturbd run · {run_dir}", show_header=True, header_style="bold")
+    t = Table(title=escape(f"perturbd run · {run_dir}"), show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for what, value in metrics.rows():
@@ -76,9 +77,9 @@ class SweepMonitor(RichMonitor):
     def start(self, description: str, total_steps: int) -> None:
         self.description = description
         if self.task is None:
-            self.task = self.progress.add_task(description, total=total_steps, info="")
+            self.task = self.progress.add_task(escape(description), total=total_steps, info="")
         else:
-            self.progress.reset(self.task, total=total_steps, description=description, info="")
+            self.progress.reset(self.task, total=total_steps, description=escape(description), info="")
 
 
 # narrow terminals: short metric headers (METRICS' short labels, explained in the caption), then
@@ -126,13 +127,13 @@ class AggregateTable:
             notes.append(" · ".join(METRICS[m].legend for m in metrics if METRICS[m].legend))
             if left_out:
                 notes.append(f"left out for width: {', '.join(left_out)} (see aggregate.md)")
-        t = Table(title=self.title, header_style="bold", caption="; ".join(notes) or None)
+        t = Table(title=escape(self.title), header_style="bold", caption=escape("; ".join(notes)) or None)
         for key, w in zip(self.keys, fixed):
             t.add_column(key, width=w)
         for m in metrics:  # narrower still than all this: rich wraps values at their spaces (mean / ± CI)
             t.add_column(labels[m], justify="right", width=_width(labels[m], self.cells[m]))
         for i, row in enumerate(self.rows):
-            t.add_row(*row, *(self.cells[m][i] for m in metrics))
+            t.add_row(*map(escape, row), *(self.cells[m][i] for m in metrics))
         return t
 
 
@@ -143,7 +144,7 @@ def aggregate_table(report: Any, title: str) -> AggregateTable:
 
 def defense_table(reports: list[Any], title: str) -> Table:
     """One row per defence: kind, the matrix cell, clean images used, seconds."""
-    t = Table(title=title, header_style="bold")
+    t = Table(title=escape(title), header_style="bold")
     for col in ("defense", "kind", "result", "clean images", "seconds"):
         t.add_column(col, justify="right" if col in ("clean images", "seconds") else "left")
     for r in reports:

@@ -183,7 +183,7 @@ class LocalExecutor:
                         )
                     if on_done:
                         on_done(outcome)
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or on_done stopping the sweep: the runs not started are not started
                 for fut in futures:
                     fut.cancel()
                 raise
@@ -250,7 +250,7 @@ class RayExecutor:
                     )
                 if on_done:
                     on_done(outcome)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or on_done stopping the sweep
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from perturbd.config import ExperimentConfig
+from perturbd.errors import OutputError
 from perturbd.runs.experiment import check_config
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import check_output, clear_failure, failure_path, record_failure, run_dir_for, user_os_errors, write_json
@@ -108,6 +109,12 @@ def run_sweep(
 
     Failed runs are recorded and retried on the next call; a finished run clears its record.
     ``on_done`` receives each :class:`~perturbd.sweep.executors.Outcome` as it arrives.
+
+    Raises:
+        OutputError: a run could not write to ``out`` (no space left, read-only, permission
+            denied): every other run would fail the same way, so the sweep stops there, runs not
+            started are not started and the failure is not recorded (the disk may take no record);
+            finished runs are kept, and the same command goes on once the cause is fixed.
     """
     out = sweep.out
     with user_os_errors(out):
@@ -123,11 +130,15 @@ def run_sweep(
 
     def done(outcome: Any) -> None:
         cfg = outcome.cfg
+        if not outcome.ok and outcome.error_type == OutputError.__name__:
+            raise OutputError(outcome.error)
         if outcome.ok:
-            clear_failure(cfg, out)
+            with user_os_errors(out):
+                clear_failure(cfg, out)
             finished.append(outcome.run_dir)
         else:
-            record_failure(cfg, out, outcome.error, outcome.error_type, outcome.detail)
+            with user_os_errors(out):
+                record_failure(cfg, out, outcome.error, outcome.error_type, outcome.detail)
             failed.append({"config_hash": cfg.hash(), "name": cfg.run_name, "error": outcome.error})
         if on_done:
             on_done(outcome)
