@@ -326,9 +326,10 @@ def provenance(records: list[RunRecord], root: Path) -> str:
         f"{e.get('cpu', 'CPU unrecorded')}, {e.get('device', '?')}, {e.get('threads', '?')} thread(s), torch {e.get('torch', '?')}"
         for e in envs
     ]
-    lines = [f"Table: `perturbd report {root.name}` over its {len(records)} runs."]
+    name = Path(root).resolve().name
+    lines = [f"Table: `perturbd report {name}` over its {len(records)} runs."]
     if (root / "sweep.yaml").is_file():
-        lines.append(f"Runs: `perturbd sweep {root.name}/sweep.yaml` (resumable: finished runs are skipped).")
+        lines.append(f"Runs: `perturbd sweep {name}/sweep.yaml` (resumable: finished runs are skipped).")
     lines += [f"Code: {counted(commits)}.", f"Machine: {counted(machines)}."]
     return "\n".join(lines) + "\n\n"
 
