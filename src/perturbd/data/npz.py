@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -160,25 +161,18 @@ def split_from_arrays(arrays: dict[str, np.ndarray], name: str, where: str) -> D
     return make_split(name, x_train, y_train, x_test, y_test, classes)
 
 
-def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Array shapes from the ``.npy`` headers inside the archive, without reading the data."""
-    shapes = {}
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with zf.open(info) as fh:
-                version = np.lib.format.read_magic(fh)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shapes[info.filename[: -len(".npy")]] = read(fh)[0]
-    return shapes
+class _Member(NamedTuple):
+    """One ``.npy`` member of an archive as its header declares it."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    stored: int  # bytes the archive holds for its data (after the header)
 
 
-def _check_declared_sizes(path: Path) -> None:
-    """Every ``.npy`` member's size from its header, before any data is read: at most the bytes
-    the archive holds for it (a header that claims more is a lie or a truncation) and at most this
-    machine's memory (a compression bomb); a one-line :class:`DataError` otherwise."""
-    memory = memory_bytes()
+def _members(path: Path) -> list[_Member]:
+    """Every ``.npy`` member's declared shape and dtype, read from its header without the data."""
+    members = []
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
@@ -187,16 +181,29 @@ def _check_declared_sizes(path: Path) -> None:
                 version = np.lib.format.read_magic(fh)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(fh)
-                header = fh.tell()
-            key, size = info.filename[: -len(".npy")], int(np.prod(shape, dtype=object)) * dtype.itemsize
-            shown = "×".join(map(str, shape)) or "()"
-            if memory is not None and size > memory:
-                raise DataError(f"npz {path}: {key} ({shown} {dtype}) needs {size:,} bytes, more than this machine's memory ({memory:,})")
-            if not dtype.hasobject and size > info.file_size - header:
-                raise DataError(
-                    f"npz {path}: {key} declares {shown} {dtype} ({size:,} bytes) but holds {info.file_size - header:,}; "
-                    "the file is truncated or corrupt"
-                )
+                members.append(_Member(info.filename[: -len(".npy")], shape, dtype, info.file_size - fh.tell()))
+    return members
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Array shapes from the ``.npy`` headers inside the archive, without reading the data."""
+    return {m.key: m.shape for m in _members(path)}
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Every ``.npy`` member's size from its header, before any data is read: at most the bytes
+    the archive holds for it (a header that claims more is a lie or a truncation) and at most this
+    machine's memory (a compression bomb); a one-line :class:`DataError` otherwise."""
+    memory = memory_bytes()
+    for m in _members(path):
+        size = int(np.prod(m.shape, dtype=object)) * m.dtype.itemsize
+        shown = "×".join(map(str, m.shape)) or "()"
+        if memory is not None and size > memory:
+            raise DataError(f"npz {path}: {m.key} ({shown} {m.dtype}) needs {size:,} bytes, more than this machine's memory ({memory:,})")
+        if not m.dtype.hasobject and size > m.stored:
+            raise DataError(
+                f"npz {path}: {m.key} declares {shown} {m.dtype} ({size:,} bytes) but holds {m.stored:,}; the file is truncated or corrupt"
+            )
 
 
 def _status(req: SourceRequest) -> str:
