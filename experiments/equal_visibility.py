@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import DefenseSpec, ExperimentConfig, apply_overrides, read_yaml, validate
-from perturbd.errors import PerturbdError
+from perturbd.errors import exit_code
 from perturbd.evaluation.harness import run_defenses, write_defenses
 from perturbd.process import tune_process
 from perturbd.runs.folder import RunDir
@@ -388,12 +388,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def cli(argv: list[str] | None = None) -> int:
     """:func:`main`, with a user's mistake (a missing recipe, a bad ``--set``) as one line and exit code 2."""
-    try:
-        main(argv)
-    except PerturbdError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: main(argv))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.config import DefenseSpec, apply_overrides, read_yaml, validate
-from perturbd.errors import PerturbdError
+from perturbd.errors import exit_code
 from perturbd.process import tune_process
 from perturbd.runs.experiment import run
 from perturbd.runs.folder import RunDir
@@ -119,12 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> int:
     """:func:`main`, with a user's mistake as one line and exit code 2."""
-    try:
-        main(argv)
-    except PerturbdError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: main(argv))
 
 
 if __name__ == "__main__":
