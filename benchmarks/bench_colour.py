@@ -16,22 +16,34 @@ over the seeds); of those, the most accurate one whose mean training time is wit
 puts speed first. Which model perturbd's CPU recipe and ``auto`` take, and why, is in the
 README ("Speed").
 
+With ``--recipes`` it compares whole recipes instead (each a config file: model and ``train``
+section): for each recipe and seed one complete experiment of that config (its trigger and
+poison: ``configs/cifar10-cpu.yaml`` is a grid c = 10 at 1 %), trained from scratch in this
+process, one recipe after the other; per recipe the clean twin's training seconds and images
+per second, its clean accuracy, the backdoored model's clean accuracy and training seconds, the
+ASR and the clean-model ASR.
+
     python -m benchmarks.bench_colour --data-root DIR                       # cnn32, cnn32_small, fastnet32_small
     python -m benchmarks.bench_colour --data-root DIR --models cnn32 fastnet32_small --seeds 0 1
+    python -m benchmarks.bench_colour --data-root DIR --recipes configs/cifar10-cpu-fastnet.yaml configs/cifar10-cpu.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from benchmarks._common import Series, machine, parser, pick_device, print_table, write_result
 from perturbd.config import load_config
 from perturbd.metrics import clean_accuracy
 from perturbd.process import tune_process
-from perturbd.runs.experiment import preflight
+from perturbd.runs.experiment import preflight, run
+from perturbd.runs.folder import RunDir
 
 NAME = "bench_colour"
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +58,7 @@ def options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the config's)")
     p.add_argument("--slack", type=float, default=1.1, help="the pick: most accurate of the frontier within this factor of the fastest")
     p.add_argument("--tag", default=None, help="added to the result file's name (another epoch count or config)")
+    p.add_argument("--recipes", nargs="+", type=Path, default=None, help="config files: compare whole experiments of these recipes")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.seeds, args.epochs = args.models[:2], args.seeds[:1], 1
@@ -83,6 +96,65 @@ def train_once(args: argparse.Namespace, model_name: str, seed: int) -> dict[str
     }
 
 
+def experiment_once(args: argparse.Namespace, config: Path, seed: int) -> dict[str, float]:
+    """One whole experiment of ``config`` with ``seed``, everything trained here from scratch:
+    the clean twin's seconds, images/s and accuracy; the backdoored model's accuracy and seconds;
+    the ASR and the clean-model ASR."""
+    cfg = load_config(config, [s for s in overrides(args, "", seed) if not s.startswith("model.name=")])
+    tune_process(cfg.train.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(cfg, Path(tmp), force=True)  # no twin cache: both models are trained here
+        timing = RunDir(result.run_dir).timing()
+    m = result.metrics
+    prep_images = (m.poison_set_size // cfg.train.batch_size) * cfg.train.batch_size * cfg.train.epochs
+    out = {
+        "seconds": timing["train_clean"],
+        "images_per_s": prep_images / timing["train_clean"],
+        "clean_accuracy": m.clean_twin_accuracy,
+        "backdoored_accuracy": m.clean_accuracy,
+        "backdoored_seconds": timing["train_backdoored"],
+        "asr": m.attack_success_rate,
+        "clean_model_asr": m.clean_model_asr,
+        "epochs": cfg.train.epochs,
+        "train_images": m.poison_set_size,
+    }
+    print(
+        f"{config.name} seed {seed}: twin {out['seconds']:.1f} s, {out['images_per_s']:.0f} img/s, accuracy {out['clean_accuracy']:.2%}; "
+        f"backdoored {out['backdoored_accuracy']:.2%}, ASR {out['asr']:.2%} (clean model {out['clean_model_asr']:.2%})",
+        flush=True,
+    )
+    return out
+
+
+def compare_recipes(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """``--recipes``: one experiment per recipe and seed, side by side."""
+    keys = ("seconds", "images_per_s", "clean_accuracy", "backdoored_accuracy", "backdoored_seconds", "asr", "clean_model_asr")
+    series = {r.name: {k: Series(r.name, k) for k in keys} for r in args.recipes}
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            out = experiment_once(args, recipe, seed)
+            for k in keys:
+                series[recipe.name][k].values.append(out[k])
+            series[recipe.name]["seconds"].extra.update(epochs=out["epochs"], train_images=out["train_images"])
+    print_table(
+        f"{NAME}: whole experiments, seeds {args.seeds}, {device}",
+        ["recipe", "twin train s", "images/s", "twin accuracy", "backdoored accuracy", "ASR", "clean-model ASR"],
+        [
+            [
+                name,
+                s["seconds"].cell(1),
+                s["images_per_s"].cell(0),
+                " · ".join(f"{a:.2%}" for a in s["clean_accuracy"].values),
+                " · ".join(f"{a:.2%}" for a in s["backdoored_accuracy"].values),
+                " · ".join(f"{a:.2%}" for a in s["asr"].values),
+                " · ".join(f"{a:.2%}" for a in s["clean_model_asr"].values),
+            ]
+            for name, s in series.items()
+        ],
+    )  # fmt: skip
+    return {"recipes": {name: {k: v.as_json() for k, v in s.items()} for name, s in series.items()}}
+
+
 def frontier(means: dict[str, dict[str, float]]) -> list[str]:
     """The contestants no other one beats in both training time and accuracy."""
 
@@ -104,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.quick and args.data_root is None:
         raise SystemExit("bench_colour needs --data-root (the folder holding cifar10-jpeg), or --quick")
     device = pick_device(args.device)
+    if args.recipes:
+        payload = {"benchmark": NAME, "machine": machine(device), "args": vars(args), **compare_recipes(args, device)}
+        name = "-".join([NAME, "recipes", "synthetic" if args.quick else "cifar10-jpeg", device.type, *([args.tag] if args.tag else [])])
+        print(f"wrote {write_result(args.out, name, payload)}")
+        return payload
     seconds = {m: Series(m, "s") for m in args.models}
     accuracy = {m: Series(m, "accuracy") for m in args.models}
     speed = {m: Series(m, "images/s") for m in args.models}

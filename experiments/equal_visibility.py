@@ -38,7 +38,7 @@ The table goes to ``OUT/equal_visibility.md`` and ``.json``.
 
     python experiments/equal_visibility.py --data mnist --data-root /work/shared/datasets \\
         --seeds 0 1 2 --out runs/equal-visibility
-    python experiments/equal_visibility.py --data cifar10 --data-root DIR --recipe configs/cifar10-cpu.yaml ...
+    python experiments/equal_visibility.py --data cifar10 --data-root DIR --recipe configs/cifar10-cpu-fastnet.yaml ...
     python experiments/equal_visibility.py ... --table-only     # the table so far, training and defending nothing
 
 ``--data cifar10`` reads the CIFAR-10 JPEG folder ``DATA_ROOT/cifar10-jpeg`` (``imagefolder``).

@@ -41,7 +41,7 @@ def test_the_sweep_is_kinds_by_levels_by_rates_by_seeds(ev) -> None:
 
 
 def test_a_recipe_gives_every_run_its_model_and_training(ev, capsys) -> None:
-    recipe = ROOT / "configs" / "cifar10-cpu.yaml"
+    recipe = ROOT / "configs" / "cifar10-cpu-fastnet.yaml"
     base = ev.base_config(ev.options(["--data", "cifar10", "--data-root", "/data", "--recipe", str(recipe)]))
     assert base["model"] == {"name": "fastnet32_small"} and base["train"]["epochs"] == 15 and base["train"]["precision"] == "bf16"
     assert "trigger" not in base and base["poison"] == {"target": 0}  # the rows set the trigger, the axis the rate

@@ -11,7 +11,7 @@ import torch.nn as nn
 from perturbd.config import TrainConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
-from perturbd.train import fit, logits, lr_factor, predict, resolve_device, resolve_precision
+from perturbd.train import Lookahead, fit, logits, lr_factor, param_groups, predict, resolve_device, resolve_precision
 
 
 def _blobs(n: int = 400) -> ImageDataset:
@@ -117,3 +117,71 @@ def test_deterministic_training_switches_pytorch_to_deterministic_kernels_and_ba
     fit(a, _blobs(), TrainConfig(epochs=1, batch_size=50, device="cpu", deterministic=True), seed=0)
     fit(b, _blobs(), TrainConfig(epochs=1, batch_size=50, device="cpu"), seed=0)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())), "the same numbers on the CPU"
+
+
+def test_triangle_schedule_runs_from_a_fifth_to_the_peak_and_down_to_seven_hundredths() -> None:
+    factors = [lr_factor("triangle", s, 100, 0.23) for s in range(100)]
+    assert factors[0] == pytest.approx(0.2) and max(factors) == pytest.approx(1.0) and factors.index(max(factors)) == 23
+    assert factors[-1] == pytest.approx(1 - 0.93 * 76 / 77) and all(a > b for a, b in itertools.pairwise(factors[23:]))
+
+
+def test_norm_biases_take_a_scaled_lr_with_the_same_decay_per_step() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 2))
+    net[1].weight.requires_grad_(False)
+    cfg = TrainConfig(bias_lr_scale=64, weight_decay=1e-3)
+    fast, rest = param_groups(net, cfg, 0.5)
+    assert [id(p) for p in fast["params"]] == [id(net[1].bias)]
+    assert fast["lr"] == 32 and fast["lr"] * fast["weight_decay"] == pytest.approx(rest["lr"] * rest["weight_decay"])
+    assert all(p.requires_grad for p in rest["params"]) and len(rest["params"]) == 4  # conv w, b; linear w, b
+    assert len(param_groups(net, TrainConfig(), 0.5)) == 1
+
+
+def test_lookahead_pulls_weights_to_their_average_late_in_training() -> None:
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    la = Lookahead(net, total_steps=10)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    la.step(4)  # not a multiple of 5: nothing
+    assert float(net.weight.detach()) == 1.0
+    la.step(5)  # decay 0.95**5 * 0.5**3
+    d = 0.95**5 * 0.125
+    assert float(net.weight.detach()) == pytest.approx(1 - d) and float(la.average[0]) == pytest.approx(1 - d)
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    la.finish()  # the weights become the average, which does not move
+    assert float(net.weight.detach()) == pytest.approx(1 - d)
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import perturbd.train as train
+
+    n = 40
+    data = ImageDataset(torch.zeros(n, 1, 6, 6, dtype=torch.uint8), torch.arange(n), tuple(str(i) for i in range(n)), "ids")
+    cfg = TrainConfig(augment="shift_flip", epochs=4, batch_size=10, device="cpu", momentum=0)
+    flips_seen: list[torch.Tensor | None] = []
+    ids: list[torch.Tensor] = []
+
+    original = train.augment
+
+    def recording_augment(x: torch.Tensor, kind: str, gen: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+        flips_seen.append(flips)
+        return original(x, kind, gen, flips=flips)
+
+    monkeypatch.setattr(train, "augment", recording_augment)
+
+    def record_ids(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ids.append(y.clone())
+        return net(x).sum() * 0
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, n))
+    fit(net, data, cfg, seed=0, loss_fn=record_ids)
+    per_epoch = n // cfg.batch_size
+    state = torch.zeros(cfg.epochs, n, dtype=torch.bool)
+    for call, (f, y) in enumerate(zip(flips_seen, ids, strict=True)):
+        assert f is not None
+        state[call // per_epoch, y] = f
+    assert torch.equal(state[0], ~state[1]) and torch.equal(state[0], state[2]) and torch.equal(state[1], state[3])
+    assert 0 < int(state[0].sum()) < n  # a random half, not all or none

@@ -31,11 +31,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from perturbd.config import TrainConfig
-from perturbd.data.augment import augment, resolve_augment
+from perturbd.data.augment import alternating_flips, augment, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Images (the first of the training set) a model's ``init_from_data`` sees before training.
+INIT_IMAGES = 5000
 
 
 class Monitor(Protocol):
@@ -125,10 +128,67 @@ def kernel_choice(device: torch.device, deterministic: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig, lr: float) -> list[dict[str, object]]:
+    """The optimiser's parameter groups, each with its ``lr_scale`` (its lr is ``lr × lr_scale ×``
+    the schedule's factor).
+
+    With ``train.bias_lr_scale`` s ≠ 1 the biases of the normalisation layers form a group of their
+    own at lr × s and weight decay ÷ s, so their decay per step (lr × weight decay) is everyone
+    else's: a BatchNorm bias moves a whole channel's threshold and, with the weights' scale held
+    by the BatchNorm after them, takes a far larger step than a conv weight (Jordan's airbench
+    trains them at 64×). Frozen parameters (``requires_grad`` off) are left out.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.bias_lr_scale == 1.0:
+        return [{"params": params, "lr": lr, "weight_decay": cfg.weight_decay, "lr_scale": 1.0}]
+    norm_biases = {
+        id(m.bias)
+        for m in model.modules()
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) and m.bias is not None and m.bias.requires_grad
+    }
+    scale, decay = cfg.bias_lr_scale, cfg.weight_decay
+    return [
+        {"params": [p for p in params if id(p) in norm_biases], "lr": lr * scale, "weight_decay": decay / scale, "lr_scale": scale},
+        {"params": [p for p in params if id(p) not in norm_biases], "lr": lr, "weight_decay": decay, "lr_scale": 1.0},
+    ]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, lr)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+class Lookahead:
+    """airbench's Lookahead (after Zhang et al., 2019): every :attr:`EVERY` steps the weights and
+    the normalisation statistics move to a running average of themselves, ``avg ← avg + (1 −
+    d)(w − avg); w ← avg``, with ``d = 0.95⁵ · (step / steps)³`` — no averaging early on (``d``
+    ≈ 0), the average's memory growing towards the end of training. :meth:`finish` sets the
+    weights to the average. Averaging late weights cancels some of the noise of a short run's
+    large steps; it costs one pass over the weights every five steps."""
+
+    EVERY = 5
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self.total = total_steps
+        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.average = [t.detach().clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def step(self, step: int) -> None:
+        """After optimiser step number ``step`` (1-based)."""
+        if step % self.EVERY == 0:
+            self._pull(0.95**self.EVERY * (step / self.total) ** 3)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    def _pull(self, decay: float) -> None:
+        for avg, t in zip(self.average, self.tensors, strict=True):
+            avg.lerp_(t, 1.0 - decay)
+            t.copy_(avg)
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.0) -> float:
@@ -141,6 +201,8 @@ def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.0) -> floa
     in a SequentialLR): their factors are updated step by step and differ from it in the last
     bits (up to 1.8e-14 relative over 400 steps), which would change every trained model.
     """
+    if schedule == "triangle":
+        return triangle_factor(step, total, warmup)
     warm = int(warmup * total)
     if step < warm:
         return (step + 1) / warm
@@ -152,6 +214,15 @@ def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.0) -> floa
     if schedule == "step":
         return 0.1 ** (step * 3 // total)  # ÷10 at 1/3 and 2/3 of training
     return 1.0
+
+
+def triangle_factor(step: int, total: int, warmup: float) -> float:
+    """airbench's triangle: 0.2 at step 0, rising linearly to 1 at ``int(warmup × total)``, then
+    falling linearly to 0.07 at ``total`` (the steps run 0 … total − 1)."""
+    peak = int(warmup * total)
+    if step < peak:
+        return 0.2 + 0.8 * step / peak
+    return 1.0 - 0.93 * (step - peak) / max(1, total - peak)
 
 
 def fit(
@@ -199,6 +270,9 @@ def fit(
     net = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     images = data.images.to(device)
     labels = data.labels.to(device)
+    init_from_data = getattr(model, "init_from_data", None)
+    if callable(init_from_data):  # e.g. a whitening stem's statistics, before the first step
+        init_from_data(to_float01(images[:INIT_IMAGES]))
     aug = resolve_augment(cfg.augment, data.image_shape[0])
     # On CUDA the generator lives on the GPU: random draws need no host-device copy (and sync).
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
@@ -208,6 +282,8 @@ def fit(
     total = steps_per_epoch * epochs
     base_lr = lr or cfg.lr
     opt = make_optimizer(model, cfg, base_lr)
+    lookahead = Lookahead(model, total) if cfg.lookahead else None
+    flip_bits = alternating_flips(n, gen) if aug == "shift_flip" else None
     loss_of = loss_fn or _cross_entropy(cfg.label_smoothing)
     result = FitResult()
     monitor.start(description, total)
@@ -220,16 +296,19 @@ def fit(
             epoch_start = time.perf_counter()
             for b in range(steps_per_epoch):
                 idx = order[b * batch : (b + 1) * batch]
-                x = as_device_input(augment(to_float01(images[idx]), aug, gen), device)
+                flips = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
+                x = as_device_input(augment(to_float01(images[idx]), aug, gen, flips=flips), device)
                 with autocast(device, amp):
                     loss = loss_of(net, x, labels[idx])
                 for group in opt.param_groups:
-                    group["lr"] = base_lr * lr_factor(cfg.schedule, step, total, cfg.warmup)
+                    group["lr"] = base_lr * group["lr_scale"] * lr_factor(cfg.schedule, step, total, cfg.warmup)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 opt.step()
                 loss_sum += loss.detach()
                 step += 1
+                if lookahead is not None:
+                    lookahead.step(step)
                 monitor.step(batch)
             mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # the epoch's one host sync
             if not math.isfinite(mean_loss):
@@ -239,6 +318,8 @@ def fit(
             speed = steps_per_epoch * batch / max(1e-9, time.perf_counter() - epoch_start)
             result.losses.append(mean_loss)
             monitor.epoch(epoch + 1, mean_loss, speed)
+    if lookahead is not None:
+        lookahead.finish()
     result.seconds = time.perf_counter() - started
     result.images_per_s = total * batch / max(1e-9, result.seconds)
     monitor.stop()

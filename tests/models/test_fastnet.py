@@ -46,7 +46,8 @@ def test_identity_init_passes_channels_through() -> None:
 
 
 @pytest.mark.parametrize(
-    ("file", "model", "recipe"), [("cifar10-fastnet.yaml", "fastnet32", RECIPE), ("cifar10-cpu.yaml", "fastnet32_small", CPU_RECIPE)]
+    ("file", "model", "recipe"),
+    [("cifar10-fastnet.yaml", "fastnet32", RECIPE), ("cifar10-cpu-fastnet.yaml", "fastnet32_small", CPU_RECIPE)],
 )
 def test_recipe_is_a_valid_train_config_and_matches_the_yaml(file: str, model: str, recipe: dict) -> None:
     TrainConfig(**recipe)

@@ -151,10 +151,22 @@ class TrainConfig(Section):
     lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, lt=1)
-    schedule: Literal["cosine", "step", "constant", "linear"] = Field("cosine", description="lr decay after warm-up; linear: to 0")
+    schedule: Literal["cosine", "step", "constant", "linear", "triangle"] = Field(
+        "cosine", description="lr decay after warm-up; linear: to 0; triangle: 0.2 → 1 over the warm-up, then linearly to 0.07 (airbench's)"
+    )
     warmup: float = Field(0.0, ge=0, lt=1, description="fraction of the optimiser steps over which lr rises linearly to train.lr")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing ε (0: none)")
-    augment: Literal["auto", "none", "crop_flip", "crop"] = Field("auto", description="auto: crop+flip for colour, none for grey")
+    augment: Literal["auto", "none", "crop_flip", "crop", "shift_flip"] = Field(
+        "auto", description="auto: crop+flip for colour, none for grey; shift_flip: shift ≤ 2 px (mirrored borders) + alternating flip"
+    )
+    lookahead: bool = Field(
+        False,
+        description="every 5 steps the weights move to their running average (decay 0.95⁵·(step/steps)³); "
+        "the final weights are the average",
+    )
+    bias_lr_scale: float = Field(
+        1.0, gt=0, le=1000, description="lr multiplier of the normalisation layers' biases (their weight decay per step unchanged)"
+    )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     threads: int | None = Field(
         None,
@@ -166,6 +178,16 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model for training (pays a one-off compile time)")
     deterministic: bool = Field(False, description="PyTorch's deterministic algorithms (GPU runs repeat exactly; slower)")
+
+    @model_serializer(mode="wrap")
+    def _newer_keys_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Keys added after runs were committed are left out at their defaults, so an older
+        config keeps its hash (its run folder and clean twin)."""
+        out: dict[str, Any] = handler(self)
+        for key, default in (("lookahead", False), ("bias_lr_scale", 1.0)):
+            if out.get(key) == default:
+                out.pop(key, None)
+        return out
 
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

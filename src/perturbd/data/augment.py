@@ -14,10 +14,11 @@ def _draw(shape: tuple[int, ...], high: int, gen: torch.Generator, device: torch
     return torch.randint(0, high, shape, generator=gen, device=gen.device).to(device)
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad`` pixels and crop back at a random offset per image (a random translation)."""
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str = "constant") -> torch.Tensor:
+    """Pad by ``pad`` pixels (zeros, or ``mode="reflect"``: mirrored) and crop back at a random
+    offset per image (a random translation)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
     dy = _draw((n, 1), 2 * pad + 1, gen, x.device)
     dx = _draw((n, 1), 2 * pad + 1, gen, x.device)
     rows = (torch.arange(h, device=x.device) + dy)[:, None, :, None]
@@ -33,10 +34,25 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Apply ``kind``: ``none``, ``crop`` or ``crop_flip``."""
+def alternating_flips(n: int, gen: torch.Generator) -> torch.Tensor:
+    """The per-image bits of alternating flip (Jordan's airbench): image ``i`` is mirrored in
+    epoch ``e`` when ``bits[i] != (e is odd)``, so a random half is mirrored in even epochs and
+    the other half in odd ones. Every image is seen both ways every two epochs, where independent
+    coin flips leave a quarter of them unmirrored (or mirrored) for both."""
+    return torch.randint(0, 2, (n,), generator=gen, device=gen.device).bool()
+
+
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator, pad: int = 4, flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply ``kind``: ``none``, ``crop``, ``crop_flip``, or ``shift_flip`` (a random translation by
+    up to 2 pixels with mirrored borders, then mirror the images where ``flips`` is set: the
+    batch's slice of :func:`alternating_flips` for the epoch)."""
     if kind == "none":
         return x
+    if kind == "shift_flip":
+        if flips is None:
+            raise ValueError("augment 'shift_flip' needs the batch's flips (alternating_flips)")
+        x = random_crop(x, 2, gen, mode="reflect")
+        return torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     x = random_crop(x, pad, gen)
     return random_flip(x, gen) if kind == "crop_flip" else x
 

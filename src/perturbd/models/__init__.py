@@ -35,7 +35,7 @@ from perturbd.models.checkpoint import build_from_checkpoint, checkpoint_metadat
 from perturbd.models.external import ExternalModel, build_model, register_factory
 
 # Architectures register themselves on import.
-from perturbd.models import fastnet, lenet, preact_resnet, small, tv, vgg  # noqa: F401  isort: skip
+from perturbd.models import fastnet, lenet, preact_resnet, small, tv, vgg, whitenet  # noqa: F401  isort: skip
 
 __all__ = [
     "MODELS",

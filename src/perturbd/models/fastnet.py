@@ -32,7 +32,7 @@ command that checks it.
 
 ``fastnet32_small`` is the same design sized for a CPU: stem 24, block widths 32-128-128 (0.5 M
 parameters, 41 M multiply-accumulates per 32×32 image, a quarter of fastnet32's 152 M), trained
-by :data:`CPU_RECIPE` (also ``configs/cifar10-cpu.yaml``): batch 512, lr 0.4 (fastnet32's lr
+by :data:`CPU_RECIPE` (also ``configs/cifar10-cpu-fastnet.yaml``): batch 512, lr 0.4 (fastnet32's lr
 per image), 15 epochs, bf16 autocast, the rest as :data:`RECIPE`. Its training speed beside
 cnn32 and fastnet32 in fp32 and bf16 is measured by ``python -m benchmarks.bench_models``, the
 accuracy and wall time of a whole CIFAR-10 (JPEG) experiment by ``python -m benchmarks.bench_e2e
@@ -41,7 +41,7 @@ accuracy and wall time of a whole CIFAR-10 (JPEG) experiment by ``python -m benc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -102,15 +102,15 @@ def _identity_init(conv: nn.Conv2d) -> None:
         conv.weight[:k, k:].zero_()
 
 
-def _block(cin: int, cout: int, momentum: float) -> list[nn.Module]:
+def _block(cin: int, cout: int, momentum: float, norm: Callable[[int, float], nn.Module] = _bn) -> list[nn.Module]:
     """conv → maxpool → BN → GELU → conv → BN → GELU: halves the resolution."""
     return [
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         nn.MaxPool2d(2),
-        _bn(cout, momentum),
+        norm(cout, momentum),
         nn.GELU(),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        _bn(cout, momentum),
+        norm(cout, momentum),
         nn.GELU(),
     ]
 
