@@ -13,8 +13,9 @@ whole trainer and ``bench_e2e`` whole experiments.
 
 Beside it, the arithmetic ceiling: the floating-point operations of one training step per image
 (forward, backward and all, counted by ``torch.utils.flop_counter``), the machine's dense fp32
-matrix-multiply rate (``--peak-size``² matrices, best of the repeats: what the CPU's BLAS reaches at
-its best), and so the GFLOP/s each contestant reaches and its share of that rate. A training
+and bf16 matrix-multiply rates (``--peak-size``² matrices, best of the repeats: what the CPU's
+BLAS reaches at its best), and so the GFLOP/s each contestant reaches and its share of the fp32
+rate and of its own precision's rate. A training
 throughput that would need more than 100 % of it is out of this machine's reach for that model.
 
     python -m benchmarks.bench_models                      # 3×32×32: cnn32, fastnet32_small, fastnet32
@@ -75,10 +76,10 @@ def train_flops(name: str, shape: Sequence[int], batch: int = 16) -> float:
     return counter.get_total_flops() / batch
 
 
-def matmul_peak(size: int, repeat: int, device: torch.device) -> float:
-    """GFLOP/s of a dense fp32 ``size × size`` matrix product on ``device``, best of ``repeat``."""
+def matmul_peak(size: int, repeat: int, device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a dense ``size × size`` matrix product in ``dtype`` on ``device``, best of ``repeat``."""
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=gen).to(device) for _ in range(2))
+    a, b = (torch.randn(size, size, generator=gen).to(device, dtype) for _ in range(2))
     a @ b  # warm-up
     best = 0.0
     for _ in range(repeat):
@@ -135,14 +136,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for step, series in contestants.values():
             seconds, _ = timed(lambda: [step() for _ in range(args.steps)], device)
             series.values.append(args.steps * args.batch / seconds)
-    peak = matmul_peak(args.peak_size, max(args.repeat, 3), device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {p: matmul_peak(args.peak_size, max(args.repeat, 3), device, dtypes[p]) for p in ("fp32", "bf16")}
+    peak = peaks["fp32"]
     share = {s.name: s.mean * sizes[name]["train_flops"] / 1e9 / peak for (name, _), (_, s) in contestants.items()}
+    share_own = {s.name: s.mean * sizes[name]["train_flops"] / 1e9 / peaks[precision] for (name, precision), (_, s) in contestants.items()}
     print_table(
-        f"{NAME}: one training step, batch {args.batch}, {'×'.join(map(str, args.shape))}, {device}; fp32 matmul {peak:.1f} GFLOP/s",
-        ["model", "precision", "images/s (mean ± std)", "parameters", "MMAC / image", "MFLOP / image trained", "GFLOP/s", "of fp32 matmul"],
+        f"{NAME}: one training step, batch {args.batch}, {'×'.join(map(str, args.shape))}, {device}; "
+        f"matmul fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s",
+        ["model", "precision", "images/s (mean ± std)", "parameters", "MMAC / image", "MFLOP / image trained", "GFLOP/s",
+         "of fp32 matmul", "of its precision's matmul"],
         [
             [name, precision, s.cell(0), f"{sizes[name]['parameters']:,}", f"{sizes[name]['forward_macs'] / 1e6:.1f}",
-             f"{sizes[name]['train_flops'] / 1e6:.2f}", f"{s.mean * sizes[name]['train_flops'] / 1e9:.1f}", f"{share[s.name]:.0%}"]
+             f"{sizes[name]['train_flops'] / 1e6:.2f}", f"{s.mean * sizes[name]['train_flops'] / 1e9:.1f}", f"{share[s.name]:.0%}",
+             f"{share_own[s.name]:.0%}"]
             for (name, precision), (_, s) in contestants.items()
         ],
     )  # fmt: skip
@@ -153,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "images_per_s": {s.name: s.as_json() for _, s in contestants.values()},
         "sizes": sizes,
         "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_by_precision": peaks,
         "share_of_matmul_peak": share,
+        "share_of_own_precision_matmul_peak": share_own,
         "met": {},
     }
     name = "-".join([NAME, "x".join(map(str, args.shape)), device.type])
