@@ -139,6 +139,8 @@ class WhiteNet(Classifier):
                 _identity_init(layer)
         self.body = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.fc = ScaledLinear(cin, num_classes, 1 / 9)
+        # channels-last weights make oneDNN (CPU) and cuDNN run the convolutions channels-last
+        self.to(memory_format=torch.channels_last)
 
     def init_from_data(self, images: Tensor) -> None:
         """Fit the whitening stem to ``images`` (float in [0, 1]) unless it already is."""
