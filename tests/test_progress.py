@@ -131,3 +131,44 @@ def test_stage_over_counts_a_step_per_item_even_after_continue() -> None:
                 continue
             torch.zeros(1)
     assert lines[-1].startswith("classes: done, 4/4 steps")
+
+
+def _terminal_progress():
+    import io
+
+    from rich.console import Console
+
+    from perturbd.report.console import make_progress
+
+    return make_progress(Console(file=io.StringIO(), force_terminal=True, width=100))
+
+
+def test_on_a_terminal_inner_bars_go_when_done_and_the_outer_stays_full() -> None:
+    from perturbd.report.console import RichMonitor
+
+    progress = _terminal_progress()
+    monitor = RichMonitor(progress)
+    assert monitor.lines is None, "a terminal draws bars, not lines"
+    with progress, watching(monitor), stage("defenses", 2) as outer:
+        for name in ("strip", "neural_cleanse"):
+            with stage(name, 5) as inner:
+                inner.advance(5)
+                assert [t.description.strip() for t in progress.tasks] == ["defenses", name]
+            outer.advance()
+    (task,) = progress.tasks
+    assert task.description == "defenses" and task.completed == task.total == 2
+
+
+def test_a_sweep_reuses_one_bar_per_depth() -> None:
+    from perturbd.report.console import SweepMonitor
+
+    progress = _terminal_progress()
+    monitor = SweepMonitor(progress)
+    with progress, stage("sweep", 3, monitor) as runs:
+        for _ in range(3):
+            for model in ("clean twin", "backdoored"):
+                with stage(model, 4, monitor) as s:
+                    s.advance(4)
+            runs.advance()
+    assert [t.description.strip() for t in progress.tasks] == ["sweep", "backdoored"]
+    assert progress.tasks[0].completed == 3 and progress.tasks[1].completed == 4
