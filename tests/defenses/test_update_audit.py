@@ -95,10 +95,11 @@ def test_cli_audit_saves_by_default_and_shows_progress_when_piped(run_dir, tmp_p
     args = ["audit", str(run_dir / "clean_model.safetensors"), str(run_dir)]
     for p in ("n_clean=60", "nc_epochs=1", "nc_batch=4", "uap_steps=5", "uap_batch=8"):
         args += ["-p", p]
-    code, out, err = cli(*args)
+    code, _, err = cli(*args)
     assert code == 0, err
     saved = tmp_path / f"audit-{run_dir.name}" / "audit.json"
     assert json.loads(saved.read_text())["clean_images_used"] == 60 and f"wrote audit-{run_dir.name}" in err
-    for stage in ("update_audit: started, 4 steps", "update_audit 0/4 › neural_cleanse: started", "update_audit 2/4 › universal perturbations"):
+    stages = ("update_audit: started, 4 steps", "update_audit 0/4 › neural_cleanse: started", "update_audit 2/4 › universal perturbations")
+    for stage in stages:
         assert stage in err, err
     assert "update_audit: done, 4/4 steps" in err

@@ -43,6 +43,7 @@ from perturbd.provenance import code_identity
 from perturbd.runs.rundir import atomic_dir, write_json
 from perturbd.train import fit
 from perturbd.triggers import Trigger
+from perturbd.triggers.static import read_mask_file
 
 MODEL = "model.safetensors"
 RECORD = "train.json"
@@ -84,8 +85,6 @@ def read_trigger(path: Path) -> Trigger:
     """The trigger in ``path``: a ``.safetensors`` trigger (:meth:`Trigger.load`, any family) or a
     ``.npy`` mask δ in pixel units, ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)``, applied rounded to
     whole grey levels (as the image files of an export carry it)."""
-    from perturbd.triggers.static import read_mask_file
-
     path = check_trigger_file(path)
     if path.suffix.lower() == ".safetensors":
         return Trigger.load(path)
