@@ -97,3 +97,9 @@ def test_mistakes_exit_2_and_write_nothing(cli, exported, tmp_path, case) -> Non
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not out.exists() or [p.name for p in out.iterdir()] == ["mine.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_run_without_poison_names_the_command_that_trains_without(cli) -> None:
+    code, out, err = cli("run", "--set", "poison.rate=0")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not out, err
+    assert "poison.rate must be above 0" in err and "perturbd train FOLDER --trigger FILE --target T" in err
