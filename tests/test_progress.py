@@ -71,7 +71,7 @@ def test_the_active_monitor_is_set_for_a_block_and_restored() -> None:
         with stage("inner", 1) as s:
             s.advance()
     assert isinstance(current(), SilentMonitor)
-    assert lines[0] == "inner: started, 1 steps" and lines[-1].startswith("inner: done, 1/1 steps")
+    assert lines[0] == "inner: started, 1 step" and lines[-1].startswith("inner: done, 1/1 steps")
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(8.4, "8 s"), (125, "2 min 05 s"), (3780, "1 h 03 min"), (-1, "0 s")])

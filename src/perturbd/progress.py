@@ -176,7 +176,7 @@ class LineMonitor:
     def start(self, description: str, total_steps: int) -> None:
         now = self.clock()
         self.open.append(_Open(description, max(0, int(total_steps)), now))
-        self._write(f"{self._name()}: started, {total_steps:,} steps", now)
+        self._write(f"{self._name()}: started, {total_steps:,} step{'' if total_steps == 1 else 's'}", now)
 
     def step(self, images: int) -> None:
         if not self.open:
