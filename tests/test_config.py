@@ -73,7 +73,7 @@ def test_defenses_accept_names_and_mappings() -> None:
         (["poison.rat=0.1"], r"unknown config key 'poison.rat'; did you mean 'rate'\?"),
         (["trainn.epochs=1"], r"unknown config key 'trainn'; did you mean 'train'\?"),
         (["poison.rate=1.5"], r"config 'poison.rate': Input should be less than or equal to 1, got 1.5"),
-        (["poison.rate=0"], r"config 'poison.rate'"),
+        (["poison.rate=0"], r"poison.rate must be above 0 .*; to train a plain model .*: perturbd train FOLDER"),
         (["trigger.amplitude=-3"], r"config 'trigger.amplitude'"),
         (["trigger.amplitude=1000"], r"config 'trigger.amplitude'"),
         (["train.epochs=many"], r"config 'train.epochs'"),

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -34,27 +34,18 @@ from perturbd.config import TrainConfig
 from perturbd.data.augment import alternating_flips, augment, resolve_augment
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.progress import Monitor, SilentMonitor, current
+
+__all__ = [  # Monitor and SilentMonitor live in perturbd.progress and are re-exported here, where they were
+    "INIT_IMAGES", "FitResult", "Lookahead", "LossFn", "Monitor", "SilentMonitor", "as_device_input", "autocast", "fit",
+    "kernel_choice", "logits", "lr_factor", "make_optimizer", "param_groups", "predict", "resolve_device", "resolve_precision",
+    "triangle_factor",
+]  # fmt: skip
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Images (the first of the training set) a model's ``init_from_data`` sees before training.
 INIT_IMAGES = 5000
-
-
-class Monitor(Protocol):
-    """Receives training progress; the CLI shows it as a rich progress bar."""
-
-    def start(self, description: str, total_steps: int) -> None: ...
-    def step(self, images: int) -> None: ...
-    def epoch(self, epoch: int, loss: float, images_per_s: float) -> None: ...
-    def stop(self) -> None: ...
-
-
-class SilentMonitor:
-    def start(self, description: str, total_steps: int) -> None: ...
-    def step(self, images: int) -> None: ...
-    def epoch(self, epoch: int, loss: float, images_per_s: float) -> None: ...
-    def stop(self) -> None: ...
 
 
 @dataclass
@@ -256,10 +247,12 @@ def fit(
             default: cross-entropy with ``cfg.label_smoothing``. It runs under the autocast of
             ``cfg.precision``; the model is in training mode when it is called, and a loss
             that switches it (to eval, for an attack on the batch) switches it back.
+        monitor: where progress goes, a stage of one step per optimiser step (default: the active
+            monitor, :func:`perturbd.progress.current`; nothing shown when none is).
         description: what is trained, for the progress display and errors.
         lr_name: the setting that holds the learning rate, named when training diverges.
     """
-    monitor = monitor or SilentMonitor()
+    monitor = monitor if monitor is not None else current()
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
     epochs = epochs or cfg.epochs
@@ -289,40 +282,42 @@ def fit(
     monitor.start(description, total)
     started = time.perf_counter()
     step = 0
-    with kernel_choice(device, cfg.deterministic):
-        for epoch in range(epochs):
-            order = torch.randperm(n, generator=gen, device=gen.device).to(device)
-            loss_sum = torch.zeros((), device=device)
-            epoch_start = time.perf_counter()
-            for b in range(steps_per_epoch):
-                idx = order[b * batch : (b + 1) * batch]
-                flips = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
-                x = as_device_input(augment(to_float01(images[idx]), aug, gen, flips=flips), device)
-                with autocast(device, amp):
-                    loss = loss_of(net, x, labels[idx])
-                for group in opt.param_groups:
-                    group["lr"] = base_lr * group["lr_scale"] * lr_factor(cfg.schedule, step, total, cfg.warmup)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-                opt.step()
-                loss_sum += loss.detach()
-                step += 1
-                if lookahead is not None:
-                    lookahead.step(step)
-                monitor.step(batch)
-            mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # the epoch's one host sync
-            if not math.isfinite(mean_loss):
-                raise ConfigError(
-                    f"training ({description}) diverged (loss {mean_loss}) at epoch {epoch + 1}; lower {lr_name} (now {base_lr})"
-                )
-            speed = steps_per_epoch * batch / max(1e-9, time.perf_counter() - epoch_start)
-            result.losses.append(mean_loss)
-            monitor.epoch(epoch + 1, mean_loss, speed)
-    if lookahead is not None:
-        lookahead.finish()
+    try:
+        with kernel_choice(device, cfg.deterministic):
+            for epoch in range(epochs):
+                order = torch.randperm(n, generator=gen, device=gen.device).to(device)
+                loss_sum = torch.zeros((), device=device)
+                epoch_start = time.perf_counter()
+                for b in range(steps_per_epoch):
+                    idx = order[b * batch : (b + 1) * batch]
+                    flips = None if flip_bits is None else flip_bits[idx] ^ bool(epoch % 2)
+                    x = as_device_input(augment(to_float01(images[idx]), aug, gen, flips=flips), device)
+                    with autocast(device, amp):
+                        loss = loss_of(net, x, labels[idx])
+                    for group in opt.param_groups:
+                        group["lr"] = base_lr * group["lr_scale"] * lr_factor(cfg.schedule, step, total, cfg.warmup)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+                    opt.step()
+                    loss_sum += loss.detach()
+                    step += 1
+                    if lookahead is not None:
+                        lookahead.step(step)
+                    monitor.step(batch)
+                mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # the epoch's one host sync
+                if not math.isfinite(mean_loss):
+                    raise ConfigError(
+                        f"training ({description}) diverged (loss {mean_loss}) at epoch {epoch + 1}; lower {lr_name} (now {base_lr})"
+                    )
+                speed = steps_per_epoch * batch / max(1e-9, time.perf_counter() - epoch_start)
+                result.losses.append(mean_loss)
+                monitor.epoch(epoch + 1, mean_loss, speed)
+        if lookahead is not None:
+            lookahead.finish()
+    finally:
+        monitor.stop()  # also when training fails: the monitor's stages stay nested
     result.seconds = time.perf_counter() - started
     result.images_per_s = total * batch / max(1e-9, result.seconds)
-    monitor.stop()
     model.eval()
     return result
 

@@ -86,3 +86,20 @@ def test_neural_cleanse_defaults_are_neural_cleanses_own() -> None:
     audit, nc = UpdateAudit(), NeuralCleanse()
     assert (audit.nc_epochs, audit.nc_batch) == (nc.epochs, nc.batch_size) == (1000, 32)
     assert audit.n_clean // 2 == nc.epoch_images, "the half that runs Neural Cleanse is one of its epochs (the reference's NB_SAMPLE)"
+
+
+def test_cli_audit_saves_by_default_and_shows_progress_when_piped(run_dir, tmp_path, monkeypatch, cli) -> None:
+    """Without -o the work goes to ./audit-<new> (as defend's to ./defend-<model>); piped, each
+    stage (the audit's four parts, Neural Cleanse, the universal perturbations) says when it starts and ends."""
+    monkeypatch.chdir(tmp_path)
+    args = ["audit", str(run_dir / "clean_model.safetensors"), str(run_dir)]
+    for p in ("n_clean=60", "nc_epochs=1", "nc_batch=4", "uap_steps=5", "uap_batch=8"):
+        args += ["-p", p]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    saved = tmp_path / f"audit-{run_dir.name}" / "audit.json"
+    assert json.loads(saved.read_text())["clean_images_used"] == 60 and f"wrote audit-{run_dir.name}" in err
+    stages = ("update_audit: started, 4 steps", "update_audit 0/4 › neural_cleanse: started", "update_audit 2/4 › universal perturbations")
+    for stage in stages:
+        assert stage in err, err
+    assert "update_audit: done, 4/4 steps" in err

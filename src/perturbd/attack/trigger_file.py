@@ -14,6 +14,7 @@ from perturbd.config import ExperimentConfig
 from perturbd.data import load_data
 from perturbd.errors import ConfigError
 from perturbd.poisoning import check_target
+from perturbd.progress import watching
 from perturbd.report.figures import trigger_png
 from perturbd.runs.rundir import write_json
 from perturbd.runs.twins import TwinStore
@@ -23,7 +24,8 @@ from perturbd.train import Monitor, resolve_device
 def make_trigger(cfg: ExperimentConfig, monitor: Monitor | None = None, output: Path | None = None) -> AttackPlan:
     """Build the trigger of ``cfg`` as the adversary would (training or loading only its own model).
 
-    ``output`` is checked first, so a bad file name fails before any training.
+    ``output`` is checked first, so a bad file name fails before any training. ``monitor``: where
+    the progress of the adversary's training and of the mask goes (default: the active one).
     """
     if output is not None and Path(output).suffix != ".safetensors":
         raise ConfigError(f"the trigger file must end in .safetensors, got '{output}'; e.g. -o mask.safetensors")
@@ -31,7 +33,8 @@ def make_trigger(cfg: ExperimentConfig, monitor: Monitor | None = None, output: 
     split = load_data(cfg.data, cfg.seed)
     check_target(cfg.poison, split.train.num_classes)
     part = partition(cfg, split.train.labels, split.train.num_classes)
-    return plan_attack(cfg, split, part, device, TwinStore(monitor=monitor), monitor)
+    with watching(monitor):  # the mask's passes report where the adversary's training does
+        return plan_attack(cfg, split, part, device, TwinStore(monitor=monitor), monitor)
 
 
 def write_trigger(plan: AttackPlan, output: Path, samples: torch.Tensor | None = None) -> list[Path]:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
 from perturbd.errors import ConfigError
-from perturbd.report.console import defense_table
+from perturbd.report.console import RichMonitor, defense_table, make_progress
 
 ArchOpt = Annotated[
     Optional[str],
@@ -68,6 +68,7 @@ def defend(
     from perturbd.config import DefenseSpec
     from perturbd.evaluation.harness import run_defenses, write_defenses
     from perturbd.malloc import tune_malloc
+    from perturbd.progress import watching
     from perturbd.runs.folder import RunDir
     from perturbd.runs.rundir import check_output, user_os_errors
     from perturbd.runs.saved import load_inputs
@@ -85,7 +86,8 @@ def defend(
         trust_code=trust_code,
         sources=source or None,
     )
-    reports = run_defenses(specs, inputs, log=lambda m: console.print(f"[dim]{escape(m)}"))
+    with make_progress(console) as progress, watching(RichMonitor(progress)):
+        reports = run_defenses(specs, inputs, log=lambda m: progress.console.print(f"[dim]{escape(m)}"))
     with user_os_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
         write_defenses(folder, reports, inputs.clean_source)
@@ -111,31 +113,37 @@ def audit(
     new: Annotated[Path, typer.Argument(help="model after the update: a model file or run directory")],
     data: Annotated[Optional[str], typer.Option("--data", help="clean data the models classify (default: NEW's run config)")] = None,
     params: ParamOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for audit.json and figures")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="folder for audit.json and figures (default: ./audit-<new>)")] = None,
     data_root: DataRootOpt = None,
     arch: ArchOpt = None,
     features: FeaturesOpt = None,
     sets: ModelSetOpt = None,
     trust_code: TrustCodeOpt = False,
 ) -> None:
-    """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake)."""
+    """Audit an update: a verdict per label (exit 0 either way; 2 for a user mistake). Its
+    audit.json and figures are saved in --out (default: ./audit-<new>)."""
     from perturbd.defenses.base import seed_from_run
     from perturbd.defenses.update_audit import NO_CHANGE, UpdateAudit
     from perturbd.malloc import tune_malloc
+    from perturbd.progress import watching
     from perturbd.runs.rundir import check_output, user_os_errors, write_json
     from perturbd.runs.saved import load_inputs, load_model, locate
 
     auditor = UpdateAudit(**params_of(params))
-    if out is not None:
-        check_output(out, "--out")
+    folder = check_output(out or Path(f"audit-{new.stem if new.is_file() else new.name}"), "--out")
     spec = model_options(arch, features, sets)
     before = locate(old, trust_code=trust_code, model=spec)  # both models' files are checked before anything loads
     tune_malloc()
     inputs = load_inputs(new, data=data, data_root=data_root, model=spec, trust_code=trust_code)
     old_model = load_model(before, inputs.clean, spec)
     seed_from_run(auditor, inputs.seed)
-    with console.status("auditing the update (Neural Cleanse and universal perturbations on both models)"):
+    with make_progress(console) as progress, watching(RichMonitor(progress)):
         result = auditor.fit(inputs.model, inputs.clean, before=old_model)
+    with user_os_errors(folder):  # saved before anything is printed: the work is kept even if the output is cut
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "audit.json", result.to_json())
+        for filename, draw in result.figures().items():
+            draw(folder / filename)
     t = Table(title=escape(f"perturbd audit · {old} → {new}"), header_style="bold")
     for col in ("label", "verdict", "NC index old → new", "mask L1 old → new", "UAP fooling old → new"):
         t.add_column(col)
@@ -151,9 +159,4 @@ def audit(
     out_console.print(
         f"suspicious labels: {result.suspicious_labels_ or 'none'} ({result.clean_used_} clean images, {result.seconds_:.1f} s)"
     )
-    if out is not None:
-        with user_os_errors(out):
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "audit.json", result.to_json())
-            for filename, draw in result.figures().items():
-                draw(out / filename)
+    console.print(escape(f"wrote {folder / 'audit.json'}"), highlight=False)

@@ -12,6 +12,7 @@ from rich.table import Table
 from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, TrustCodeOpt, app, console, out_console, overrides, with_tensorboard
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
+from perturbd.progress import stage, watching
 from perturbd.report.aggregate import report_root
 from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, make_progress, pct, summary_table
 from perturbd.runs.rundir import run_dir_for
@@ -176,12 +177,13 @@ def sweep(
                 markup=False,
             )
         return
-    with make_progress(console) as progress, with_tensorboard(SweepMonitor(progress), tensorboard) as monitor:
-        overall = progress.add_task("sweep", total=len(sw.runs), completed=len(st.done), info="")
+    progress = make_progress(console)
+    bars = SweepMonitor(progress)  # the sweep's bar, and below it the bars of the runs trained in this process
+    with progress, with_tensorboard(bars, tensorboard) as monitor, watching(monitor), stage("sweep", st.todo, monitor) as overall:
         in_process = sw.spec.executor == "local"
 
         def on_done(o: Any) -> None:
-            progress.advance(overall)
+            overall.advance()
             if o.ok:
                 m = o.metrics
                 progress.console.print(
@@ -193,7 +195,7 @@ def sweep(
                 progress.console.print(f"[red]✗[/] {escape(f'{o.cfg.run_name}-{o.cfg.hash()}: {o.error}')}", highlight=False)
 
         def on_start(cfg: Any) -> None:
-            progress.update(overall, info=escape(f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}"))
+            bars.note(f"{cfg.run_name}-{cfg.hash()} seed {cfg.seed}")
             if tensorboard is not None:
                 monitor.run = run_dir_for(cfg, sw.out).name
 

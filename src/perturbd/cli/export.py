@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from perturbd.cli.app import TrustCodeOpt, app, console, out_console
 
@@ -26,9 +25,11 @@ def export(
 ) -> None:
     """Write a run's training set as trained on (poison included) and its test set as PNG class
     folders, with manifest.csv and the trigger; `data.name=imagefolder:DIR` reads them back."""
+    from perturbd.progress import watching
+    from perturbd.report.console import RichMonitor, make_progress
     from perturbd.runs.export import export_run
 
-    with console.status(escape(f"exporting {run_dir}")):
+    with make_progress(console) as progress, watching(RichMonitor(progress)):
         done = export_run(run_dir, to, trust_code=trust_code)
     out_console.print(
         f"wrote {done.folder}: {done.train:,} training images ({done.poisoned:,} poisoned), {done.test:,} test images, "

@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
 from perturbd.knowledge import KNOWLEDGE, check_knowledge
 from perturbd.limits import MAX_CLASSES
@@ -106,6 +107,18 @@ class PoisonConfig(Section):
         description="dirty: relabel poisoned images of other classes to the target; "
         "clean_label: poison target-class images only, labels kept",
     )
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _poisons(cls, value: object) -> object:
+        """A rate of 0 is not a run; the line names the command that trains without poison."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise PydanticCustomError(
+                "one_line",
+                "poison.rate must be above 0 (a run poisons its training set), got 0; to train a plain model on a folder "
+                "(an export) and measure a trigger: perturbd train FOLDER --trigger FILE --target T",
+            )
+        return value
 
 
 class AttackConfig(Section):

@@ -40,6 +40,7 @@ from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, DefenseParams, penultimate, register_defense, require_features
+from perturbd.progress import stage
 
 
 @register_defense
@@ -72,33 +73,34 @@ class ActivationClustering(Defense):
         scores = np.zeros(len(data))
         flagged = np.zeros(len(data), dtype=bool)
         self.class_report_: dict[int, dict[str, float]] = {}
-        for c in range(data.num_classes):
-            idx = np.flatnonzero(data.labels.numpy() == c)
-            if len(idx) < 4:
-                continue
-            x = feats[idx] - feats[idx].mean(0)
-            dims = max(1, min(self.components, x.shape[1], len(idx) - 1))
-            with warnings.catch_warnings(), threadpool_limits(1):  # tiny problems: threads only contend
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                reducer = FastICA(dims, random_state=seed, max_iter=400) if self.reduction == "ica" else PCA(dims, random_state=seed)
-                z = reducer.fit_transform(x)
-                km = KMeans(2, n_init=4, random_state=seed).fit(z)
-            assign = km.labels_
-            sizes = np.bincount(assign, minlength=2)
-            if sizes.min() == 0:
-                continue
-            small = int(np.argmin(sizes))
-            share = sizes[small] / len(idx)
-            with threadpool_limits(1):
-                sil = float(silhouette_score(z, assign, sample_size=min(len(idx), 2000), random_state=seed))
-            dist = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
-            margin = dist[:, 1 - small] - dist[:, small]
-            spread = margin.std() or 1.0
-            scores[idx] = max(sil, 0.0) * (1 - share) * np.tanh(margin / spread)
-            poisoned = share <= self.size_threshold and sil >= self.silhouette_threshold
-            if poisoned:
-                flagged[idx[assign == small]] = True
-            self.class_report_[c] = {"small_share": float(share), "silhouette": sil, "flagged": bool(poisoned)}
+        with stage(f"{self.name} classes", data.num_classes) as progress:
+            for c in progress.over(range(data.num_classes)):
+                idx = np.flatnonzero(data.labels.numpy() == c)
+                if len(idx) < 4:
+                    continue
+                x = feats[idx] - feats[idx].mean(0)
+                dims = max(1, min(self.components, x.shape[1], len(idx) - 1))
+                with warnings.catch_warnings(), threadpool_limits(1):  # tiny problems: threads only contend
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    reducer = FastICA(dims, random_state=seed, max_iter=400) if self.reduction == "ica" else PCA(dims, random_state=seed)
+                    z = reducer.fit_transform(x)
+                    km = KMeans(2, n_init=4, random_state=seed).fit(z)
+                assign = km.labels_
+                sizes = np.bincount(assign, minlength=2)
+                if sizes.min() == 0:
+                    continue
+                small = int(np.argmin(sizes))
+                share = sizes[small] / len(idx)
+                with threadpool_limits(1):
+                    sil = float(silhouette_score(z, assign, sample_size=min(len(idx), 2000), random_state=seed))
+                dist = np.linalg.norm(z[:, None, :] - km.cluster_centers_[None], axis=2)
+                margin = dist[:, 1 - small] - dist[:, small]
+                spread = margin.std() or 1.0
+                scores[idx] = max(sil, 0.0) * (1 - share) * np.tanh(margin / spread)
+                poisoned = share <= self.size_threshold and sil >= self.silhouette_threshold
+                if poisoned:
+                    flagged[idx[assign == small]] = True
+                self.class_report_[c] = {"small_share": float(share), "silhouette": sil, "flagged": bool(poisoned)}
         self.scores_ = torch.from_numpy(scores).float()
         self.flagged_ = torch.from_numpy(flagged)
         return self

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.models import model_device
+from perturbd.progress import stage
 from perturbd.registry import Registry, suggest
 from perturbd.seeding import derived_seed
 
@@ -257,12 +258,15 @@ def require_features(model: nn.Module, defense: str) -> None:
 
 @torch.no_grad()
 def penultimate(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``model.features`` of uint8 or float [0, 1] images, float32 ``(N, D)`` on the CPU (eval mode)."""
+    """``model.features`` of uint8 or float [0, 1] images, float32 ``(N, D)`` on the CPU (eval mode);
+    progress to the active monitor, one step per batch."""
     device = model_device(model)
     model.eval()
     # nn.Module.__getattr__ is typed Tensor | Module; ``features`` is a method (see require_features)
     features = cast(Callable[[torch.Tensor], torch.Tensor], model.features)
-    outs = [features(to_float01(images[i : i + batch_size].to(device))).flatten(1).float().cpu() for i in range(0, len(images), batch_size)]
+    with stage("features", -(-len(images) // batch_size)) as progress:
+        starts = progress.over(range(0, len(images), batch_size))
+        outs = [features(to_float01(images[i : i + batch_size].to(device))).flatten(1).float().cpu() for i in starts]
     return torch.cat(outs) if outs else torch.empty(0)
 
 

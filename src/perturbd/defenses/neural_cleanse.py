@@ -67,6 +67,7 @@ from perturbd.defenses.base import Defense, DefenseParams, Figures, register_def
 from perturbd.defenses.nc_figures import mask_norms_png, recovered_trigger_png
 from perturbd.defenses.nc_schedule import CostSchedule
 from perturbd.models import frozen, model_device
+from perturbd.progress import stage
 from perturbd.seeding import derived_seed
 
 EPS = 1e-7  # Keras' K.epsilon(): the tanh squashing and Adam's denominator in the reference
@@ -143,6 +144,7 @@ def reverse_triggers(
     early_stop_threshold: float,
     early_stop_patience: int,
     seed: int,
+    description: str = "neural_cleanse",
 ) -> dict[str, torch.Tensor]:
     """Reverse-engineer one trigger per label in ``labels``, all in one batch (module docstring).
 
@@ -155,6 +157,8 @@ def reverse_triggers(
         seed: the order of the clean images comes from one generator seeded here, and each
             label's initial mask and pattern from ``seed`` and the label, so any grouping of
             labels gives the same result.
+        description: the progress stage's name: one step per label and epoch goes to the active
+            monitor (:func:`perturbd.progress.stage`); a label that stops early skips its rest.
 
     Returns: ``masks`` ``(K, H, W)``, ``patterns`` ``(K, C, H, W)``, ``norms`` ``(K,)`` (mask L1),
     ``reached`` ``(K,)`` bool, ``success`` ``(K,)`` (mean attack accuracy of the kept result's
@@ -178,8 +182,8 @@ def reverse_triggers(
     batch = min(batch_size, len(images))
     steps = epoch_steps(len(images), batch, epoch_images)
     batches = flow(len(images), batch, torch.Generator().manual_seed(seed))
-    with frozen(model):
-        for _ in range(epochs):
+    with frozen(model), stage(description, k * epochs) as progress:  # one step per label and epoch
+        for epoch in range(epochs):
             cost = sched.cost[alive].float().to(device)
             tgt = target[alive.to(device)]
             acc_sum = torch.zeros(len(alive), device=device)
@@ -203,7 +207,9 @@ def reverse_triggers(
             best_acc[alive[improved]] = acc[improved]
             last_acc[alive] = acc
             final_mask[alive.to(device)], final_pattern[alive.to(device)] = mask, pattern
+            progress.advance(len(alive), images=len(alive) * steps * batch)
             if bool(stop.any()):
+                progress.advance(int(stop.sum()) * (epochs - epoch - 1))  # the epochs a label that stops skips
                 alive = alive[~stop]
                 adam.keep((~stop).nonzero().flatten().to(device))
             if not len(alive):
@@ -287,7 +293,11 @@ class NeuralCleanse(Defense):
         if self.mode == "batched":
             res = reverse_triggers(model, clean.images, labels, **kw)
         else:
-            parts = [reverse_triggers(model, clean.images, [lab], **kw) for lab in labels]
+            parts = []
+            with stage(f"{self.name} labels", len(labels)) as progress:
+                for lab in labels:
+                    parts.append(reverse_triggers(model, clean.images, [lab], **kw, description=f"{self.name} label {lab}"))
+                    progress.advance()
             res = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         self.seconds_ = time.perf_counter() - started
         self.masks_, self.patterns_, self.norms_ = res["masks"], res["patterns"], res["norms"]

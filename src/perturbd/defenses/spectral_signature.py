@@ -45,6 +45,7 @@ from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, DefenseParams, penultimate, register_defense, require_features
+from perturbd.progress import stage
 
 
 @register_defense
@@ -74,15 +75,16 @@ class SpectralSignature(Defense):
         feats = penultimate(model, data.images, self.batch_size).double()
         scores = torch.zeros(len(data), dtype=torch.float64)
         flagged = torch.zeros(len(data), dtype=torch.bool)
-        for c in range(data.num_classes):
-            idx = torch.nonzero(data.labels == c).flatten()
-            if len(idx) < 2:
-                continue
-            s = class_scores(feats[idx], self.components, self.scoring)
-            scores[idx] = s / s.median().clamp_min(1e-12)
-            remove = min(len(idx), int(self.multiplier * self.epsilon * len(idx)))
-            if remove:
-                flagged[idx[torch.topk(s, remove).indices]] = True
+        with stage(f"{self.name} classes", data.num_classes) as progress:
+            for c in progress.over(range(data.num_classes)):
+                idx = torch.nonzero(data.labels == c).flatten()
+                if len(idx) < 2:
+                    continue
+                s = class_scores(feats[idx], self.components, self.scoring)
+                scores[idx] = s / s.median().clamp_min(1e-12)
+                remove = min(len(idx), int(self.multiplier * self.epsilon * len(idx)))
+                if remove:
+                    flagged[idx[torch.topk(s, remove).indices]] = True
         self.scores_ = scores.float()
         self.flagged_ = flagged
         return self

@@ -47,6 +47,7 @@ from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.defenses.base import Defense, DefenseParams, register_defense
 from perturbd.errors import ConfigError
 from perturbd.models import model_device
+from perturbd.progress import stage
 
 
 def normal_quantile(values: torch.Tensor, q: float) -> float:
@@ -120,13 +121,15 @@ class Strip(Defense):
         self.screened_model_.eval()
         out = []
         per = max(1, self.batch_size // self.overlays)
-        for i in range(0, len(images), per):
-            x = to_float01(images[i : i + per].to(device))
-            pick = torch.randint(0, len(pool), (len(x), self.overlays), generator=gen).to(device)
-            blend = self.superimpose(x[:, None], pool[pick])
-            p = self.screened_model_(blend.flatten(0, 1)).float().softmax(1)
-            h = -(p * p.clamp_min(1e-12).log2()).sum(1).view(len(x), self.overlays).sum(1) / self.overlays
-            out.append(h.cpu())
+        with stage(f"{self.name} entropy", -(-len(images) // per)) as progress:  # one step per forward pass of blends
+            for i in range(0, len(images), per):
+                x = to_float01(images[i : i + per].to(device))
+                pick = torch.randint(0, len(pool), (len(x), self.overlays), generator=gen).to(device)
+                blend = self.superimpose(x[:, None], pool[pick])
+                p = self.screened_model_(blend.flatten(0, 1)).float().softmax(1)
+                h = -(p * p.clamp_min(1e-12).log2()).sum(1).view(len(x), self.overlays).sum(1) / self.overlays
+                out.append(h.cpu())
+                progress.advance(images=len(x) * self.overlays)
         return torch.cat(out) if out else torch.empty(0)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from perturbd.defenses.base import Defense, DefenseParams, Figures, register_def
 from perturbd.defenses.nc_figures import recovered_trigger_png
 from perturbd.defenses.neural_cleanse import NeuralCleanse
 from perturbd.errors import ConfigError
+from perturbd.progress import stage
 from perturbd.triggers.adaptive import target_rates, targeted_uaps
 
 NO_CHANGE = "no change"
@@ -92,6 +93,9 @@ class UpdateAudit(Defense):
                 first half computes the universal perturbations and runs Neural Cleanse, the
                 second half measures fooling rates).
             before: the model before the update (OLD).
+
+        Progress goes to the active monitor (:mod:`perturbd.progress`): a stage of four steps
+        (Neural Cleanse on OLD and NEW, universal perturbations on OLD and NEW), theirs inside.
         """
         _check_pair(before, model, data)
         started = time.perf_counter()
@@ -105,11 +109,16 @@ class UpdateAudit(Defense):
         nc_kw = dict(
             epochs=self.nc_epochs, batch_size=self.nc_batch, anomaly_threshold=self.anomaly_threshold, n_clean=len(fit_part), seed=seed
         )
-        nc_old = NeuralCleanse(**nc_kw).fit(before, fit_part)
-        self.nc_ = NeuralCleanse(**nc_kw).fit(model, fit_part)
         uap_kw = dict(epsilon=self.epsilon, steps=self.uap_steps, batch_size=self.uap_batch, seed=seed)
-        fool_old = target_rates(before, measure, targeted_uaps(before, fit_part.images, labels, **uap_kw))
-        fool_new = target_rates(model, measure, targeted_uaps(model, fit_part.images, labels, **uap_kw))
+        with stage(self.name, 4) as progress:
+            nc_old = NeuralCleanse(**nc_kw).fit(before, fit_part)
+            progress.advance()
+            self.nc_ = NeuralCleanse(**nc_kw).fit(model, fit_part)
+            progress.advance()
+            fool_old = target_rates(before, measure, targeted_uaps(before, fit_part.images, labels, **uap_kw))
+            progress.advance()
+            fool_new = target_rates(model, measure, targeted_uaps(model, fit_part.images, labels, **uap_kw))
+            progress.advance()
         self.rows_ = [self._row(t, nc_old, fool_old[t], fool_new[t]) for t in labels]
         self.scores_ = torch.tensor([r["fooling_rise"] for r in self.rows_], dtype=torch.float32)
         self.flagged_ = torch.tensor([r["verdict"] != NO_CHANGE for r in self.rows_], dtype=torch.bool)

@@ -26,7 +26,7 @@ from perturbd.defenses.base import Defense, Figures, build_defense, seed_from_ru
 from perturbd.errors import ConfigError
 from perturbd.evaluation.inputs import DefenseInputs
 from perturbd.evaluation.kinds import kind_of
-from perturbd.progress import Log
+from perturbd.progress import Log, stage
 from perturbd.provenance import code_identity
 from perturbd.runs.folder import RunDir
 
@@ -72,7 +72,8 @@ def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 
 
 def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
     """Build every defence and find its kind first (so a bad parameter or kind fails before any
-    work), then run each. Each report is named by its spec's :attr:`~DefenseSpec.report_name`
+    work), then run each: a progress stage of one step per defence on the active monitor
+    (:mod:`perturbd.progress`; each defence's own stages inside it). Each report is named by its spec's :attr:`~DefenseSpec.report_name`
     (a labelled variant under its label: :func:`labelled`); two specs of one name are a ConfigError."""
     problem = repeated_report_name(specs)
     if problem is not None:
@@ -81,11 +82,12 @@ def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | Non
     for d in defenses:
         kind_of(d)
     reports = []
-    for spec, d in zip(specs, defenses, strict=True):
-        report = labelled(evaluate_defense(d, inp, eval_limit=eval_limit), spec.report_name)
-        if log:
-            log(f"defense {report.name}: {report.cell['text']} ({report.seconds:.1f} s)")
-        reports.append(report)
+    with stage("defenses", len(specs)) as progress:
+        for spec, d in progress.over(zip(specs, defenses, strict=True)):
+            report = labelled(evaluate_defense(d, inp, eval_limit=eval_limit), spec.report_name)
+            if log:
+                log(f"defense {report.name}: {report.cell['text']} ({report.seconds:.1f} s)")
+            reports.append(report)
     return reports
 
 

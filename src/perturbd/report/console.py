@@ -8,9 +8,10 @@ from typing import Any
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from perturbd.progress import LineMonitor
 from perturbd.report.aggregate import TABLE_METRICS, cell
 from perturbd.runs.results import METRICS, RunMetrics, pct
 
@@ -18,36 +19,71 @@ __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "
 
 
 class RichMonitor:
-    """Training progress as a rich bar: steps, epoch, loss and images per second. Where the
-    display is off (not a terminal: see :func:`make_progress`), one line per epoch instead."""
+    """Progress as rich bars, one per stage (:class:`~perturbd.progress.Monitor`): description,
+    bar, steps done, the last epoch's loss and images per second, time elapsed. A stage inside
+    another is drawn indented under it and taken off the display when it ends.
 
-    def __init__(self, progress: Progress) -> None:
+    Where the display is off (not a terminal: see :func:`make_progress`), progress goes to the
+    console as lines of text instead (:class:`~perturbd.progress.LineMonitor`: start, end and at
+    most one line every ``every`` seconds, with the time left)."""
+
+    def __init__(self, progress: Progress, *, every: float = 10.0) -> None:
         self.progress = progress
-        self.task: Any = None
-        self.description = ""
+        self.lines = LineMonitor(self._print, every=every) if progress.disable else None
+        self.tasks: list[TaskID] = []
+
+    def _print(self, line: str) -> None:
+        self.progress.console.print(escape(line), highlight=False, soft_wrap=True)
 
     def start(self, description: str, total_steps: int) -> None:
-        self.description = description
-        self.task = self.progress.add_task(escape(description), total=total_steps, info="")
+        if self.lines is not None:
+            self.lines.start(description, total_steps)
+            return
+        self.tasks.append(self._task(len(self.tasks), description, total_steps))
+
+    def _task(self, depth: int, description: str, total_steps: int) -> TaskID:
+        """A bar for a stage ``depth`` stages deep."""
+        return self.progress.add_task(escape("  " * depth + description), total=total_steps, info="")
 
     def step(self, images: int) -> None:
-        self.progress.advance(self.task)
+        if self.lines is not None:
+            self.lines.step(images)
+        elif self.tasks:
+            self.progress.advance(self.tasks[-1])
 
     def epoch(self, epoch: int, loss: float, images_per_s: float) -> None:
-        info = f"epoch {epoch} · loss {loss:.3f} · {images_per_s:,.0f} img/s"
-        self.progress.update(self.task, info=info)
-        if self.progress.disable:
-            self.progress.console.print(escape(f"{self.description}: {info}"), highlight=False)
+        if self.lines is not None:
+            self.lines.epoch(epoch, loss, images_per_s)
+        elif self.tasks:
+            self.progress.update(self.tasks[-1], info=f"epoch {epoch} · loss {loss:.3f} · {images_per_s:,.0f} img/s")
+
+    def note(self, text: str) -> None:
+        """Show ``text`` beside the innermost stage's bar (on a terminal only: e.g. the run a sweep is at)."""
+        if self.lines is None and self.tasks:
+            self.progress.update(self.tasks[-1], info=escape(text))
 
     def stop(self) -> None:
-        self.progress.update(self.task, completed=self.progress.tasks[-1].total)
+        if self.lines is not None:
+            self.lines.stop()
+        elif self.tasks:
+            self._done(self.tasks.pop())
+
+    def _done(self, task: TaskID) -> None:
+        """A stage ended: its bar full; an inner stage's bar taken off (its outer stage goes on)."""
+        if self.tasks:
+            self.progress.remove_task(task)
+        else:
+            self.progress.update(task, completed=self.progress.tasks[self._index(task)].total)
+
+    def _index(self, task: TaskID) -> int:
+        return next(i for i, t in enumerate(self.progress.tasks) if t.id == task)
 
 
 def make_progress(console: Console) -> Progress:
     """The training progress display: description, bar, steps, epoch info, elapsed time.
 
     Off where ``console`` is not a terminal (a log file, a pipe): a live display is drawn there
-    only once, when it stops; the monitors print one line per epoch instead, as it ends.
+    only once, when it stops; the monitors (:class:`RichMonitor`) write lines of text instead.
     """
     return Progress(
         TextColumn("[bold]{task.description:<12}"),
@@ -72,14 +108,23 @@ def summary_table(metrics: RunMetrics, run_dir: Path) -> Table:
 
 
 class SweepMonitor(RichMonitor):
-    """One training bar reused by every run of an in-process sweep."""
+    """The bars of an in-process sweep: one per depth of stage, reused by every run (the sweep's
+    own bar, then each run's trainings on the one below, and so on), so that a sweep of many runs
+    keeps a display of a few lines."""
 
-    def start(self, description: str, total_steps: int) -> None:
-        self.description = description
-        if self.task is None:
-            self.task = self.progress.add_task(escape(description), total=total_steps, info="")
-        else:
-            self.progress.reset(self.task, total=total_steps, description=escape(description), info="")
+    def __init__(self, progress: Progress, *, every: float = 10.0) -> None:
+        super().__init__(progress, every=every)
+        self.slots: list[TaskID] = []
+
+    def _task(self, depth: int, description: str, total_steps: int) -> TaskID:
+        if depth < len(self.slots):
+            self.progress.reset(self.slots[depth], total=total_steps, description=escape("  " * depth + description), info="")
+            return self.slots[depth]
+        self.slots.append(super()._task(depth, description, total_steps))
+        return self.slots[-1]
+
+    def _done(self, task: TaskID) -> None:
+        self.progress.update(task, completed=self.progress.tasks[self._index(task)].total)
 
 
 # narrow terminals: short metric headers (METRICS' short labels, explained in the caption), then

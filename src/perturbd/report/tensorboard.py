@@ -50,6 +50,7 @@ class TensorBoardMonitor:
         self.inner = inner or SilentMonitor()
         self.run = run
         self.writer: Any = None
+        self.stages: list[str] = []
         self.seen: dict[tuple[str, str], int] = {}
 
     def folder(self, description: str) -> Path:
@@ -59,14 +60,18 @@ class TensorBoardMonitor:
         return self.logdir / self.run / (name if count == 1 else f"{name}-{count}")
 
     def start(self, description: str, total_steps: int) -> None:
+        """A stage starts; its writer opens at its first epoch (a stage that is not a training
+        (a defence, a sweep) writes nothing)."""
         self.close()
-        self.writer = self.writer_class(log_dir=str(self.folder(description)))
+        self.stages.append(description)
         self.inner.start(description, total_steps)
 
     def step(self, images: int) -> None:
         self.inner.step(images)
 
     def epoch(self, epoch: int, loss: float, images_per_s: float) -> None:
+        if self.writer is None and self.stages:
+            self.writer = self.writer_class(log_dir=str(self.folder(self.stages[-1])))
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, epoch)
             self.writer.add_scalar("train/images_per_s", images_per_s, epoch)
@@ -75,6 +80,8 @@ class TensorBoardMonitor:
 
     def stop(self) -> None:
         self.close()
+        if self.stages:
+            self.stages.pop()
         self.inner.stop()
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_
 from perturbd.models import build_model, list_models, register_factory, save_model
 from perturbd.models.external import check_spec
 from perturbd.poisoning import check_target, sources_of
-from perturbd.progress import Log
+from perturbd.progress import Log, current, watching
 from perturbd.provenance import code_identity, cpu_name
 from perturbd.registry import suggest
 from perturbd.report.figures import samples_png, trigger_png
@@ -41,7 +41,7 @@ from perturbd.runs.results import PoisonRecord, RunMetrics, Stealth, TriggerNorm
 from perturbd.runs.rundir import atomic_dir, check_output, run_dir_for, run_lock
 from perturbd.runs.saved import CLEAN_SOURCE
 from perturbd.runs.twins import TwinStore
-from perturbd.train import Monitor, SilentMonitor, resolve_device
+from perturbd.train import Monitor, resolve_device
 from perturbd.triggers import get_trigger
 
 
@@ -181,6 +181,8 @@ def run(
 ) -> RunResult:
     """Run one experiment and write its run directory; return the existing one if complete.
 
+    ``monitor``: where the progress of its trainings, mask and defences goes (default: the active
+    monitor, :func:`perturbd.progress.current`).
     ``twin_cache``: a folder where clean models are shared between runs (see :mod:`perturbd.runs.twins`).
     ``model``, ``data``: your own model factory and arrays (see :func:`with_inputs`).
 
@@ -211,9 +213,9 @@ def run(
     check_output(out, "--out", final.name)
     started = time.perf_counter()
     stages = Stopwatch()
-    monitor = monitor or SilentMonitor()
+    monitor = monitor if monitor is not None else current()
     ready = preflight(cfg, TwinStore(twin_cache, monitor))
-    with run_lock(final, log) as waited:
+    with run_lock(final, log) as waited, watching(monitor):  # the defences' stages report to the run's monitor too
         if final.is_dir() and (waited or not force):  # another process made it as this one waited
             if log:
                 log(f"{final} was made by another process meanwhile; not made again")

@@ -42,6 +42,7 @@ from PIL import Image
 from perturbd.config import NAME_MAX, ExperimentConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.errors import ConfigError
+from perturbd.progress import stage
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import atomic_dir, check_output
 from perturbd.runs.saved import load_inputs
@@ -146,7 +147,8 @@ def export_run(run_dir: Path, dest: Path, *, trust_code: bool = False) -> Export
 def write_split(
     root: Path, split: str, data: ImageDataset, folders: tuple[str, ...], original: torch.Tensor, poisoned: torch.Tensor
 ) -> list[tuple[str, int, int, int, str]]:
-    """Write ``data`` as ``root/split/<class>/<n>.png``; its manifest rows."""
+    """Write ``data`` as ``root/split/<class>/<n>.png``; its manifest rows. Progress to the active
+    monitor (:mod:`perturbd.progress`), a step per 512 images."""
     width = len(str(max(len(data) - 1, 0)))
     labels = data.labels.tolist()
     files = [f"{split}/{folders[label]}/{n:0{width}d}.png" for n, label in enumerate(labels)]
@@ -160,8 +162,9 @@ def write_split(
         for i in part:
             write_png(root / files[i], images[i])
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's encoder releases the GIL
-        list(pool.map(write_part, chunks))  # list(): wait, and raise the first error
+    # Pillow's encoder releases the GIL; a step per chunk written
+    with ThreadPoolExecutor(max_workers=workers) as pool, stage(f"export {split}", len(chunks)) as progress:
+        list(progress.over(pool.map(write_part, chunks)))  # list(): wait, and raise the first error
     return [(f, lab, int(o), int(p), split) for f, lab, o, p in zip(files, labels, original.tolist(), poisoned.tolist())]
 
 

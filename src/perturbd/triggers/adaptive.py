@@ -48,6 +48,7 @@ from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError, DataError
 from perturbd.metrics import outside, target_rate
 from perturbd.models import frozen, model_device
+from perturbd.progress import stage
 from perturbd.trigger_params import AdaptiveParams
 from perturbd.triggers.base import Trigger, TriggerContext, add_delta, register_trigger
 from perturbd.triggers.deepfool import converged, deepfool_one, perturbed, targeted_deepfool
@@ -196,20 +197,24 @@ def _passes(
     seed: int,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Passes over ``images`` in a seeded order, ``batch_size`` at a time: ``δ ← project(update(δ))``;
-    after each pass the quantized mask's fooling rate, stopping once it reaches ``fooling_rate``."""
+    after each pass the quantized mask's fooling rate, stopping once it reaches ``fooling_rate``.
+    Progress goes to the active monitor (:func:`perturbd.progress.stage`), one step per update."""
     device = model_device(model)
     model.eval()
     x_all = to_float01(images).to(device)
     delta = torch.zeros(images.shape[1:], device=device)
     gen = torch.Generator().manual_seed(seed)
     rate, used = 0.0, 0
-    for used in range(1, passes + 1):  # noqa: B007 (the passes used are read after the loop)
-        order = torch.randperm(len(images), generator=gen).tolist()
-        for i in range(0, len(order), batch_size):
-            delta = project(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
-        rate = target_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive").apply, target)
-        if rate >= fooling_rate:
-            break
+    updates = -(-len(images) // batch_size)
+    with stage("adaptive mask", passes * updates) as progress:  # one step per update; it may stop passes early
+        for used in range(1, passes + 1):  # noqa: B007 (the passes used are read after the loop)
+            order = torch.randperm(len(images), generator=gen).tolist()
+            for i in range(0, len(order), batch_size):
+                delta = project(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
+                progress.advance(images=min(batch_size, len(order) - i))
+            rate = target_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive").apply, target)
+            if rate >= fooling_rate:
+                break
     return quantize(delta.cpu(), norm, budget), {"passes": used, "sample_fooling_rate": rate}
 
 
@@ -230,10 +235,11 @@ def targeted_uaps(
     labels = torch.tensor(targets, device=device)
     gen = torch.Generator().manual_seed(seed)
     batch = min(batch_size, len(images))
-    with frozen(model):
+    with frozen(model), stage("universal perturbations", steps) as progress:
         for _ in range(steps):
             x = to_float01(images[torch.randint(0, len(images), (batch,), generator=gen)].to(device))
             deltas = (deltas - step * target_gradient(model, x, deltas, labels).sign()).clamp(-epsilon, epsilon)
+            progress.advance(images=batch)
     return deltas.cpu()
 
 
