@@ -61,7 +61,8 @@ def test_results_accumulate_per_defence_and_parameters(run: Path) -> None:
     assert "<h2>Defences</h2>" in page and REMOVAL["robust_accuracy_after"].label in page and REMOVAL["der"].label in page
     assert "fine_tuning [epochs=1]" in page and "fine_tuning [epochs=2]" in page and "spectral_signature" in page
     rows = list(csv.DictReader((run / "matrix.csv").open()))
-    assert {"fine_tuning [epochs=1]_der", "fine_tuning [epochs=2]_robust_accuracy"} <= set(rows[0])
+    assert {"fine_tuning [epochs=1]_der", "fine_tuning [epochs=2]_robust_accuracy", "fine_tuning [epochs=2]_seconds"} <= set(rows[0])
+    assert rows[0]["fine_tuning [epochs=2]_clean_images_used"] == "50"
 
 
 def test_a_file_there_that_is_not_a_record_stops_before_any_work(run: Path, monkeypatch, capsys) -> None:

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense, ft_sam
 from perturbd.defenses.ft_sam import perturbation, sam_loss, smooth_cross_entropy
 from perturbd.errors import ConfigError
+from perturbd.models import get_model, list_models
 
 
 def test_removes_the_planted_backdoor(mitigates) -> None:
@@ -74,6 +76,17 @@ def test_smoothed_cross_entropy_has_backdoorbenchs_gradient() -> None:
     one_hot = torch.full((5, 4), 0.1 / 3).scatter_(1, y.unsqueeze(1), 0.9)  # BackdoorBench's smooth_crossentropy: KL form
     theirs = torch.autograd.grad(F.kl_div(F.log_softmax(logits, 1), one_hot, reduction="none").sum(-1).mean(), logits)[0]
     assert torch.allclose(ours, theirs, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", [*list_models(), "tv:resnet18"])
+def test_fits_every_architecture(arch: str) -> None:
+    shape = (3, 16, 16)  # tiny: every registered model takes it
+    model = get_model(arch, shape, 10, seed=0)
+    images = torch.randint(0, 256, (16, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    clean = ImageDataset(images, torch.arange(16) % 10, tuple(map(str, range(10))), "noise")
+    d = build_defense("ft_sam", n_clean=16, epochs=1, batch_size=8).fit(model, clean)
+    assert torch.isfinite(d.model_(torch.rand(2, *shape))).all()
+    assert any(not torch.equal(a, b) for a, b in zip(d.model_.parameters(), model.parameters())), "tuned"
 
 
 def test_same_seed_same_weights_and_the_budget(planted) -> None:

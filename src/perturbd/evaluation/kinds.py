@@ -87,7 +87,8 @@ REMOVED_BELOW = 0.10
 
 def _removal(cells: Cells, metrics: Cells) -> str:
     """ASR after, R-Acc and DER per seed (R-Acc and DER where the seed's cell holds them: older
-    runs' do not), the mean accuracy change, and on how many seeds the ASR fell under 10 %."""
+    runs' do not), the mean accuracy change, the fit's wall time per seed (from its metrics), and
+    on how many seeds the ASR fell under 10 %."""
     after = [c.get("value") for c in cells]
     text = f"ASR after {dots([None if v is None else 100 * v for v in after], '.1f')} %"
     racc = [c.get("robust_accuracy") for c in cells]
@@ -99,6 +100,9 @@ def _removal(cells: Cells, metrics: Cells) -> str:
     costs = [c["accuracy_cost"] for c in cells if c.get("accuracy_cost") is not None]
     if costs:
         text += f"; acc. {-100 * sum(costs) / len(costs):+.2f} pt (mean)"
+    seconds = [m.get("seconds") for m in metrics]
+    if any(isinstance(v, (int, float)) for v in seconds):
+        text += f"; fit {dots([v if isinstance(v, (int, float)) else None for v in seconds], '.0f')} s"
     measured = [v for v in after if v is not None]
     if measured:
         text += f"; ASR < {100 * REMOVED_BELOW:.0f} % in {sum(v < REMOVED_BELOW for v in measured)}/{len(measured)}"

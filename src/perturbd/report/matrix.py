@@ -24,6 +24,9 @@ from perturbd.runs.results import METRICS, REMOVAL
 
 #: a mitigation's cell values besides ``value`` (the ASR after) that the CSV gives a column each
 CELL_EXTRAS = ("accuracy_cost", "robust_accuracy", "der")
+#: a mitigation's metrics that the CSV gives a column each: what it cost (they vary from run to
+#: run, so they stay out of the cell, which ``metrics.json`` holds too)
+METRIC_EXTRAS = ("clean_images_used", "seconds")
 
 
 def _row_label(cfg: dict[str, Any]) -> str:
@@ -123,7 +126,8 @@ def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = Run
     CSV columns per defence: ``<name>`` (the cell value: AUROC, anomaly index or ASR after) and,
     for mitigations, ``<name>_accuracy_cost`` (clean accuracy before − after), and where the cells
     hold them (runs defended by this version) ``<name>_robust_accuracy`` (R-Acc after) and
-    ``<name>_der`` (:data:`~perturbd.runs.results.REMOVAL`), all fractions.
+    ``<name>_der`` (:data:`~perturbd.runs.results.REMOVAL`), all fractions, then
+    ``<name>_clean_images_used`` and ``<name>_seconds`` (the fit's wall time).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,8 +136,9 @@ def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = Run
     cols = _columns(rows)
     header = ["run", "label", "seed", "clean_accuracy", "asr"]
     extra = {c: [k for k in CELL_EXTRAS if any(k in r["cells"].get(c, {}) for r in rows)] for c in cols}
+    facts = {c: [k for k in METRIC_EXTRAS if any(k in r["metrics"].get(c, {}) for r in rows)] for c in cols}
     for c in cols:
-        header += [c, *(f"{c}_{k}" for k in extra[c])]
+        header += [c, *(f"{c}_{k}" for k in extra[c] + facts[c])]
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
@@ -143,5 +148,6 @@ def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = Run
                 cell = r["cells"].get(c, {})
                 out[c] = cell.get("value")
                 out.update({f"{c}_{k}": cell.get(k) for k in extra[c]})
+                out.update({f"{c}_{k}": r["metrics"].get(c, {}).get(k) for k in facts[c]})
             writer.writerow(out)
     return md, csv_path
