@@ -54,6 +54,35 @@ def test_asr_counts_only_non_target_images() -> None:
     assert attack_success_rate(Brightness(), data, trigger, target=1) == 0.0
 
 
+def test_robust_accuracy_counts_triggered_images_kept_at_their_true_label() -> None:
+    data = _data()
+    model = Brightness()
+    strong, none = Trigger(torch.full((1, 4, 4), 200.0), "test"), Trigger(torch.zeros(1, 4, 4), "none")
+    assert metrics.robust_accuracy(model, data, strong, target=1) == 0.0, "every triggered image is sent to 1"
+    assert metrics.robust_accuracy(model, data, none, target=1) == 1.0, "untriggered: all kept (class 1 excluded)"
+    assert metrics.triggered_outcome(model, data, strong, target=1) == (1.0, 0.0)
+    # sources respected: only the images of class 2 count
+    half = Trigger(torch.full((1, 4, 4), 200.0), "test")
+    assert metrics.triggered_outcome(model, data, half, target=1, sources=[2]) == (1.0, 0.0)
+    assert metrics.triggered_outcome(model, data, none, target=1, sources=[2]) == (0.0, 1.0)
+    with pytest.raises(DataError, match="no image outside the target class"):
+        metrics.robust_accuracy(model, data.subset(torch.tensor([2, 3])), strong, target=1)
+
+
+@pytest.mark.parametrize(
+    "asr_before,asr_after,acc_before,acc_after,der",
+    [
+        (1.0, 0.0, 0.9, 0.9, 1.0),  # removed at no cost
+        (0.9, 0.9, 0.9, 0.9, 0.5),  # nothing changed
+        (0.98, 0.08, 0.95, 0.93, 0.94),  # (0.90 − 0.02 + 1) / 2
+        (0.5, 0.7, 0.9, 0.95, 0.5),  # a rise in ASR or accuracy counts as no change (the max(0, ·))
+        (1.0, 1.0, 1.0, 0.0, 0.0),  # all accuracy lost, backdoor kept
+    ],
+)
+def test_der_is_backdoorbench_s(asr_before: float, asr_after: float, acc_before: float, acc_after: float, der: float) -> None:
+    assert math.isclose(metrics.defense_effectiveness_rating(asr_before, asr_after, acc_before, acc_after), der, abs_tol=1e-12)
+
+
 def test_stealth_in_pixel_units() -> None:
     clean = torch.full((2, 1, 16, 16), 100, dtype=torch.uint8)
     poisoned = clean.clone()

@@ -8,6 +8,11 @@
   after the trigger is applied (uint8 images: applied and rounded, as in a shipped file).
 - ``clean_model_asr``: the same ASR measured on the clean twin.
 - ``accuracy_loss``: clean_accuracy(clean twin) − clean_accuracy(backdoored).
+- ``robust_accuracy`` (R-Acc): over the same triggered images as the ASR, the fraction classified
+  as their true label (BackdoorBench's "RA").
+- ``defense_effectiveness_rating`` (DER, BackdoorBench): ``[max(0, ΔASR) − max(0, ΔAcc) + 1] / 2``
+  with ΔASR = ASR before − after and ΔAcc = accuracy before − after, as fractions: 1 for a repair
+  that removes the whole backdoor at no cost, 0.5 for one that changes nothing.
 - stealth, per poisoned image in 0–255 pixel units: L∞, L2, PSNR (dB), SSIM; mean and worst.
 """
 
@@ -86,6 +91,41 @@ def non_source_rate(
     if not bool(others.any()):
         return None
     return target_rate(model, test.images[others], trigger.apply, target, precision)
+
+
+def triggered_outcome(
+    model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sources = None, precision: str = "auto"
+) -> tuple[float, float]:
+    """``(attack_success_rate, robust_accuracy)`` of ``model`` from one pass over the triggered test
+    images of the source classes (default: every class but the target), both in [0, 1]: the
+    fraction sent to ``target`` and the fraction still classified as their true label."""
+    keep = attacked(test.labels, target, sources)
+    images, labels = test.images[keep], test.labels[keep]
+    if len(images) == 0:
+        raise DataError(f"no image outside the target class {target} to perturb: the rate toward {target} is undefined; give more images")
+    predicted = predict(model, trigger.apply(images), precision=precision)
+    return float((predicted == target).float().mean()), float((predicted == labels).float().mean())
+
+
+def robust_accuracy(
+    model: nn.Module, test: ImageDataset, trigger: Applies, target: int, sources: Sources = None, precision: str = "auto"
+) -> float:
+    """R-Acc: the fraction of the test images of the source classes (default: every class but the
+    target) that ``model`` still classifies as their true label once triggered, in [0, 1]."""
+    return triggered_outcome(model, test, trigger, target, sources, precision)[1]
+
+
+def defense_effectiveness_rating(asr_before: float, asr_after: float, accuracy_before: float, accuracy_after: float) -> float:
+    """BackdoorBench's DER, in [0, 1]: ``[max(0, ΔASR) − max(0, ΔAcc) + 1] / 2`` with
+    ΔASR = ``asr_before − asr_after`` and ΔAcc = ``accuracy_before − accuracy_after`` (fractions).
+
+    Example:
+        >>> defense_effectiveness_rating(1.0, 0.0, 0.9, 0.9)  # the backdoor gone, no accuracy lost
+        1.0
+        >>> round(defense_effectiveness_rating(0.98, 0.08, 0.95, 0.93), 4)
+        0.94
+    """
+    return (max(0.0, asr_before - asr_after) - max(0.0, accuracy_before - accuracy_after) + 1) / 2
 
 
 def psnr_each(clean: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:

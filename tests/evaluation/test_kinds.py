@@ -38,7 +38,7 @@ METRICS = [{"tpr_at_5_fpr": 0.89, "target_flagged": True}, {"tpr_at_5_fpr": 0.32
         ("dataset", "AUROC 0.990 · 0.420; TPR at 5 % FPR 0.89 · 0.32"),
         ("input", "AUROC 0.990 · 0.420; TPR at 5 % FPR 0.89 · 0.32"),
         ("model", "target flagged 1/2; anomaly index 0.99 · 0.42"),
-        ("mitigation", "ASR after 99.0 · 42.0 %; acc. -1.50 pt (mean)"),
+        ("mitigation", "ASR after 99.0 · 42.0 %; acc. -1.50 pt (mean); ASR < 10 % in 0/2"),
         ("update", "0.99 · 0.42"),
         (None, "0.99 · 0.42"),
         ("from_a_newer_version", "0.99 · 0.42"),
@@ -46,6 +46,18 @@ METRICS = [{"tpr_at_5_fpr": 0.89, "target_flagged": True}, {"tpr_at_5_fpr": 0.32
 )
 def test_the_matrix_cell_over_seeds_in_each_kinds_form(kind: str | None, text: str) -> None:
     assert over_seeds(kind, CELLS, METRICS) == text
+
+
+def test_the_removal_cell_over_seeds_gives_racc_der_and_the_seeds_under_10_percent() -> None:
+    cells = [
+        {"value": 0.05, "accuracy_cost": 0.01, "robust_accuracy": 0.91, "der": 0.97},
+        {"value": 0.5, "accuracy_cost": 0.03, "robust_accuracy": 0.45, "der": 0.73},
+        {"value": 0.02, "accuracy_cost": 0.02},  # a seed defended by an older version: no R-Acc or DER
+    ]
+    assert over_seeds("mitigation", cells, [{"seconds": 12.4}, {"seconds": 30.0}, {}]) == (
+        "ASR after 5.0 · 50.0 · 2.0 %; R-Acc 91.0 · 45.0 · – %; DER 0.97 · 0.73 · –; acc. -2.00 pt (mean); fit 12 · 30 · – s; "
+        "ASR < 10 % in 2/3"
+    )
 
 
 def test_plain_form_is_the_fallback() -> None:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
 from perturbd.report.console import RichMonitor, defense_table, make_progress
 
 ArchOpt = Annotated[
@@ -54,8 +54,17 @@ def defend(
     ] = None,
     params: ParamOpt = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="folder for defenses.json, figures and matrix (default: ./defend-<model>)")
+        Optional[Path],
+        typer.Option("--out", "-o", help="folder for defenses.json and figures (default: the run directory itself, else ./defend-<model>)"),
     ] = None,
+    rerun: Annotated[
+        bool,
+        typer.Option(
+            "--rerun",
+            "--replace",
+            help="run a defence again when defenses.json already holds it with the same parameters, replacing that entry",
+        ),
+    ] = False,
     data_root: DataRootOpt = None,
     arch: ArchOpt = None,
     features: FeaturesOpt = None,
@@ -64,17 +73,23 @@ def defend(
 ) -> None:
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
     with --arch); --param applies to every --defense given. Every ASR reported counts the source
-    classes only (--source, or the run's poison.sources)."""
+    classes only (--source, or the run's poison.sources). Results accumulate in the folder's
+    defenses.json, one entry per defence and parameters (a run directory's shows in its report.html):
+    a defence already there with the same parameters is skipped unless --rerun."""
     from perturbd.config import DefenseSpec
-    from perturbd.evaluation.harness import run_defenses, write_defenses
+    from perturbd.evaluation.harness import read_record, run_defenses, write_defenses
+    from perturbd.evaluation.record import entries
     from perturbd.malloc import tune_malloc
     from perturbd.progress import watching
+    from perturbd.report.matrix import matrix_rows, write_matrix
     from perturbd.runs.folder import RunDir
     from perturbd.runs.rundir import check_output, user_os_errors
     from perturbd.runs.saved import load_inputs
 
     specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
-    folder = check_output(out or Path(f"defend-{model.stem if model.is_file() else model.name}"), "--out")
+    run = RunDir(model)
+    folder = check_output(out or (run.path if run.is_run() else Path(f"defend-{model.stem if model.is_file() else model.name}")), "--out")
+    earlier = read_record(folder)  # a file there that is not a record stops here, before any work
     tune_malloc()  # the command is the entry point: glibc's malloc set for tensors
     inputs = load_inputs(
         model,
@@ -86,11 +101,20 @@ def defend(
         trust_code=trust_code,
         sources=source or None,
     )
+    done = [] if rerun or earlier is None else entries(earlier)
     with make_progress(console) as progress, watching(RichMonitor(progress)):
-        reports = run_defenses(specs, inputs, log=lambda m: progress.console.print(f"[dim]{escape(m)}"))
+        reports = run_defenses(specs, inputs, log=lambda m: progress.console.print(f"[dim]{escape(m)}"), done=done)
+    if not reports:
+        console.print(escape(f"nothing new: {RunDir(folder).defenses_path} holds every defence asked for (--rerun runs them again)"))
+        return
     with user_os_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
         write_defenses(folder, reports, inputs.clean_source)
+        if RunDir(folder).is_run():  # the run's one-row matrix, with every defence it now holds
+            try:
+                write_matrix(matrix_rows([folder]), folder)
+            except DataError as err:  # a run of another version: its metrics do not read as today's
+                console.print(escape(f"matrix not rewritten: {err}"), highlight=False)
     out_console.print(defense_table(reports, f"perturbd defend · {escape(str(model))}"))
     console.print(escape(f"wrote {RunDir(folder).defenses_path}"), highlight=False)
 

@@ -4,7 +4,7 @@
 - input screening (:class:`InputScreen`): :mod:`strip`
 - model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
-  :mod:`adversarial_training`
+  :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`
 - update audit (:class:`UpdateAuditor`): :mod:`update_audit`
 
 Neural Cleanse's own helpers: :mod:`nc_schedule` (its cost schedule and early stop) and
@@ -24,6 +24,8 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
     distillation,
     fine_pruning,
     fine_tuning,
+    ft_sam,
+    nad,
     neural_cleanse,
     spectral_signature,
     strip,

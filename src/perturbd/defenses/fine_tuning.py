@@ -31,6 +31,24 @@ class TuningParams(DefenseParams):
     seed: int | None = Field(None, ge=0, description="seeds shuffling (None: derived from the run seed)")
 
 
+class ShareParams(DefenseParams):
+    """:class:`TuningParams` whose clean-data budget is a share of the defender's clean images, as
+    the papers state it (NAD, FT-SAM: 5 % of the training data), unless ``n_clean`` is given."""
+
+    n_clean: int | None = Field(None, ge=1, le=10_000_000, description="clean images used (None: clean_share of those given)")
+    clean_share: float = Field(0.05, gt=0, le=1, description="share of the defender's clean images used when n_clean is None")
+    epochs: int = Field(5, ge=1, le=1000, description="passes over the clean images")
+    lr: float = Field(0.01, gt=0, le=10, description="initial SGD learning rate (cosine to 0)")
+    batch_size: int = Field(64, ge=1, le=65536, description="images per step")
+    seed: int | None = Field(None, ge=0, description="seeds shuffling (None: derived from the run seed)")
+
+
+def budget(data: ImageDataset, n_clean: int | None, clean_share: float) -> ImageDataset:
+    """The clean images a :class:`ShareParams` defence uses: the first ``n_clean`` of ``data`` (a
+    pre-shuffled clean set), or the first ``clean_share`` of them (rounded, at least one)."""
+    return take(data, n_clean if n_clean is not None else max(1, round(clean_share * len(data))))
+
+
 def tune(
     model: nn.Module,
     clean: ImageDataset,

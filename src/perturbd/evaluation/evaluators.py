@@ -28,10 +28,15 @@ An input screen or a model inspector may also set ``facts_`` (optional, JSON-rea
 used, copied into its metrics for each model screened (STRIP: the overlay and calibration images
 used and the FPR measured on the calibration images; Neural Cleanse: the clean images drawn from).
 The input cell shows the target FPR (``frr``) beside the FPR measured on the test images.
-- mitigation: fit on the defender's clean images; clean accuracy and ASR on the test set
-  before and after, and the clean images used. The ASR counts the source classes only for a
-  source-specific attack (as the run's), whose other classes' rate is reported beside it
-  (``non_source_asr_before`` / ``_after``).
+- mitigation: fit on the defender's clean images; on the test set before and after, clean
+  accuracy, ASR and R-Acc (robust accuracy: the triggered images classified as their true label,
+  from the same pass as the ASR), the accuracy cost (before − after), BackdoorBench's DER, the
+  clean images used and the wall time of the fit alone (``seconds``; the measuring is not in it);
+  names, labels and formats: :data:`perturbd.runs.results.REMOVAL`, definitions:
+  :mod:`perturbd.metrics`. The ASR and R-Acc count the source classes only for a source-specific
+  attack (as the run's), whose other classes' rate is reported beside them
+  (``non_source_asr_before`` / ``_after``). The cell holds ``value`` (ASR after),
+  ``accuracy_cost``, ``robust_accuracy`` (after) and ``der``.
 
 A source-specific attack's sources are in the input and mitigation metrics (``sources``).
 - update: needs the model before the update (a run of the update setting); audits
@@ -45,6 +50,7 @@ dataset screen sets no target).
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import torch
@@ -63,7 +69,7 @@ from perturbd.defenses.base import (
 from perturbd.errors import ConfigError
 from perturbd.evaluation.detection import auroc, detection_text, screened_sample, tpr_at_fpr
 from perturbd.evaluation.inputs import DefenseInputs
-from perturbd.metrics import attack_success_rate, clean_accuracy, non_source_rate
+from perturbd.metrics import clean_accuracy, defense_effectiveness_rating, non_source_rate, triggered_outcome
 
 Evaluation = tuple[dict[str, Any], dict[str, Any], Figures]
 """What an evaluator returns: the metrics, the matrix cell and the figures."""
@@ -187,30 +193,37 @@ def measure_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluati
 def measure_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluation:
     """Mitigation: see the module docstring."""
 
-    def asr(model: nn.Module) -> float | None:
-        if inp.trigger is None or inp.target is None:
-            return None
-        return attack_success_rate(model, inp.test, inp.trigger, inp.target, inp.sources)
+    def outcome(model: nn.Module) -> dict[str, Any]:
+        m: dict[str, Any] = {"clean_accuracy": clean_accuracy(model, inp.test), "asr": None, "robust_accuracy": None}
+        if inp.trigger is not None and inp.target is not None:
+            m["asr"], m["robust_accuracy"] = triggered_outcome(model, inp.test, inp.trigger, inp.target, inp.sources)
+            if inp.sources is not None:
+                m["non_source_asr"] = non_source_rate(model, inp.test, inp.trigger, inp.target, inp.sources)
+        return m
 
-    def non_source(model: nn.Module) -> dict[str, Any]:
-        if inp.trigger is None or inp.target is None or inp.sources is None:
-            return {}
-        return {"non_source_asr": non_source_rate(model, inp.test, inp.trigger, inp.target, inp.sources)}
-
-    m: dict[str, Any] = {"clean_accuracy_before": clean_accuracy(inp.model, inp.test), "asr_before": asr(inp.model), **_sources(inp)}
-    m.update({f"{k}_before": v for k, v in non_source(inp.model).items()})
+    before = outcome(inp.model)
+    started = time.perf_counter()
     d.fit(inp.model, inp.clean)
-    m["clean_accuracy_after"] = clean_accuracy(d.model_, inp.test)
-    m["asr_after"] = asr(d.model_)
-    m.update({f"{k}_after": v for k, v in non_source(d.model_).items()})
+    seconds = time.perf_counter() - started
+    after = outcome(d.model_)
+    m: dict[str, Any] = {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()} | _sources(inp)
     m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
+    m["der"] = (
+        None
+        if m["asr_after"] is None
+        else defense_effectiveness_rating(m["asr_before"], m["asr_after"], m["clean_accuracy_before"], m["clean_accuracy_after"])
+    )
+    m["clean_images_used"] = d.clean_used_
+    m["seconds"] = seconds
     facts = getattr(d, "facts_", {})
     m.update(facts)
     cost = f"acc {-100 * m['accuracy_cost']:+.2f} pt, {d.clean_used_} clean" + (f", {facts['summary']}" if "summary" in facts else "")
     if m["asr_after"] is None:
-        return m, {"value": None, "text": cost}, {}
-    text = f"ASR {100 * m['asr_before']:.1f}→{100 * m['asr_after']:.1f} %, {cost}"
-    return m, {"value": m["asr_after"], "accuracy_cost": m["accuracy_cost"], "text": text}, {}
+        return m, {"value": None, "accuracy_cost": m["accuracy_cost"], "text": cost}, {}
+    racc = m["robust_accuracy_after"]
+    text = f"ASR {100 * m['asr_before']:.1f}→{100 * m['asr_after']:.1f} %, R-Acc {100 * racc:.1f} %, DER {m['der']:.3f}, {cost}"
+    cell = {"value": m["asr_after"], "accuracy_cost": m["accuracy_cost"], "robust_accuracy": racc, "der": m["der"], "text": text}
+    return m, cell, {}
 
 
 def measure_update(d: UpdateAuditor, inp: DefenseInputs, limit: int) -> Evaluation:

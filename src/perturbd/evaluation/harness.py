@@ -3,7 +3,10 @@
 :func:`run_defenses` builds every defence first (a bad parameter or kind fails before any work),
 then :func:`evaluate_defense` fits and measures each one the way its kind says
 (:data:`perturbd.evaluation.kinds.KINDS`; what each kind reports:
-:mod:`perturbd.evaluation.evaluators`); :func:`write_defenses` writes the reports and figures.
+:mod:`perturbd.evaluation.evaluators`); :func:`write_defenses` adds the reports to the folder's
+``defenses.json``, where results accumulate per defence and parameters
+(:mod:`perturbd.evaluation.record`: a rerun of the same one is skipped by :func:`run_defenses`
+unless the caller asks for it, and then replaces the earlier entry), and draws the figures.
 
 A defence's ``seed`` left at None is filled with ``derived_seed(seed, "defense:<name>")`` from
 the run seed (:func:`~perturbd.defenses.base.seed_from_run`); a seed the user set is kept; the
@@ -17,18 +20,22 @@ training split's images the attacker did not touch, neither poisoned nor noise-m
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from perturbd.config import DefenseSpec, repeated_report_name
 from perturbd.defenses.base import Defense, Figures, build_defense, seed_from_run
-from perturbd.errors import ConfigError
+from perturbd.errors import ConfigError, DataError
+from perturbd.evaluation import record
 from perturbd.evaluation.inputs import DefenseInputs
 from perturbd.evaluation.kinds import kind_of
 from perturbd.progress import Log, stage
 from perturbd.provenance import code_identity
 from perturbd.runs.folder import RunDir
+from perturbd.runs.rundir import read_json
 
 
 @dataclass
@@ -70,20 +77,42 @@ def evaluate_defense(defense: Defense, inp: DefenseInputs, *, eval_limit: int = 
     return DefenseReport(defense.name, defense.kind, defense.get_params(), seconds, defense.clean_used_, metrics, cell, figures)
 
 
-def run_defenses(specs: list[DefenseSpec], inp: DefenseInputs, *, log: Log | None = None, eval_limit: int = 2000) -> list[DefenseReport]:
+def run_defenses(
+    specs: list[DefenseSpec],
+    inp: DefenseInputs,
+    *,
+    log: Log | None = None,
+    eval_limit: int = 2000,
+    done: Sequence[dict[str, Any]] = (),
+) -> list[DefenseReport]:
     """Build every defence and find its kind first (so a bad parameter or kind fails before any
     work), then run each: a progress stage of one step per defence on the active monitor
-    (:mod:`perturbd.progress`; each defence's own stages inside it). Each report is named by its spec's :attr:`~DefenseSpec.report_name`
-    (a labelled variant under its label: :func:`labelled`); two specs of one name are a ConfigError."""
+    (:mod:`perturbd.progress`; each defence's own stages inside it). Each report is named by its
+    spec's :attr:`~DefenseSpec.report_name` (a labelled variant under its label: :func:`labelled`);
+    two specs of one name are a ConfigError.
+
+    ``done``: the entries of a record already in the output folder (:func:`perturbd.evaluation.record.entries`);
+    a spec whose name and parameters (its seed filled from the run's) match one of them is not run
+    again, and ``log`` says so. Returns the reports of the defences run."""
     problem = repeated_report_name(specs)
     if problem is not None:
         raise ConfigError(problem)
     defenses = [build_defense(s.name, **s.params) for s in specs]
     for d in defenses:
         kind_of(d)
+        seed_from_run(d, inp.seed)
     reports = []
     with stage("defenses", len(specs)) as progress:
         for spec, d in progress.over(zip(specs, defenses, strict=True)):
+            earlier = record.find(done, spec.report_name, d.get_params())
+            if earlier is not None:
+                if log:
+                    when = f" (run {earlier['when']})" if isinstance(earlier.get("when"), str) else ""
+                    log(
+                        f"defense {spec.report_name}: already in {RunDir.DEFENSES} with these parameters{when}, "
+                        "skipped; --rerun runs it again"
+                    )
+                continue
             report = labelled(evaluate_defense(d, inp, eval_limit=eval_limit), spec.report_name)
             if log:
                 log(f"defense {report.name}: {report.cell['text']} ({report.seconds:.1f} s)")
@@ -101,12 +130,29 @@ def labelled(report: DefenseReport, label: str) -> DefenseReport:
     return replace(report, name=label, figures=figures, defense=report.name)
 
 
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The defences' record in ``folder`` (None if it has none); a one-line :class:`DataError` if
+    the file is there but is not a record: checked before any defence runs."""
+    path = RunDir(folder).defenses_path
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} cannot be read ({type(err).__name__}: {err}); move it away or give another --out") from None
+    record.entries(data, path)
+    return cast(dict[str, Any], data)
+
+
 def write_defenses(folder: Path, reports: list[DefenseReport], clean_source: str) -> None:
-    """Write the defences' record (:meth:`~perturbd.runs.folder.RunDir.write_defenses`, with the code
-    that defended: :func:`~perturbd.provenance.code_identity`) and every report's figures into ``folder``."""
+    """Add the reports to the defences' record in ``folder`` (:func:`perturbd.evaluation.record.merge`:
+    an earlier entry of the same defence and parameters is replaced, any other kept), with the
+    code that defended (:func:`~perturbd.provenance.code_identity`) and the time, write it
+    (:meth:`~perturbd.runs.folder.RunDir.write_defenses`) and draw every report's figures."""
     folder = Path(folder)
-    record = {"clean_source": clean_source, "code": code_identity(), "defenses": [r.to_json() for r in reports]}
-    RunDir(folder).write_defenses(record)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    merged = record.merge(read_record(folder), [r.to_json() for r in reports], clean_source, code_identity(), when)
+    RunDir(folder).write_defenses(merged)
     for r in reports:
         for filename, draw in r.figures.items():
             draw(folder / filename)

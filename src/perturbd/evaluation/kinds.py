@@ -80,11 +80,33 @@ def _verdicts(cells: Cells, metrics: Cells) -> str:
     return f"target flagged {flagged}/{len(cells)}; anomaly index {dots(_values(cells), '.2f')}"
 
 
+#: an attack counts as removed on a seed when the ASR after the mitigation is below this (the
+#: removal matrix's "how many seeds bring the ASR under 10 %")
+REMOVED_BELOW = 0.10
+
+
 def _removal(cells: Cells, metrics: Cells) -> str:
-    after = dots([None if v is None else 100 * v for v in _values(cells)], ".1f")
+    """ASR after, R-Acc and DER per seed (R-Acc and DER where the seed's cell holds them: older
+    runs' do not), the mean accuracy change, the fit's wall time per seed (from its metrics), and
+    on how many seeds the ASR fell under 10 %."""
+    after = [c.get("value") for c in cells]
+    text = f"ASR after {dots([None if v is None else 100 * v for v in after], '.1f')} %"
+    racc = [c.get("robust_accuracy") for c in cells]
+    if any(v is not None for v in racc):
+        text += f"; R-Acc {dots([None if v is None else 100 * v for v in racc], '.1f')} %"
+    der = [c.get("der") for c in cells]
+    if any(v is not None for v in der):
+        text += f"; DER {dots(der, '.2f')}"
     costs = [c["accuracy_cost"] for c in cells if c.get("accuracy_cost") is not None]
-    change = f"; acc. {-100 * sum(costs) / len(costs):+.2f} pt (mean)" if costs else ""
-    return f"ASR after {after} %{change}"
+    if costs:
+        text += f"; acc. {-100 * sum(costs) / len(costs):+.2f} pt (mean)"
+    seconds = [m.get("seconds") for m in metrics]
+    if any(isinstance(v, (int, float)) for v in seconds):
+        text += f"; fit {dots([v if isinstance(v, (int, float)) else None for v in seconds], '.0f')} s"
+    measured = [v for v in after if v is not None]
+    if measured:
+        text += f"; ASR < {100 * REMOVED_BELOW:.0f} % in {sum(v < REMOVED_BELOW for v in measured)}/{len(measured)}"
+    return text
 
 
 def plain_over_seeds(cells: Cells, metrics: Cells) -> str:

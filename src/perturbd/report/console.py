@@ -13,7 +13,7 @@ from rich.table import Table
 
 from perturbd.progress import LineMonitor
 from perturbd.report.aggregate import TABLE_METRICS, cell
-from perturbd.runs.results import METRICS, RunMetrics, pct
+from perturbd.runs.results import METRICS, REMOVAL, RunMetrics, pct
 
 __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
 
@@ -187,11 +187,20 @@ def aggregate_table(report: Any, title: str) -> AggregateTable:
     return AggregateTable(report, title)
 
 
+#: the removal metrics the console's defence table gives a column each, when a mitigation ran
+REMOVAL_COLUMNS = ("asr_after", "robust_accuracy_after", "accuracy_cost", "der")
+
+
 def defense_table(reports: list[Any], title: str) -> Table:
-    """One row per defence: kind, the matrix cell, clean images used, seconds."""
+    """One row per defence: kind, the matrix cell, clean images used, seconds; when a mitigation
+    ran, its ASR after, R-Acc, accuracy cost and DER too (labels and formats:
+    :data:`~perturbd.runs.results.REMOVAL`; the seconds are the whole evaluation's, the fit's own
+    are in ``defenses.json``)."""
+    removal = [c for c in REMOVAL_COLUMNS if any(c in r.metrics for r in reports)]
     t = Table(title=escape(title), header_style="bold")
-    for col in ("defense", "kind", "result", "clean images", "seconds"):
-        t.add_column(col, justify="right" if col in ("clean images", "seconds") else "left")
+    for col in ("defense", "kind", "result", *(REMOVAL[c].label for c in removal), "clean images", "seconds"):
+        t.add_column(escape(col), justify="left" if col in ("defense", "kind", "result") else "right")
     for r in reports:
-        t.add_row(r.name, r.kind, r.cell["text"], str(r.clean_used), f"{r.seconds:.1f}")
+        numbers = [REMOVAL[c].text(r.metrics.get(c)) if r.kind == "mitigation" else "" for c in removal]
+        t.add_row(escape(r.name), r.kind, escape(r.cell["text"]), *numbers, str(r.clean_used), f"{r.seconds:.1f}")
     return t

@@ -1,7 +1,7 @@
 """Self-contained HTML reports (one file each, images embedded as base64, no scripts, no fetches).
 
-- :func:`run_html`: one run directory → its config, metrics, trigger, samples, timing, log,
-  environment.
+- :func:`run_html`: one run directory → its config, metrics, trigger, samples, the defences run
+  on it (:func:`defense_section`), timing, log, environment.
 - :func:`sweep_html`: many runs → the aggregated table, the figures, every run with a link to
   its own report, failures, the environment.
 """
@@ -11,13 +11,16 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+from perturbd.errors import DataError
+from perturbd.evaluation.record import entries, labels
 from perturbd.report.aggregate import TABLE_METRICS, Group, RunRecord, cell
 from perturbd.runs.folder import RunDir
-from perturbd.runs.results import METRICS
+from perturbd.runs.results import METRICS, REMOVAL
 from perturbd.runs.rundir import read_json
 
 CSS = """
@@ -100,6 +103,7 @@ def run_html(run_dir: Path, dest: Path | None = None) -> Path:
     body.append(
         '<p class="sub">Trigger δ amplified to be seen (grey = 0). Samples: clean, poisoned (as injected, 8-bit), difference amplified.</p>'
     )
+    body.append(defense_section(run))
     body.append(f"<h2>Config</h2><pre>{esc(config)}</pre>")
     if timing:
         body.append("<h2>Timing (s)</h2>" + kv_table({k: f"{v:.1f}" if isinstance(v, (int, float)) else v for k, v in timing.items()}))
@@ -112,6 +116,69 @@ def run_html(run_dir: Path, dest: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(f"perturbd · {run.name}", "".join(body)))
     return path
+
+
+#: the removal metrics of a run page's mitigation table, in column order
+REMOVAL_COLUMNS = (
+    "asr_before", "asr_after", "robust_accuracy_before", "robust_accuracy_after", "clean_accuracy_before", "clean_accuracy_after",
+    "accuracy_cost", "der", "clean_images_used", "seconds",
+)  # fmt: skip
+#: a figure a defence drew into the run folder: a plain PNG file name (nothing above or below it)
+_FIGURE = re.compile(r"[A-Za-z0-9_.\-]+\.png")
+
+
+def _params_text(params: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, dict) else ""
+
+
+def defense_section(run: RunDir) -> str:
+    """The run page's "Defences" section from its ``defenses.json`` (every entry: results of several
+    ``perturbd defend`` accumulate there): a table of the mitigations' removal metrics
+    (:data:`~perturbd.runs.results.REMOVAL`), one of the other defences' results, the figures the
+    defences drew. Empty when no defence ran on the run; one line when the file is not a record."""
+    if not run.defenses_path.is_file():
+        return ""
+    try:
+        found = entries(run.defenses(), run.defenses_path)
+    except DataError as err:
+        return f"<h2>Defences</h2><p class='bad'>{esc(err)}</p>"
+    names = labels(found)
+    mitigations = [(n, e) for n, e in zip(names, found) if e.get("kind") == "mitigation"]
+    others = [(n, e) for n, e in zip(names, found) if e.get("kind") != "mitigation"]
+    out = ["<h2>Defences</h2>"]
+    if mitigations:
+        labels_ = "".join(f"<th>{esc(REMOVAL[k].label)}</th>" for k in REMOVAL_COLUMNS)
+        head = f"<tr><th>defence</th>{labels_}<th>parameters</th><th>when</th></tr>"
+        rows = []
+        for n, e in mitigations:
+            stored = e.get("metrics")
+            m: dict[str, Any] = stored if isinstance(stored, dict) else {}
+            if "clean_images_used" not in m:  # an entry written before the removal metrics: its report's count
+                m = {**m, "clean_images_used": e.get("clean_images_used")}
+            tds = "".join(f"<td class='n'>{esc(REMOVAL[k].text(REMOVAL[k].find(m)))}</td>" for k in REMOVAL_COLUMNS)
+            rows.append(f"<tr><td>{esc(n)}</td>{tds}<td>{esc(_params_text(e.get('params')))}</td><td>{esc(e.get('when', '–'))}</td></tr>")
+        legend = " · ".join(REMOVAL[k].legend for k in REMOVAL_COLUMNS if REMOVAL[k].legend)
+        out.append(
+            f'<h3>Mitigations</h3><div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+            f'<p class="sub">Rates in % of the triggered test images of the source classes; accuracies in % of the clean test set; '
+            f"{esc(legend)}; wall time: the defence's own fit. – : not measured (no trigger given, or an entry of an older version).</p>"
+        )
+    if others:
+        secs = REMOVAL["seconds"]
+        rows = [
+            f"<tr><td>{esc(n)}</td><td>{esc(e.get('kind', '–'))}</td><td>{esc(e['cell'].get('text', ''))}</td>"
+            f"<td class='n'>{esc(e.get('clean_images_used', '–'))}</td><td class='n'>{esc(secs.text(secs.find(e)))}</td>"
+            f"<td>{esc(_params_text(e.get('params')))}</td><td>{esc(e.get('when', '–'))}</td></tr>"
+            for n, e in others
+        ]
+        head = "<tr><th>defence</th><th>kind</th><th>result</th><th>clean images</th><th>seconds</th><th>parameters</th><th>when</th></tr>"
+        out.append(f'<h3>Detection and inspection</h3><div class="scroll"><table>{head}{"".join(rows)}</table></div>')
+    drawn = [f for e in found for f in (e.get("figures") or []) if isinstance(f, str) and _FIGURE.fullmatch(f)]
+    figures = [f for f in drawn if (run.path / f).is_file()]
+    shown = "".join(f"<figure>{img(run.path / f, f)}<figcaption><code>{esc(f)}</code></figcaption></figure>" for f in figures)
+    if shown:
+        out.append(f'<div class="figs">{shown}</div>')
+    return "".join(out)
 
 
 def _aggregate_table(columns: list[str], groups: list[Group]) -> str:

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from perturbd.evaluation.kinds import dots, over_seeds
+from perturbd.evaluation.record import entries, labels
 from perturbd.runs.folder import RunDir, trigger_section
-from perturbd.runs.results import METRICS
+from perturbd.runs.results import METRICS, REMOVAL
+
+#: a mitigation's cell values besides ``value`` (the ASR after) that the CSV gives a column each
+CELL_EXTRAS = ("accuracy_cost", "robust_accuracy", "der")
+#: a mitigation's metrics that the CSV gives a column each: what it cost (they vary from run to
+#: run, so they stay out of the cell, which ``metrics.json`` holds too)
+METRIC_EXTRAS = ("clean_images_used", "seconds")
 
 
 def _row_label(cfg: dict[str, Any]) -> str:
@@ -32,7 +39,8 @@ def _row_label(cfg: dict[str, Any]) -> str:
 def matrix_row(run_dir: Path | str) -> dict[str, Any]:
     """One matrix row from a run directory whose defences ran (:meth:`RunDir.defenses`)."""
     folder = RunDir(run_dir)
-    reports = folder.defenses()["defenses"]
+    reports = entries(folder.defenses(), folder.defenses_path)
+    names = labels(reports)  # a defence run with several parameter sets: one column each
     metrics = folder.metrics()
     return {
         "run": folder.name,
@@ -40,9 +48,9 @@ def matrix_row(run_dir: Path | str) -> dict[str, Any]:
         "seed": metrics.seed,
         "clean_accuracy": metrics.clean_accuracy,
         "asr": metrics.attack_success_rate,
-        "cells": {r["name"]: r["cell"] for r in reports},
-        "kinds": {r["name"]: r.get("kind") for r in reports},
-        "metrics": {r["name"]: r.get("metrics", {}) for r in reports},
+        "cells": {n: r["cell"] for n, r in zip(names, reports)},
+        "kinds": {n: r.get("kind") for n, r in zip(names, reports)},
+        "metrics": {n: r.get("metrics", {}) for n, r in zip(names, reports)},
     }
 
 
@@ -105,8 +113,9 @@ def matrix_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(base + cells) + " |")
     legend = (
         "\nCells: dataset/input screening → AUROC (TPR / FPR at the method's own threshold; TPR at 5 % FPR); neural_cleanse → "
-        "flagged labels and the target's anomaly index (> 2 flags); mitigations → ASR before→after, clean-accuracy "
-        "change and clean images used."
+        "flagged labels and the target's anomaly index (> 2 flags); mitigations → ASR before→after, "
+        f"{REMOVAL['robust_accuracy_after'].legend}, {REMOVAL['der'].legend}, clean-accuracy change, clean images used and the "
+        "defence's wall time."
     )
     return "\n".join(lines) + "\n" + legend + "\n"
 
@@ -115,7 +124,10 @@ def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = Run
     """Write ``<stem>.md`` and ``<stem>.csv`` into ``folder``; returns both paths.
 
     CSV columns per defence: ``<name>`` (the cell value: AUROC, anomaly index or ASR after) and,
-    for mitigations, ``<name>_accuracy_cost`` (clean accuracy before − after).
+    for mitigations, ``<name>_accuracy_cost`` (clean accuracy before − after), and where the cells
+    hold them (runs defended by this version) ``<name>_robust_accuracy`` (R-Acc after) and
+    ``<name>_der`` (:data:`~perturbd.runs.results.REMOVAL`), all fractions, then
+    ``<name>_clean_images_used`` and ``<name>_seconds`` (the fit's wall time).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,10 +135,10 @@ def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = Run
     md.write_text(matrix_markdown(rows))
     cols = _columns(rows)
     header = ["run", "label", "seed", "clean_accuracy", "asr"]
+    extra = {c: [k for k in CELL_EXTRAS if any(k in r["cells"].get(c, {}) for r in rows)] for c in cols}
+    facts = {c: [k for k in METRIC_EXTRAS if any(k in r["metrics"].get(c, {}) for r in rows)] for c in cols}
     for c in cols:
-        header.append(c)
-        if any("accuracy_cost" in r["cells"].get(c, {}) for r in rows):
-            header.append(f"{c}_accuracy_cost")
+        header += [c, *(f"{c}_{k}" for k in extra[c] + facts[c])]
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
@@ -135,7 +147,7 @@ def write_matrix(rows: list[dict[str, Any]], folder: Path | str, stem: str = Run
             for c in cols:
                 cell = r["cells"].get(c, {})
                 out[c] = cell.get("value")
-                if f"{c}_accuracy_cost" in header:
-                    out[f"{c}_accuracy_cost"] = cell.get("accuracy_cost")
+                out.update({f"{c}_{k}": cell.get(k) for k in extra[c]})
+                out.update({f"{c}_{k}": r["metrics"].get(c, {}).get(k) for k in facts[c]})
             writer.writerow(out)
     return md, csv_path

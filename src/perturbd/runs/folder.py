@@ -21,6 +21,7 @@ Loading a run's weights and trigger needs torch; those readers are in :mod:`pert
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,9 @@ class RunDir:
         return data if isinstance(data, dict) else {}
 
     def defenses(self) -> dict[str, Any]:
-        """``defenses.json``: the clean source, the code that defended, one report per defence; a
-        one-line :class:`DataError` if no defence ran on this run."""
+        """``defenses.json``: the clean source, the code that defended, one report per defence and
+        parameters (:mod:`perturbd.evaluation.record`); a one-line :class:`DataError` if no
+        defence ran on this run."""
         if not self.defenses_path.is_file():
             raise DataError(f"{self.path} has no {self.DEFENSES}; run it with `defenses: [...]` in its config")
         try:
@@ -334,7 +336,12 @@ class RunDir:
         write_json(self.path / self.TIMING, seconds)
 
     def write_defenses(self, record: dict[str, Any]) -> None:
-        write_json(self.defenses_path, record)
+        """``defenses.json``, replaced whole at once (written beside it, then renamed): results
+        accumulate in it (:mod:`perturbd.evaluation.record`), and an interrupted write must not
+        lose the earlier ones."""
+        part = self.defenses_path.with_name(f".{self.DEFENSES}.part")
+        write_json(part, record)
+        os.replace(part, self.defenses_path)
 
     def write_log(self, lines: list[str]) -> None:
         (self.path / self.LOG).write_text("\n".join(lines) + "\n")

@@ -303,3 +303,24 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     _metric("psnr_mean", "PSNR mean", "PSNR dB", "PSNR", "dB", "num", "stealth.psnr_mean"),
     _metric("ssim_mean", "SSIM mean", "SSIM", "SSIM", "", "num3", "stealth.ssim_mean"),
 )}  # fmt: skip
+
+#: the removal metrics of a mitigation (:mod:`perturbd.metrics`; DESIGN.md's "removal" row), as
+#: its metrics in ``defenses.json`` hold them (``path``: the key there): the console, the run's
+#: HTML report and the matrix name and format them from this table. Rates are fractions of the
+#: test images: the ASR and R-Acc over the triggered images of the source classes (every class but
+#: the target unless ``poison.sources`` is set).
+REMOVAL: dict[str, Metric] = {m.key: m for m in (
+    _metric("clean_accuracy_before", "clean accuracy before", "acc. before %", "acc0 %", "fraction", "pct", "clean_accuracy_before"),
+    _metric("clean_accuracy_after", "clean accuracy after", "acc. after %", "acc %", "fraction", "pct", "clean_accuracy_after"),
+    _metric("accuracy_cost", "accuracy cost (before − after)", "acc. cost (points)", "cost pts", "fraction difference", "pct",
+            "accuracy_cost", "cost: clean accuracy before − after"),
+    _metric("asr_before", "ASR before", "ASR before %", "ASR0 %", "fraction", "pct1", "asr_before"),
+    _metric("asr_after", "ASR after", "ASR after %", "ASR %", "fraction", "pct1", "asr_after"),
+    _metric("robust_accuracy_before", "robust accuracy before", "R-Acc before %", "R-Acc0 %", "fraction", "pct1", "robust_accuracy_before"),
+    _metric("robust_accuracy_after", "robust accuracy after (R-Acc)", "R-Acc %", "R-Acc %", "fraction", "pct1", "robust_accuracy_after",
+            "R-Acc: triggered images classified as their true label"),
+    _metric("der", "defence effectiveness rating (DER)", "DER", "DER", "", "num3", "der",
+            "DER: [max(0, ΔASR) − max(0, ΔAcc) + 1] / 2"),
+    _metric("clean_images_used", "clean images used", "clean images", "clean", "images", "int", "clean_images_used"),
+    _metric("seconds", "defence wall time", "wall time (s)", "s", "s", "num", "seconds"),
+)}  # fmt: skip
