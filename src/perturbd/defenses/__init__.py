@@ -21,9 +21,12 @@ Example:
 from perturbd.defenses import (  # noqa: F401  (each module registers its defence)
     activation_clustering,
     adversarial_training,
+    anp,
+    clp,
     distillation,
     fine_pruning,
     fine_tuning,
+    ibau,
     neural_cleanse,
     spectral_signature,
     strip,
