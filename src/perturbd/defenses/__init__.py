@@ -4,7 +4,7 @@
 - input screening (:class:`InputScreen`): :mod:`strip`
 - model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
-  :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`
+  :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`, :mod:`anp`, :mod:`clp`, :mod:`ibau`
 - update audit (:class:`UpdateAuditor`): :mod:`update_audit`
 
 Neural Cleanse's own helpers: :mod:`nc_schedule` (its cost schedule and early stop) and
@@ -21,10 +21,13 @@ Example:
 from perturbd.defenses import (  # noqa: F401  (each module registers its defence)
     activation_clustering,
     adversarial_training,
+    anp,
+    clp,
     distillation,
     fine_pruning,
     fine_tuning,
     ft_sam,
+    ibau,
     nad,
     neural_cleanse,
     spectral_signature,
