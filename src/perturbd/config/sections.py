@@ -73,6 +73,27 @@ class ModelConfig(Section):
         description="divided by per channel, in input_range units; default as for mean (1, or 0.5); what is not stated keeps its default",
     )
 
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of a factory: model's function, e.g. {model_name: resnet18, num_classes: 10, in_chans: 1} "
+        "for factory:timm:create_model; image_shape and num_classes are added where the function declares them and they are not here",
+    )
+
+    @field_validator("kwargs")
+    @classmethod
+    def _factory_only(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if value and not str(info.data.get("name", "")).strip().startswith("factory:"):
+            raise ValueError("keyword arguments go to a factory:package.module:function model only; drop them or name a factory")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _no_empty_kwargs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Configs without keyword arguments dump (and hash) as before the key existed."""
+        out: dict[str, Any] = handler(self)
+        if not out.get("kwargs"):
+            out.pop("kwargs", None)
+        return out
+
     @field_validator("weights", "replace_head")
     @classmethod
     def _not_torchscript(cls, value: Any, info: ValidationInfo) -> Any:

@@ -7,6 +7,9 @@ checked by the same code with the same one-line errors. :func:`register_arrays` 
 this process and names them ``arrays:<16 hex digits of the SHA-256 of their content>``: that name
 goes into ``data.name``, so the run directory's hash and the clean-twin cache name the data by
 what it holds. The name means nothing to another process (a sweep on Ray, ``perturbd defend``).
+
+:func:`as_dataset` converts one set of images (and labels) the same way, for
+:func:`perturbd.defend` and a defence's ``fit``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from perturbd.data.dataset import DataSplit
-from perturbd.data.npz import REQUIRED, split_from_arrays
+from perturbd.data.dataset import DataSplit, ImageDataset
+from perturbd.data.npz import REQUIRED, _images, _labels, split_from_arrays
 from perturbd.data.sources import SourceRequest, register_source
 from perturbd.errors import DataError
 
@@ -45,12 +48,35 @@ def register_arrays(data: Sequence[Any]) -> str:
     return name
 
 
-def _numpy(value: Any, key: str) -> np.ndarray:
+def as_dataset(images: Any, labels: Any = None, *, num_classes: int | None = None, name: str = "data") -> ImageDataset:
+    """Images and labels from another framework as an :class:`ImageDataset` (uint8 ``(N, C, H, W)``).
+
+    Args:
+        images: numpy array or torch tensor, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)``;
+            uint8 pixels 0–255, or floats in [0, 1] (rounded to the nearest of 256 levels, as a
+            saved image would be), as ``npz:`` data (:mod:`perturbd.data.npz`).
+        labels: ``(N,)`` integer labels; None: all 0 (for what reads no labels: input screening).
+        num_classes: the class count (the model's); default the largest label + 1 (at least 2).
+        name: the data's name in messages and reports.
+
+    Raises:
+        DataError: one line naming what is wrong (layout, range, NaN, a label count or value).
+    """
+    usage = f"{name}: images and labels are numpy arrays or torch tensors"
+    x = _images(_numpy(images, "x", usage), "x", name)
+    y = torch.zeros(len(x), dtype=torch.int64) if labels is None else _labels(_numpy(labels, "y", usage), "y", len(x), name)
+    k = max(int(y.max()) + 1 if len(y) else 0, 2) if num_classes is None else int(num_classes)
+    if len(y) and int(y.max()) >= k:
+        raise DataError(f"{name}: labels go up to {int(y.max())} but the model has {k} classes; give labels 0…{k - 1}")
+    return ImageDataset(x, y, tuple(str(c) for c in range(k)), name)
+
+
+def _numpy(value: Any, key: str, usage: str = _USAGE) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     if isinstance(value, np.ndarray) or (key == "classes" and isinstance(value, (list, tuple))):
         return np.asarray(value)
-    raise DataError(f"{_USAGE}; {key} is a {type(value).__name__}")
+    raise DataError(f"{usage}; {key} is a {type(value).__name__}")
 
 
 def _status(req: SourceRequest) -> str:

@@ -253,7 +253,10 @@ def build_defense(name: str, **params: Any) -> Defense:
 
 def require_features(model: nn.Module, defense: str) -> None:
     if not callable(getattr(model, "features", None)) or not callable(getattr(model, "head", None)):
-        raise ConfigError(f"defense '{defense}' needs a model with features() and head() (a perturbd model); got {type(model).__name__}")
+        raise ConfigError(
+            f"defense '{defense}' needs a model with features() and head() (a perturbd model), got {type(model).__name__}; "
+            "wrap it: perturbd.wrap(net, image_shape, ...)"
+        )
 
 
 @torch.no_grad()

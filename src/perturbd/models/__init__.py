@@ -17,7 +17,8 @@ Example::
 A new architecture is one file in this package with a builder registered by ``@register_model``
 and one import line below. A network perturbd did not build (``torchscript:PATH``,
 ``factory:package.module:function``, ``tv:<name>`` with ``model.weights``) is built from the
-config's model section by :func:`build_model` (:mod:`perturbd.models.external`).
+config's model section by :func:`build_model` (:mod:`perturbd.models.external`); one in memory is
+handed over with :func:`wrap` (:mod:`perturbd.models.wrap`).
 """
 
 from perturbd.models.base import (
@@ -33,6 +34,7 @@ from perturbd.models.base import (
 )
 from perturbd.models.checkpoint import build_from_checkpoint, checkpoint_metadata, is_checkpoint, load_model_weights, save_model
 from perturbd.models.external import ExternalModel, build_model, register_factory
+from perturbd.models.wrap import model_section, register_module, wrap
 
 # Architectures register themselves on import.
 from perturbd.models import fastnet, lenet, preact_resnet, small, tv, vgg, whitenet  # noqa: F401  isort: skip
@@ -51,8 +53,11 @@ __all__ = [
     "list_models",
     "load_model_weights",
     "model_device",
+    "model_section",
     "register_factory",
     "register_model",
+    "register_module",
     "register_prefix",
     "save_model",
+    "wrap",
 ]

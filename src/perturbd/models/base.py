@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import overload
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ Builder = Callable[[ImageShape, int], "Classifier"]
 
 MODELS: Registry[Builder] = Registry("model")
 _PREFIXES: dict[str, Callable[[str], Builder]] = {}
+_TAKES_KWARGS: set[str] = set()  # prefixes whose builders take keyword arguments (model.kwargs)
 
 # Exact shapes with a tuned default; any other shape falls back by channel count and size.
 _DEFAULTS: dict[ImageShape, str] = {(1, 28, 28): "cnn28", (3, 32, 32): "cnn32"}
@@ -190,11 +191,15 @@ def register_model(fn=None):  # type: ignore[no-untyped-def]
     return add
 
 
-def register_prefix(prefix: str, resolver: Callable[[str], Builder]) -> None:
-    """Resolve names ``"<prefix>:<rest>"`` with ``resolver(rest)`` (which raises ConfigError if unknown)."""
+def register_prefix(prefix: str, resolver: Callable[[str], Builder], *, takes_kwargs: bool = False) -> None:
+    """Resolve names ``"<prefix>:<rest>"`` with ``resolver(rest)`` (which raises ConfigError if unknown);
+    ``takes_kwargs``: its builders take a third argument, a mapping of keyword arguments
+    (``model.kwargs``, see :func:`get_model`)."""
     if prefix in _PREFIXES:
         raise ValueError(f"model prefix '{prefix}:' is already registered")
     _PREFIXES[prefix] = resolver
+    if takes_kwargs:
+        _TAKES_KWARGS.add(prefix)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -219,7 +224,15 @@ def default_model_name(image_shape: Sequence[int]) -> str:
     return "cnn28" if c == 1 and min(h, w) >= 16 and max(h, w) <= 32 else "cnn32"
 
 
-def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: int | None = None, check: bool = True) -> Classifier:
+def get_model(
+    name: str,
+    image_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int | None = None,
+    check: bool = True,
+    kwargs: Mapping[str, Any] | None = None,
+) -> Classifier:
     """Build the architecture ``name`` for images of ``image_shape`` and ``num_classes`` classes.
 
     Weights are initialised from torch's global RNG. With ``seed`` that RNG is first seeded
@@ -235,6 +248,8 @@ def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: 
         seed: seeds torch's global RNG before the weights are drawn (None: use it as it is).
         check: run one blank image through it (:func:`check_fits`); False for a caller that
             first sets its weights and input (:func:`~perturbd.models.build_model`).
+        kwargs: keyword arguments for the builder of a prefix that takes them
+            (``factory:``: the function's own, ``model.kwargs``).
 
     Raises:
         ConfigError: unknown name (with a suggestion), bad shape or class count, or an
@@ -260,9 +275,11 @@ def get_model(name: str, image_shape: Sequence[int], num_classes: int, *, seed: 
     if key == "auto":
         key = default_model_name(shape)
     builder = _builder(key)
+    if kwargs and key.partition(":")[0] not in _TAKES_KWARGS:
+        raise ConfigError(f"model '{key}' takes no keyword arguments (model.kwargs); they are for factory:package.module:function")
     if seed is not None:
         torch.manual_seed(seed)
-    model = builder(shape, classes)
+    model = cast(Callable[..., Classifier], builder)(shape, classes, kwargs) if kwargs else builder(shape, classes)
     model.arch = key
     if check:
         check_fits(model, shape)

@@ -2,8 +2,11 @@
 
 - ``model.name: torchscript:PATH``: a ``torch.jit.save`` file (it holds its weights).
 - ``model.name: factory:package.module:fn``: ``fn`` returns a fresh ``nn.Module``; imported by name
-  (the current folder is searched last), called with the keywords it declares among
-  ``image_shape`` ``(C, H, W)`` and ``num_classes``, once per model built, after the seed is set.
+  (the current folder is searched last), called with ``model.kwargs`` (its own arguments, e.g.
+  ``{model_name: resnet18, num_classes: 10}`` for ``factory:timm:create_model``) and the keywords
+  it declares among ``image_shape`` ``(C, H, W)`` and ``num_classes`` that ``model.kwargs`` does
+  not give, once per model built, after the seed is set. Missing or unknown arguments, and an
+  exception inside ``fn``, are one line (:func:`call_factory`).
 - ``model.weights: PATH`` (with ``tv:<name>``, ``factory:`` or a perturbd architecture): the state
   dict it starts from, ``.safetensors`` or ``.pt``/``.pth`` read with ``torch.load(weights_only=True)``
   (``module.`` prefixes and a ``{"state_dict": ...}`` wrapper handled; nothing is unpickled).
@@ -31,12 +34,13 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from perturbd.config import ModelConfig
-from perturbd.errors import CheckpointError, ConfigError
+from perturbd.errors import CheckpointError, ConfigError, PerturbdError
 from perturbd.models.base import Builder, Classifier, check_fits, get_model, register_prefix
 from perturbd.models.checkpoint import is_checkpoint, is_torchscript, load_model_weights
 from perturbd.models.layers import check_layer, layer_names, read_layer, submodule
@@ -73,8 +77,13 @@ class ExternalModel(Classifier):
 
     @property
     def feature_dim(self) -> int:
-        with torch.no_grad():
-            return int(self.features(torch.zeros(1, *self.image_shape, device=_device(self))).shape[1])
+        was_training = self.training
+        self.eval()  # one blank image: batch norm in training mode would refuse a 1×1 map
+        try:
+            with torch.no_grad():
+                return int(self.features(torch.zeros(1, *self.image_shape, device=_device(self))).shape[1])
+        finally:
+            self.train(was_training)
 
     def own_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """The network's own state dict (as ``net.state_dict()`` writes it) in this model's keys."""
@@ -146,31 +155,46 @@ def build_model(
             not exist, a network of another input shape or class count, …).
     """
     check_spec(spec)
-    model = get_model(spec.name, image_shape, num_classes, seed=seed, check=False)
+    model = get_model(spec.name, image_shape, num_classes, seed=seed, check=False, kwargs=spec.kwargs)
     weights = weights if weights is not None else spec.weights
     if weights is not None:
         third_party = not is_checkpoint(weights)
         load_model_weights(model, weights, replace_head=spec.replace_head)
         if third_party:
             model.set_input()
-    if (spec.input_range, spec.mean, spec.std) != (None, None, None):
-        channels = model.image_shape[0]
-        for key, values in (("mean", spec.mean), ("std", spec.std)):
-            if values is not None and len(values) not in (1, channels, 3 if channels == 1 else channels):
-                rgb = " (or 3: grey images into an RGB network)" if channels == 1 else ""
-                raise ConfigError(
-                    f"model.{key} has {len(values)} values for images of {channels} channel(s); give one, or one per channel{rgb}"
-                )
-        now: Mapping[str, Sequence[float]] = model.input_spec or {  # what is not stated stays
-            "input_range": (0.0, 1.0), "mean": (model.mean,), "std": (model.std,),
-        }  # fmt: skip
-        model.set_input(spec.input_range or now["input_range"], spec.mean or now["mean"], spec.std or now["std"])
-    if spec.features is not None:
-        model.feature_layer = check_layer(model.layers, spec.features, model.arch)
+    state_input(model, spec.input_range, spec.mean, spec.std, spec.features)
     check_fits(model, model.image_shape)
     if isinstance(model, ExternalModel):
         model.check_split()
     return model
+
+
+def state_input(
+    model: Classifier,
+    input_range: Sequence[float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    features: str | None = None,
+    *,
+    where: str = "model.",
+) -> None:
+    """Set what is stated of how ``model``'s network takes its input (:meth:`Classifier.set_input`;
+    what is not stated keeps its value) and the layer its features are read at. ``where`` starts
+    the names in errors (``model.`` for the config's keys)."""
+    if (input_range, mean, std) != (None, None, None):
+        channels = model.image_shape[0]
+        for key, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) not in (1, channels, 3 if channels == 1 else channels):
+                rgb = " (or 3: grey images into an RGB network)" if channels == 1 else ""
+                raise ConfigError(
+                    f"{where}{key} has {len(values)} values for images of {channels} channel(s); give one, or one per channel{rgb}"
+                )
+        now: Mapping[str, Sequence[float]] = model.input_spec or {  # what is not stated stays
+            "input_range": (0.0, 1.0), "mean": (model.mean,), "std": (model.std,),
+        }  # fmt: skip
+        model.set_input(input_range or now["input_range"], mean or now["mean"], std or now["std"])
+    if features is not None:
+        model.feature_layer = check_layer(model.layers, features, model.arch)
 
 
 def check_spec(spec: ModelConfig) -> None:
@@ -279,20 +303,56 @@ def _import(module: str) -> object:
 
 def _resolve_factory(rest: str) -> Builder:
     fn = _factory(rest)
-    try:
-        declared = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        declared = {}  # type: ignore[assignment]
 
-    def build(image_shape: Sequence[int], num_classes: int) -> Classifier:
-        offered = {"image_shape": tuple(image_shape), "num_classes": num_classes}
-        net = fn(**{k: v for k, v in offered.items() if k in declared})
-        if not isinstance(net, nn.Module):
-            raise ConfigError(f"model 'factory:{rest}' returned a {type(net).__name__}, not a torch.nn.Module")
+    def build(image_shape: Sequence[int], num_classes: int, kwargs: Mapping[str, Any] | None = None) -> Classifier:
+        net = call_factory(f"factory:{rest}", fn, image_shape, num_classes, kwargs or {})
         return ExternalModel(net, image_shape, num_classes)
 
     return build
 
 
+def call_factory(
+    name: str, fn: Callable[..., object], image_shape: Sequence[int], num_classes: int, kwargs: Mapping[str, Any]
+) -> nn.Module:
+    """``fn(**kwargs)``, with ``image_shape`` and ``num_classes`` added where ``fn`` declares them
+    by name and ``kwargs`` does not give them. Arguments that do not fit ``fn``'s signature, an
+    exception inside ``fn`` or a result that is not an ``nn.Module`` are one-line ConfigErrors."""
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: called as it is
+        signature = None
+    declared = signature.parameters if signature is not None else {}
+    offered = {"image_shape": tuple(image_shape), "num_classes": num_classes}
+    given = {**{k: v for k, v in offered.items() if k in declared and k not in kwargs}, **kwargs}
+    short = getattr(fn, "__name__", "fn")
+    if signature is not None:
+        try:
+            signature.bind(**given)
+        except TypeError as err:
+            first = next((p for p in declared.values() if p.default is inspect.Parameter.empty and p.name not in given), None)
+            key = first.name if first is not None else "KEY"
+            raise ConfigError(
+                f"model '{name}' cannot be called with {_shown(given)} ({err}); give its arguments in model.kwargs, "
+                f"e.g. --set model.kwargs.{key}=VALUE (from Python: model=functools.partial({short}, ...))"
+            ) from None
+    try:
+        net = fn(**given)
+    except PerturbdError:
+        raise
+    except Exception as err:  # the user's code: its message in one line, not its traceback
+        lines = str(err).strip().splitlines() or [""]
+        raise ConfigError(
+            f"model '{name}' raised {type(err).__name__} when called with {_shown(given)}: {lines[0][:200]}; "
+            f"call {short}(...) yourself to see where"
+        ) from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model '{name}' returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _shown(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+
+
 register_prefix("torchscript", _torchscript)
-register_prefix("factory", _resolve_factory)
+register_prefix("factory", _resolve_factory, takes_kwargs=True)

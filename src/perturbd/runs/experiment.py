@@ -28,7 +28,7 @@ from perturbd.errors import ConfigError, DataError
 from perturbd.evaluation import DefenseInputs, DefenseReport, defender_clean_set, run_defenses, write_defenses
 from perturbd.malloc import malloc_state
 from perturbd.metrics import attack_success_rate, attacked, clean_accuracy, non_source_rate, stealth
-from perturbd.models import build_model, list_models, register_factory, save_model
+from perturbd.models import build_model, list_models, model_section, save_model
 from perturbd.models.external import check_spec
 from perturbd.poisoning import check_target, sources_of
 from perturbd.progress import Log, current, watching
@@ -176,7 +176,7 @@ def run(
     log: Log | None = None,
     force: bool = False,
     twin_cache: Path | None = None,
-    model: Callable[..., nn.Module] | None = None,
+    model: Callable[..., nn.Module] | nn.Module | None = None,
     data: Sequence[Any] | None = None,
 ) -> RunResult:
     """Run one experiment and write its run directory; return the existing one if complete.
@@ -280,18 +280,21 @@ class Stopwatch:
 
 
 def with_inputs(
-    cfg: ExperimentConfig, model: Callable[..., nn.Module] | None = None, data: Sequence[Any] | None = None
+    cfg: ExperimentConfig, model: Callable[..., nn.Module] | nn.Module | None = None, data: Sequence[Any] | None = None
 ) -> ExperimentConfig:
-    """``cfg`` with a model factory and arrays given from Python in its model and data sections.
+    """``cfg`` with a model and arrays given from Python in its model and data sections.
 
-    ``model``: a module-level function (or class) returning a fresh ``nn.Module``, called once per
-    model perturbd builds (clean twin, backdoored model, the adversary's under knowledge
-    ``model``) with torch's RNG seeded first; it becomes ``model.name: factory:<module>:<name>``
-    (:func:`~perturbd.models.register_factory`). ``data``: ``(x_train, y_train, x_test, y_test)``
+    ``model``: a module-level function (or class) returning a fresh ``nn.Module``, or a
+    ``functools.partial`` of one (``partial(timm.create_model, "resnet18", num_classes=10)``),
+    called once per model perturbd builds (clean twin, backdoored model, the adversary's under
+    knowledge ``model``) with torch's RNG seeded first: ``model.name: factory:<module>:<name>``
+    with the partial's arguments in ``model.kwargs``; or an ``nn.Module`` instance (plain or from
+    :func:`~perturbd.models.wrap`), deep-copied for each: ``model.name: module:<digest>``
+    (:func:`~perturbd.models.model_section`). ``data``: ``(x_train, y_train, x_test, y_test)``
     arrays or tensors, becoming ``data.name: arrays:<digest>`` (:mod:`perturbd.data.arrays`).
     """
     if model is not None:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": register_factory(model)})})
+        cfg = cfg.model_copy(update={"model": model_section(model, cfg.model)})
     if data is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": register_arrays(data)})})
     return cfg
