@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
+from perturbd.cli.catalog import defense_entries, listing
 from perturbd.errors import ConfigError
 from perturbd.report.console import defense_table
 
@@ -94,15 +95,14 @@ def defend(
 
 
 @app.command()
-def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter")] = "*") -> None:
-    """List the registered defences, their kind and what a defence of that kind does."""
-    from perturbd.defenses import get_defense, list_defenses
-    from perturbd.evaluation.kinds import KINDS
-
-    for name in list_defenses(pattern):
-        kind = get_defense(name).kind
-        about = KINDS[kind].about if kind in KINDS else "(no evaluator measures this kind)"
-        out_console.print(f"{name:<22} {kind:<11} {about}", markup=False, highlight=False)
+def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter, e.g. 'fine_*'")] = "*") -> None:
+    """List the defences: name, kind, what it is, and each parameter as `-p NAME.KEY=DEFAULT`
+    with its type, range and meaning (no torch is loaded to list them)."""
+    entries = defense_entries(pattern)
+    if not entries:
+        raise ConfigError(f"no defence matches '{pattern}'; see `perturbd defenses`")
+    for line in listing(entries, ""):
+        out_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
