@@ -42,7 +42,7 @@ def test_listing_loads_no_torch(args: list[str]) -> None:
 def test_every_defence_parameter_is_listed_with_its_default_and_range(cli) -> None:
     code, out, _ = cli("defenses")
     assert code == 0
-    lines = out.splitlines()
+    lines, flat = out.splitlines(), " ".join(out.split())  # flat: the text as wrapped, joined again
     for name in list_defenses():
         cls = get_defense(name)
         head = next(line for line in lines if line.split()[0] == name)
@@ -50,11 +50,13 @@ def test_every_defence_parameter_is_listed_with_its_default_and_range(cli) -> No
         for key, field in cls.Params.model_fields.items():
             default = field.get_default(call_default_factory=True)
             shown = json.dumps(default) if isinstance(default, str) else str(default)
-            row = next(line for line in lines if line.split()[0] == f"{name}.{key}={shown}")
-            assert catalog.field_range(field) in row and (field.description or "")[:20] in row
+            assert any(line.split()[0] == f"{name}.{key}={shown}" for line in lines), f"{name}.{key}"
+            assert f"{name}.{key}={shown} " in flat and " ".join((field.description or "").split()) in flat
+            assert catalog.field_range(field) in flat.split(f"{name}.{key}={shown} ")[1][:80]
     epochs = get_defense("neural_cleanse").Params.model_fields["epochs"]
     bounds = f"[{epochs.metadata[0].ge}, {epochs.metadata[1].le}]"
-    assert any(line.split()[0].startswith("neural_cleanse.epochs=") and f"int in {bounds}" in line for line in lines)
+    assert f"neural_cleanse.epochs={epochs.default} int in {bounds}:" in flat
+    assert all(len(line) <= 80 for line in lines), "wrapped to the console's width (80 when not a terminal)"
 
 
 def test_every_trigger_kind_says_what_it_is(cli) -> None:
@@ -63,10 +65,10 @@ def test_every_trigger_kind_says_what_it_is(cli) -> None:
     for name in KINDS.names():
         kind = KINDS.get(name)
         assert kind.about, f"trigger '{name}' has no one-line description"
-        assert f"{name} " in out and kind.about in out
+        assert f"{name} " in out and kind.about in " ".join(out.split())
         for key in kind.params.model_fields:
             assert f"trigger.{key}=" in out
-    assert "trigger.amplitude=10.0" in out and "float in (0, 255]" in out
+    assert "trigger.amplitude=10.0  float in (0, 255]:" in out
 
 
 def test_a_filter_and_one_that_matches_nothing(cli) -> None:

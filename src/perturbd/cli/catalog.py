@@ -19,6 +19,7 @@ import fnmatch
 import hashlib
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -179,18 +180,27 @@ def _value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list)) else str(value)
 
 
-def listing(entries: list[Entry], prefix: str) -> list[str]:
-    """The lines printed: per entry ``name  kind  about``, then per parameter
-    ``  PREFIX.name=default  type range  description`` (``prefix``: ``trigger`` or the defence's name)."""
-    width = max((len(e["name"]) for e in entries), default=0)
+def listing(entries: list[Entry], prefix: str, width: int = 80) -> list[str]:
+    """The lines printed, wrapped to ``width``: per entry ``name  kind  about``, then per parameter
+    ``    PREFIX.name=default  type range: description`` (``prefix``: ``trigger``, or ``""`` for
+    the entry's own name: what ``-p`` takes), each continued under its text."""
+    name_width = max((len(e["name"]) for e in entries), default=0)
     kind_width = max((len(e["kind"]) for e in entries), default=0)
     lines = []
     for e in entries:
-        lines.append(f"{e['name']:<{width}}  {e['kind']:<{kind_width}}  {e['about']}".rstrip())
+        lines += _hanging(f"{e['name']:<{name_width}}  {e['kind']:<{kind_width}}  ", e["about"], width)
         head = prefix or e["name"]
         sets = [f"{head}.{p['name']}={_value(p['default'])}" for p in e["params"]]
         pad = max((len(s) for s in sets), default=0)
         for s, p in zip(sets, e["params"]):
             kind = " ".join(filter(None, [p["type"], p["range"]]))
-            lines.append(f"    {s:<{pad}}  {kind}: {p['description']}".rstrip(": "))
+            lines += _hanging(f"    {s:<{pad}}  ", f"{kind}: {p['description']}".rstrip(": "), width)
     return lines
+
+
+def _hanging(lead: str, text: str, width: int) -> list[str]:
+    """``lead`` then ``text`` wrapped to ``width``, its later lines under its first (at least 24
+    columns of text however long ``lead`` is; a word is never broken)."""
+    room = max(width - len(lead), 24)
+    wrapped = textwrap.wrap(text, room, break_long_words=False, break_on_hyphens=False) or [""]
+    return [(lead + wrapped[0]).rstrip()] + [" " * len(lead) + rest for rest in wrapped[1:]]

@@ -101,7 +101,7 @@ def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter, e.
     entries = defense_entries(pattern)
     if not entries:
         raise ConfigError(f"no defence matches '{pattern}'; see `perturbd defenses`")
-    for line in listing(entries, ""):
+    for line in listing(entries, "", out_console.width):
         out_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -38,7 +38,7 @@ def trigger_list(pattern: Annotated[str, typer.Argument(help="shell-style filter
     entries = trigger_entries(pattern)
     if not entries:
         raise PerturbdError(f"no trigger kind matches '{pattern}'; see `perturbd trigger list`")
-    for line in listing(entries, "trigger"):
+    for line in listing(entries, "trigger", out_console.width):
         out_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
