@@ -62,5 +62,6 @@ def test_commands_come_in_the_order_a_user_needs_them(cli, wide) -> None:
 
 def test_a_docstring_s_line_breaks_do_not_reach_the_help(cli, wide) -> None:
     code, out, _ = cli("--help")
+    assert code == 0
     defend = next(line for line in out.splitlines() if line.startswith("│ defend "))
     assert "--arch" in defend, "the command's first paragraph on one line at this width"

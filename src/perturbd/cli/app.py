@@ -13,6 +13,7 @@ from rich.markup import escape  # help texts are rich markup: [tensorboard] woul
 from typer.core import TyperGroup
 
 from perturbd.config import parse_assignment
+from perturbd.errors import ConfigError
 from perturbd.version import __version__
 
 HELP = (
@@ -106,7 +107,15 @@ TensorBoardOpt = Annotated[
         help=escape("log every model's training loss and images/s per epoch to TensorBoard in DIR (pip install 'perturbd[tensorboard]')"),
     ),
 ]
-ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a defence parameter: key=value (repeatable)")]
+ParamOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--param",
+        "-p",
+        metavar="NAME.KEY=VALUE",
+        help="a defence's parameter, e.g. neural_cleanse.epochs=3 (KEY=VALUE: every defence given); repeatable; see `perturbd defenses`",
+    ),
+]
 TrustCodeOpt = Annotated[
     bool,
     typer.Option(
@@ -119,6 +128,37 @@ TrustCodeOpt = Annotated[
 def params_of(items: list[str] | None) -> dict[str, Any]:
     """``key=value`` pairs, values parsed as YAML; a one-line error for anything else."""
     return dict(parse_assignment(item, "--param takes key=value") for item in items or [])
+
+
+def defense_params(names: list[str], items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The ``-p`` values as the parameters of each defence in ``names``, checked against its
+    ``Params`` (a one-line :class:`ConfigError` naming the parameter, with a suggestion for a
+    misspelt one) before any work: ``NAME.KEY=VALUE`` sets KEY of the defence NAME, ``KEY=VALUE``
+    sets KEY of every defence in ``names`` (each of which must have it). Imports the defences."""
+    from perturbd.defenses import get_defense
+    from perturbd.defenses.base import check_params
+
+    out: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for item in items or []:
+        key, value = parse_assignment(item, "-p takes NAME.KEY=VALUE (one defence) or KEY=VALUE (every defence given)")
+        name, dot, param = key.rpartition(".")
+        if dot and name not in out:
+            get_defense(name)  # an unknown defence: one line with a suggestion
+            raise ConfigError(f"-p {item}: '{name}' is not among the defences given ({', '.join(names)}); add --defense {name}")
+        if dot:
+            out[name][param] = value
+            continue
+        having = [n for n in names if key in get_defense(n).Params.model_fields]
+        if having and len(having) < len(names):
+            lacking = next(n for n in names if n not in having)
+            raise ConfigError(
+                f"-p {item} sets every defence given, and '{lacking}' has no parameter '{key}'; write -p {having[0]}.{item} for one"
+            )
+        for params in out.values():
+            params[key] = value
+    for name, params in out.items():
+        check_params(name, get_defense(name).Params, params)
+    return out
 
 
 def overrides(sets: list[str] | None, data_root: Path | None) -> list[str]:

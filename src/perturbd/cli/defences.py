@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
+from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, defense_params, out_console
 from perturbd.cli.catalog import defense_entries, listing
 from perturbd.errors import ConfigError
 from perturbd.report.console import defense_table
@@ -64,8 +64,8 @@ def defend(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
-    with --arch); --param applies to every --defense given. Every ASR reported counts the source
-    classes only (--source, or the run's poison.sources)."""
+    with --arch); -p NAME.KEY=VALUE sets a parameter of one defence (-p KEY=VALUE: of every --defense
+    given). Every ASR reported counts the source classes only (--source, or the run's poison.sources)."""
     from perturbd.config import DefenseSpec
     from perturbd.evaluation.harness import run_defenses, write_defenses
     from perturbd.malloc import tune_malloc
@@ -73,7 +73,8 @@ def defend(
     from perturbd.runs.rundir import check_output, user_os_errors
     from perturbd.runs.saved import load_inputs
 
-    specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
+    given = defense_params(defense, params)  # a bad name, key or value: one line, before anything loads
+    specs = [DefenseSpec(name=name, params=given[name]) for name in defense]
     folder = check_output(out or Path(f"defend-{model.stem if model.is_file() else model.name}"), "--out")
     tune_malloc()  # the command is the entry point: glibc's malloc set for tensors
     inputs = load_inputs(
@@ -125,7 +126,7 @@ def audit(
     from perturbd.runs.rundir import check_output, user_os_errors, write_json
     from perturbd.runs.saved import load_inputs, load_model, locate
 
-    auditor = UpdateAudit(**params_of(params))
+    auditor = UpdateAudit(**defense_params([UpdateAudit.name], params)[UpdateAudit.name])
     if out is not None:
         check_output(out, "--out")
     spec = model_options(arch, features, sets)
