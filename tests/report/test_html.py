@@ -1,51 +1,85 @@
-"""Self-contained HTML: a run's page shows RunMetrics.rows(); the sweep page labels runs by trigger."""
+"""The run and sweep reports say how many seeds each number is over, give no 95 % interval over
+one seed, never cut a defence's name, and show STRIP's clean-model baseline (issue 40)."""
 
 from __future__ import annotations
 
-from perturbd.report.aggregate import collect_runs
-from perturbd.report.html import esc, run_html, sweep_html
+import json
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from perturbd.report.aggregate import aggregate, collect_runs, interval_note, seed_span
+from perturbd.report.build import build_report
+from perturbd.report.console import aggregate_table, defense_table, summary_table
 from perturbd.runs.folder import RunDir
-from perturbd.runs.rundir import read_json, write_json
 
 
-def test_run_page_shows_the_rows_of_run_metrics(runs, self_contained):
-    run = next(p for p in runs.iterdir() if (p / "trigger.png").is_file())
-    html = run_html(run).read_text()
-    assert self_contained(html)
-    for what, value in RunDir(run).metrics().rows():
-        assert f"<tr><th>{esc(what)}</th><td>{esc(value)}</td></tr>" in html
-    assert "<h2>Update</h2>" not in html
+def _rendered(renderable, width: int) -> str:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
 
 
-def test_update_run_page_shows_the_update_facts(runs):
-    run = next(p for p in runs.iterdir() if not p.name.startswith("."))
-    metrics = read_json(run / "metrics.json")
-    metrics["before_update"] = {"clean_accuracy": 0.97, "attack_success_rate": 0.02}
-    metrics["update"] = {
-        "batch_size": 600,
-        "batch": "fresh",
-        "initial_train_size": 4000,
-        "epochs": 2,
-        "lr": 0.01,
-        "pre_update_model": "trained here",
-        "checkpoint_sha256": None,
-    }
-    write_json(run / "metrics.json", metrics)
-    html = run_html(run).read_text()
-    assert "<tr><th>before update: accuracy / ASR</th><td>97.00 % / 2.00 %</td></tr>" in html
-    assert "<h2>Update</h2>" in html and "<tr><th>pre_update_model</th><td>trained here</td></tr>" in html
+def test_seed_spans() -> None:
+    assert seed_span([0]) == "0" and seed_span([2, 0, 1]) == "0–2" and seed_span([0, 1]) == "0, 1"
+    assert seed_span([0, 2, 3, 4, 9]) == "0, 2–4, 9"
 
 
-def test_sweep_page_labels_runs_by_the_trigger_label(kinds, self_contained):
-    records = collect_runs(kinds)
-    html = sweep_html(kinds, records, [], [], [], []).read_text()
-    assert self_contained(html)
-    for label in (
-        "grid c=6",
-        "grid c=10",
-        "patch 3px c=255",
-        "image mask.png",
-        "adaptive deepfool linf ξ=10",
-        "adaptive deepfool linf ξ=20",
-    ):
-        assert f"<td>{esc(label)}</td>" in html
+def test_one_seed_reads_as_one_seed_and_has_no_interval(make_run, tmp_path, cli) -> None:
+    root = tmp_path / "one"
+    for rate in (0.01, 0.05):
+        make_run(root, 0, rate, 10, asr=0.5)
+    rep = build_report(root)
+    (group, _) = rep.groups
+    assert group.seeds_text == "1 (seed 0)" and interval_note(rep.groups) == "one seed per config, no interval"
+    html = rep.html.read_text()
+    assert "<td>1 (seed 0)</td>" in html and "<td>0</td>" not in html
+    assert "95 %" not in html and "no interval from one seed" in html
+    assert "| 1 (seed 0) |" in rep.markdown and "95 %" not in rep.markdown.split("ASR ≥")[0]
+    assert " ± " not in _rendered(aggregate_table(rep, "t"), 200)
+    code, out, err = cli("report", str(root))
+    assert code == 0, err
+    assert "95 % CI" not in out and "one seed per config, no interval" in " ".join(out.split())
+
+
+def test_several_seeds_are_counted_and_have_their_interval(three_seeds, make_run, tmp_path_factory) -> None:
+    rep = build_report(three_seeds)
+    (group,) = rep.groups
+    assert group.seeds_text == "3 (seeds 0–2)" and interval_note(rep.groups) == "mean ± 95 % CI over seeds"
+    html = rep.html.read_text()
+    assert "<td>3 (seeds 0–2)</td>" in html and "Mean ± half-width of the 95 % t-interval over the seeds listed." in html
+    assert " ± " in _rendered(aggregate_table(rep, "t"), 200)
+    two = tmp_path_factory.mktemp("two")
+    for seed in (0, 1):
+        make_run(two, seed, 0.01, 10, asr=0.5)
+    assert [g.seeds_text for g in aggregate(collect_runs(two))[1]] == ["2 (seeds 0, 1)"]
+
+
+def test_a_mix_says_where_there_is_an_interval(make_run, tmp_path) -> None:
+    root = tmp_path / "mix"
+    make_run(root, 0, 0.01, 10, asr=0.5)
+    make_run(root, 1, 0.01, 10, asr=0.6)
+    make_run(root, 0, 0.05, 10, asr=0.9)
+    rep = build_report(root)
+    assert sorted(g.seeds_text for g in rep.groups) == ["1 (seed 0)", "2 (seeds 0, 1)"]
+    assert interval_note(rep.groups) == "mean ± 95 % CI where a config has 2+ seeds"
+    assert "(a config with one seed: its value alone)" in rep.html.read_text()
+
+
+LONG = ["activation_clustering", "spectral_signature_k5", "neural_cleanse"]
+
+
+@pytest.mark.parametrize("width", [72, 100])
+def test_defence_names_are_never_cut(width: int, make_run, tmp_path) -> None:
+    text = "AUROC 0.656 (TPR 0.20 / FPR 0.13 at its threshold; TPR 0.05 at 5 % FPR); class 0 33 % poisoned"
+    reports = [SimpleNamespace(name=n, kind="mitigation", cell={"text": text}, clean_used=0, seconds=1.0) for n in LONG]
+    shown = _rendered(defense_table(reports, "defend"), width)
+    assert all(name in shown for name in LONG), shown
+    run = make_run(tmp_path, 0, 0.05, 10, asr=0.9)
+    data = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(data | {"defenses": {n: {"text": text, "value": 0.5} for n in LONG}}))
+    shown = _rendered(summary_table(RunDir(run).metrics(), run), width)
+    assert all(name in shown for name in LONG), shown
+    page = build_report(run).html.read_text()
+    assert all(f"<th>defense {name}</th>" in page for name in LONG)

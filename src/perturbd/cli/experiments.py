@@ -12,7 +12,7 @@ from rich.table import Table
 from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, TrustCodeOpt, app, console, out_console, overrides, with_tensorboard
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
-from perturbd.report.aggregate import report_root
+from perturbd.report.aggregate import interval_note, report_root
 from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, make_progress, pct, summary_table
 from perturbd.runs.rundir import run_dir_for
 from perturbd.sweep.config import read_sweep
@@ -200,7 +200,7 @@ def sweep(
         result = run_sweep(sw, on_start=on_start, on_done=on_done, monitor=monitor if in_process else None)
     console.print(f"ran {len(result.finished)} runs in {result.seconds:.0f} s; {len(result.failed)} failed", highlight=False)
     report = build_report(sw.out)
-    out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
+    out_console.print(aggregate_table(report, f"{sw.spec.name}: {interval_note(report.groups)}"))
     for line in report.warnings:
         console.print(f"[yellow]warning: {escape(line)}", highlight=False)
     console.print(escape(f"report: {report.html}"), highlight=False)
@@ -236,7 +236,7 @@ def report(
     if rep.single_run:
         out_console.print(summary_table(RunDir(rep.root).metrics(), rep.root))
     else:
-        out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, mean ± 95 % CI over seeds"))
+        out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, {interval_note(rep.groups)}"))
         for f in rep.files[:-1]:
             console.print(escape(f"wrote {f}"), highlight=False)
         for line in rep.warnings:

@@ -63,12 +63,18 @@ def make_progress(console: Console) -> Progress:
 
 def summary_table(metrics: RunMetrics, run_dir: Path) -> Table:
     """The headline numbers of one run: the rows of :meth:`RunMetrics.rows`."""
+    rows = metrics.rows()
     t = Table(title=escape(f"perturbd run · {run_dir}"), show_header=True, header_style="bold")
-    t.add_column("metric")
+    t.add_column("metric", min_width=_longest_word([what for what, _ in rows]))  # "defense activation_clustering" is never cut
     t.add_column("value", justify="right")
-    for what, value in metrics.rows():
+    for what, value in rows:
         t.add_row(what, value)
     return t
+
+
+def _longest_word(texts: list[str]) -> int:
+    """The widest word of ``texts``: a column at least this wide wraps them at spaces and never cuts a name."""
+    return max((cell_len(w) for text in texts for w in text.split()), default=1)
 
 
 class SweepMonitor(RichMonitor):
@@ -93,7 +99,8 @@ def _width(header: str, values: list[str]) -> int:
 
 
 class AggregateTable:
-    """The aggregated sweep table: distinguishing config columns, seeds, mean ± 95 % CI per metric.
+    """The aggregated sweep table: distinguishing config columns, seeds (how many, which), mean ± 95 %
+    CI per metric (the value alone for one seed).
 
     Laid out for the width it is printed at: full headers (wrapped at spaces) where they fit,
     else short ones explained in the caption, else the least-needed metrics left out (named in
@@ -103,7 +110,7 @@ class AggregateTable:
     def __init__(self, report: Any, title: str) -> None:
         self.title = title
         self.keys = [*report.columns, "seeds"]
-        self.rows = [[str(g.keys[c]) for c in report.columns] + [",".join(map(str, g.seeds))] for g in report.groups]
+        self.rows = [[str(g.keys[c]) for c in report.columns] + [g.seeds_text] for g in report.groups]
         self.cells = {m: [cell(g.stats[m], METRICS[m].fmt) for g in report.groups] for m in TABLE_METRICS}
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -112,6 +119,8 @@ class AggregateTable:
     def table(self, width: int | None = None) -> Table:
         """The table for ``width`` columns (``None``: every metric with its full header)."""
         fixed = [_width(k, [r[i] for r in self.rows]) for i, k in enumerate(self.keys)]
+        # the seeds ("3 (seeds 0–2)") may wrap after the word "seeds": its count and word on one line
+        fixed[-1] = _width("seeds", [" ".join(r[-1].split()[:2]) for r in self.rows])
         metrics, labels, notes = list(TABLE_METRICS), {m: METRICS[m].label for m in TABLE_METRICS}, []
 
         def total() -> int:  # content + 2 padding + 1 rule per column, and the closing rule
@@ -145,8 +154,11 @@ def aggregate_table(report: Any, title: str) -> AggregateTable:
 def defense_table(reports: list[Any], title: str) -> Table:
     """One row per defence: kind, the matrix cell, clean images used, seconds."""
     t = Table(title=escape(title), header_style="bold")
-    for col in ("defense", "kind", "result", "clean images", "seconds"):
-        t.add_column(col, justify="right" if col in ("clean images", "seconds") else "left")
+    t.add_column("defense", min_width=_longest_word([r.name for r in reports]))  # a name is never cut, however narrow the terminal
+    t.add_column("kind", min_width=_longest_word([r.kind for r in reports]))
+    t.add_column("result", ratio=1)  # the one column that wraps to fit
+    t.add_column("clean images", justify="right")
+    t.add_column("seconds", justify="right")
     for r in reports:
         t.add_row(r.name, r.kind, r.cell["text"], str(r.clean_used), f"{r.seconds:.1f}")
     return t
