@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from perturbd.cli.catalog import write_catalog  # noqa: E402  (after the path above)
+from perturbd.cli.catalog import write_catalog
 
 if __name__ == "__main__":
     print(f"wrote {write_catalog()}")
