@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from perturbd.report.aggregate import TABLE_METRICS, cell
+from perturbd.report.aggregate import TABLE_METRICS, cell, seed_span
 from perturbd.runs.results import METRICS, RunMetrics, pct
 
 __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
@@ -110,7 +110,7 @@ class AggregateTable:
     def __init__(self, report: Any, title: str) -> None:
         self.title = title
         self.keys = [*report.columns, "seeds"]
-        self.rows = [[str(g.keys[c]) for c in report.columns] + [g.seeds_text] for g in report.groups]
+        self.rows = [[str(g.keys[c]) for c in report.columns] + [f"{len(g.runs)} ({seed_span(g.seeds)})"] for g in report.groups]
         self.cells = {m: [cell(g.stats[m], METRICS[m].fmt) for g in report.groups] for m in TABLE_METRICS}
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -119,8 +119,8 @@ class AggregateTable:
     def table(self, width: int | None = None) -> Table:
         """The table for ``width`` columns (``None``: every metric with its full header)."""
         fixed = [_width(k, [r[i] for r in self.rows]) for i, k in enumerate(self.keys)]
-        # the seeds ("3 (seeds 0–2)") may wrap after the word "seeds": its count and word on one line
-        fixed[-1] = _width("seeds", [" ".join(r[-1].split()[:2]) for r in self.rows])
+        # the seeds ("3 (0–2)": how many, which) wrap under their count, as narrow as the header
+        fixed[-1] = _width("seeds", [r[-1].split()[0] for r in self.rows])
         metrics, labels, notes = list(TABLE_METRICS), {m: METRICS[m].label for m in TABLE_METRICS}, []
 
         def total() -> int:  # content + 2 padding + 1 rule per column, and the closing rule
