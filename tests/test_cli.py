@@ -54,11 +54,12 @@ def test_datasets_and_models_list(cli) -> None:
     assert code == 0 and "cnn28" in out and "preact_resnet18" in out
 
 
-def test_defenses_list_each_with_its_kind_and_what_the_kind_does(cli) -> None:
+def test_defenses_list_each_with_its_kind_and_what_it_is(cli) -> None:
     code, out, _ = cli("defenses")
     assert code == 0
-    assert "strip                  input       screens inputs at inference" in out.splitlines()
-    assert all(len(line) <= 80 for line in out.splitlines()), "one line per defence"
+    strip = next(line for line in out.splitlines() if line.startswith("strip "))
+    assert strip.split()[:3] == ["strip", "input", "STRIP"] and "input screening at inference" in " ".join(out.split())
+    assert all(len(line) <= 80 for line in out.splitlines()), "wrapped to the console's width (80 when not a terminal)"
 
 
 def test_trigger_show_writes_png(cli, tmp_path) -> None:

@@ -76,23 +76,25 @@ def _amplitude(default: float = 10.0) -> Any:
 
 @dataclass
 class Kind:
-    """A registered trigger kind: its ``Params``; ``build`` ``(params, ctx) -> Trigger`` and the
-    ``family`` class are attached by :func:`perturbd.triggers.register_trigger`."""
+    """A registered trigger kind: its ``Params`` and ``about`` (one line: what it is, for
+    ``perturbd trigger list``); ``build`` ``(params, ctx) -> Trigger`` and the ``family`` class
+    are attached by :func:`perturbd.triggers.register_trigger`."""
 
     name: str
     params: type[TriggerParams]
     build: Callable[..., Any] | None = None
     family: type[Any] | None = None
+    about: str = ""
 
 
 KINDS: Registry[Kind] = Registry("trigger")
 
 
-def register_params(name: str) -> Callable[[type[TriggerParams]], type[TriggerParams]]:
-    """Class decorator: register the kind ``name`` with these ``Params``."""
+def register_params(name: str, about: str = "") -> Callable[[type[TriggerParams]], type[TriggerParams]]:
+    """Class decorator: register the kind ``name`` with these ``Params`` and its one-line ``about``."""
 
     def add(params: type[TriggerParams]) -> type[TriggerParams]:
-        KINDS.register(name)(Kind(name, params))
+        KINDS.register(name)(Kind(name, params, about=about))
         return params
 
     return add
@@ -110,11 +112,17 @@ class StaticParams(TriggerParams):
     amplitude: float = _amplitude()
 
 
-for _name in ("grid", "chessboard", "ring", "random"):
-    register_params(_name)(StaticParams)
+_STATIC = {
+    "grid": "static mask: +c on every other row and column (the paper's static pattern)",
+    "chessboard": "static mask: ±c alternating pixel by pixel",
+    "ring": "static mask: +c on a one-pixel circle centred in the image",
+    "random": "static mask: ±c per pixel, drawn from the seed",
+}
+for _name, _about in _STATIC.items():
+    register_params(_name, _about)(StaticParams)
 
 
-@register_params("patch")
+@register_params("patch", "+c on a size × size square by the bottom-right corner (c = 255: a visible BadNets-style patch)")
 class PatchParams(TriggerParams):
     amplitude: float = _amplitude()
     size: int = Field(3, ge=1, description="patch side in pixels")
@@ -123,7 +131,7 @@ class PatchParams(TriggerParams):
         return f"{self.size}px "
 
 
-@register_params("image")
+@register_params("image", "your own mask file (PNG/NPY in pixel units, or a saved trigger), added as a static mask")
 class ImageParams(TriggerParams):
     amplitude: float = _amplitude()
     path: Path | None = Field(
@@ -137,7 +145,7 @@ class ImageParams(TriggerParams):
 # --------------------------------------------------------------------------- adaptive mask
 
 
-@register_params("adaptive")
+@register_params("adaptive", "the paper's adaptive mask: a targeted universal perturbation of budget ξ, computed on the adversary's model")
 class AdaptiveParams(TriggerParams):
     strength_key: ClassVar[str] = "budget"
     symbol: ClassVar[str] = "ξ"
@@ -171,7 +179,7 @@ class AdaptiveParams(TriggerParams):
 # --------------------------------------------------------------------------- blended, sig, wanet
 
 
-@register_params("blended")
+@register_params("blended", "Chen et al. 2017: the image blended with a noise or image pattern, x' = (1 − α)·x + α·p")
 class BlendedParams(TriggerParams):
     strength_key: ClassVar[str] = "alpha"
     symbol: ClassVar[str] = "α"
@@ -208,11 +216,17 @@ class SigParams(SigRampParams):
         return f" f={self.frequency:g}"
 
 
-for _name, _params in (("sig", SigParams), ("sig_wrap", SigParams), ("sig_ramp", SigRampParams), ("sig_ramp_wrap", SigRampParams)):
-    register_params(_name)(_params)
+_SIG = {
+    "sig": (SigParams, "Barni et al. 2019: a horizontal sinusoid of peak Δ added to the image"),
+    "sig_ramp": (SigRampParams, "Barni et al. 2019: a horizontal ramp Δ·j/m added to the image (the authors' MNIST signal)"),
+    "sig_wrap": (SigParams, "sig added modulo 256, as the authors' code casts to uint8 before clipping"),
+    "sig_ramp_wrap": (SigRampParams, "sig_ramp added modulo 256, as the authors' code casts to uint8 before clipping"),
+}
+for _name, (_params, _about) in _SIG.items():
+    register_params(_name, _about)(_params)
 
 
-@register_params("wanet")
+@register_params("wanet", "Nguyen & Tran 2021: an imperceptible warp of the image, with noise mode")
 class WanetParams(TriggerParams):
     strength_key: ClassVar[str] = "warp_strength"
     symbol: ClassVar[str] = "s"

@@ -102,7 +102,7 @@ def test_a_run_whose_metrics_another_version_wrote_does_not_stop_the_report(make
     assert warning.startswith(f"{old / 'metrics.json'} is not a perturbd run's metrics (clean_model_asr: Field required)")
     assert "without a page of its own" in warning and "\n" not in warning
     assert (good / "report.html").is_file() and not (old / "report.html").exists()
-    assert "1.00 (n=1/2)" in rep.markdown and "| 0,1 |" in rep.markdown
+    assert "1.00 (n=1/2)" in rep.markdown and "| 2 (seeds 0, 1) |" in rep.markdown
     html = rep.html.read_text()
     assert "Runs read in part" in html and "clean_model_asr: Field required" in html
     code, out, err = cli("report", str(runs), "--out", str(tmp_path / "out"))

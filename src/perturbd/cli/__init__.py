@@ -25,7 +25,9 @@ def main() -> None:
     (:func:`perturbd.process.tune_process`), one that defends sets the malloc
     (:func:`perturbd.malloc.tune_malloc`); listing and reporting leave the process alone."""
     try:
-        code = app(standalone_mode=False)  # click's own mistakes (an unknown option, a missing argument) come here too
+        # click's own mistakes (an unknown option, a missing argument) come here too; the usage
+        # lines name the command a user types, also under `python -m perturbd`
+        code = app(standalone_mode=False, prog_name="perturbd")
     except PerturbdError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)

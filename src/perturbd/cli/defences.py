@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, out_console, params_of
+from perturbd.cli.app import DataRootOpt, ParamOpt, TrustCodeOpt, app, console, defense_params, out_console
+from perturbd.cli.catalog import defense_entries, listing
 from perturbd.errors import ConfigError, DataError
 from perturbd.report.console import RichMonitor, defense_table, make_progress
 
@@ -72,10 +73,11 @@ def defend(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Run defences on a saved model (a run directory, a perturbd or TorchScript file, or a state dict
-    with --arch); --param applies to every --defense given. Every ASR reported counts the source
-    classes only (--source, or the run's poison.sources). Results accumulate in the folder's
-    defenses.json, one entry per defence and parameters (a run directory's shows in its report.html):
-    a defence already there with the same parameters is skipped unless --rerun."""
+    with --arch); -p NAME.KEY=VALUE sets a parameter of one defence (-p KEY=VALUE: of every --defense
+    given). Every ASR reported counts the source classes only (--source, or the run's poison.sources).
+    Results accumulate in the folder's defenses.json, one entry per defence and parameters (a run
+    directory's shows in its report.html): a defence already there with the same parameters is
+    skipped unless --rerun."""
     from perturbd.config import DefenseSpec
     from perturbd.evaluation.harness import read_record, run_defenses, write_defenses
     from perturbd.evaluation.record import entries
@@ -86,7 +88,8 @@ def defend(
     from perturbd.runs.rundir import check_output, user_os_errors
     from perturbd.runs.saved import load_inputs
 
-    specs = [DefenseSpec(name=name, params=params_of(params)) for name in defense]
+    given = defense_params(defense, params)  # a bad name, key or value: one line, before anything loads
+    specs = [DefenseSpec(name=name, params=given[name]) for name in defense]
     run = RunDir(model)
     folder = check_output(out or (run.path if run.is_run() else Path(f"defend-{model.stem if model.is_file() else model.name}")), "--out")
     earlier = read_record(folder)  # a file there that is not a record stops here, before any work
@@ -120,15 +123,14 @@ def defend(
 
 
 @app.command()
-def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter")] = "*") -> None:
-    """List the registered defences, their kind and what a defence of that kind does."""
-    from perturbd.defenses import get_defense, list_defenses
-    from perturbd.evaluation.kinds import KINDS
-
-    for name in list_defenses(pattern):
-        kind = get_defense(name).kind
-        about = KINDS[kind].about if kind in KINDS else "(no evaluator measures this kind)"
-        out_console.print(f"{name:<22} {kind:<11} {about}", markup=False, highlight=False)
+def defenses(pattern: Annotated[str, typer.Argument(help="shell-style filter, e.g. 'fine_*'")] = "*") -> None:
+    """List the defences: name, kind, what it is, and each parameter as `-p NAME.KEY=DEFAULT`
+    with its type, range and meaning (no torch is loaded to list them)."""
+    entries = defense_entries(pattern)
+    if not entries:
+        raise ConfigError(f"no defence matches '{pattern}'; see `perturbd defenses`")
+    for line in listing(entries, "", out_console.width):
+        out_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -153,7 +155,7 @@ def audit(
     from perturbd.runs.rundir import check_output, user_os_errors, write_json
     from perturbd.runs.saved import load_inputs, load_model, locate
 
-    auditor = UpdateAudit(**params_of(params))
+    auditor = UpdateAudit(**defense_params([UpdateAudit.name], params)[UpdateAudit.name])
     folder = check_output(out or Path(f"audit-{new.stem if new.is_file() else new.name}"), "--out")
     spec = model_options(arch, features, sets)
     before = locate(old, trust_code=trust_code, model=spec)  # both models' files are checked before anything loads

@@ -13,7 +13,7 @@ from perturbd.cli.app import DataRootOpt, SetOpt, TensorBoardOpt, TrustCodeOpt, 
 from perturbd.config import load_config
 from perturbd.errors import ConfigError
 from perturbd.progress import stage, watching
-from perturbd.report.aggregate import report_root
+from perturbd.report.aggregate import interval_note, report_root
 from perturbd.report.console import RichMonitor, SweepMonitor, aggregate_table, make_progress, pct, summary_table
 from perturbd.runs.rundir import run_dir_for
 from perturbd.sweep.config import read_sweep
@@ -202,7 +202,7 @@ def sweep(
         result = run_sweep(sw, on_start=on_start, on_done=on_done, monitor=monitor if in_process else None)
     console.print(f"ran {len(result.finished)} runs in {result.seconds:.0f} s; {len(result.failed)} failed", highlight=False)
     report = build_report(sw.out)
-    out_console.print(aggregate_table(report, f"{sw.spec.name}: mean ± 95 % CI over seeds"))
+    out_console.print(aggregate_table(report, f"{sw.spec.name}: {interval_note(report.groups)}"))
     for line in report.warnings:
         console.print(f"[yellow]warning: {escape(line)}", highlight=False)
     console.print(escape(f"report: {report.html}"), highlight=False)
@@ -238,7 +238,7 @@ def report(
     if rep.single_run:
         out_console.print(summary_table(RunDir(rep.root).metrics(), rep.root))
     else:
-        out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, mean ± 95 % CI over seeds"))
+        out_console.print(aggregate_table(rep, f"{rep.root}: {len(rep.records)} runs, {interval_note(rep.groups)}"))
         for f in rep.files[:-1]:
             console.print(escape(f"wrote {f}"), highlight=False)
         for line in rep.warnings:

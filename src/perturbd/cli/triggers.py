@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from perturbd.cli.app import DataRootOpt, SetOpt, console, out_console, overrides, trigger_app
+from perturbd.cli.catalog import listing, trigger_entries
 from perturbd.config import load_config
 from perturbd.errors import PerturbdError
 from perturbd.report.console import RichMonitor, make_progress, pct
@@ -31,13 +32,14 @@ def _check_output_file(output: Path, suffixes: tuple[str, ...] = ()) -> None:
 
 
 @trigger_app.command("list")
-def trigger_list() -> None:
-    """List the trigger kinds, each with its parameters (``trigger.<parameter>``)."""
-    from perturbd.trigger_params import params_of
-    from perturbd.triggers import list_triggers
-
-    for name in list_triggers():
-        out_console.print(f"{name:<14} {', '.join(params_of(name).model_fields)}", highlight=False, soft_wrap=True)
+def trigger_list(pattern: Annotated[str, typer.Argument(help="shell-style filter, e.g. 'sig*'")] = "*") -> None:
+    """List the trigger kinds: name, fixed or computed from a model, what it is, and each
+    parameter as `trigger.KEY=DEFAULT` with its type, range and meaning (no torch is loaded)."""
+    entries = trigger_entries(pattern)
+    if not entries:
+        raise PerturbdError(f"no trigger kind matches '{pattern}'; see `perturbd trigger list`")
+    for line in listing(entries, "trigger", out_console.width):
+        out_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @trigger_app.command("show")

@@ -27,7 +27,9 @@ the Markdown cell) and its figures (file name → draw into that path):
 An input screen or a model inspector may also set ``facts_`` (optional, JSON-ready): what it
 used, copied into its metrics for each model screened (STRIP: the overlay and calibration images
 used and the FPR measured on the calibration images; Neural Cleanse: the clean images drawn from).
-The input cell shows the target FPR (``frr``) beside the FPR measured on the test images.
+The input cell shows the target FPR (``frr``) beside the FPR measured on the test images, and
+ends with the AUROC the same screen reaches on the clean twin (``; clean model AUROC 0.512``),
+when there is one: how much of the score the trigger earns without a backdoor.
 - mitigation: fit on the defender's clean images; on the test set before and after, clean
   accuracy, ASR and R-Acc (robust accuracy: the triggered images classified as their true label,
   from the same pass as the ASR), the accuracy cost (before − after), BackdoorBench's DER, the
@@ -159,7 +161,10 @@ def measure_input(d: InputScreen, inp: DefenseInputs, limit: int) -> Evaluation:
     if inp.clean_model is not None:
         m["clean_model"] = measure(inp.clean_model)
     m.update(measure(inp.model))
-    return m, {"value": m["auroc"], "text": detection_text(m)}, {}
+    text = detection_text(m)
+    if "clean_model" in m:  # the baseline beside the score: what the screen finds on a model without a backdoor
+        text += f"; clean model AUROC {m['clean_model']['auroc']:.3f}"
+    return m, {"value": m["auroc"], "text": text}, {}
 
 
 def measure_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluation:

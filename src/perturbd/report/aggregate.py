@@ -193,6 +193,11 @@ class Group:
         return sorted(int(r.config.get("seed", 0)) for r in self.runs)
 
     @property
+    def seeds_text(self) -> str:
+        """How many seeds, then which: ``1 (seed 0)``, ``3 (seeds 0–2)``, ``4 (seeds 0, 2–4)``."""
+        return f"{len(self.runs)} ({'seed' if len(self.runs) == 1 else 'seeds'} {seed_span(self.seeds)})"
+
+    @property
     def flat(self) -> dict[str, Any]:
         return self.runs[0].flat_config
 
@@ -207,6 +212,29 @@ class Group:
     @property
     def trigger(self) -> TriggerConfig:
         return self.runs[0].trigger
+
+
+def seed_span(seeds: list[int]) -> str:
+    """Sorted seeds with consecutive runs joined: ``0–2, 5``."""
+    spans: list[list[int]] = []
+    for s in sorted(seeds):
+        if spans and s <= spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}–{b}" for a, b in spans)
+
+
+def interval_note(groups: list[Group]) -> str:
+    """What the ``±`` of a table of ``groups`` is, said only where there is one: ``mean ± 95 % CI
+    over seeds`` (every config has 2+ seeds), ``one seed per config, no interval``, or ``mean ±
+    95 % CI where a config has 2+ seeds``."""
+    several = [len(g.runs) > 1 for g in groups]
+    if several and all(several):
+        return "mean ± 95 % CI over seeds"
+    if not any(several):
+        return "one seed per config, no interval"
+    return "mean ± 95 % CI where a config has 2+ seeds"
 
 
 IGNORED = {"seed", "data.root", "data.download", "train.device", "train.threads"}
@@ -276,12 +304,21 @@ def to_markdown(columns: list[str], groups: list[Group], metrics: list[str] = TA
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(columns) else "---:" for i in range(len(head))) + "|"]
     for g in groups:
         per_seed = _asr_per_seed(g, "pct")
-        row = [str(g.keys[c]) for c in columns] + [",".join(map(str, g.seeds))] + [cell(g.stats[m], METRICS[m].fmt) for m in metrics]
+        row = [str(g.keys[c]) for c in columns] + [g.seeds_text] + [cell(g.stats[m], METRICS[m].fmt) for m in metrics]
         lines.append("| " + " | ".join([*row, per_seed, g.reaching()]) + " |")
     return "\n".join(lines) + (
-        "\n\nMean ± half-width of the 95 % t-interval over the seeds listed; % of test images, accuracy loss in points; "
+        f"\n\n{interval_sentence(groups)} Rates in % of test images, accuracy loss in points; "
         f"(n=k/N): only k of the N runs have that metric; ASR ≥ {100 * ASR_GOAL:g} %: how many of the seeds reach it.\n"
     )
+
+
+def interval_sentence(groups: list[Group]) -> str:
+    """:func:`interval_note` as the sentence under a table: what a cell holds."""
+    note = interval_note(groups)
+    if note.startswith("one seed"):
+        return "One seed per config: each cell is that run's value (no interval from one seed)."
+    where = "" if note.endswith("over seeds") else " (a config with one seed: its value alone)"
+    return f"Mean ± half-width of the 95 % t-interval over the seeds listed{where}."
 
 
 def _asr_per_seed(group: Group, kind: str) -> str:

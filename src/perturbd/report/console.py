@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from perturbd.progress import LineMonitor
-from perturbd.report.aggregate import TABLE_METRICS, cell
+from perturbd.report.aggregate import TABLE_METRICS, cell, seed_span
 from perturbd.runs.results import METRICS, REMOVAL, RunMetrics, pct
 
 __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
@@ -99,12 +99,18 @@ def make_progress(console: Console) -> Progress:
 
 def summary_table(metrics: RunMetrics, run_dir: Path) -> Table:
     """The headline numbers of one run: the rows of :meth:`RunMetrics.rows`."""
+    rows = metrics.rows()
     t = Table(title=escape(f"perturbd run · {run_dir}"), show_header=True, header_style="bold")
-    t.add_column("metric")
+    t.add_column("metric", min_width=_longest_word([what for what, _ in rows]))  # "defense activation_clustering" is never cut
     t.add_column("value", justify="right")
-    for what, value in metrics.rows():
+    for what, value in rows:
         t.add_row(what, value)
     return t
+
+
+def _longest_word(texts: list[str]) -> int:
+    """The widest word of ``texts``: a column at least this wide wraps them at spaces and never cuts a name."""
+    return max((cell_len(w) for text in texts for w in text.split()), default=1)
 
 
 class SweepMonitor(RichMonitor):
@@ -138,7 +144,8 @@ def _width(header: str, values: list[str]) -> int:
 
 
 class AggregateTable:
-    """The aggregated sweep table: distinguishing config columns, seeds, mean ± 95 % CI per metric.
+    """The aggregated sweep table: distinguishing config columns, seeds (how many, which), mean ± 95 %
+    CI per metric (the value alone for one seed).
 
     Laid out for the width it is printed at: full headers (wrapped at spaces) where they fit,
     else short ones explained in the caption, else the least-needed metrics left out (named in
@@ -148,7 +155,7 @@ class AggregateTable:
     def __init__(self, report: Any, title: str) -> None:
         self.title = title
         self.keys = [*report.columns, "seeds"]
-        self.rows = [[str(g.keys[c]) for c in report.columns] + [",".join(map(str, g.seeds))] for g in report.groups]
+        self.rows = [[str(g.keys[c]) for c in report.columns] + [f"{len(g.runs)} ({seed_span(g.seeds)})"] for g in report.groups]
         self.cells = {m: [cell(g.stats[m], METRICS[m].fmt) for g in report.groups] for m in TABLE_METRICS}
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -157,6 +164,8 @@ class AggregateTable:
     def table(self, width: int | None = None) -> Table:
         """The table for ``width`` columns (``None``: every metric with its full header)."""
         fixed = [_width(k, [r[i] for r in self.rows]) for i, k in enumerate(self.keys)]
+        # the seeds ("3 (0–2)": how many, which) wrap under their count, as narrow as the header
+        fixed[-1] = _width("seeds", [r[-1].split()[0] for r in self.rows])
         metrics, labels, notes = list(TABLE_METRICS), {m: METRICS[m].label for m in TABLE_METRICS}, []
 
         def total() -> int:  # content + 2 padding + 1 rule per column, and the closing rule
@@ -198,8 +207,13 @@ def defense_table(reports: list[Any], title: str) -> Table:
     are in ``defenses.json``)."""
     removal = [c for c in REMOVAL_COLUMNS if any(c in r.metrics for r in reports)]
     t = Table(title=escape(title), header_style="bold")
-    for col in ("defense", "kind", "result", *(REMOVAL[c].label for c in removal), "clean images", "seconds"):
-        t.add_column(escape(col), justify="left" if col in ("defense", "kind", "result") else "right")
+    t.add_column("defense", min_width=_longest_word([r.name for r in reports]))  # a name is never cut, however narrow the terminal
+    t.add_column("kind", min_width=_longest_word([r.kind for r in reports]))
+    t.add_column("result", ratio=1)  # the one column that wraps to fit
+    for c in removal:
+        t.add_column(escape(REMOVAL[c].label), justify="right")
+    t.add_column("clean images", justify="right")
+    t.add_column("seconds", justify="right")
     for r in reports:
         numbers = [REMOVAL[c].text(r.metrics.get(c)) if r.kind == "mitigation" else "" for c in removal]
         t.add_row(escape(r.name), r.kind, escape(r.cell["text"]), *numbers, str(r.clean_used), f"{r.seconds:.1f}")

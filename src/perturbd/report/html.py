@@ -18,7 +18,7 @@ from typing import Any
 
 from perturbd.errors import DataError
 from perturbd.evaluation.record import entries, labels
-from perturbd.report.aggregate import TABLE_METRICS, Group, RunRecord, cell
+from perturbd.report.aggregate import TABLE_METRICS, Group, RunRecord, cell, interval_sentence
 from perturbd.runs.folder import RunDir
 from perturbd.runs.results import METRICS, REMOVAL
 from perturbd.runs.rundir import read_json
@@ -189,7 +189,7 @@ def _aggregate_table(columns: list[str], groups: list[Group]) -> str:
     )
     rows = []
     for g in groups:
-        tds = "".join(f"<td>{esc(g.keys[c])}</td>" for c in columns) + f"<td>{esc(','.join(map(str, g.seeds)))}</td>"
+        tds = "".join(f"<td>{esc(g.keys[c])}</td>" for c in columns) + f"<td>{esc(g.seeds_text)}</td>"
         tds += "".join(f'<td class="n">{esc(cell(g.stats[m], METRICS[m].fmt))}</td>' for m in TABLE_METRICS)
         rows.append(f"<tr>{tds}</tr>")
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
@@ -253,7 +253,7 @@ def sweep_html(
     )
     body.append("<h2>Results</h2>" + _aggregate_table(columns, groups))
     body.append(
-        '<p class="sub">Mean ± half-width of the 95 % t-interval over seeds. Accuracies and rates in % of images; accuracy loss in points. '
+        f'<p class="sub">{esc(interval_sentence(groups))} Accuracies and rates in % of images; accuracy loss in points. '
         "CSV: <code>aggregate.csv</code> (all metrics, fractions), per run: <code>runs.csv</code>.</p>"
     )
     if figures:

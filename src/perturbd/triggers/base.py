@@ -258,16 +258,17 @@ TriggerFactory = Callable[[Any, TriggerContext], Trigger]  # (the kind's Params,
 
 
 def register_trigger(
-    name: str, *, family: type[Trigger] = Trigger, params: type[TriggerParams] | None = None
+    name: str, *, family: type[Trigger] = Trigger, params: type[TriggerParams] | None = None, about: str = ""
 ) -> Callable[[TriggerFactory], TriggerFactory]:
     """Attach the factory ``(params, ctx) -> Trigger`` of kind ``name`` and its ``family`` class
     to the kind registry (:data:`perturbd.trigger_params.KINDS`). A kind of perturbd's own has
     its ``Params`` registered there already (torch-free, for config checks); a kind defined
-    elsewhere passes its ``params`` here and is registered whole. A second factory for one name raises."""
+    elsewhere passes its ``params`` here (and its one-line ``about``, else the factory's
+    docstring's first line) and is registered whole. A second factory for one name raises."""
 
     def add(fn: TriggerFactory) -> TriggerFactory:
         if params is not None:
-            register_params(name)(params)
+            register_params(name, about or (fn.__doc__ or "").strip().split("\n")[0])(params)
         kind = get_kind(name)
         if kind.build is not None:
             raise ValueError(f"trigger '{name}' is already registered")
