@@ -49,7 +49,7 @@ def test_every_defence_parameter_is_listed_with_its_default_and_range(cli) -> No
         assert cls.kind in head.split() and len(head.split()) > 3, "a one-line description after the kind"
         for key, field in cls.Params.model_fields.items():
             default = field.get_default(call_default_factory=True)
-            shown = json.dumps(default) if isinstance(default, str) else str(default)
+            shown = catalog.value_text(default)
             assert any(line.split()[0] == f"{name}.{key}={shown}" for line in lines), f"{name}.{key}"
             assert f"{name}.{key}={shown} " in flat and " ".join((field.description or "").split()) in flat
             assert catalog.field_range(field) in flat.split(f"{name}.{key}={shown} ")[1][:80]

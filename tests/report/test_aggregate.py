@@ -99,7 +99,7 @@ def test_trigger_column_is_the_trigger_config_label(kinds):
         "adaptive deepfool linf ξ=10", "adaptive deepfool linf ξ=20", "grid c=6", "grid c=10", "image mask.png", "patch 3px c=255",
     ]  # fmt: skip
     assert [g.trigger.strength for g in groups[:2]] == [10, 20] and groups[0].trigger.family == "adaptive deepfool linf"
-    assert "| patch 3px c=255 | 0 |" in to_markdown(columns, groups)
+    assert "| patch 3px c=255 | 1 (seed 0) |" in to_markdown(columns, groups)
 
 
 def test_a_config_written_by_another_version_still_reads(runs):

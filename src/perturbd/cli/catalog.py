@@ -21,7 +21,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -44,6 +44,10 @@ def _type_name(annotation: Any) -> str:
     """``int``, ``float``, ``path | None``, ``'pca' | 'ica'``: a field's type as a user types it."""
     if get_origin(annotation) is Literal:
         return " | ".join(repr(a) for a in get_args(annotation))
+    if get_origin(annotation) is Annotated:  # a constrained item type: its bounds are the field's own
+        return _type_name(get_args(annotation)[0])
+    if get_origin(annotation) is list:
+        return f"list[{' | '.join(_type_name(a) for a in get_args(annotation))}]"
     args = get_args(annotation)
     if args:
         return " | ".join(_type_name(a) for a in args)
@@ -176,8 +180,11 @@ def write_catalog(path: Path = CATALOG) -> Path:
 # --------------------------------------------------------------------------- text
 
 
-def _value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list)) else str(value)
+def value_text(value: Any) -> str:
+    """A default as a user types it after ``KEY=``: strings quoted, lists without spaces."""
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
 
 
 def listing(entries: list[Entry], prefix: str, width: int = 80) -> list[str]:
@@ -190,7 +197,7 @@ def listing(entries: list[Entry], prefix: str, width: int = 80) -> list[str]:
     for e in entries:
         lines += _hanging(f"{e['name']:<{name_width}}  {e['kind']:<{kind_width}}  ", e["about"], width)
         head = prefix or e["name"]
-        sets = [f"{head}.{p['name']}={_value(p['default'])}" for p in e["params"]]
+        sets = [f"{head}.{p['name']}={value_text(p['default'])}" for p in e["params"]]
         pad = max((len(s) for s in sets), default=0)
         for s, p in zip(sets, e["params"]):
             kind = " ".join(filter(None, [p["type"], p["range"]]))

@@ -29,12 +29,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from perturbd.errors import DataError
+from perturbd.runs.folder import RunDir
 
 #: the record format this code writes (1: before entries carried their own provenance)
 FORMAT = 2
 
 
-def entries(record: Any, where: object = "defenses.json") -> list[dict[str, Any]]:
+def entries(record: Any, where: object = RunDir.DEFENSES) -> list[dict[str, Any]]:
     """The entries of ``record`` (a parsed ``defenses.json``); a one-line :class:`DataError` naming
     ``where`` if it is not a defences record (a mapping whose ``defenses`` is a list of mappings,
     each with a text ``name`` and a mapping ``cell``)."""
