@@ -23,9 +23,10 @@ import textwrap
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-import annotated_types as at
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+from perturbd.fields import bounds_text
 
 #: the stored defence entries, beside this module
 CATALOG = Path(__file__).with_name("catalog.json")
@@ -60,25 +61,7 @@ def _type_name(annotation: Any) -> str:
 
 def field_range(field: FieldInfo) -> str:
     """``"in [1, 1000]"``, ``"> 0"``, ``""`` (no bounds): the bounds a field declares."""
-    lo: object = None
-    hi: object = None
-    lo_open = hi_open = False
-    for m in field.metadata:
-        if isinstance(m, at.Ge):
-            lo = m.ge
-        elif isinstance(m, at.Gt):
-            lo, lo_open = m.gt, True
-        elif isinstance(m, at.Le):
-            hi = m.le
-        elif isinstance(m, at.Lt):
-            hi, hi_open = m.lt, True
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '≥'} {lo}"
-    if hi is not None:
-        return f"{'<' if hi_open else '≤'} {hi}"
-    return ""
+    return bounds_text(field)
 
 
 def _default(field: FieldInfo) -> Any:

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast, get_args, get_origin, runtime_checkable
 
-import annotated_types as at
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
+from perturbd.fields import bounds_text
 from perturbd.models import model_device
 from perturbd.progress import stage
 from perturbd.registry import Registry, suggest
@@ -46,28 +46,25 @@ class DefenseParams(BaseModel):
 
 def _valid_range(field: Any) -> str:
     """``"in [1, 1000]"``, ``"> 0"``, ``"one of 'pca', 'ica'"``: what a field accepts, for messages."""
-    lo: object = None
-    hi: object = None
-    lo_open = hi_open = False
-    for m in field.metadata:
-        if isinstance(m, at.Ge):
-            lo = m.ge
-        elif isinstance(m, at.Gt):
-            lo, lo_open = m.gt, True
-        elif isinstance(m, at.Le):
-            hi = m.le
-        elif isinstance(m, at.Lt):
-            hi, hi_open = m.lt, True
     if get_origin(field.annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(field.annotation))
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    if hi is not None:
-        return f"{'<' if hi_open else '<='} {hi}"
     kind = getattr(field.annotation, "__name__", str(field.annotation))
-    return f"a valid {kind}"
+    return bounds_text(field, ">=", "<=") or f"a valid {kind}"
+
+
+def trace_modules(model: nn.Module, images: torch.Tensor, note: Callable[[str, nn.Module, object], None]) -> None:
+    """One eval-mode forward pass of ``images`` (uint8 or float in [0, 1]) with ``note(name, module,
+    output)`` called for every submodule as it runs; hooks removed and the mode restored after."""
+    hooks = [m.register_forward_hook(lambda mod, _i, out, n=name: note(n, mod, out)) for name, m in model.named_modules() if m is not model]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(to_float01(images.to(model_device(model))))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
 
 
 def check_params(defense: str, model: type[DefenseParams], params: dict[str, Any]) -> DefenseParams:

@@ -41,7 +41,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import fresh_copy, register_defense, take
+from perturbd.defenses.base import fresh_copy, register_defense, take, trace_modules
 from perturbd.defenses.fine_tuning import Tuned, TuningParams
 from perturbd.errors import ConfigError
 from perturbd.metrics import clean_accuracy
@@ -85,15 +85,7 @@ def last_representation(model: nn.Module, images: torch.Tensor) -> tuple[str, nn
         raise ConfigError(
             "fine_pruning prunes a layer through forward hooks, which a TorchScript model does not take; run it on its state dict (--arch)"
         )
-    hooks = [m.register_forward_hook(lambda mod, _i, out, n=name: note(n, mod, out)) for name, m in model.named_modules() if m is not model]
-    was_training = model.training
-    model.eval()
-    try:
-        model(to_float01(images.to(model_device(model))))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    trace_modules(model, images, note)
     found = [(n, m, out) for n, m, out in done if calls[n] == 1 and not isinstance(m, PASS_THROUGH) and out is not None and out.ndim == 4]
     if not found:
         raise ConfigError(f"fine_pruning needs a model with a spatial (4-D) activation to prune; {type(model).__name__} has none")

@@ -52,12 +52,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from perturbd.data.dataset import ImageDataset, to_float01
-from perturbd.defenses.base import fresh_copy, register_defense
+from perturbd.data.dataset import ImageDataset
+from perturbd.defenses.base import fresh_copy, register_defense, trace_modules
 from perturbd.defenses.fine_pruning import PASS_THROUGH
 from perturbd.defenses.fine_tuning import ShareParams, Tuned, budget, tune
 from perturbd.errors import ConfigError
-from perturbd.models import model_device
 from perturbd.models.layers import check_layer, submodule
 
 Beta = Annotated[float, Field(ge=0, le=1e7)]
@@ -83,15 +82,7 @@ def stages(model: nn.Module, images: torch.Tensor) -> list[str]:
         if not isinstance(module, PASS_THROUGH) and isinstance(out, torch.Tensor) and out.ndim == 4:
             done.append((name, int(out.shape[1])))
 
-    hooks = [m.register_forward_hook(lambda mod, _i, out, n=name: note(n, mod, out)) for name, m in model.named_modules() if m is not model]
-    was_training = model.training
-    model.eval()
-    try:
-        model(to_float01(images.to(model_device(model))))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    trace_modules(model, images, note)
     found = [(n, width) for n, width in done if calls[n] == 1]
     groups: list[list[str]] = []
     for i, (name, width) in enumerate(found):
