@@ -17,6 +17,7 @@ from perturbd.report.aggregate import (
     aggregate,
     cell,
     collect_runs,
+    masks_csv,
     mean_ci,
     pivot_markdown,
     runs_csv,
@@ -162,3 +163,31 @@ def test_runs_of_one_config_group_together_whichever_form_their_trigger_section_
     columns, (group,) = aggregate(records)
     assert columns == [] and group.seeds == [0, 1] and group.stats["attack_success_rate"].n == 2
     assert next(csv.reader(io.StringIO(runs_csv(records)))) == ["run_dir", "seed", *METRICS]
+
+
+def _computed_mask(run: Path, knowledge: str, arch: str, seconds: float) -> None:
+    """``adversary.json`` as a run with an adaptive mask writes it (the fields masks.csv reads)."""
+    model = {"arch": arch, "surrogate": knowledge != "full", "holdout_accuracy": 0.998765432, "seed": 0}
+    trigger = {
+        "method": "deepfool", "norm": "linf", "budget": 10.0, "samples": 1000, "passes_used": 5, "seconds": seconds,
+        "fooling_rate_samples": 0.0, "fooling_rate_holdout": 0.000231160418, "holdout_size": 4326, "l2": 237.4191, "linf": 10.0,
+    }  # fmt: skip
+    (run / "adversary.json").write_text(json.dumps({"knowledge": knowledge, "model": model, "trigger": trigger}))
+
+
+def test_masks_csv_lists_each_computed_mask_once(make_run, tmp_path):
+    low, high = make_run(tmp_path, 0, 0.005, 10, asr=0.5), make_run(tmp_path, 0, 0.01, 10, asr=0.95)
+    other = make_run(tmp_path, 1, 0.01, 10, asr=0.97)
+    static = make_run(tmp_path, 2, 0.01, 10, asr=0.97)
+    for run in (low, high):  # two rates of one seed share one mask
+        _computed_mask(run, "full", "cnn28", 20.9084)
+    _computed_mask(other, "none", "lenet5", 23.7221)
+    (static / "adversary.json").write_text(json.dumps({"knowledge": "full", "model": None, "trigger": {"amplitude": 10.0}}))
+    rows = list(csv.DictReader(io.StringIO(masks_csv(collect_runs(tmp_path)))))
+    assert [(r["seed"], r["knowledge"], r["model"], r["surrogate"]) for r in rows] == [
+        ("0", "full", "cnn28", "False"),
+        ("1", "none", "lenet5", "True"),
+    ]
+    assert rows[0]["model_holdout_accuracy"] == "0.9988" and rows[0]["fooling_rate_holdout"] == "0.00023" and rows[0]["l2"] == "237.42"
+    assert rows[0]["seconds"] == "20.908" and rows[1]["seconds"] == "23.722"
+    assert masks_csv(collect_runs(static.parent)) is not None and masks_csv([r for r in collect_runs(tmp_path) if r.path == static]) is None

@@ -1,7 +1,8 @@
 """``perturbd report PATH``: a run directory → its ``report.html``; a folder of runs → the
-aggregated table (``aggregate.csv``, ``aggregate.md``, ``runs.csv``), ``figures/*.png``, a
-``report.html`` for every run and one for the whole folder; ``--pivot KEY`` adds the ASR table with
-KEY's values as columns (``pivot_KEY.md``); ``--out DIR`` puts them in DIR.
+aggregated table (``aggregate.csv``, ``aggregate.md``, ``runs.csv``), ``masks.csv`` (the
+model-computed masks the runs used, when any did), ``figures/*.png``, a ``report.html`` for every
+run and one for the whole folder; ``--pivot KEY`` adds the ASR table with KEY's values as columns
+(``pivot_KEY.md``); ``--out DIR`` puts them in DIR.
 
 A run whose ``metrics.json`` does not read as this version's (written by another perturbd version,
 or corrupt) does not stop the report: the tables show the metrics it has (one it lacks is blank,
@@ -20,6 +21,7 @@ from perturbd.report.aggregate import (
     RunRecord,
     aggregate,
     collect_runs,
+    masks_csv,
     pivot_markdown,
     provenance,
     report_root,
@@ -72,6 +74,9 @@ def build_report(path: Path, out: Path | None = None, pivot: str | None = None) 
         ("aggregate.md", provenance(records, root) + to_markdown(columns, groups)),
         ("runs.csv", runs_csv(records)),
     ]
+    masks = masks_csv(records)
+    if masks is not None:
+        tables.append(("masks.csv", masks))
     if pivot is not None:
         tables.append((f"pivot_{pivot}.md", pivot_markdown(columns, groups, pivot)))
     dest.mkdir(parents=True, exist_ok=True)
