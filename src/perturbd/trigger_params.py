@@ -176,6 +176,40 @@ class AdaptiveParams(TriggerParams):
         return f"{kind} {self.method} {self.norm}"
 
 
+@register_params("lf", "Zeng et al. 2021: a low-frequency universal perturbation of budget ξ toward the target, on the adversary's model")
+class LFParams(TriggerParams):
+    strength_key: ClassVar[str] = "budget"
+    symbol: ClassVar[str] = "ξ"
+    needs_model: ClassVar[bool] = True
+
+    norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the low-frequency mask")
+    budget: float = Field(
+        25.0,
+        gt=0,
+        le=10000,
+        description="budget ξ, pixel units 0–255 (L2: over all pixels); the authors' code rescales its mask to a range of "
+        "51 grey levels (0.2), a signed mask of that range has L∞ 25",
+        json_schema_extra={"search": [1.0, 10000.0]},
+    )
+    low_pass: Literal["gaussian", "ideal"] = Field(
+        "gaussian", description="low-pass filter of every step: gaussian (the authors' code) or ideal (a sharp radial cut-off)"
+    )
+    sigma: float = Field(6.0, gt=0, le=100, description="gaussian filter: standard deviation, pixels (the authors' code: 6)")
+    cutoff: float = Field(
+        0.1, gt=0, le=0.75, description="ideal filter: radius kept, cycles per pixel (0.5 is the Nyquist frequency on each axis)"
+    )
+    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot (the authors' code: 0.02)")
+    max_steps: int = Field(200, ge=1, description="DeepFool steps per sample and pass (the authors' code: 200)")
+    passes: int = Field(20, ge=1, description="passes over the sample images at most (the authors' code: until the fooling rate)")
+    fooling_rate: float = Field(
+        0.2, gt=0, le=1, description="stop when this fraction of samples goes to the target (the authors' code: 0.2)"
+    )
+    samples: int = Field(100, ge=1, description="images the adversary uses to compute the mask (the authors' code: 100)")
+
+    def family(self, kind: str) -> str:
+        return f"{kind} {self.low_pass} {self.norm}"
+
+
 # --------------------------------------------------------------------------- blended, sig, wanet
 
 
