@@ -210,6 +210,35 @@ class LFParams(TriggerParams):
         return f"{kind} {self.low_pass} {self.norm}"
 
 
+@register_params("narcissus", "Zeng et al. 2023: a clean-label trigger optimised on target-class images of the adversary's surrogate")
+class NarcissusParams(TriggerParams):
+    strength_key: ClassVar[str] = "budget"
+    symbol: ClassVar[str] = "ξ"
+    needs_model: ClassVar[bool] = True
+
+    norm: Literal["linf"] = Field("linf", description="budget norm: L∞, the only one of the paper")
+    budget: float = Field(
+        16.0, gt=0, le=255, description="L∞ budget ξ, pixel units 0–255 (paper: 16)", json_schema_extra={"search": [1.0, 255.0]}
+    )
+    samples: int = Field(5000, ge=1, description="target-class images of the adversary used, at most (paper: all 5,000 of CIFAR-10's)")
+    warmup_epochs: int = Field(5, ge=0, description="poison warm-up: epochs of fine-tuning the surrogate on them (paper: 5)")
+    warmup_lr: float = Field(0.1, gt=0, le=10, description="poison warm-up: RAdam learning rate (paper: 0.1)")
+    epochs: int = Field(1000, ge=1, description="trigger optimisation: epochs over the target-class images (paper: 1000)")
+    lr: float = Field(
+        0.01, gt=0, le=10, description="trigger optimisation: RAdam learning rate, in the paper's units of images in [−1, 1] (paper: 0.01)"
+    )
+    batch_size: int = Field(350, ge=1, description="images per warm-up and optimisation step (paper: 350)")
+    test_magnification: float = Field(
+        1.0,
+        ge=1,
+        le=100,
+        description="the trigger is multiplied by this at test time only (paper: 3); 1: tested as poisoned (equal visibility)",
+    )
+
+    def _after(self) -> str:
+        return f" ×{self.test_magnification:g} at test" if self.test_magnification != 1 else ""
+
+
 # --------------------------------------------------------------------------- blended, sig, wanet
 
 
