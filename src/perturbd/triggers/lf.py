@@ -38,9 +38,10 @@ Departures from the authors' code, each named:
 - Their filter is a separable convolution over a 30-tap window with zero padding, whose even
   length shifts the mask by half a pixel at each use; here the untruncated Gaussian is applied
   circularly in the frequency domain (on 28–32 pixel images the 30-tap window spans the image).
-- Their DeepFool is checked against all classes (``num_classes``); here the targeted DeepFool of
-  the adaptive mask (:mod:`perturbd.triggers.deepfool`), linearised at the unclipped ``x + δ`` as
-  theirs is.
+- A sample gets a step when ``x + δ`` is not at the target; theirs when its label has not changed
+  (``f(x) == f(x + v)``). The step is the adaptive mask's targeted DeepFool
+  (:mod:`perturbd.triggers.deepfool`), the minimal L2 step toward the target linearised at the
+  unclipped ``x + δ``, as their ``tar_deepfool`` is.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def response(h: int, w: int, kind: str, sigma: float, cutoff: float) -> torch.Te
 def low_pass(delta: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """``delta`` ``(…, H, W)`` filtered per channel: its ``rfft2`` multiplied by ``gain`` (:func:`response`)."""
     h, w = delta.shape[-2:]
-    return torch.fft.irfft2(torch.fft.rfft2(delta) * gain.to(delta.device), s=(h, w))
+    out: torch.Tensor = torch.fft.irfft2(torch.fft.rfft2(delta) * gain.to(delta.device), s=(h, w))
+    return out
 
 
 def scale_into(delta: torch.Tensor, norm: str, budget: float) -> torch.Tensor:
@@ -89,7 +91,8 @@ def lf_perturbation(
 ) -> tuple[torch.Tensor, dict[str, int | float]]:
     """The LF mask for uint8 ``images`` (module docstring): integer-valued, pixel units,
     ``(C, H, W)``, and ``{"passes": …, "sample_fooling_rate": …}``. Same seed ⇒ same mask."""
-    gain = response(*images.shape[-2:], cfg.low_pass, cfg.sigma, cfg.cutoff)
+    h, w = images.shape[-2:]
+    gain = response(h, w, cfg.low_pass, cfg.sigma, cfg.cutoff)
     update = _deepfool_update(cfg.overshoot, cfg.max_steps, target, partial(low_pass, gain=gain))
     args = (cfg.norm, cfg.budget, cfg.passes, cfg.fooling_rate, 1, seed)
     return _passes(model, images, target, update, *args, projection=scale_into, label="LF mask")

@@ -92,7 +92,7 @@ def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
     """A seeded order of ``n`` positions cut into batches of ``size``; a last batch of one image
     is dropped (batch normalisation cannot train on it)."""
     order = torch.randperm(n, generator=gen)
-    out = list(order.split(size))
+    out = [order[i : i + size] for i in range(0, n, size)]
     return out[:-1] if len(out) > 1 and len(out[-1]) == 1 else out
 
 
@@ -113,7 +113,7 @@ def warm_up(model: nn.Module, images: torch.Tensor, target: int, cfg: NarcissusP
                 x = augment(to_float01(images[idx].to(device)), kind, gen)
                 loss = F.cross_entropy(model(x).float(), torch.full((len(x),), target, device=device))
                 opt.zero_grad()
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 opt.step()
             progress.advance(images=len(images))
     return model.eval()
@@ -146,7 +146,7 @@ def optimise_trigger(
                 poisoned = (x + u.clamp(-radius, radius) / 2).clamp(0.0, 1.0)
                 loss = F.cross_entropy(model(poisoned).float(), torch.full((len(x),), target, device=device))
                 opt.zero_grad()
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 opt.step()
             progress.advance(images=len(images))
             if u.grad is None or not bool(u.grad.any()):
