@@ -205,6 +205,9 @@ class LFParams(BudgetParams):
         return f"{kind} {self.low_pass} {self.norm}"
 
 
+_MAGNIFICATION = "the trigger is multiplied by this at test time only (paper: 3); 1: tested as poisoned (equal visibility)"
+
+
 @register_params("narcissus", "Zeng et al. 2023: a clean-label trigger optimised on target-class images of the adversary's surrogate")
 class NarcissusParams(BudgetParams):
     norm: Literal["linf"] = Field("linf", description="budget norm: L∞, the only one of the paper")
@@ -217,12 +220,7 @@ class NarcissusParams(BudgetParams):
         0.01, gt=0, le=10, description="trigger optimisation: RAdam learning rate, in the paper's units of images in [−1, 1] (paper: 0.01)"
     )
     batch_size: int = Field(350, ge=1, description="images per warm-up and optimisation step (paper: 350)")
-    test_magnification: float = Field(
-        1.0,
-        ge=1,
-        le=100,
-        description="the trigger is multiplied by this at test time only (paper: 3); 1: tested as poisoned (equal visibility)",
-    )
+    test_magnification: float = Field(1.0, ge=1, le=100, description=_MAGNIFICATION)
 
     def _after(self) -> str:
         return f" ×{self.test_magnification:g} at test" if self.test_magnification != 1 else ""
