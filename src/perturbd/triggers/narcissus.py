@@ -22,6 +22,11 @@ are not (digits are not mirrored). The mask is rounded to whole grey levels and 
 uint8 image. Its natural use is ``poison.mode: clean_label`` (the paper poisons target-class images
 and keeps their labels); a dirty-label config runs too but is not the paper's attack.
 
+A surrogate that already knows the target class (as perturbd's adversary's does) leaves the
+warm-up with a target-class loss near zero, so the trigger's gradient is tiny and RAdam's first,
+unrectified steps barely move it: short optimisations (a few epochs) can round to a zero mask; the
+paper's 1,000 epochs are the default.
+
 **Test-time magnification.** The paper tests with the trigger multiplied by 3 (``multi_test = 3``:
 L∞ 48/255 at test for a 16/255 trigger in training). Here ``test_magnification`` (default 1, off):
 perturbd compares triggers at equal visibility, and a trigger three times stronger at test than the
@@ -41,6 +46,9 @@ Departures from the authors' code, each named:
 - Trigger stage: their surrogate stays in train mode (batch statistics, running statistics
   updated as the trigger is optimised); here it is frozen in eval mode, so the trigger is
   optimised against the model as it classifies and the result depends only on the seed.
+- Labels: their surrogate learns the target-class images as its extra 201st class (label 200),
+  while the warm-up and the trigger use the CIFAR-10 label (``lab = 2``, a Tiny-ImageNet class of
+  that surrogate); here there is one label space, and all three stages use the target class t.
 - Target-class images: theirs are all the target class's training images; here at most
   ``samples`` of the adversary's, in a seeded choice, at least two (a warm-up batch of one image
   cannot train batch normalisation).
