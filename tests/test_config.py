@@ -94,7 +94,7 @@ def test_defenses_accept_names_and_mappings() -> None:
         (
             ["trigger.budget=4"],
             r"trigger.budget=4 is not a parameter of 'grid' \(its parameters: amplitude\); "
-            r"drop it, or set trigger.kind to a kind that takes it \(adaptive\)",
+            r"drop it, or set trigger.kind to a kind that takes it \(adaptive, lf, narcissus\)",
         ),
         (["trigger.kind=gird"], r"unknown trigger 'gird'; did you mean 'grid'\?"),
     ],

@@ -130,7 +130,7 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
         indices = choose_indices(data.labels, cfg, seed)
     clean = data.images[indices]
     images = data.images.clone() if trigger.quantize else to_float01(data.images)
-    poisoned = trigger.apply(images[indices])
+    poisoned = trigger.apply_train(images[indices])
     images[indices] = poisoned
     labels = data.labels.clone()
     original = labels[indices].clone()

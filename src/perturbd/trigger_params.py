@@ -142,28 +142,30 @@ class ImageParams(TriggerParams):
         return f"image {self.path.name if self.path else '?'}"
 
 
-# --------------------------------------------------------------------------- adaptive mask
+# --------------------------------------------------------------------------- computed from a model: adaptive mask, LF, Narcissus
 
 
-@register_params("adaptive", "the paper's adaptive mask: a targeted universal perturbation of budget ξ, computed on the adversary's model")
-class AdaptiveParams(TriggerParams):
+class BudgetParams(TriggerParams):
+    """A trigger computed from the adversary's model within a budget ξ (its strength)."""
+
     strength_key: ClassVar[str] = "budget"
     symbol: ClassVar[str] = "ξ"
     needs_model: ClassVar[bool] = True
 
+
+def _budget(default: float, description: str, high: float = 10000.0) -> Any:
+    return Field(default, gt=0, le=high, description=description, json_schema_extra={"search": [1.0, high]})
+
+
+@register_params("adaptive", "the paper's adaptive mask: a targeted universal perturbation of budget ξ, computed on the adversary's model")
+class AdaptiveParams(BudgetParams):
     method: Literal["deepfool", "deepfool_batched", "gradient"] = Field(
         "deepfool",
         description="adaptive mask algorithm: deepfool (the paper's, one sample at a time), "
         "deepfool_batched (faster, denser masks) or gradient",
     )
     norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the adaptive mask")
-    budget: float = Field(
-        10.0,
-        gt=0,
-        le=10000,
-        description="adaptive budget ξ, pixel units 0–255 (L2: over all pixels)",
-        json_schema_extra={"search": [1.0, 10000.0]},
-    )
+    budget: float = _budget(10.0, "adaptive budget ξ, pixel units 0–255 (L2: over all pixels)")
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot")
     max_steps: int = Field(10, ge=1, description="DeepFool steps per sample and pass")
     passes: int = Field(5, ge=1, description="passes over the sample images")
@@ -174,6 +176,54 @@ class AdaptiveParams(TriggerParams):
 
     def family(self, kind: str) -> str:
         return f"{kind} {self.method} {self.norm}"
+
+
+@register_params("lf", "Zeng et al. 2021: a low-frequency universal perturbation of budget ξ toward the target, on the adversary's model")
+class LFParams(BudgetParams):
+    norm: Literal["linf", "l2"] = Field("linf", description="budget norm of the low-frequency mask")
+    budget: float = _budget(
+        25.0,
+        "budget ξ, pixel units 0–255 (L2: over all pixels); the authors' code rescales its mask to a range of "
+        "51 grey levels (0.2), a signed mask of that range has L∞ 25",
+    )
+    low_pass: Literal["gaussian", "ideal"] = Field(
+        "gaussian", description="low-pass filter of every step: gaussian (the authors' code) or ideal (a sharp radial cut-off)"
+    )
+    sigma: float = Field(6.0, gt=0, le=100, description="gaussian filter: standard deviation, pixels (the authors' code: 6)")
+    cutoff: float = Field(
+        0.1, gt=0, le=0.75, description="ideal filter: radius kept, cycles per pixel (0.5 is the Nyquist frequency on each axis)"
+    )
+    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool overshoot (the authors' code: 0.02)")
+    max_steps: int = Field(200, ge=1, description="DeepFool steps per sample and pass (the authors' code: 200)")
+    passes: int = Field(20, ge=1, description="passes over the sample images at most (the authors' code: until the fooling rate)")
+    fooling_rate: float = Field(
+        0.2, gt=0, le=1, description="stop when this fraction of samples goes to the target (the authors' code: 0.2)"
+    )
+    samples: int = Field(100, ge=1, description="images the adversary uses to compute the mask (the authors' code: 100)")
+
+    def family(self, kind: str) -> str:
+        return f"{kind} {self.low_pass} {self.norm}"
+
+
+_MAGNIFICATION = "the trigger is multiplied by this at test time only (paper: 3); 1: tested as poisoned (equal visibility)"
+
+
+@register_params("narcissus", "Zeng et al. 2023: a clean-label trigger optimised on target-class images of the adversary's surrogate")
+class NarcissusParams(BudgetParams):
+    norm: Literal["linf"] = Field("linf", description="budget norm: L∞, the only one of the paper")
+    budget: float = _budget(16.0, "L∞ budget ξ, pixel units 0–255 (paper: 16)", high=255.0)
+    samples: int = Field(5000, ge=1, description="target-class images of the adversary used, at most (paper: all 5,000 of CIFAR-10's)")
+    warmup_epochs: int = Field(5, ge=0, description="poison warm-up: epochs of fine-tuning the surrogate on them (paper: 5)")
+    warmup_lr: float = Field(0.1, gt=0, le=10, description="poison warm-up: RAdam learning rate (paper: 0.1)")
+    epochs: int = Field(1000, ge=1, description="trigger optimisation: epochs over the target-class images (paper: 1000)")
+    lr: float = Field(
+        0.01, gt=0, le=10, description="trigger optimisation: RAdam learning rate, in the paper's units of images in [−1, 1] (paper: 0.01)"
+    )
+    batch_size: int = Field(350, ge=1, description="images per warm-up and optimisation step (paper: 350)")
+    test_magnification: float = Field(1.0, ge=1, le=100, description=_MAGNIFICATION)
+
+    def _after(self) -> str:
+        return f" ×{self.test_magnification:g} at test" if self.test_magnification != 1 else ""
 
 
 # --------------------------------------------------------------------------- blended, sig, wanet

@@ -74,17 +74,25 @@ def mnist_model() -> tuple[torch.nn.Module, ImageDataset]:
     return model.eval(), train
 
 
+# the kinds computed from a model, small: the adaptive mask's max_steps left at 10 (a DeepFool step
+# counts only if it converged in fewer than 9); Narcissus with a step large enough to fill its budget
+FROM_MODEL = {
+    "adaptive": {"samples": 32, "passes": 1},
+    "lf": {"samples": 16, "passes": 1, "max_steps": 20},
+    "narcissus": {"samples": 32, "warmup_epochs": 0, "epochs": 15, "batch_size": 16, "lr": 0.1},
+}
+
+
 def _any_kind(kind: str, mnist_model):
-    """``build`` for ``at_psnr``: an adaptive mask is the paper's DeepFool L∞ mask on a quickly trained model."""
-    if kind != "adaptive":
+    """``build`` for ``at_psnr``: a kind computed from a model is built on a quickly trained model."""
+    if kind not in FROM_MODEL:
         return lambda cfg: build_trigger(cfg, TriggerContext((1, 28, 28), 0))
     ctx = TriggerContext((1, 28, 28), 0, 0, *mnist_model)
-    # max_steps left at 10: a DeepFool step counts only if it converged in fewer than 9
-    return lambda cfg: build_trigger(cfg.model_copy(update={"samples": 32, "passes": 1}), ctx)
+    return lambda cfg: build_trigger(cfg.model_copy(update=FROM_MODEL[kind]), ctx)
 
 
 @pytest.mark.parametrize("goal", [34.5, 38.9])
-@pytest.mark.parametrize("kind", ["grid", "chessboard", "adaptive", "blended", "sig", "sig_ramp", "wanet"])
+@pytest.mark.parametrize("kind", ["grid", "chessboard", "adaptive", "blended", "sig", "sig_ramp", "wanet", "lf", "narcissus"])
 def test_psnr_lands_within_two_tenths_of_a_db_for_every_kind(kind: str, goal: float, mnist: torch.Tensor, mnist_model) -> None:
     trig = at_psnr(TriggerConfig(kind=kind, psnr=goal), _any_kind(kind, mnist_model), mnist)
     assert abs(mean_psnr(trig, mnist) - goal) <= 0.2, trig.info

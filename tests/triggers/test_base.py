@@ -160,6 +160,8 @@ def test_the_registry_names_every_kind_and_which_need_a_model() -> None:
         "chessboard",
         "grid",
         "image",
+        "lf",
+        "narcissus",
         "patch",
         "random",
         "ring",
@@ -170,7 +172,7 @@ def test_the_registry_names_every_kind_and_which_need_a_model() -> None:
         "wanet",
     ]
     assert list_triggers("r*") == ["random", "ring"]
-    assert [k for k in list_triggers() if needs_model(k)] == ["adaptive"]
+    assert [k for k in list_triggers() if needs_model(k)] == ["adaptive", "lf", "narcissus"]
     with pytest.raises(ConfigError, match=r"^unknown trigger 'gird'; did you mean 'grid'\?$"):
         get_trigger("gird")
     with pytest.raises(ValueError, match="trigger 'grid' is already registered"):

@@ -31,6 +31,12 @@ from perturbd.triggers import (
 
 SHAPE = (1, 28, 28)
 IMAGES = torch.randint(0, 256, (6, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+# the kinds computed from a model, at a size that takes a second
+FROM_MODEL = {
+    "adaptive": {"method": "gradient", "samples": 12, "passes": 1, "batch_size": 12},
+    "lf": {"samples": 6, "passes": 1, "max_steps": 5},
+    "narcissus": {"samples": 3, "warmup_epochs": 1, "epochs": 2, "batch_size": 2},
+}
 
 
 def _build(kind: str, seed: int, tmp_path: Path, small_cnn) -> Trigger:
@@ -41,7 +47,7 @@ def _build(kind: str, seed: int, tmp_path: Path, small_cnn) -> Trigger:
         settings["path"] = tmp_path / "m.png"
     if needs_model(kind):
         samples = ImageDataset(IMAGES.repeat(4, 1, 1, 1), torch.arange(24) % 10, tuple("0123456789"), "tiny")
-        settings |= {"method": "gradient", "samples": 12, "passes": 1, "batch_size": 12}
+        settings |= FROM_MODEL.get(kind, {})
         ctx = TriggerContext(SHAPE, seed, 0, small_cnn(0), samples)
     return build_trigger(TriggerConfig(**settings), ctx)
 

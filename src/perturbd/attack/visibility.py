@@ -40,12 +40,12 @@ MAX_TRIES = 8
 def mean_psnr(trigger: Trigger, images: torch.Tensor) -> float:
     """Mean PSNR (dB) of ``images`` poisoned by ``trigger`` against themselves (as
     :func:`~perturbd.metrics.stealth` reports it, without its SSIM)."""
-    return mean_finite(psnr_each(images, trigger.apply(images)))
+    return mean_finite(psnr_each(images, trigger.apply_train(images)))
 
 
 def mean_ssim(trigger: Trigger, images: torch.Tensor) -> float:
     """Mean SSIM of ``images`` poisoned by ``trigger`` against themselves."""
-    return stealth(images, trigger.apply(images))["ssim_mean"]
+    return stealth(images, trigger.apply_train(images))["ssim_mean"]
 
 
 def _ssim_db(ssim: float) -> float:

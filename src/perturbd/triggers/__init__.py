@@ -1,9 +1,12 @@
 """Triggers: static masks (``static.py``), adaptive, model-computed masks (``adaptive.py``), and the
-invisible triggers that came after them: ``blended.py``, ``sig.py``, ``wanet.py``."""
+invisible triggers that came after them: ``blended.py``, ``sig.py``, ``wanet.py``; the
+model-computed ones ``lf.py`` and ``narcissus.py``."""
 
 from perturbd.triggers import (
     adaptive,  # noqa: F401  (fills the registry)
     blended,  # noqa: F401  (fills the registry)
+    lf,  # noqa: F401  (fills the registry)
+    narcissus,  # noqa: F401  (fills the registry)
     sig,  # noqa: F401  (fills the registry)
     static,  # noqa: F401  (fills the registry)
     wanet,  # noqa: F401  (fills the registry)

@@ -110,14 +110,19 @@ def target_gradient(model: nn.Module, x: torch.Tensor, deltas: torch.Tensor, tar
     return grad
 
 
-def _deepfool_update(overshoot: float, max_steps: int, target: int) -> Update:
+def _deepfool_update(
+    overshoot: float, max_steps: int, target: int, step_filter: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> Update:
     """The paper's step, for one sample ``x`` ``(1, C, H, W)``: δ + its DeepFool perturbation if
     DeepFool converged (:func:`~perturbd.triggers.deepfool.converged`), else δ unchanged; zero
-    when ``x + δ`` is already at ``target``."""
+    when ``x + δ`` is already at ``target``. ``step_filter`` (LF's low-pass) filters the
+    perturbation before it is added."""
 
     def update(model: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         r, steps = deepfool_one(model, x, delta, target, overshoot, max_steps)
-        return delta + r[0] if bool(converged(torch.tensor(steps), max_steps)) else delta
+        if not bool(converged(torch.tensor(steps), max_steps)):
+            return delta
+        return delta + (step_filter(r[0]) if step_filter is not None else r[0])
 
     return update
 
@@ -195,10 +200,13 @@ def _passes(
     fooling_rate: float,
     batch_size: int,
     seed: int,
+    projection: Callable[[torch.Tensor, str, float], torch.Tensor] = project,
+    label: str = "adaptive mask",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Passes over ``images`` in a seeded order, ``batch_size`` at a time: ``δ ← project(update(δ))``;
-    after each pass the quantized mask's fooling rate, stopping once it reaches ``fooling_rate``.
-    Progress goes to the active monitor (:func:`perturbd.progress.stage`), one step per update."""
+    """Passes over ``images`` in a seeded order, ``batch_size`` at a time: ``δ ← projection(update(δ))``
+    (:func:`project` unless LF's scaling is given); after each pass the quantized mask's fooling
+    rate, stopping once it reaches ``fooling_rate``. Progress goes to the active monitor
+    (:func:`perturbd.progress.stage`, as ``label``), one step per update."""
     device = model_device(model)
     model.eval()
     x_all = to_float01(images).to(device)
@@ -206,11 +214,11 @@ def _passes(
     gen = torch.Generator().manual_seed(seed)
     rate, used = 0.0, 0
     updates = -(-len(images) // batch_size)
-    with stage("adaptive mask", passes * updates) as progress:  # one step per update; it may stop passes early
+    with stage(label, passes * updates) as progress:  # one step per update; it may stop passes early
         for used in range(1, passes + 1):  # noqa: B007 (the passes used are read after the loop)
             order = torch.randperm(len(images), generator=gen).tolist()
             for i in range(0, len(order), batch_size):
-                delta = project(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
+                delta = projection(update(model, x_all[order[i : i + batch_size]], delta), norm, budget).detach()
                 progress.advance(images=min(batch_size, len(order) - i))
             rate = target_rate(model, images, Trigger(quantize(delta.cpu(), norm, budget), "adaptive").apply, target)
             if rate >= fooling_rate:
@@ -265,23 +273,52 @@ def pick_samples(data: ImageDataset, target: int, count: int, seed: int, sources
     return pool[keep]
 
 
+def universal_mask(
+    kind: str,
+    ctx: TriggerContext,
+    count: int,
+    compute: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]],
+    settings: dict[str, Any],
+) -> Trigger:
+    """The additive trigger ``kind`` that ``compute(model, samples)`` finds on ``ctx.model`` from
+    ``count`` samples of ``ctx.samples`` (:func:`pick_samples`), with its ``info``: ``settings``,
+    the passes used, the time and its fooling rate on the samples and on the adversary's hold-out."""
+    if ctx.model is None or ctx.samples is None:
+        raise ConfigError(
+            f"trigger '{kind}' is computed from a model and sample images; build it through the attack or `perturbd trigger make`"
+        )
+    if ctx.samples.image_shape != tuple(ctx.image_shape):
+        raise DataError(f"adversary samples are {ctx.samples.image_shape}, the images are {tuple(ctx.image_shape)}")
+    samples = pick_samples(ctx.samples, ctx.target, count, ctx.seed, ctx.sources)
+    model = ctx.model.to(ctx.device).eval()
+    started = time.perf_counter()
+    delta, facts = compute(model, samples)
+    seconds = time.perf_counter() - started
+    trigger = Trigger(delta, kind)
+    holdout = outside(ctx.holdout, ctx.target, ctx.sources) if ctx.holdout is not None else torch.zeros(0)
+    trigger.info = {
+        **settings,
+        "target": ctx.target,
+        "seed": ctx.seed,
+        "sources": list(ctx.sources) if ctx.sources is not None else "all",
+        "samples": len(samples),
+        "passes_used": facts["passes"],
+        "seconds": round(seconds, 3),
+        "fooling_rate_samples": target_rate(model, samples, trigger.apply, ctx.target),
+        "fooling_rate_holdout": target_rate(model, holdout, trigger.apply, ctx.target) if len(holdout) else None,
+        "holdout_size": len(holdout),
+        **trigger.norms(),
+    }
+    return trigger
+
+
 @register_trigger("adaptive")
 def adaptive(cfg: AdaptiveParams, ctx: TriggerContext) -> Trigger:
     """Targeted universal perturbation on ``ctx.model`` from ``cfg.samples`` of ``ctx.samples``
     (the budget checked by the caller: :func:`check_budget`)."""
-    if ctx.model is None or ctx.samples is None:
-        raise ConfigError(
-            "trigger 'adaptive' is computed from a model and sample images; build it through the attack or `perturbd trigger make`"
-        )
-    if ctx.samples.image_shape != tuple(ctx.image_shape):
-        raise DataError(f"adversary samples are {ctx.samples.image_shape}, the images are {tuple(ctx.image_shape)}")
-    samples = pick_samples(ctx.samples, ctx.target, cfg.samples, ctx.seed, ctx.sources)
-    model = ctx.model.to(ctx.device).eval()
-    started = time.perf_counter()
-    delta, facts = universal_perturbation(
-        model,
-        samples,
-        ctx.target,
+    compute = partial(
+        universal_perturbation,
+        target=ctx.target,
         method=cfg.method,
         norm=cfg.norm,
         budget=cfg.budget,
@@ -293,23 +330,5 @@ def adaptive(cfg: AdaptiveParams, ctx: TriggerContext) -> Trigger:
         batch_size=cfg.batch_size,
         seed=ctx.seed,
     )
-    seconds = time.perf_counter() - started
-    trigger = Trigger(delta, "adaptive")
-    holdout = outside(ctx.holdout, ctx.target, ctx.sources) if ctx.holdout is not None else torch.zeros(0)
-    trigger.info = {
-        "method": cfg.method,
-        "norm": cfg.norm,
-        "budget": cfg.budget,
-        "target": ctx.target,
-        "seed": ctx.seed,
-        "sources": list(ctx.sources) if ctx.sources is not None else "all",
-        "samples": len(samples),
-        "passes_used": facts["passes"],
-        "passes_max": cfg.passes,
-        "seconds": round(seconds, 3),
-        "fooling_rate_samples": target_rate(model, samples, trigger.apply, ctx.target),
-        "fooling_rate_holdout": target_rate(model, holdout, trigger.apply, ctx.target) if len(holdout) else None,
-        "holdout_size": len(holdout),
-        **trigger.norms(),
-    }
-    return trigger
+    settings = {"method": cfg.method, "norm": cfg.norm, "budget": cfg.budget, "passes_max": cfg.passes}
+    return universal_mask("adaptive", ctx, cfg.samples, compute, settings)

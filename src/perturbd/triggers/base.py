@@ -163,6 +163,12 @@ class Trigger:
             )
         return transform_images(images, self.transform)
 
+    def apply_train(self, images: torch.Tensor) -> torch.Tensor:
+        """The poisoned copies of training images: what poisoning writes and the ``trigger.psnr`` /
+        ``trigger.ssim`` search measures. :meth:`apply` (the test-time trigger) but for a family
+        that strengthens its trigger at test time (:class:`~perturbd.triggers.narcissus.Magnified`)."""
+        return self.apply(images)
+
     def preview(self, images: torch.Tensor | None = None) -> torch.Tensor:
         """What ``trigger.png`` shows, ``(C, H, W)`` pixel units: δ of an additive trigger; for
         other families the mean of ``x' − x`` over ``images`` (what the trigger did to them)."""
