@@ -1,6 +1,7 @@
-"""ABL: anti-backdoor learning (Li, Lyu, Koren, Lyu, Li and Ma, "Anti-Backdoor Learning: Training
-Clean Models on Poisoned Data", NeurIPS 2021; the authors' code ``bboylyg/ABL``, and BackdoorBench's
-``defense/abl.py``).
+"""ABL: anti-backdoor learning, trains the victim on the poisoned set without the backdoor.
+
+Li, Lyu, Koren, Lyu, Li and Ma, "Anti-Backdoor Learning: Training Clean Models on Poisoned Data",
+NeurIPS 2021; the authors' code ``bboylyg/ABL``, and BackdoorBench's ``defense/abl.py``.
 
 A training-time defence: it trains the victim itself, on the poisoned training set, so that the
 model that comes out carries no backdoor. It rests on two observations: a backdoor is learned much
