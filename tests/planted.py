@@ -4,7 +4,8 @@ loads): tiny planted backdoors on the synthetic bars, built once per session.
 Everything trains in seconds on one CPU thread with a 2-conv net. ``planted`` holds a model
 backdoored with an obvious trigger (a 3×3 white patch, BadNets style, 3 % of the training set
 relabelled to 0), its clean twin (same seed, no poison), the poisoned training set with its
-indices, the test set and the defender's clean images (training images that were not poisoned).
+indices, the test set and the defender's clean images (training images that were not poisoned);
+its inputs carry the backdoored model's initial weights and recipe (for a training-time defence).
 ``updates`` holds the two updates of the audit tests: the clean twin fine-tuned on a clean update
 batch, and on the same batch with poison. (``run_dir``, a whole experiment run with defences, is in
 the root ``conftest.py``.)
@@ -71,7 +72,7 @@ class Planted:
     ) -> DefenseInputs:
         return DefenseInputs(
             model or self.model, self.test, self.clean, "train minus poison", self.train, self.indices, self.trigger, self.target,
-            clean_model or self.clean_model, before_model,
+            clean_model or self.clean_model, before_model, initial_model=lambda: tiny_model(self.train.image_shape), train_config=TRAIN,
         )  # fmt: skip
 
 

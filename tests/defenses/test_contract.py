@@ -12,6 +12,7 @@ from typing import ClassVar
 import annotated_types as at
 import pytest
 import torch
+from planted import TRAIN, tiny_model
 from pydantic import Field
 from torch import nn
 
@@ -28,6 +29,7 @@ ALL = list_defenses()
 CHEAP = {
     "n_clean": 64, "epochs": 1, "steps": 3, "overlays": 2, "batch_size": 16, "components": 3,
     "nc_epochs": 1, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8, "n_overlay": 32, "n_calibration": 32, "rounds": 1,
+    "isolation_epochs": 1, "finetuning_epochs": 1, "unlearning_epochs": 1,
 }  # fmt: skip
 DATA_FREE = {"clp"}  # mitigations that read no clean image
 
@@ -55,7 +57,7 @@ def _out_of_range(name: str) -> list[tuple[str, object]]:
 
 def test_registry_lists_every_kind() -> None:
     kinds = {get_defense(n).kind for n in ALL}
-    assert kinds == set(KINDS) == {"dataset", "input", "model", "mitigation", "update"}
+    assert kinds == set(KINDS) == {"dataset", "input", "model", "mitigation", "update", "training"}
     assert list_defenses("fine_*") == ["fine_pruning", "fine_tuning"]
     assert "update_audit" in ALL
 
@@ -119,11 +121,13 @@ def test_fit_returns_self_with_finite_results(name: str, planted) -> None:
     assert missing_results(d), "results exist only after fit"
     if d.kind == "update":
         assert d.fit(planted.model, planted.clean, before=planted.clean_model) is d
+    elif d.kind == "training":
+        assert d.fit(lambda: tiny_model(planted.train.image_shape), planted.train, TRAIN) is d
     else:
         assert d.fit(planted.model, planted.train if d.kind == "dataset" else planted.clean) is d
     assert missing_results(d) == [] and isinstance(d, kind_of(d).protocol)
-    assert d.clean_used_ == (0 if d.kind == "dataset" or name in DATA_FREE else min(64, len(planted.clean)))
-    if d.kind == "mitigation":
+    assert d.clean_used_ == (0 if d.kind in ("dataset", "training") or name in DATA_FREE else min(64, len(planted.clean)))
+    if d.kind in ("mitigation", "training"):
         assert d.model_ is not planted.model
         logits = d.model_(torch.rand(4, *planted.test.image_shape))
         assert _finite(logits)

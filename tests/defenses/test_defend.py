@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from planted import TRAIN
 from torch import nn
 
 import perturbd
@@ -20,6 +21,7 @@ from perturbd.evaluation.kinds import kind_of, missing_results
 CHEAP = {
     "n_clean": 64, "epochs": 1, "steps": 3, "overlays": 2, "batch_size": 16, "components": 3,
     "nc_epochs": 1, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8, "n_overlay": 32, "n_calibration": 32, "seed": 3,
+    "isolation_epochs": 1, "finetuning_epochs": 1, "unlearning_epochs": 1,
 }  # fmt: skip
 
 
@@ -34,7 +36,7 @@ def plain(model: nn.Module) -> nn.Sequential:
 
 
 def _data(planted, kind: str):
-    return planted.train if kind == "dataset" else planted.clean
+    return planted.train if kind in ("dataset", "training") else planted.clean
 
 
 @pytest.mark.parametrize("name", list_defenses())
@@ -43,14 +45,18 @@ def test_a_plain_module_gives_every_defence_the_numbers_of_the_perturbd_model(na
     wrapped = perturbd.wrap(net, planted.train.image_shape, mean=[0.5], std=[0.5])  # TinyNet's own normalisation
     d = build_defense(name, **_cheap(name))
     theirs = build_defense(name, **_cheap(name))
-    extra = {"before": perturbd.wrap(plain(planted.clean_model), planted.train.image_shape, mean=[0.5], std=[0.5])}
-    own_extra = {"before": planted.clean_model}
-    if d.kind != "update":
-        extra = own_extra = {}
+    extra: dict = {}
+    own_extra: dict = {}
+    recipe = [TRAIN] if d.kind == "training" else []  # the model given is then the start, trained again on the poisoned set
+    if d.kind == "update":
+        extra = {"before": perturbd.wrap(plain(planted.clean_model), planted.train.image_shape, mean=[0.5], std=[0.5])}
+        own_extra = {"before": planted.clean_model}
+    elif recipe:
+        extra = {"train": TRAIN}
     assert perturbd.defend(wrapped, _data(planted, d.kind), d, **extra) is d
-    theirs.fit(planted.model, _data(planted, d.kind), **own_extra)
+    theirs.fit(planted.model, _data(planted, d.kind), *recipe, **own_extra)
     assert missing_results(d) == [] and isinstance(d, kind_of(d).protocol)
-    if d.kind == "mitigation":
+    if d.kind in ("mitigation", "training"):
         x = torch.rand(8, *planted.test.image_shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             assert torch.allclose(d.model_.eval()(x), theirs.model_.eval()(x), atol=1e-4)

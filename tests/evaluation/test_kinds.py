@@ -10,11 +10,11 @@ from perturbd.evaluation.kinds import KINDS, Kind, dots, kind_of, over_seeds, pl
 
 
 def test_each_row_is_named_by_its_key_and_says_what_the_kind_does() -> None:
-    assert list(KINDS) == ["dataset", "input", "model", "mitigation", "update"]
+    assert list(KINDS) == ["dataset", "input", "model", "mitigation", "update", "training"]
     for name, kind in KINDS.items():
         assert isinstance(kind, Kind) and kind.name == name
         assert kind.about and "\n" not in kind.about
-        assert callable(kind.evaluate) and callable(kind.over_seeds)
+        assert callable(kind.evaluate) and callable(kind.over_seeds) and callable(kind.check)
     with pytest.raises(AttributeError):
         KINDS["input"].about = "changed"  # type: ignore[misc]
 

@@ -6,6 +6,7 @@
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
   :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`, :mod:`anp`, :mod:`clp`, :mod:`ibau`
 - update audit (:class:`UpdateAuditor`): :mod:`update_audit`
+- training-time (:class:`TrainingDefense`): :mod:`abl`
 
 Neural Cleanse's own helpers: :mod:`nc_schedule` (its cost schedule and early stop) and
 :mod:`nc_figures` (its figures). What a kind means and how defences are measured on a run:
@@ -19,6 +20,7 @@ Example:
 """
 
 from perturbd.defenses import (  # noqa: F401  (each module registers its defence)
+    abl,
     activation_clustering,
     adversarial_training,
     anp,
@@ -41,6 +43,7 @@ from perturbd.defenses.base import (
     InputScreen,
     Mitigator,
     ModelInspector,
+    TrainingDefense,
     UpdateAuditor,
     build_defense,
     get_defense,
@@ -55,6 +58,7 @@ __all__ = [
     "InputScreen",
     "Mitigator",
     "ModelInspector",
+    "TrainingDefense",
     "UpdateAuditor",
     "build_defense",
     "get_defense",

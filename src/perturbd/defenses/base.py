@@ -13,9 +13,11 @@ reads; the table of kinds (protocol, evaluation, report cell) is
 - ``"model"`` (:class:`ModelInspector`): one anomaly index per label, is the model backdoored.
 - ``"mitigation"`` (:class:`Mitigator`): ``model_`` is a repaired copy (the input is untouched).
 - ``"update"`` (:class:`UpdateAuditor`): did an update (``before`` → ``model``) plant a backdoor.
+- ``"training"`` (:class:`TrainingDefense`): trains the victim itself on the poisoned training set,
+  from its initial weights and with its recipe; ``model_`` is the model it trained.
 
 Every defence reports ``clean_used_``, the number of clean images it needed (0 for dataset
-screening, which inspects the training set itself).
+screening, which inspects the training set itself, and for a training-time defence).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from perturbd.config import TrainConfig
 from perturbd.data.dataset import ImageDataset, to_float01
 from perturbd.errors import ConfigError
 from perturbd.fields import bounds_text
@@ -210,6 +213,25 @@ class UpdateAuditor(Protocol):
 
     def fit(self, model: nn.Module, data: ImageDataset, *, before: nn.Module) -> UpdateAuditor: ...
     def figures(self) -> Figures: ...
+
+
+@runtime_checkable
+class TrainingDefense(Protocol):
+    """Trains the victim on the poisoned training set so that no backdoor comes out: ``fit`` takes
+    the victim's initial weights (a model, copied, or a function returning a fresh one), the
+    training set as the victim trains on it and the victim's recipe (``train``: optimiser,
+    epochs, batch size, augmentation, device); ``model_`` is the model it trained, measured
+    against the one trained plainly; ``isolated_`` the positions in the training set it set apart
+    as suspected poison (empty when it sets none apart). It may also set ``facts_`` (optional,
+    JSON-ready; its ``summary`` joins the matrix cell), as a :class:`Mitigator`."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    clean_used_: int
+    model_: nn.Module
+    isolated_: torch.Tensor
+
+    def fit(self, model: nn.Module | Callable[[], nn.Module], data: ImageDataset, train: TrainConfig) -> TrainingDefense: ...
 
 
 # --------------------------------------------------------------------------- registry

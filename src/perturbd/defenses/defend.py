@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from perturbd.config import TrainConfig
 from perturbd.data.arrays import as_dataset
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import Defense, build_defense
@@ -22,7 +23,15 @@ from perturbd.errors import ConfigError, DataError
 from perturbd.models import Classifier, wrap
 
 
-def defend(model: nn.Module, data: Any, defense: str | Defense, *, before: nn.Module | None = None, **params: Any) -> Defense:
+def defend(
+    model: nn.Module,
+    data: Any,
+    defense: str | Defense,
+    *,
+    before: nn.Module | None = None,
+    train: TrainConfig | None = None,
+    **params: Any,
+) -> Defense:
     """Fit the defence ``defense`` on ``model`` with ``data``; return the fitted defence.
 
     Args:
@@ -34,10 +43,13 @@ def defend(model: nn.Module, data: Any, defense: str | Defense, *, before: nn.Mo
             for input screening (STRIP reads no labels). Images: numpy arrays or torch tensors,
             ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)``, uint8 0–255 or float in [0, 1]
             (rounded to 8 bits). What ``data`` is depends on the kind: clean images the defender
-            holds (input and model inspection, mitigation, update audit) or the training set
-            to screen (dataset screening).
+            holds (input and model inspection, mitigation, update audit), the training set
+            to screen (dataset screening) or to train on, poison and all (training-time).
         defense: a registered name (``perturbd.defenses.list_defenses()``) or a built defence.
         before: for an update audit (``update_audit``), the model before the update.
+        train: for a training-time defence (``abl``), the recipe it trains with
+            (:class:`~perturbd.config.TrainConfig`); ``model`` is then the untrained model whose
+            weights it starts from (copied), not a trained one.
         **params: the defence's parameters (its ``Params``), validated before any work.
 
     Returns:
@@ -68,6 +80,13 @@ def defend(model: nn.Module, data: Any, defense: str | Defense, *, before: nn.Mo
         raise ConfigError(f"defense '{built.name}' audits an update: give the model before it, defend(model, data, ..., before=old)")
     if built.kind != "update" and before is not None:
         raise ConfigError(f"defense '{built.name}' takes no before= model (only an update audit does)")
+    if built.kind == "training" and train is None:
+        raise ConfigError(
+            f"defense '{built.name}' trains a model on the poisoned training set and cannot repair a trained model alone: give "
+            f"defend(untrained_model, (x_train, y_train), '{built.name}', train=TrainConfig(...))"
+        )
+    if built.kind != "training" and train is not None:
+        raise ConfigError(f"defense '{built.name}' takes no train= recipe (only a training-time defence does)")
     images = data.images if isinstance(data, ImageDataset) else data[0] if isinstance(data, (tuple, list)) else data
     shape = _image_shape(images)
     wrapped = _as_model(model, shape, "model")
@@ -79,6 +98,9 @@ def defend(model: nn.Module, data: Any, defense: str | Defense, *, before: nn.Mo
         )
     if before is not None:
         result: Defense = built.fit(wrapped, dataset, before=_as_model(before, wrapped.image_shape, "before"))
+        return result
+    if train is not None:
+        result = built.fit(wrapped, dataset, train)
         return result
     result = built.fit(wrapped, dataset)
     return result

@@ -12,7 +12,7 @@ The defences themselves are in :mod:`perturbd.defenses`.
 Example:
     >>> from perturbd.evaluation import KINDS
     >>> sorted(KINDS)
-    ['dataset', 'input', 'mitigation', 'model', 'update']
+    ['dataset', 'input', 'mitigation', 'model', 'training', 'update']
 """
 
 from perturbd.evaluation.harness import DefenseReport, evaluate_defense, run_defenses, write_defenses

@@ -40,7 +40,15 @@ when there is one: how much of the score the trigger earns without a backdoor.
   (``non_source_asr_before`` / ``_after``). The cell holds ``value`` (ASR after),
   ``accuracy_cost``, ``robust_accuracy`` (after) and ``der``.
 
-A source-specific attack's sources are in the input and mitigation metrics (``sources``).
+- training: a training-time defence trains its own model from the victim's initial weights on
+  the poisoned training set with the victim's recipe (``initial_model``, ``train``,
+  ``train_config``: a run gives them; a trained model alone does not, and that is one line); it
+  is measured as a mitigation against the model trained plainly (``inp.model``: ASR, R-Acc,
+  accuracy cost and DER against it), plus the images it isolated (``isolated``) and, against the
+  poison indices, how many of them were poisoned (``poisoned_isolated``) and that share
+  (``isolation_precision``, in the cell as a percentage).
+
+A source-specific attack's sources are in the input, mitigation and training metrics (``sources``).
 - update: needs the model before the update (a run of the update setting); audits
   before → model, and before → clean twin (the clean update) as the false-positive baseline;
   suspicious labels, per-label rows and the recovered triggers as PNG.
@@ -53,11 +61,14 @@ dataset screen sets no target).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from perturbd.config import TrainConfig
+from perturbd.data.dataset import ImageDataset
 from perturbd.defenses.base import (
     DatasetScreen,
     Defense,
@@ -65,6 +76,7 @@ from perturbd.defenses.base import (
     InputScreen,
     Mitigator,
     ModelInspector,
+    TrainingDefense,
     UpdateAuditor,
     epsilon_from_truth,
 )
@@ -197,6 +209,37 @@ def measure_model(d: ModelInspector, inp: DefenseInputs, limit: int) -> Evaluati
 
 def measure_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluation:
     """Mitigation: see the module docstring."""
+    return _removal(d, inp, lambda: d.fit(inp.model, inp.clean).model_)
+
+
+def training_inputs(d: Defense, inp: DefenseInputs) -> tuple[ImageDataset, Callable[[], nn.Module], TrainConfig]:
+    """What a training-time defence trains from (the poisoned set, the initial weights, the
+    recipe); a one-line :class:`ConfigError` when ``inp`` lacks any (a trained model alone)."""
+    train, initial, recipe = inp.train, inp.initial_model, inp.train_config
+    if train is None or initial is None or recipe is None:
+        raise ConfigError(
+            f"defense '{d.name}' trains a model on the poisoned training set with the victim's recipe, which a trained model "
+            f"alone does not give: name it in a run config (defenses: [{d.name}]) or defend a run directory of the before_training setting"
+        )
+    return train, initial, recipe
+
+
+def measure_training(d: TrainingDefense, inp: DefenseInputs, limit: int) -> Evaluation:
+    """Training-time defence: see the module docstring."""
+    train, initial, recipe = training_inputs(cast(Defense, d), inp)
+    m, cell, figures = _removal(d, inp, lambda: d.fit(initial, train, recipe).model_)
+    isolated = d.isolated_
+    m["isolated"] = len(isolated)
+    if inp.poison_indices is not None and len(isolated):
+        hits = int(torch.isin(isolated, inp.poison_indices).sum())
+        m.update(poisoned_isolated=hits, isolation_precision=hits / len(isolated))
+        cell["text"] += f", isolation precision {100 * m['isolation_precision']:.1f} %"
+    return m, cell, figures
+
+
+def _removal(d: Mitigator | TrainingDefense, inp: DefenseInputs, fitted: Callable[[], nn.Module]) -> Evaluation:
+    """The removal metrics of a model ``fitted()`` makes (timed) against ``inp.model``: see the
+    module docstring (mitigation)."""
 
     def outcome(model: nn.Module) -> dict[str, Any]:
         m: dict[str, Any] = {"clean_accuracy": clean_accuracy(model, inp.test), "asr": None, "robust_accuracy": None}
@@ -208,9 +251,9 @@ def measure_mitigation(d: Mitigator, inp: DefenseInputs, limit: int) -> Evaluati
 
     before = outcome(inp.model)
     started = time.perf_counter()
-    d.fit(inp.model, inp.clean)
+    model = fitted()
     seconds = time.perf_counter() - started
-    after = outcome(d.model_)
+    after = outcome(model)
     m: dict[str, Any] = {f"{k}_before": v for k, v in before.items()} | {f"{k}_after": v for k, v in after.items()} | _sources(inp)
     m["accuracy_cost"] = m["clean_accuracy_before"] - m["clean_accuracy_after"]
     m["der"] = (

@@ -85,7 +85,8 @@ def run_defenses(
     eval_limit: int = 2000,
     done: Sequence[dict[str, Any]] = (),
 ) -> list[DefenseReport]:
-    """Build every defence and find its kind first (so a bad parameter or kind fails before any
+    """Build every defence, find its kind and check the inputs have what that kind needs first (so
+    a bad parameter or kind, or a training-time defence on a trained model alone, fails before any
     work), then run each: a progress stage of one step per defence on the active monitor
     (:mod:`perturbd.progress`; each defence's own stages inside it). Each report is named by its
     spec's :attr:`~DefenseSpec.report_name` (a labelled variant under its label: :func:`labelled`);
@@ -99,7 +100,7 @@ def run_defenses(
         raise ConfigError(problem)
     defenses = [build_defense(s.name, **s.params) for s in specs]
     for d in defenses:
-        kind_of(d)
+        kind_of(d).check(d, inp)
         seed_from_run(d, inp.seed)
     reports = []
     with stage("defenses", len(specs)) as progress:

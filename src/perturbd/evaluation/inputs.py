@@ -4,11 +4,13 @@ nor changed otherwise, as wanet's noise-mode images), disjoint from the test ima
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from perturbd.config import TrainConfig
 from perturbd.data.dataset import ImageDataset
 from perturbd.seeding import derived_generator
 from perturbd.triggers import Trigger
@@ -34,6 +36,9 @@ class DefenseInputs:
         sources: the source classes of a source-specific attack (None: every class but the
             target): every ASR a defence reports counts only their test images, and input
             screens are measured on triggered images of these classes only.
+        initial_model: returns a fresh model with the victim's initial weights (before any
+            training), for a training-time defence, which trains its own victim on ``train``.
+        train_config: the victim's training recipe, for a training-time defence.
     """
 
     model: nn.Module
@@ -48,6 +53,8 @@ class DefenseInputs:
     before_model: nn.Module | None = None
     seed: int = 0
     sources: tuple[int, ...] | None = None
+    initial_model: Callable[[], nn.Module] | None = None
+    train_config: TrainConfig | None = None
 
 
 def defender_clean_set(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from perturbd.defenses.base import DatasetScreen, Defense, InputScreen, Mitigator, ModelInspector, UpdateAuditor
+from perturbd.defenses.base import DatasetScreen, Defense, InputScreen, Mitigator, ModelInspector, TrainingDefense, UpdateAuditor
 from perturbd.errors import ConfigError
 from perturbd.evaluation.evaluators import (
     Evaluation,
@@ -26,7 +26,9 @@ from perturbd.evaluation.evaluators import (
     measure_input,
     measure_mitigation,
     measure_model,
+    measure_training,
     measure_update,
+    training_inputs,
 )  # fmt: skip
 from perturbd.evaluation.inputs import DefenseInputs
 from perturbd.registry import suggest
@@ -48,6 +50,8 @@ class Kind:
             defence of this kind (:mod:`perturbd.evaluation.evaluators`).
         over_seeds: ``(cells, metrics) -> str``: the matrix cell of one defence on every seed of
             one attack (each seed's cell and metrics, in seed order).
+        check: ``(defence, inputs)``: raises a one-line error, before any defence runs, when
+            the inputs lack what a defence of this kind needs (default: nothing to check).
     """
 
     name: str
@@ -55,6 +59,7 @@ class Kind:
     protocol: type
     evaluate: Callable[[Any, DefenseInputs, int], Evaluation]
     over_seeds: Callable[[Cells, Cells], str]
+    check: Callable[[Defense, DefenseInputs], object] = lambda _d, _inp: None
 
 
 def dots(values: Sequence[Any], fmt: str) -> str:
@@ -121,6 +126,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("model", "inspects a model for a backdoored label", ModelInspector, measure_model, _verdicts),
     Kind("mitigation", "repairs a model: a copy without the backdoor", Mitigator, measure_mitigation, _removal),
     Kind("update", "audits an update for a planted backdoor", UpdateAuditor, measure_update, plain_over_seeds),
+    Kind("training", "trains the victim on the poisoned set without the backdoor", TrainingDefense, measure_training, _removal,
+         training_inputs),
 )}  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from perturbd.progress import LineMonitor
 from perturbd.report.aggregate import TABLE_METRICS, cell, seed_span
-from perturbd.runs.results import METRICS, REMOVAL, RunMetrics, pct
+from perturbd.runs.results import METRICS, REMOVAL, REMOVAL_KINDS, RunMetrics, pct
 
 __all__ = ["AggregateTable", "RichMonitor", "SweepMonitor", "aggregate_table", "defense_table", "make_progress", "pct", "summary_table"]
 
@@ -215,6 +215,6 @@ def defense_table(reports: list[Any], title: str) -> Table:
     t.add_column("clean images", justify="right")
     t.add_column("seconds", justify="right")
     for r in reports:
-        numbers = [REMOVAL[c].text(r.metrics.get(c)) if r.kind == "mitigation" else "" for c in removal]
+        numbers = [REMOVAL[c].text(r.metrics.get(c)) if r.kind in REMOVAL_KINDS else "" for c in removal]
         t.add_row(escape(r.name), r.kind, escape(r.cell["text"]), *numbers, str(r.clean_used), f"{r.seconds:.1f}")
     return t

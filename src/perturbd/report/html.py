@@ -20,7 +20,7 @@ from perturbd.errors import DataError
 from perturbd.evaluation.record import entries, labels
 from perturbd.report.aggregate import TABLE_METRICS, Group, RunRecord, cell, interval_sentence
 from perturbd.runs.folder import RunDir
-from perturbd.runs.results import METRICS, REMOVAL
+from perturbd.runs.results import METRICS, REMOVAL, REMOVAL_KINDS
 from perturbd.runs.rundir import read_json
 
 CSS = """
@@ -143,8 +143,8 @@ def defense_section(run: RunDir) -> str:
     except DataError as err:
         return f"<h2>Defences</h2><p class='bad'>{esc(err)}</p>"
     names = labels(found)
-    mitigations = [(n, e) for n, e in zip(names, found) if e.get("kind") == "mitigation"]
-    others = [(n, e) for n, e in zip(names, found) if e.get("kind") != "mitigation"]
+    mitigations = [(n, e) for n, e in zip(names, found) if e.get("kind") in REMOVAL_KINDS]
+    others = [(n, e) for n, e in zip(names, found) if e.get("kind") not in REMOVAL_KINDS]
     out = ["<h2>Defences</h2>"]
     if mitigations:
         labels_ = "".join(f"<th>{esc(REMOVAL[k].label)}</th>" for k in REMOVAL_COLUMNS)

@@ -80,8 +80,14 @@ def check_config(cfg: ExperimentConfig) -> None:
     check_spec(cfg.model)
     get_setting(cfg.attack.setting)
     for spec in cfg.defenses:
-        if build_defense(spec.name, **spec.params).kind == "update" and cfg.attack.setting != "update":
+        kind = build_defense(spec.name, **spec.params).kind
+        if kind == "update" and cfg.attack.setting != "update":
             raise ConfigError(f"defense '{spec.name}' audits a model update: it needs attack.setting=update, got '{cfg.attack.setting}'")
+        if kind == "training" and cfg.attack.setting != "before_training":
+            raise ConfigError(
+                f"defense '{spec.name}' trains the victim from scratch on the poisoned set: it needs attack.setting=before_training, "
+                f"got '{cfg.attack.setting}'"
+            )
 
 
 def preflight(cfg: ExperimentConfig, twins: TwinStore | None = None) -> Prepared:
@@ -146,7 +152,8 @@ def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: T
     clean images are the poisoned set's images the attacker did not touch (neither poisoned nor
     wanet's noise-mode images; see :data:`~perturbd.runs.saved.CLEAN_SOURCE`), never the test
     images the defences are measured on. A source-specific attack's sources go with them: every
-    ASR a defence reports counts those classes only, as the run's."""
+    ASR a defence reports counts those classes only, as the run's. A training-time defence trains
+    its own victim from the backdoored model's initial weights (the same seed) with the run's recipe."""
     if not cfg.defenses:
         return []
     p, sources = trained.poisoned, sources_of(cfg.poison)
@@ -164,6 +171,8 @@ def defend(cfg: ExperimentConfig, split: DataSplit, plan: AttackPlan, trained: T
         before_model=trained.before,
         seed=cfg.seed,
         sources=None if sources is None else tuple(sources),
+        initial_model=lambda: build_model(cfg.model, split.train.image_shape, split.train.num_classes, seed=cfg.seed),
+        train_config=cfg.train,
     )
     return run_defenses(cfg.defenses, inputs, log=log)
 

@@ -324,3 +324,7 @@ REMOVAL: dict[str, Metric] = {m.key: m for m in (
     _metric("clean_images_used", "clean images used", "clean images", "clean", "images", "int", "clean_images_used"),
     _metric("seconds", "defence wall time", "wall time (s)", "s", "s", "num", "seconds"),
 )}  # fmt: skip
+
+#: the defence kinds measured with :data:`REMOVAL`: a mitigation, and a training-time defence
+#: (measured against the model trained plainly)
+REMOVAL_KINDS = ("mitigation", "training")

@@ -6,7 +6,8 @@ target and the seed. The poisoned training set is rebuilt from the config: the r
 (:func:`perturbd.attack.partition.partition`, seeded) gives the victim's images and the poison's
 positions among them, used only if those equal the saved poison record (a run of the
 update setting, whose poison is in the update batch, then has no dataset screening here: run the
-defence from the experiment config instead).
+defence from the experiment config instead). With the rebuilt set come the victim's initial
+weights (its model section, seeded by the run seed) and its recipe, for a training-time defence.
 
 A bare model file needs ``data``; ``trigger`` and ``target`` are optional (without them, STRIP and
 the ASR of mitigations cannot be measured). Its training split is taken as the defender's data:
@@ -23,15 +24,16 @@ user names the architecture (``model["name"]``, ``--arch``): see :mod:`perturbd.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from perturbd.attack.partition import partition
-from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, validate
+from perturbd.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, validate
 from perturbd.data import ImageDataset, load_data
 from perturbd.errors import CheckpointError, ConfigError
 from perturbd.evaluation.inputs import DefenseInputs, defender_clean_set
@@ -190,6 +192,8 @@ def load_inputs(
     train: ImageDataset | None = split.train
     indices: torch.Tensor | None = None
     touched: torch.Tensor | None = None
+    initial: Callable[[], nn.Module] | None = None
+    recipe: TrainConfig | None = None
     if folder is not None and cfg is not None and trig is not None and folder.has(RunDir.POISON_INDICES):
         saved_idx = torch.tensor(folder.poison_indices().indices, dtype=torch.long)
         train = None
@@ -199,9 +203,23 @@ def load_inputs(
                 victim = part.take(split.train, part.victim)
                 rebuilt = poison_dataset(victim, trig, cfg.poison, cfg.seed, part.poison)
                 train, indices, touched = rebuilt.dataset, saved_idx, rebuilt.noise_indices
+                initial, recipe = _initial_model(cfg, model, split.train.image_shape, split.train.num_classes), cfg.train
     clean = defender_clean_set(train if train is not None else split.train, indices, seed, touched)
     chosen = None if sources is None else tuple(sources)
-    return DefenseInputs(net, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed, sources=chosen)
+    return DefenseInputs(
+        net, split.test, clean, CLEAN_SOURCE, train, indices, trig, target, clean_model, seed=seed, sources=chosen,
+        initial_model=initial, train_config=recipe,
+    )  # fmt: skip
+
+
+def _initial_model(
+    cfg: ExperimentConfig, model: dict[str, Any] | None, image_shape: tuple[int, ...], num_classes: int
+) -> Callable[[], nn.Module]:
+    """A function building the run's victim with its initial weights (its config's model section,
+    the keys of ``model`` over it, seeded by the run seed, as the run built it), for a
+    training-time defence."""
+    spec: ModelConfig = validate({**cfg.model.model_dump(mode="json"), **(model or {})}, ModelConfig)
+    return lambda: build_model(spec, image_shape, num_classes, seed=cfg.seed)
 
 
 def _check_sources(sources: list[int], target: int | None, num_classes: int) -> None:
