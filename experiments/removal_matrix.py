@@ -6,10 +6,11 @@ default) and poisoned at the rate where it is learned — the smallest rate with
 seeds, read from the equal-visibility table of the same data (``--rates-from``, made by
 ``experiments/equal_visibility.py``) — and the BadNets 3×3 white patch at its own strength and 1 %,
 the visible control. Columns: every registered mitigation at its paper's defaults (``--param
-NAME.KEY=VALUE`` changes one). Each backdoored model (and the clean twin of each seed, shared by
-the rows) is trained once, as a ``perturbd sweep`` trains, into ``OUT/runs``; every mitigation then
-repairs a copy of it, into ``OUT/removal/<run>/defenses.json``. Both steps are resumable: rerun the
-same command and finished work is skipped.
+NAME.KEY=VALUE`` changes one), and the training-time defences (ABL), which train their own victim
+on the row's poisoned set from its initial weights. Each backdoored model (and the clean twin of
+each seed, shared by the rows) is trained once, as a ``perturbd sweep`` trains, into ``OUT/runs``;
+every mitigation then repairs a copy of it, into ``OUT/removal/<run>/defenses.json``. Both steps are
+resumable: rerun the same command and finished work is skipped.
 
 Per cell and seed (``removal_matrix.csv``): ASR, robust accuracy (R-Acc) and clean accuracy before
 and after, BackdoorBench's DER, the clean images used and the defence's wall time beside the
@@ -36,6 +37,7 @@ from perturbd.config import DefenseSpec, apply_overrides
 from perturbd.defenses import get_defense, list_defenses
 from perturbd.errors import ConfigError, exit_code
 from perturbd.runs.folder import RunDir
+from perturbd.runs.results import REMOVAL_KINDS
 from perturbd.runs.rundir import read_json, write_json
 from perturbd.sweep.config import Sweep, SweepConfig, expand
 from perturbd.sweep.rate_search import finished
@@ -79,8 +81,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def mitigations(names: list[str] | None, params: list[str]) -> list[DefenseSpec]:
-    """The mitigations at their defaults, then ``--param``."""
-    known = [n for n in list_defenses() if get_defense(n).kind == "mitigation"]
+    """The mitigations and training-time defences at their defaults, then ``--param``."""
+    known = [n for n in list_defenses() if get_defense(n).kind in REMOVAL_KINDS]
     chosen = names or known
     unknown = [n for n in chosen if n not in known]
     if unknown:
@@ -134,7 +136,7 @@ def records(runs: list[tuple[Any, Path]], out: Path) -> list[dict[str, Any]]:
             continue
         timing = read_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
         for rep in dest.defenses()["defenses"]:
-            if rep.get("kind") != "mitigation":
+            if rep.get("kind") not in REMOVAL_KINDS:
                 continue
             m = rep["metrics"]
             rows.append({

@@ -33,6 +33,12 @@ def test_rows_take_the_equal_visibility_tables_rates(rm) -> None:
     assert overridden == {"wanet": 0.05}
 
 
+def test_every_mitigation_and_training_time_defence_is_a_column(rm) -> None:
+    names = [s.name for s in rm.mitigations(None, [])]
+    assert {"fine_tuning", "fine_pruning", "nad", "anp", "clp", "ibau", "ft_sam", "abl"} <= set(names)
+    assert not {"strip", "neural_cleanse", "spectral_signature"} & set(names)
+
+
 def test_mistakes_are_one_line(rm) -> None:
     with pytest.raises(ConfigError, match="not a registered mitigation: strip"):
         rm.mitigations(["strip"], [])
