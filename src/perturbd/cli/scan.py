@@ -28,7 +28,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"--image-shape takes C,H,W (e.g. 3,32,32 or 3x32x32), got '{text}'")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def _check_out(folder: Path) -> Path:

@@ -199,7 +199,7 @@ class MMBD(Defense):
         per = self.labels_per_pass or len(labels)
         kw = dict(starts=self.starts, steps=self.steps, lr=self.lr, tol=self.tol, seed=self.rng_seed())
         started = time.perf_counter()
-        parts = [max_margins(model, tuple(shape), labels[i : i + per], **kw) for i in range(0, len(labels), per)]  # type: ignore[arg-type]
+        parts = [max_margins(model, tuple(shape), labels[i : i + per], **kw) for i in range(0, len(labels), per)]
         res = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         self.margins_, self.inputs_, self.steps_ = res["margins"], res["inputs"], res["steps"]
         stats = self.margins_.double().numpy()

@@ -37,7 +37,8 @@ DEFAULT_DETECTORS = ("mm_bd", "neural_cleanse")
 
 def data_free(detector: Defense | type[Defense]) -> bool:
     """Whether ``detector`` reads no clean image: its ``fit`` takes ``data`` as optional."""
-    param = inspect.signature(detector.fit).parameters.get("data")
+    fit = getattr(detector, "fit", None)  # every defence has one; the base class declares none
+    param = inspect.signature(fit).parameters.get("data") if callable(fit) else None
     return param is not None and param.default is None
 
 
@@ -182,7 +183,7 @@ def scan(
         raise ConfigError(f"fail_on must be in [1, {len(ready)}] (the number of detectors), got {fail_on!r}")
     for d in ready:
         seed_from_run(d, seed)
-    verdicts = [_verdict(d.fit(net, dataset)) for d in ready]  # type: ignore[attr-defined]
+    verdicts = [_verdict(d.fit(net, dataset)) for d in ready]
     return ScanResult(verdicts, fail_on, net.num_classes, tuple(net.image_shape), seed)
 
 
