@@ -5,15 +5,13 @@ it and ``--fail-on``; every mistake and hostile file one line, exit 2, nothing w
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from hostile import assert_one_line_exit_2, run_case
+from hostile import Touch, assert_one_line_exit_2, run_case
 
 ARCH = "factory:planted:TinyNet"  # the planted models' class (tests/planted.py), named by the user
 SHAPE = ["--image-shape", "1,28,28", "--num-classes", "10"]
@@ -87,19 +85,9 @@ def test_an_earlier_scan_folder_is_replaced_whole(files, cli, tmp_path) -> None:
     assert not (out / "stale.png").exists() and json.loads((out / "scan.json").read_text())["detectors"]
 
 
-class _Touch:
-    """Unpickling this runs ``touch PATH``: a hostile "state dict"."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return os.system, (f"touch {self.path}",)
-
-
 def _pickle(t: Path) -> Path:
     path = t / "weights.pt"
-    path.write_bytes(pickle.dumps({"fc.weight": _Touch(t / "hacked")}))
+    path.write_bytes(pickle.dumps({"fc.weight": Touch(t / "hacked")}))
     return path
 
 
