@@ -13,6 +13,8 @@ import pytest
 import torch
 from hostile import Touch, assert_one_line_exit_2, run_case
 
+from perturbd.models import get_model, save_model
+
 ARCH = "factory:planted:TinyNet"  # the planted models' class (tests/planted.py), named by the user
 SHAPE = ["--image-shape", "1,28,28", "--num-classes", "10"]
 # 40 steps from 8 starts (tests/defenses/test_mm_bd.py: the target's p-value below 1e-6, the clean
@@ -127,3 +129,22 @@ def test_an_occupied_out_folder_is_refused(files, cli, tmp_path) -> None:
     code, _, err = cli("scan", str(files["bad"]), "--arch", ARCH, *SHAPE, "--out", str(tmp_path))
     assert_one_line_exit_2(code, err, "neither empty nor an earlier scan's folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_a_run_directory_brings_its_data_and_seed(run_dir, cli, tmp_path) -> None:
+    out = tmp_path / "scan"
+    code, _, err = cli("scan", str(run_dir), "-d", "mm_bd", "-p", "steps=3", "-p", "starts=2", "--out", str(out))
+    assert code in (0, 1), err
+    result = json.loads((out / "scan.json").read_text())
+    assert result["exit_code"] == code and result["image_shape"] == [1, 28, 28] and result["num_classes"] == 10
+    assert result["detectors"][0]["params"]["seed"] is not None, "the unset seed derived from the run's"
+    code, _, err = cli("scan", str(run_dir), "-d", "mm_bd", *SHAPE, "--out", str(tmp_path / "other"))
+    assert_one_line_exit_2(code, err, "the data set gives them")
+
+
+def test_a_perturbd_checkpoint_states_its_own_shape(cli, tmp_path) -> None:
+    path = save_model(get_model("cnn28", (1, 28, 28), 10, seed=0), tmp_path / "model.safetensors", {})
+    code, _, err = cli("scan", str(path), "-p", "mm_bd.steps=2", "-p", "mm_bd.starts=2", "--out", str(tmp_path / "scan"))
+    assert code in (0, 1), err
+    result = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert result["image_shape"] == [1, 28, 28] and len(result["detectors"][0]["labels"]) == 10
