@@ -5,8 +5,10 @@ means stays with each table (its folders differ); :func:`tree` lists a folder to
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,13 @@ def assert_api_error(call: Callable[[], object], error_type: type[BaseException]
 def tree(root: Path) -> list[str]:
     """Every path below ``root``, relative and sorted: the same before and after = nothing written."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+class Touch:
+    """What a hostile pickle holds: unpickling it runs ``touch PATH`` (the marker says it ran)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, (f"touch {self.path}",)

@@ -89,7 +89,6 @@ line) and to its file's "nothing written" check. Files: ``bad_input`` = this fil
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +96,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile import assert_api_error, run_case
+from hostile import Touch, assert_api_error, run_case
 from PIL import Image
 
 from perturbd.errors import CheckpointError, ConfigError, OutputError, PerturbdError
@@ -171,16 +170,6 @@ def _sweep(tmp: Path, body: str) -> Path:
     return path
 
 
-class _Touch:
-    """What a hostile pickle holds: unpickling it runs ``touch PATH`` (the marker says it ran)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return os.system, (f"touch {self.path}",)
-
-
 def _hacked(t: Path) -> Path:
     """The marker a hostile file would write: in ``--out`` (``t`` is the inputs folder beside it),
     so that the table's "nothing in --out" check sees it."""
@@ -250,7 +239,7 @@ CASES: dict[str, Case] = {
     "npz NaN": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_train=np.full((40, 28, 28), np.nan))}"], "NaN"),
     "npz out of range": lambda t: ([*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', x_test=np.full((20, 28, 28), 2.5))}"], "x_test"),
     "npz holding a pickle": lambda t: (
-        [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', classes=np.array([_Touch(_hacked(t)), 'b', 'c', 'd'], dtype=object))}"],
+        [*RUN, "--set", f"data.name=npz:{_npz(t / 'a.npz', classes=np.array([Touch(_hacked(t)), 'b', 'c', 'd'], dtype=object))}"],
         "without object arrays",
     ),
     "npz one class": lambda t: (

@@ -24,6 +24,7 @@ CASES = {
     "bench_sweep": ("perturbd.sweep", []),
     "bench_models": ("perturbd.models", []),
     "bench_colour": ("perturbd.models", []),
+    "bench_guard": ("perturbd.guarded", []),
 }
 
 
@@ -48,7 +49,7 @@ def test_quick_mode_writes_its_json(name: str, tmp_path: Path, monkeypatch: pyte
     assert (
         len(files) == 1
         and (files[0] == f"{name}.json" or files[0].startswith(f"{name}-"))
-        and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models", "bench_colour"))
+        and files[0].endswith("-cpu.json") == (name in ("bench_train", "bench_e2e", "bench_models", "bench_colour", "bench_guard"))
     )
     written = json.loads((tmp_path / files[0]).read_text())
     assert written["benchmark"] == name == payload["benchmark"]

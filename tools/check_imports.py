@@ -35,8 +35,8 @@ PACKAGE = ROOT / "src" / "perturbd"
 OPTIONAL = frozenset({"ray", "tensorboard", "torch.utils.tensorboard"})
 # heavy dependencies imported where they are used: with torch loaded, scikit-learn costs a process
 # 1.2 s of CPU (time.process_time around the import, 2-core AMD EPYC), paid by every run and sweep
-# worker that runs no defence
-DEFERRED = frozenset({"sklearn", "threadpoolctl"})
+# worker that runs no defence; scipy (MM-BD's gamma fit) is as heavy: scikit-learn loads it
+DEFERRED = frozenset({"scipy", "sklearn", "threadpoolctl"})
 # files and folders (relative to the package folder) that may defer imports into their functions
 ENTRY_POINTS = frozenset({"cli/", "__init__.py"})
 # stop listing cycles after this many (one tangle can hold very many)

@@ -20,6 +20,12 @@ Your own model and arrays (as IBM ART: wrap the model once, call defences on arr
     result = perturbd.run(cfg, model=functools.partial(timm.create_model, "resnet18", num_classes=10),
                           data=(x_train, y_train, x_test, y_test))
 
+Before deploying a model, and while serving it::
+
+    result = perturbd.scan(model)                     # MM-BD, data-free; result.exit_code 0 clean, 1 flagged
+    result = perturbd.scan(model, (x_clean, y_clean))  # with Neural Cleanse too
+    guarded = perturbd.guard(model, strip)            # guarded(x) → logits, flagged, scores
+
 A walk-through: ``examples/python_api.ipynb``.
 """
 
@@ -80,6 +86,23 @@ def defend(model: Any, data: Any, defense: Any, **kwargs: Any) -> Any:
     return _defend(model, data, defense, **kwargs)
 
 
+def scan(model: Any, data: Any = None, detectors: Any = None, fail_on: int = 1, **kwargs: Any) -> Any:
+    """Model-level detectors on ``model``, a verdict per label and one in all, as ``perturbd
+    scan`` gives (see :func:`perturbd.evaluation.scan.scan`): without ``data`` only the data-free
+    ones (MM-BD); ``.exit_code`` is 1 when at least ``fail_on`` detectors flag a label."""
+    from perturbd.evaluation.scan import scan as _scan
+
+    return _scan(model, data, detectors, fail_on, **kwargs)
+
+
+def guard(model: Any, detector: Any) -> Any:
+    """``model`` behind a fitted input-level detector: a ``torch.nn.Module`` whose call returns
+    the logits and a flag per input (see :func:`perturbd.guarded.guard`)."""
+    from perturbd.guarded import guard as _guard
+
+    return _guard(model, detector)
+
+
 def as_dataset(images: Any, labels: Any = None, **kwargs: Any) -> Any:
     """Arrays or tensors as an ``ImageDataset``, for a defence's ``fit`` (see
     :func:`perturbd.data.arrays.as_dataset`)."""
@@ -88,4 +111,16 @@ def as_dataset(images: Any, labels: Any = None, **kwargs: Any) -> Any:
     return _as_dataset(images, labels, **kwargs)
 
 
-__all__ = ["ExperimentConfig", "PerturbdError", "__version__", "as_dataset", "defend", "load_config", "poison", "run", "wrap"]
+__all__ = [
+    "ExperimentConfig",
+    "PerturbdError",
+    "__version__",
+    "as_dataset",
+    "defend",
+    "guard",
+    "load_config",
+    "poison",
+    "run",
+    "scan",
+    "wrap",
+]

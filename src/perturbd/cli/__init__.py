@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from perturbd.cli import defences, experiments, export, training, triggers  # noqa: F401  (each adds its commands to the app)
+from perturbd.cli import defences, experiments, export, scan, training, triggers  # noqa: F401  (each adds its commands to the app)
 from perturbd.cli.app import app, console
 from perturbd.errors import PerturbdError
 

@@ -2,7 +2,7 @@
 
 - dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`
 - input screening (:class:`InputScreen`): :mod:`strip`
-- model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`
+- model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`, :mod:`mm_bd`
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
   :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`, :mod:`anp`, :mod:`clp`, :mod:`ibau`
 - update audit (:class:`UpdateAuditor`): :mod:`update_audit`
@@ -30,6 +30,7 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
     fine_tuning,
     ft_sam,
     ibau,
+    mm_bd,
     nad,
     neural_cleanse,
     spectral_signature,

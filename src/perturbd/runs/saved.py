@@ -138,8 +138,31 @@ def load_model(saved: SavedRun, data: ImageDataset, model: dict[str, Any] | None
                 f"{saved.model} takes {meta.get('num_classes')} classes of shape {meta.get('image_shape')} but data "
                 f"'{data.name}' has {data.num_classes} of shape {shape}; pass the data it was trained on"
             )
+    return build_saved(saved, data.image_shape, data.num_classes, model, spec)
+
+
+def build_saved(
+    saved: SavedRun, image_shape: Sequence[int], num_classes: int, model: dict[str, Any] | None = None, spec: ModelConfig | None = None
+) -> Classifier:
+    """``saved.model`` built for images of ``image_shape`` and ``num_classes`` classes without a
+    data set (``perturbd scan`` of a data-free detector), in eval mode; torch's global RNG is left
+    as it was. :func:`load_model` checks a checkpoint's record against the data first."""
+    spec = spec or model_spec(saved, model)
     with torch.random.fork_rng(devices=[]):
-        return build_model(spec, data.image_shape, data.num_classes, weights=saved.model if saved.config is not None else None).eval()
+        return build_model(spec, tuple(image_shape), num_classes, weights=saved.model if saved.config is not None else None).eval()
+
+
+def recorded_shape(saved: SavedRun) -> tuple[tuple[int, int, int], int] | None:
+    """``(image_shape, num_classes)`` a perturbd checkpoint (a run's model file, or a bare one)
+    records, None for any other file or a malformed record."""
+    if not is_checkpoint(saved.model):
+        return None
+    meta = checkpoint_metadata(saved.model)
+    try:
+        c, h, w = (int(s) for s in meta.get("image_shape", "").split("x"))
+        return (c, h, w), int(meta.get("num_classes", ""))
+    except ValueError:
+        return None
 
 
 def _data_config(saved: SavedRun, data: str | None, data_root: Path | None) -> DataConfig:
