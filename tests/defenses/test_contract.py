@@ -29,7 +29,7 @@ CHEAP = {
     "n_clean": 64, "epochs": 1, "steps": 3, "overlays": 2, "batch_size": 16, "components": 3,
     "nc_epochs": 1, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8, "n_overlay": 32, "n_calibration": 32, "rounds": 1,
 }  # fmt: skip
-DATA_FREE = {"clp"}  # mitigations that read no clean image
+DATA_FREE = {"clp", "scale_up"}  # defences that need no clean image at their defaults (scale_up: data-free mode, T = 0.5)
 
 
 def _cheap(name: str) -> dict:
