@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 import perturbd
+from perturbd.config import DefenseSpec
 from perturbd.data.dataset import ImageDataset
 from perturbd.defenses import build_defense
 from perturbd.defenses.corruptions import CORRUPTIONS
 from perturbd.defenses.teco import TeCo
 from perturbd.errors import ConfigError
+from perturbd.evaluation import run_defenses
 from perturbd.evaluation.harness import evaluate_defense
 from perturbd.models import get_model, list_models
 
@@ -35,7 +37,7 @@ def _uniform(level: int, n: int = 4) -> ImageDataset:
 
 def test_defaults_are_the_papers() -> None:
     d = TeCo()
-    assert d.corruptions == [
+    assert d.corruptions == "all" and d.names_ == [
         "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "snow",
         "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
     ] == list(CORRUPTIONS)  # fmt: skip
@@ -77,7 +79,7 @@ def test_same_seed_same_numbers_and_flags_from_scores(planted_grid) -> None:
     "params,match",
     [
         ({"corruptions": ["gaussian_noise", "snwo"]}, r"teco.corruptions: unknown corruption 'snwo'; did you mean 'snow'\?"),
-        ({"corruptions": "snow"}, r"teco.corruptions must be a list of corruption names, got 'snow'"),
+        ({"corruptions": "snow"}, r"teco.corruptions must be 'all' or a list of corruption names, got 'snow'"),
         ({"corruptions": ["snow"]}, r"teco.corruptions must be"),
         (
             {"corruptions": ["snow", "fog", "snow"]},
@@ -117,3 +119,18 @@ def test_a_users_model_through_defend() -> None:
     x = torch.rand(8, 28, 28)  # (N, H, W) float in [0, 1], as a user holds MNIST
     d = perturbd.defend(net, x, "teco", corruptions=TWO, seed=0)
     assert isinstance(d, TeCo) and d.clean_used_ == 8 and d.flag(x[:3, None]).shape == (3,)
+
+
+def test_a_runs_defenses_list_measures_them_as_strip(planted_grid) -> None:
+    specs = [
+        DefenseSpec(name="strip", params={"n_overlay": 20, "n_calibration": 20, "overlays": 4}),
+        DefenseSpec(name="scale_up", params={"n_clean": 40}),
+        DefenseSpec(name="teco", params={"corruptions": ["gaussian_noise", "defocus_blur", "brightness"], "n_clean": 20}),
+    ]
+    reports = run_defenses(specs, planted_grid.inputs(), eval_limit=30)
+    keys = {"auroc", "tpr", "fpr", "tpr_at_5_fpr", "threshold", "frr_target", "test_images", "clean_model", "calibration_fpr"}
+    for r in reports:
+        assert r.kind == "input" and keys <= set(r.metrics), r.name
+        assert r.cell["text"].startswith(f"AUROC {r.metrics['auroc']:.3f} (TPR "), "the same cell as STRIP's"
+    with pytest.raises(ConfigError, match="teco.frr must be in"):  # before scale_up's work
+        run_defenses([specs[1], DefenseSpec(name="teco", params={"frr": 2})], planted_grid.inputs())

@@ -1,7 +1,7 @@
 """TeCo (Liu et al., CVPR 2023): input screening by corruption-robustness consistency.
 
-Each input is corrupted by every corruption in ``corruptions`` (ImageNet-C's fifteen, by
-default) at severities 1 to 5, and the model labels each corrupted copy. Per corruption, the
+Each input is corrupted by every corruption in ``corruptions`` (``"all"``: ImageNet-C's fifteen,
+the default) at severities 1 to 5, and the model labels each corrupted copy. Per corruption, the
 *flip severity* is the first severity whose label differs from the label of the input itself
 (6 when none does). A clean image loses its label at about the same severity under every
 corruption; a triggered input keeps the target label under some corruptions (those that leave
@@ -35,12 +35,12 @@ pixel positions (batched over the images), the slowest part on large images.
 After ``fit``: ``threshold_``, ``scores_`` / ``flagged_`` of the clean calibration images (at
 most ``n_clean``), ``facts_``: ``calibration_images``, ``calibration_fpr``, ``corruptions``
 (how many); :meth:`score` / :meth:`flag` screen new inputs; :meth:`flip_severity` gives the
-per-corruption flip severities.
+per-corruption flip severities, in the order of ``names_`` (the corruptions used).
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -69,11 +69,9 @@ class TeCo(Defense):
     kind = "input"
 
     class Params(DefenseParams):
-        corruptions: list[CorruptionName] = Field(
-            default_factory=lambda: list(get_args(CorruptionName)),
-            min_length=2,
-            max_length=15,
-            description="ImageNet-C corruptions whose flip severities are compared (TeCo: all fifteen)",
+        corruptions: Literal["all"] | Annotated[list[CorruptionName], Field(min_length=2, max_length=15)] = Field(
+            "all",
+            description="'all': ImageNet-C's fifteen in TeCo's order (noises, blurs, weather, digital); or a list of 2 or more of them",
         )
         frr: float = Field(0.01, gt=0, lt=1, description="the clean inputs' share above the threshold (false rejection rate)")
         n_clean: int = Field(2_000, ge=2, le=1_000_000, description="clean images whose scores set the threshold")
@@ -82,13 +80,14 @@ class TeCo(Defense):
 
     def __init__(self, **params: object) -> None:
         names = params.get("corruptions")
-        if isinstance(names, str):
-            raise ConfigError(f"teco.corruptions must be a list of corruption names, got {names!r}; e.g. [{names!r}, 'fog']")
+        if isinstance(names, str) and names != "all":
+            raise ConfigError(f"teco.corruptions must be 'all' or a list of corruption names, got {names!r}; e.g. [{names!r}, 'fog']")
         for name in names if isinstance(names, (list, tuple)) else []:
             if name not in CORRUPTIONS:
                 raise ConfigError(f"teco.corruptions: unknown corruption {name!r}{suggest(str(name), list(CORRUPTIONS))}")
         super().__init__(**params)
-        if len(set(self.corruptions)) != len(self.corruptions):
+        self.names_: list[str] = list(CORRUPTIONS) if self.corruptions == "all" else list(self.corruptions)
+        if len(set(self.names_)) != len(self.names_):
             raise ConfigError(f"teco.corruptions names a corruption twice, got {self.corruptions}; name each once")
 
     def fit(self, model: nn.Module, data: ImageDataset) -> TeCo:
@@ -105,7 +104,7 @@ class TeCo(Defense):
         self.facts_ = {
             "calibration_images": len(images),
             "calibration_fpr": float(self.flagged_.float().mean()),
-            "corruptions": len(self.corruptions),
+            "corruptions": len(self.names_),
         }
         return self
 
@@ -119,20 +118,20 @@ class TeCo(Defense):
         gen = torch.Generator().manual_seed(self.rng_seed())
         never = SEVERITIES[-1] + 1
         out = []
-        steps = -(-len(images) // self.batch_size) * len(self.corruptions) * len(SEVERITIES)
+        steps = -(-len(images) // self.batch_size) * len(self.names_) * len(SEVERITIES)
         with stage(f"{self.name} corruptions", steps) as progress:
             for i in range(0, len(images), self.batch_size):
                 x = to_float01(images[i : i + self.batch_size].to(device))
                 label = model(x).argmax(1)
-                flips = torch.full((len(x), len(self.corruptions)), never, dtype=torch.long, device=device)
-                for k, name in enumerate(self.corruptions):
+                flips = torch.full((len(x), len(self.names_)), never, dtype=torch.long, device=device)
+                for k, name in enumerate(self.names_):
                     for s in SEVERITIES:
                         moved = model(corrupt(x, name, s, gen)).argmax(1) != label
                         first = moved & (flips[:, k] == never)
                         flips[first, k] = s
                         progress.advance(images=len(x))
                 out.append(flips.cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.corruptions), dtype=torch.long)
+        return torch.cat(out) if out else torch.empty(0, len(self.names_), dtype=torch.long)
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         """Suspicion of each input (higher = more likely triggered): the standard deviation
