@@ -7,12 +7,15 @@ that keep the label. A backdoor's trigger keeps dominating under amplification, 
 input keeps its (target) label: its SPC is *high*; a clean image drifts to other labels.
 
 - ``mode="data_free"`` (the paper's black-box setting, no clean data): an input is flagged when
-  ``SPC(x) > threshold`` (``T = 0.5``, the paper's); ``fit`` needs no clean image (``clean_used_``
+  ``SPC(x) > threshold`` (``T = 0.5``, BackdoorBox's default); ``fit`` needs no clean image (``clean_used_``
   is 0) and only measures, on the clean images it is given, the FPR that ``T`` gives.
 - ``mode="data_limited"`` (the paper's correction with a few clean images per class): the SPC of
   an input the model labels ``ŷ`` is standardised by the mean ``μ_ŷ`` and standard deviation
   ``σ_ŷ`` of the SPC of the clean images of class ``ŷ``: ``(SPC(x) − μ_ŷ) / σ_ŷ``, so that a
-  class whose clean images are naturally scale-stable is not flagged wholesale.
+  class whose clean images are naturally scale-stable is not flagged wholesale. Its limit: where
+  amplified images fall into the target class, the target's own clean images keep their label
+  too (SPC 1), and the correction cancels the triggered inputs' lead (perturbd's planted test
+  backdoors are such a case: ``tests/defenses/test_scale_up.py``).
 
 Defaults and reference: the authors' code (JunfengGo/SCALE-UP, ``torch_model_wrapper.py``)
 amplifies by ``n = 1, 2, …, 11`` and averages the agreement with the label of ``n = 1`` (the input
@@ -25,15 +28,18 @@ perturbd departs from them:
   we score the input as given;
 - **flag when SPC > T**, as the paper and BackdoorBox's docstring write it (BackdoorBox's code
   tests ``≥``; with the default scales SPC is a multiple of 1/11 and never equals 0.5);
-- **data-limited statistics per predicted class**: the paper standardises by the clean SPC
-  statistics of the input's class; BackdoorBox pools every class into one mean and standard
-  deviation and compares with the true labels. We group the clean images by the model's label
-  on them (what a test input is grouped by; no labels needed) and take the first ``per_class``
+- **data-limited statistics per predicted class**: the paper's data-limited mode takes a few
+  benign images of each class; we standardise an input by the statistics of the class the model
+  gives it (our reading of the paper), while BackdoorBox pools every class into one mean and
+  standard deviation (a monotone rescaling: the same ranking as data-free) and counts agreement
+  with the true labels. We group the clean images by the model's label on them (what a test
+  input is grouped by; no labels needed) and take the first ``per_class``
   of each class as the reference; ``σ_c`` (ddof 1, as ``torch.std``) is floored at ``1 /
   len(scales)``, SPC's resolution, so that a class whose few clean images all share one SPC does
   not divide by zero, and a class with no reference image takes the pooled mean;
-- **data-limited threshold**: the paper reads the corrected score against ``T`` as well (which
-  on a z-score flags about a third of clean inputs); we set ``threshold_`` to the ``1 − frr``
+- **data-limited threshold**: BackdoorBox reads the standardised score against the same ``T``
+  (``≥ 0.5`` standard deviations above the clean mean: about a third of clean inputs under a
+  normal law); we set ``threshold_`` to the ``1 − frr``
   quantile (the next higher observed value) of the corrected scores of the clean images that were
   not reference images (of the reference images themselves when none are left), and flag scores
   above it: at most ``frr`` of those clean images are flagged (fewer where scores tie).

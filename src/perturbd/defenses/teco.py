@@ -7,7 +7,10 @@ the default) at severities 1 to 5, and the model labels each corrupted copy. Per
 corruption; a triggered input keeps the target label under some corruptions (those that leave
 the trigger intact) and loses it at once under others (those that destroy it). TeCo's score is
 the standard deviation (ddof 0) of the flip severities over the corruptions: *high* for a
-triggered input. It reads only hard labels.
+triggered input. It reads only hard labels. Its limit: a trigger that survives every corruption
+keeps the target at every severity (spread 0), below a clean image whose label flips unevenly:
+the white 3 × 3 patch on perturbd's tiny synthetic bars scores below chance, the invisible grid
+well above it (``tests/defenses/test_teco.py``).
 
 As the authors' code (CGCL-codes/TeCo, ``BackdoorBench-v1.0-merge/defense/teco/teco.py``):
 the fifteen corruptions in its order, severities 1–5, 6 for a corruption that never flips the
@@ -17,8 +20,9 @@ label, ``np.std`` of the flip severities. Where perturbd departs from it:
   difference from the ``imagecorruptions`` package the authors call): that package is broken
   with current scikit-image, refuses images under 32 × 32 pixels and works one image at a time;
 - **each corruption is applied to the input**: the authors' script assigns every corrupted image
-  back into its test-set list (``x[i] = dg(x[i], args)``), so each severity, and each later
-  corruption, is applied on top of the earlier ones; we corrupt the input itself each time, as
+  back into the test set's list it read (``x[i] = dg(x[i], args)`` on ``result['bd_test']['x']``),
+  so, as the code reads, each severity and each later corruption is applied on top of the
+  earlier ones; we corrupt the input itself each time, as
   the paper defines the test;
 - **a threshold**: the paper and its code report AUROC only; for the ``InputScreen`` protocol,
   ``fit`` on clean images sets ``threshold_`` to the ``1 − frr`` quantile (the next higher
@@ -28,7 +32,7 @@ label, ``np.std`` of the flip severities. Where perturbd departs from it:
   on every call: the same images get the same corruptions, a clean image and its triggered copy
   at the same position get the same draws.
 
-Cost: 75 forward passes per input (15 corruptions × 5 severities, plus one), each corruption
+Cost: 76 forward passes per input (15 corruptions × 5 severities, plus the input), each corruption
 batched over ``batch_size`` inputs on their device; glass_blur's pixel swaps are a Python loop over
 pixel positions (batched over the images), the slowest part on large images.
 
