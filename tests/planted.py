@@ -6,6 +6,7 @@ backdoored with an obvious trigger (a 3×3 white patch, BadNets style, 3 % of th
 relabelled to 0), its clean twin (same seed, no poison), the poisoned training set with its
 indices, the test set and the defender's clean images (training images that were not poisoned);
 its inputs carry the backdoored model's initial weights and recipe (for a training-time defence).
+``planted_grid`` is the same with the paper's invisible grid mask (amplitude 30, 5 % poison).
 ``updates`` holds the two updates of the audit tests: the clean twin fine-tuned on a clean update
 batch, and on the same batch with poison. (``run_dir``, a whole experiment run with defences, is in
 the root ``conftest.py``.)
@@ -118,6 +119,15 @@ def planted() -> Planted:
     out = _plant("patch", 255, 0.03)
     assert attack_success_rate(out.model, out.test, out.trigger, TARGET) > 0.95
     assert attack_success_rate(out.clean_model, out.test, out.trigger, TARGET) < 0.2
+    assert clean_accuracy(out.model, out.test) > 0.9
+    return out
+
+
+@pytest.fixture(scope="session")
+def planted_grid() -> Planted:
+    """The paper's invisible static mask: the grid at amplitude 30, 5 % poison, target 0."""
+    out = _plant("grid", 30, 0.05)
+    assert attack_success_rate(out.model, out.test, out.trigger, TARGET) > 0.95
     assert clean_accuracy(out.model, out.test) > 0.9
     return out
 

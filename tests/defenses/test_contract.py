@@ -31,7 +31,7 @@ CHEAP = {
     "nc_epochs": 1, "nc_batch": 8, "uap_steps": 3, "uap_batch": 8, "n_overlay": 32, "n_calibration": 32, "rounds": 1,
     "isolation_epochs": 1, "finetuning_epochs": 1, "unlearning_epochs": 1,
 }  # fmt: skip
-DATA_FREE = {"clp", "mm_bd"}  # defences that read no clean image (a mitigation, a model inspector)
+DATA_FREE = {"clp", "mm_bd", "scale_up"}  # defences that read no clean image at their defaults (scale_up: data-free mode, T = 0.5)
 
 
 def _cheap(name: str) -> dict:

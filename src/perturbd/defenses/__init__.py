@@ -1,7 +1,8 @@
 """Defences against backdoors: one file per defence, one protocol per kind, one registry.
 
 - dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`
-- input screening (:class:`InputScreen`): :mod:`strip`
+- input screening (:class:`InputScreen`): :mod:`strip`, :mod:`scale_up`, :mod:`teco` (its corruptions:
+  :mod:`corruptions`)
 - model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`, :mod:`mm_bd`
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
   :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`, :mod:`anp`, :mod:`clp`, :mod:`ibau`
@@ -33,8 +34,10 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
     mm_bd,
     nad,
     neural_cleanse,
+    scale_up,
     spectral_signature,
     strip,
+    teco,
     update_audit,
 )
 from perturbd.defenses.base import (
