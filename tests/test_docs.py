@@ -48,18 +48,17 @@ def _probe(params: ProbeParams, ctx: TriggerContext) -> Trigger:
     return Trigger(delta, "docs_probe", {"amplitude": params.amplitude})
 
 
-class ProbeScreen(Defense):
-    """A dataset screen registered by this test only: an image is suspicious when its label is ``label``."""
+class ProbeRepair(Defense):
+    """A mitigation registered by this test only (never fitted here): the model as it is."""
 
-    name: ClassVar[str] = "docs_probe_screen"
-    kind: ClassVar[str] = "dataset"
+    name: ClassVar[str] = "docs_probe_repair"
+    kind: ClassVar[str] = "mitigation"
 
     class Params(DefenseParams):
-        probe_label: int = Field(0, ge=0, le=9, description="the label screened as poisoned")
+        probe_rounds: int = Field(1, ge=1, le=9, description="a parameter no other defence has")
 
-    def fit(self, model: nn.Module, data: ImageDataset) -> ProbeScreen:
-        self.scores_ = (data.labels == self.probe_label).float()
-        self.flagged_ = self.scores_ > 0.5
+    def fit(self, model: nn.Module, data: ImageDataset) -> ProbeRepair:
+        self.model_ = model
         return self
 
 
@@ -71,12 +70,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     out = tmp_path_factory.mktemp("site")
     register_trigger("docs_probe", params=ProbeParams, about="a probe kind of the docs test")(_probe)
-    register_defense(ProbeScreen)
+    register_defense(ProbeRepair)
     try:
         build(load_config(str(ROOT / "mkdocs.yml"), site_dir=str(out), strict=True))
     finally:
         KINDS.unregister("docs_probe")
-        _DEFENSES.unregister(ProbeScreen.name)
+        _DEFENSES.unregister(ProbeRepair.name)
     yield out
 
 
@@ -93,7 +92,7 @@ def _codes(text: str) -> set[str]:
 
 
 def test_the_probe_kinds_are_gone_after_the_build(site: Path) -> None:
-    assert "docs_probe" not in list_triggers() and ProbeScreen.name not in list_defenses()
+    assert "docs_probe" not in list_triggers() and ProbeRepair.name not in list_defenses()
 
 
 def test_every_config_key_and_every_sweep_key_is_in_the_configuration_reference(site: Path) -> None:
@@ -146,8 +145,8 @@ def test_every_trigger_kind_and_defence_has_its_page_with_its_parameters(site: P
         codes = _codes(_text(site, f"triggers/{kind}"))
         assert {f"trigger.{p}" for p in params} <= codes, kind
         assert f"{kind}/" in _text(site, "triggers")
-    for name in [*list_defenses(), ProbeScreen.name]:
-        params = get_defense(name).Params.model_fields if name != ProbeScreen.name else ProbeScreen.Params.model_fields
+    for name in [*list_defenses(), ProbeRepair.name]:
+        params = get_defense(name).Params.model_fields if name != ProbeRepair.name else ProbeRepair.Params.model_fields
         codes = _codes(_text(site, f"defenses/{name}"))
         assert {f"{name}.{p}" for p in params} <= codes, name
         assert f"{name}/" in _text(site, "defenses")

@@ -242,70 +242,105 @@ def _picture(kind: str, folder: Path) -> tuple[bytes | None, str]:
     return path.read_bytes(), ""
 
 
-def trigger_pages() -> dict[str, str | bytes]:
+Files = dict[str, str | bytes]
+
+
+def _registry_pages(
+    folder: str, intro: list[str], header: str, entries: list[dict[str, Any]], page: Callable[[dict[str, Any]], Files]
+) -> Files:
+    """One registry's pages: ``folder/index.md`` (``intro``, then a row per entry under ``header``:
+    its name, kind and one line), ``folder/SUMMARY.md`` (their navigation, for mkdocs-literate-nav)
+    and each entry's own files, ``page(entry)`` (names relative to ``folder``)."""
+    out: Files = {}
+    index = [*intro, header, "|---|---|---|"]
+    summary = ["* [Overview](index.md)"]
+    for entry in entries:
+        name = entry["name"]
+        index.append(f"| [`{name}`]({name}.md) | {entry['kind']} | {cell(entry['about'])} |")
+        summary.append(f"* [{name}]({name}.md)")
+        out.update({f"{folder}/{path}": content for path, content in page(entry).items()})
+    out[f"{folder}/index.md"] = "\n".join(index) + "\n"
+    out[f"{folder}/SUMMARY.md"] = "\n".join(summary) + "\n"
+    return out
+
+
+def trigger_pages() -> Files:
     import perturbd.triggers  # noqa: F401  (attaches every kind's factory and family)
     from perturbd.trigger_params import KINDS
     from perturbd.triggers.base import Trigger
 
-    pages: dict[str, str | bytes] = {}
-    index = [
+    def page(entry: dict[str, Any]) -> Files:
+        name = entry["name"]
+        kind = KINDS.get(name)
+        files: Files = {}
+        lines = [f"# `{name}`\n", text(entry["about"]) + "\n"]
+        lines.append(
+            f"Strength: `trigger.{kind.params.strength_key}` (symbol {kind.params.symbol}), the key `trigger.psnr` / "
+            "`trigger.ssim` search. "
+            + ("Computed from the adversary's model: `perturbd trigger make` builds it without training a victim.\n"
+               if kind.params.needs_model else "A fixed function of the image: no model is needed to build it.\n")
+        )  # fmt: skip
+        lines += ["## Parameters\n", params_table(entry["params"], "trigger.")]
+        if not kind.params.needs_model:
+            png, why = _picture(name, Path(tmp))
+            lines.append("## Picture\n")
+            if png is None:
+                lines.append(f"`perturbd trigger show {name}` with its defaults answers: {text(why)}\n")
+            else:
+                files[f"{name}.png"] = png
+                lines.append(
+                    f"`perturbd trigger show {name}` (its defaults, the first test images of mnist5k), drawn at build time:\n\n"
+                    f"![{name}]({name}.png)\n"
+                )
+        module = sys.modules.get(kind.build.__module__) if kind.build else None
+        family = kind.family if kind.family not in (None, Trigger) else None
+        docs = [module.__doc__ if module else None, kind.build.__doc__ if kind.build else None, family.__doc__ if family else None]
+        lines.append("## How it works\n")
+        lines += [docstring(d) + "\n" for d in docs if d]
+        if module is not None:
+            lines.append(f"Source: `{module.__name__}`.\n")
+        files[f"{name}.md"] = "\n".join(lines)
+        return files
+
+    intro = [
         "# Trigger kinds\n",
         "Every registered kind, generated from the trigger registry at every build (`perturbd trigger list` prints the "
         "same). Set one with `trigger: {kind: NAME, ...}` in a config, or `--set trigger.kind=NAME`; a kind's parameters "
         "sit beside `kind`. *Fixed* kinds are a function of the image alone; kinds *from model* are computed from the "
         "adversary's model.\n",
-        "| kind | made | what it is |",
-        "|---|---|---|",
     ]
-    summary = ["* [Overview](index.md)"]
     with tempfile.TemporaryDirectory() as tmp:
-        for entry in trigger_entries():
-            name = entry["name"]
-            kind = KINDS.get(name)
-            index.append(f"| [`{name}`]({name}.md) | {entry['kind']} | {cell(entry['about'])} |")
-            summary.append(f"* [{name}]({name}.md)")
-            page = [f"# `{name}`\n", text(entry["about"]) + "\n"]
-            strength = kind.params.strength_key
-            page.append(
-                f"Strength: `trigger.{strength}` (symbol {kind.params.symbol}), the key `trigger.psnr` / `trigger.ssim` search. "
-                + ("Computed from the adversary's model: `perturbd trigger make` builds it without training a victim.\n"
-                   if kind.params.needs_model else "A fixed function of the image: no model is needed to build it.\n")
-            )  # fmt: skip
-            page += ["## Parameters\n", params_table(entry["params"], "trigger.")]
-            if not kind.params.needs_model:
-                png, why = _picture(name, Path(tmp))
-                page.append("## Picture\n")
-                if png is None:
-                    page.append(f"`perturbd trigger show {name}` with its defaults answers: {text(why)}\n")
-                else:
-                    pages[f"triggers/{name}.png"] = png
-                    page.append(
-                        f"`perturbd trigger show {name}` (its defaults, the first test images of mnist5k), drawn at build time:\n\n"
-                        f"![{name}]({name}.png)\n"
-                    )
-            module = sys.modules.get(kind.build.__module__) if kind.build else None
-            family = kind.family if kind.family not in (None, Trigger) else None
-            docs = [
-                module.__doc__ if module else None,
-                kind.build.__doc__ if kind.build else None,
-                family.__doc__ if family else None,
-            ]
-            page.append("## How it works\n")
-            page += [docstring(d) + "\n" for d in docs if d]
-            if module is not None:
-                page.append(f"Source: `{module.__name__}`.\n")
-            pages[f"triggers/{name}.md"] = "\n".join(page)
-    pages["triggers/index.md"] = "\n".join(index) + "\n"
-    pages["triggers/SUMMARY.md"] = "\n".join(summary) + "\n"
-    return pages
+        return _registry_pages("triggers", intro, "| kind | made | what it is |", trigger_entries(), page)
 
 
-def defense_pages() -> dict[str, str | bytes]:
+def defense_pages() -> Files:
     from perturbd.defenses import get_defense
     from perturbd.evaluation.kinds import KINDS
 
-    pages: dict[str, str | bytes] = {}
-    index = [
+    def page(entry: dict[str, Any]) -> Files:
+        name = entry["name"]
+        cls = get_defense(name)
+        kind = KINDS.get(entry["kind"])
+        first = entry["params"][0] if entry["params"] else None
+        example = f" -p {name}.{first['name']}={json.dumps(first['default'])}" if first else ""
+        lines = [
+            f"# `{name}`\n",
+            text(entry["about"]) + "\n",
+            f"Kind: **{entry['kind']}**{f' ({text(kind.about)})' if kind else ''}.\n",
+            f"Run it after training with `defenses: [{name}]` in a config, on a saved model with "
+            f'`perturbd defend MODEL -d {name}{example}`, or from Python with `perturbd.defend(model, data, "{name}")`.\n',
+            "## Parameters\n",
+            params_table(entry["params"], f"{name}.") if entry["params"] else "None.\n",
+            "## How it works\n",
+        ]
+        module = sys.modules.get(cls.__module__)
+        docs = [module.__doc__ if module else None, cls.__dict__.get("__doc__")]
+        # the first line of the first docstring is the page's opening line already
+        lines += [docstring(d.strip().removeprefix(entry["about"])) + "\n" for d in docs if d]
+        lines.append(f"Source: `{cls.__module__}`.\n")
+        return {f"{name}.md": "\n".join(lines)}
+
+    intro = [
         "# Defences\n",
         "Every registered defence, generated from the defence registry at every build (`perturbd defenses` prints the "
         "same). A defence is built with its parameters and fitted like a scikit-learn estimator; its kind says what "
@@ -314,45 +349,16 @@ def defense_pages() -> dict[str, str | bytes]:
         "|---|---|",
         *[f"| {kind.name} | {cell(kind.about)} |" for kind in KINDS.values()],
         "",
-        "| defence | kind | what it is |",
-        "|---|---|---|",
     ]
-    summary = ["* [Overview](index.md)"]
-    for entry in live_defense_entries():
-        name = entry["name"]
-        cls = get_defense(name)
-        index.append(f"| [`{name}`]({name}.md) | {entry['kind']} | {cell(entry['about'])} |")
-        summary.append(f"* [{name}]({name}.md)")
-        kind = KINDS.get(entry["kind"])
-        example = f"{entry['params'][0]['name']}={json.dumps(entry['params'][0]['default'])}" if entry["params"] else ""
-        page = [
-            f"# `{name}`\n",
-            text(entry["about"]) + "\n",
-            f"Kind: **{entry['kind']}**{f' ({text(kind.about)})' if kind else ''}.\n",
-            "Run it after training with `defenses: [" + name + "]` in a config, on a saved model with "
-            f"`perturbd defend MODEL -d {name}`{f' -p {name}.{example}' if example else ''}, or from Python with "
-            f'`perturbd.defend(model, data, "{name}")`.\n',
-            "## Parameters\n",
-            params_table(entry["params"], f"{name}.") if entry["params"] else "None.\n",
-            "## How it works\n",
-        ]
-        module = sys.modules.get(cls.__module__)
-        docs = [module.__doc__ if module else None, cls.__dict__.get("__doc__")]
-        # the first line of the first docstring is the page's opening line already
-        page += [docstring(d.strip().removeprefix(entry["about"])) + "\n" for d in docs if d]
-        page.append(f"Source: `{cls.__module__}`.\n")
-        pages[f"defenses/{name}.md"] = "\n".join(page)
-    pages["defenses/index.md"] = "\n".join(index) + "\n"
-    pages["defenses/SUMMARY.md"] = "\n".join(summary) + "\n"
-    return pages
+    return _registry_pages("defenses", intro, "| defence | kind | what it is |", live_defense_entries(), page)
 
 
 # --------------------------------------------------------------------------- all pages
 
 
-def pages() -> dict[str, str | bytes]:
+def pages() -> Files:
     """Every generated file: its path under the site's sources → its text or bytes."""
-    out: dict[str, str | bytes] = {
+    out: Files = {
         "reference/config.md": config_page(),
         "reference/cli.md": cli_page(),
         **trigger_pages(),
