@@ -158,6 +158,7 @@ def test_pages_carry_their_paper_their_picture_and_the_api(site: Path) -> None:
     assert 'src="../grid.png"' in _text(site, "triggers/grid") and 'src="../triggers/grid.png"' in _text(site, "concepts")
     assert (site / "triggers" / "docs_probe.png").is_file(), "the probe kind needs no model: perturbd trigger show draws it"
     api = _text(site, "reference/api")
+    assert ":func:" not in api and ":mod:" not in api, "Sphinx roles read as code, not raw text"
     for name in (
         "perturbd.runs.experiment.run",
         "perturbd.models.wrap.wrap",

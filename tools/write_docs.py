@@ -31,6 +31,7 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # this checkout's perturbd
 
 
+from griffe import Extension, Object
 from pydantic import BaseModel
 
 from perturbd.cli.catalog import describe_params, live_defense_entries, trigger_entries
@@ -62,8 +63,22 @@ def docstring(doc: str | None) -> str:
     ``:func:`~a.b.c``` role as `` `c` ``, the rest as written (its paragraphs, lists and
     indented examples read the same in Markdown)."""
     body = inspect.cleandoc(doc or "").replace("``", "`")
-    body = _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1] if m.group(0).count('~') else m.group(1)}`", body)
-    return text(body)
+    return text(roles(body))
+
+
+def roles(doc: str) -> str:
+    """Sphinx's cross-reference roles as code spans: ``:func:`~a.b.c``` as `` `c` ``,
+    ``:mod:`a.b``` as `` `a.b` ``."""
+    return _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1] if m.group(0).count('~') else m.group(1)}`", doc)
+
+
+class SphinxRoles(Extension):
+    """A griffe extension (``mkdocs.yml``): the API reference shows the docstrings' Sphinx roles
+    as code spans, as the generated pages do, instead of as raw text."""
+
+    def on_instance(self, *, obj: Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = roles(obj.docstring.value)
 
 
 def literal(value: Any) -> str:
