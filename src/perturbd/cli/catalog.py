@@ -49,6 +49,11 @@ def _type_name(annotation: Any) -> str:
         return _type_name(get_args(annotation)[0])
     if get_origin(annotation) is list:
         return f"list[{' | '.join(_type_name(a) for a in get_args(annotation))}]"
+    for origin in (tuple, dict):  # tuple[float, float], dict[str, any]
+        if get_origin(annotation) is origin:
+            return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(annotation))}]"
+    if annotation is Any:
+        return "any"
     args = get_args(annotation)
     if args:
         return " | ".join(_type_name(a) for a in args)
@@ -69,7 +74,7 @@ def _default(field: FieldInfo) -> Any:
     value = field.get_default(call_default_factory=True)
     if isinstance(value, Path):
         return str(value)
-    return value if isinstance(value, (bool, int, float, str, type(None), list)) else repr(value)
+    return value if isinstance(value, (bool, int, float, str, type(None), list, dict)) else repr(value)
 
 
 def describe_params(params: type[BaseModel]) -> list[Entry]:

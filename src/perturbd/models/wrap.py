@@ -66,8 +66,9 @@ def wrap(
         image_shape: ``(C, H, W)`` of the images it takes.
         num_classes: K; None: read from one blank image.
         input_range: the pixel range ``net`` takes, e.g. ``(0, 255)``; default ``(0, 1)``.
-        mean, std: normalisation ``(x - mean) / std`` applied before ``net``, in ``input_range``
-            units, one value or one per channel (e.g. ImageNet's three); default none.
+        mean: subtracted in the normalisation ``(x - mean) / std`` applied before ``net``, in
+            ``input_range`` units, one value or one per channel (e.g. ImageNet's three); default none.
+        std: divided by in that normalisation, as ``mean``; default none.
         features: the layer (``net.named_modules()`` name, e.g. ``"layer4"``) whose output,
             flattened, dataset screening reads; default the input of the last ``nn.Linear``.
 
