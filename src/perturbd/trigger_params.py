@@ -29,12 +29,15 @@ class TriggerParams(BaseModel):
     """Base of each trigger kind's ``Params``.
 
     Class variables: ``strength_key`` (the field that sets how strong the trigger is), ``symbol``
-    (its symbol in labels), ``needs_model`` (the kind is computed from the adversary's model)."""
+    (its symbol in labels), ``needs_model`` (the kind is computed from the adversary's model),
+    ``lighter_when_larger`` (a larger strength value makes a *less* visible trigger, as more colour
+    levels do for ``bpp``; the visibility search's first step then goes the other way)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     strength_key: ClassVar[str] = "amplitude"
     symbol: ClassVar[str] = "c"
     needs_model: ClassVar[bool] = False
+    lighter_when_larger: ClassVar[bool] = False
 
     @property
     def strength(self) -> float:
@@ -245,3 +248,4 @@ class WanetParams(TriggerParams):
 
     def _before(self) -> str:
         return f"k={self.grid_k} "
+
