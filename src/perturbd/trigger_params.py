@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from perturbd.registry import Registry
 
@@ -249,3 +249,82 @@ class WanetParams(TriggerParams):
     def _before(self) -> str:
         return f"k={self.grid_k} "
 
+
+# --------------------------------------------------------------------------- ftrojan, bpp, adap_blend
+
+
+@register_params("ftrojan", "Wang et al. 2022: a fixed magnitude on mid and high DCT frequencies of the UV (colour) channels")
+class FtrojanParams(TriggerParams):
+    strength_key: ClassVar[str] = "magnitude"
+    symbol: ClassVar[str] = "m"
+
+    magnitude: float = Field(
+        20.0,
+        gt=0,
+        le=10000,
+        description="added to each chosen DCT coefficient of each block (orthonormal DCT, pixel units 0–255; the authors' CIFAR-10 code: 20)",
+        json_schema_extra={"search": [1e-2, 10000.0]},
+    )
+    window: int = Field(32, ge=2, description="side of the DCT blocks in pixels (paper: 32); images smaller than it are one block")
+
+
+@register_params("bpp", "Wang, Zhai & Ma 2022 (BppAttack): colour depth squeezed to k levels with Floyd–Steinberg dithering")
+class BppParams(TriggerParams):
+    strength_key: ClassVar[str] = "squeeze_num"
+    symbol: ClassVar[str] = "k"
+    lighter_when_larger: ClassVar[bool] = True
+
+    squeeze_num: float = Field(
+        8.0,
+        ge=2,
+        le=256,
+        description="colour levels k per channel, 255/(k − 1) apart (the authors' default: 8, i.e. 3 bits; fewer: more visible); "
+        "non-integral: a seeded mix of floor(k) and ceil(k) per pixel",
+        json_schema_extra={"search": [2.0, 128.0]},
+    )
+    dithering: bool = Field(True, description="Floyd–Steinberg error diffusion (the paper's); false: plain rounding to the levels")
+
+    def _after(self) -> str:
+        return "" if self.dithering else " undithered"
+
+
+@register_params("adap_blend", "Qi et al. 2023 (Adap-Blend): a random half of a blend pattern's patches, with cover images kept at their labels")
+class AdapBlendParams(TriggerParams):
+    strength_key: ClassVar[str] = "alpha"
+    symbol: ClassVar[str] = "α"
+
+    alpha: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="blend weight α of the poisoned and cover training images, a fraction (Qi et al. 2023: 0.15)",
+        json_schema_extra={"search": [1e-4, 0.999]},
+    )
+    test_alpha: float | None = Field(
+        None, gt=0, le=1, description="blend weight at test time, whole pattern; default α·4/3 (the paper's 0.2 at α = 0.15), at most 1"
+    )
+    pieces: int = Field(16, ge=1, le=1024, description="patches the pattern is cut into, a square number (paper: 16, a 4×4 grid)")
+    mask_rate: float = Field(0.5, ge=0, lt=1, description="share of the patches left out of each training image (paper: 0.5)")
+    cover_rate: float = Field(
+        0.003, ge=0, lt=1, description="cover images per training image: triggered, labels kept (the paper's CIFAR-10 runs: 0.003)"
+    )
+    path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
+
+    @field_validator("pieces")
+    @classmethod
+    def _square(cls, value: int) -> int:
+        side = round(value**0.5)
+        if side * side != value:
+            raise ValueError(f"pieces must be a square number (4, 9, 16, …), got {value}")
+        return value
+
+    @property
+    def test_weight(self) -> float:
+        """The test-time blend weight: ``test_alpha``, or ``min(1, α·4/3)``."""
+        return self.test_alpha if self.test_alpha is not None else min(1.0, self.alpha * 4 / 3)
+
+    def _before(self) -> str:
+        return f"{self.path.name} " if self.path else ""
+
+    def _after(self) -> str:
+        return f" test α={self.test_weight:g}"
