@@ -24,6 +24,7 @@ CASES = {
     "bench_sweep": ("perturbd.sweep", []),
     "bench_models": ("perturbd.models", []),
     "bench_colour": ("perturbd.models", []),
+    "bench_bpp": ("perturbd.triggers.bpp", []),
 }
 
 
