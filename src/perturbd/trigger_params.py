@@ -262,7 +262,8 @@ class FtrojanParams(TriggerParams):
         20.0,
         gt=0,
         le=10000,
-        description="added to each chosen DCT coefficient of each block (orthonormal DCT, pixel units 0–255; the authors' CIFAR-10 code: 20)",
+        description="added to each chosen DCT coefficient of each block (orthonormal DCT, pixel units 0–255; "
+        "the authors' CIFAR-10 code: 20)",
         json_schema_extra={"search": [1e-2, 10000.0]},
     )
     window: int = Field(32, ge=2, description="side of the DCT blocks in pixels (paper: 32); images smaller than it are one block")
@@ -288,7 +289,7 @@ class BppParams(TriggerParams):
         return "" if self.dithering else " undithered"
 
 
-@register_params("adap_blend", "Qi et al. 2023 (Adap-Blend): a random half of a blend pattern's patches, with cover images kept at their labels")
+@register_params("adap_blend", "Qi et al. 2023 (Adap-Blend): random halves of a blend pattern's patches, and cover images at their labels")
 class AdapBlendParams(TriggerParams):
     strength_key: ClassVar[str] = "alpha"
     symbol: ClassVar[str] = "α"

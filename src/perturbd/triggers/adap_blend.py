@@ -61,9 +61,10 @@ def piece_map(height: int, width: int, pieces: int) -> torch.Tensor:
             f"trigger.pieces {pieces} ({side}×{side} patches) does not fit {height}×{width} images; "
             f"use at most {min(height, width) ** 2} pieces"
         )
-    rows = torch.arange(height) * side // height
-    cols = torch.arange(width) * side // width
-    return rows[:, None] * side + cols[None]
+    rows: torch.Tensor = torch.arange(height) * side // height
+    cols: torch.Tensor = torch.arange(width) * side // width
+    pieces_of: torch.Tensor = rows[:, None] * side + cols[None]
+    return pieces_of
 
 
 @dataclass
@@ -87,7 +88,7 @@ class AdaptiveBlend(Trigger):
                 f"adap_blend needs train_alpha in (0, 1), test_alpha in (0, 1], mask_rate and cover_rate in [0, 1); "
                 f"got {self.train_alpha}, {self.test_alpha}, {self.mask_rate}, {self.cover_rate}"
             )
-        self.pieces_of = piece_map(*self.delta.shape[-2:], self.pieces)
+        self.pieces_of = piece_map(self.delta.shape[-2], self.delta.shape[-1], self.pieces)
 
     def params(self) -> dict[str, Any]:
         return {

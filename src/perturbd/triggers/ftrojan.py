@@ -90,7 +90,7 @@ def ftrojan_delta(shape: tuple[int, int, int], window: int, magnitude: float) ->
         return pattern[None]
     if channels != 3:
         raise ConfigError(f"ftrojan needs grey or RGB images, got {channels} channels")
-    to_rgb = torch.linalg.inv(YCRCB)
+    to_rgb: torch.Tensor = torch.linalg.inv(YCRCB)
     return (to_rgb[:, 1] + to_rgb[:, 2])[:, None, None] * pattern  # the same change in U and V
 
 
