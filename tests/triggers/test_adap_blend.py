@@ -69,3 +69,9 @@ def test_mistakes_are_one_line() -> None:
         build_trigger(TriggerConfig(kind="adap_blend", pieces=100), TriggerContext((1, 8, 8), 0))
     with pytest.raises(ConfigError, match="adap_blend needs train_alpha in"):
         AdaptiveBlend(torch.zeros(1, 8, 8), "adap_blend", train_alpha=1.5)
+
+
+def test_a_tiny_cnn_learns_it_and_a_clean_one_ignores_it(learns) -> None:
+    trig = build_trigger(TriggerConfig(kind="adap_blend", alpha=0.2, cover_rate=0.05), TriggerContext((1, 28, 28), 0))
+    got = learns(trig, epochs=4)
+    assert got["asr"] >= 0.9 and got["clean_model_asr"] <= 0.2 and got["accuracy"] >= 0.85, got

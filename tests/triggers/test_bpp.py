@@ -66,3 +66,9 @@ def test_mistakes_are_one_line() -> None:
     with pytest.raises(ConfigError, match=r"was built for \(16, 16\) images, got \(8, 8\)"):
         build_trigger(TriggerConfig(kind="bpp"), TriggerContext((3, 16, 16), 0)).apply(IMAGES[:, :, :8, :8])
     assert TriggerConfig(kind="bpp").label == "bpp k=8" and TriggerConfig(kind="bpp", dithering=False).label == "bpp k=8 undithered"
+
+
+def test_a_tiny_cnn_learns_it_and_a_clean_one_ignores_it(learns) -> None:
+    trig = build_trigger(TriggerConfig(kind="bpp", squeeze_num=2), TriggerContext((1, 28, 28), 0))  # grey strokes: 1 bit
+    got = learns(trig, epochs=4)
+    assert got["asr"] >= 0.9 and got["clean_model_asr"] <= 0.2 and got["accuracy"] >= 0.85, got

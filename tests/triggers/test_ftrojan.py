@@ -73,3 +73,11 @@ def test_mistakes_are_one_line() -> None:
     with pytest.raises(ConfigError, match="grey or RGB images, got 2 channels"):
         build_trigger(TriggerConfig(kind="ftrojan"), TriggerContext((2, 32, 32), 0))
     assert TriggerConfig(kind="ftrojan").label == "ftrojan m=20"
+
+
+def test_a_tiny_cnn_learns_it_and_a_clean_one_ignores_it(learns) -> None:
+    # MNIST is grey: the trigger sits in the one channel; a magnitude well above the colour
+    # default, for a backdoor learned in 6 epochs on 1,000 images
+    trig = build_trigger(TriggerConfig(kind="ftrojan", magnitude=500), TriggerContext((1, 28, 28), 0))
+    got = learns(trig)
+    assert got["asr"] >= 0.9 and got["clean_model_asr"] <= 0.2 and got["accuracy"] >= 0.85, got
