@@ -182,18 +182,16 @@ class AdaptiveParams(TriggerParams):
 # --------------------------------------------------------------------------- blended, sig, wanet
 
 
+def _alpha(default: float, description: str) -> Any:
+    return Field(default, gt=0, lt=1, description=description, json_schema_extra={"search": [1e-4, 0.999]})
+
+
 @register_params("blended", "Chen et al. 2017: the image blended with a noise or image pattern, x' = (1 − α)·x + α·p")
 class BlendedParams(TriggerParams):
     strength_key: ClassVar[str] = "alpha"
     symbol: ClassVar[str] = "α"
 
-    alpha: float = Field(
-        0.2,
-        gt=0,
-        lt=1,
-        description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)",
-        json_schema_extra={"search": [1e-4, 0.999]},
-    )
+    alpha: float = _alpha(0.2, "weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)")
     path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
 
     def _before(self) -> str:
@@ -290,17 +288,10 @@ class BppParams(TriggerParams):
 
 
 @register_params("adap_blend", "Qi et al. 2023 (Adap-Blend): random halves of a blend pattern's patches, and cover images at their labels")
-class AdapBlendParams(TriggerParams):
-    strength_key: ClassVar[str] = "alpha"
-    symbol: ClassVar[str] = "α"
+class AdapBlendParams(BlendedParams):
+    """Blended's ``alpha`` (here the training weight) and ``path``, and Adap-Blend's own settings."""
 
-    alpha: float = Field(
-        0.15,
-        gt=0,
-        lt=1,
-        description="blend weight α of the poisoned and cover training images, a fraction (Qi et al. 2023: 0.15)",
-        json_schema_extra={"search": [1e-4, 0.999]},
-    )
+    alpha: float = _alpha(0.15, "blend weight α of the poisoned and cover training images, a fraction (Qi et al. 2023: 0.15)")
     test_alpha: float | None = Field(
         None, gt=0, le=1, description="blend weight at test time, whole pattern; default α·4/3 (the paper's 0.2 at α = 0.15), at most 1"
     )
@@ -309,7 +300,6 @@ class AdapBlendParams(TriggerParams):
     cover_rate: float = Field(
         0.003, ge=0, lt=1, description="cover images per training image: triggered, labels kept (the paper's CIFAR-10 runs: 0.003)"
     )
-    path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
 
     @field_validator("pieces")
     @classmethod
@@ -323,9 +313,6 @@ class AdapBlendParams(TriggerParams):
     def test_weight(self) -> float:
         """The test-time blend weight: ``test_alpha``, or ``min(1, α·4/3)``."""
         return self.test_alpha if self.test_alpha is not None else min(1.0, self.alpha * 4 / 3)
-
-    def _before(self) -> str:
-        return f"{self.path.name} " if self.path else ""
 
     def _after(self) -> str:
         return f" test α={self.test_weight:g}"
