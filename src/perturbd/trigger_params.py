@@ -306,7 +306,7 @@ class AdapBlendParams(BlendedParams):
     def _square(cls, value: int) -> int:
         side = round(value**0.5)
         if side * side != value:
-            raise ValueError(f"pieces must be a square number (4, 9, 16, …), got {value}")
+            raise ValueError("pieces must be a square number (4, 9, 16, …)")
         return value
 
     @property

@@ -61,7 +61,7 @@ def test_test_alpha_is_explicit_and_follows_alpha_unless_set() -> None:
 
 
 def test_mistakes_are_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"trigger.pieces.*must be a square number \(4, 9, 16, …\), got 15"):
+    with pytest.raises(ConfigError, match=r"trigger.pieces.*must be a square number \(4, 9, 16, …\), got 15$"):
         validate({"trigger": {"kind": "adap_blend", "pieces": 15}})
     with pytest.raises(ConfigError, match="trigger.mask_rate"):
         validate({"trigger": {"kind": "adap_blend", "mask_rate": 1}})
