@@ -277,7 +277,8 @@ class BppParams(TriggerParams):
         8.0,
         ge=2,
         le=256,
-        description="colour levels k per channel, 255/(k − 1) apart (the authors' default: 8, i.e. 3 bits; fewer: more visible); "
+        description="colour levels k per channel, 255/(k − 1) apart (the authors' default: 8, i.e. 3 bits; their CIFAR-10 command: "
+        "32; fewer: more visible); "
         "non-integral: a seeded mix of floor(k) and ceil(k) per pixel",
         json_schema_extra={"search": [2.0, 128.0]},
     )

@@ -4,7 +4,8 @@ Contrastive Adversarial Learning", CVPR 2022, arXiv 2205.13383; code
 RU-System-Software-and-Security/BppAttack).
 
 Each channel of the image is squeezed to ``k`` levels (``trigger.squeeze_num``, the code's
-``squeeze_num``; default 8, its default, i.e. 3 bits), ``v ↦ round(v / 255 · (k − 1)) / (k − 1) · 255``,
+``squeeze_num``; default 8, its default and BackdoorBench's, i.e. 3 bits; the README's CIFAR-10
+command uses 32, 5 bits), ``v ↦ round(v / 255 · (k − 1)) / (k − 1) · 255``,
 with Floyd–Steinberg error diffusion: pixels are visited row by row, left to right, and each one's
 quantization error is passed on, 7/16 to the right, 3/16 down-left, 5/16 down and 1/16 down-right
 (the code's ``floydDitherspeed``; all channels of a pixel at once). ``trigger.dithering: false``
