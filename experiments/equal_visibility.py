@@ -1,7 +1,7 @@
 """Invisible triggers at equal visibility: which one needs the fewest poisoned images?
 
 For each trigger kind (the paper's static grid and chessboard, its adaptive DeepFool L∞ mask, and
-the invisible triggers that came after it: blended, sig, wanet; and the control, a seeded random
+the invisible triggers that came after it: blended, sig, wanet, ftrojan, bpp, adap_blend; and the control, a seeded random
 ±c mask with neither structure nor adaptivity) at each visibility level (mean
 PSNR of the poisoned images, ``trigger.psnr``: 34.5 dB and 38.9 dB by default, those of the
 paper's grids of c = 10 and c = 6 on MNIST), it finds the smallest injection rate of the grid
@@ -15,7 +15,8 @@ value comes from experiments/tune_defenses.py, run on other seeds than these).
 
 Every kind is poisoned the same way (dirty label: relabelled to the target, ``poison.mode`` left
 at its default) so that the rates compare the triggers, not the labelling; wanet keeps its noise
-mode (2 noise images per poisoned one, the paper's default), and sig its default frequency.
+mode (2 noise images per poisoned one, the paper's default), sig its default frequency, and
+adap_blend its cover images (``cover_rate`` 0.003 of the training set) and its stronger test α.
 
 Two phases, both resumable (rerun the same command: finished work is skipped):
 
@@ -74,6 +75,9 @@ KINDS: dict[str, dict[str, Any]] = {
     "blended": {"kind": "blended"},
     "sig": {"kind": "sig"},
     "wanet": {"kind": "wanet"},
+    "ftrojan": {"kind": "ftrojan"},
+    "bpp": {"kind": "bpp"},
+    "adap_blend": {"kind": "adap_blend"},
     "random": {"kind": "random"},
 }
 LEVELS = [34.5, 38.9]
