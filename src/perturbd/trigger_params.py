@@ -315,5 +315,10 @@ class AdapBlendParams(BlendedParams):
         """The test-time blend weight: ``test_alpha``, or ``min(1, α·4/3)``."""
         return self.test_alpha if self.test_alpha is not None else min(1.0, self.alpha * 4 / 3)
 
-    def _after(self) -> str:
-        return f" test α={self.test_weight:g}"
+    def family(self, kind: str) -> str:
+        """``adap_blend test α=4/3·α``, or with the ``test_alpha`` set: in every label, so that a
+        report says at which weight the ASR was measured."""
+        return f"{kind} test α={'4/3·α' if self.test_alpha is None else f'{self.test_alpha:g}'}"
+
+    def label(self, kind: str) -> str:
+        return f"{kind} {self._before()}α={self.alpha:g} test α={self.test_weight:g}"

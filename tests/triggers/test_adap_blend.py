@@ -57,6 +57,8 @@ def test_test_alpha_is_explicit_and_follows_alpha_unless_set() -> None:
     assert TriggerConfig(kind="adap_blend").label == "adap_blend α=0.15 test α=0.2"
     assert TriggerConfig(kind="adap_blend", alpha=0.3).params.test_weight == pytest.approx(0.4)
     assert TriggerConfig(kind="adap_blend", alpha=0.3, test_alpha=0.25).label == "adap_blend α=0.3 test α=0.25"
+    assert TriggerConfig(kind="adap_blend", psnr=34.5).label == "adap_blend test α=4/3·α at PSNR 34.5 dB"
+    assert TriggerConfig(kind="adap_blend", psnr=34.5, test_alpha=0.2).label == "adap_blend test α=0.2 at PSNR 34.5 dB"
     assert TriggerConfig(kind="adap_blend", alpha=0.9).params.test_weight == 1.0
 
 
