@@ -1,8 +1,9 @@
 """Invisible triggers at equal visibility: which one needs the fewest poisoned images?
 
 For each trigger kind (the paper's static grid and chessboard, its adaptive DeepFool L∞ mask, and
-the invisible triggers that came after it: blended, sig, wanet; and the control, a seeded random
-±c mask with neither structure nor adaptivity) at each visibility level (mean
+the invisible triggers that came after it: blended, sig, wanet, ftrojan, bpp, adap_blend, and the
+model-computed lf and narcissus; and the control, a seeded random ±c mask with neither structure
+nor adaptivity) at each visibility level (mean
 PSNR of the poisoned images, ``trigger.psnr``: 34.5 dB and 38.9 dB by default, those of the
 paper's grids of c = 10 and c = 6 on MNIST), it finds the smallest injection rate of the grid
 ``--rates`` at which the backdoor reaches ASR ≥ 90 % in most seeds, and reports at that rate the
@@ -15,7 +16,10 @@ value comes from experiments/tune_defenses.py, run on other seeds than these).
 
 Every kind is poisoned the same way (dirty label: relabelled to the target, ``poison.mode`` left
 at its default) so that the rates compare the triggers, not the labelling; wanet keeps its noise
-mode (2 noise images per poisoned one, the paper's default), and sig its default frequency.
+mode (2 noise images per poisoned one, the paper's default), sig its default frequency, and
+adap_blend its cover images (``cover_rate`` 0.003 of the training set) and its stronger test α;
+narcissus, a clean-label trigger in its paper, is poisoned dirty-label here like the others, and
+without its test-time magnification (the ASR uses the trigger whose PSNR was matched).
 
 Two phases, both resumable (rerun the same command: finished work is skipped):
 
@@ -74,6 +78,11 @@ KINDS: dict[str, dict[str, Any]] = {
     "blended": {"kind": "blended"},
     "sig": {"kind": "sig"},
     "wanet": {"kind": "wanet"},
+    "ftrojan": {"kind": "ftrojan"},
+    "bpp": {"kind": "bpp"},
+    "adap_blend": {"kind": "adap_blend"},
+    "lf": {"kind": "lf"},
+    "narcissus": {"kind": "narcissus"},
     "random": {"kind": "random"},
 }
 LEVELS = [34.5, 38.9]

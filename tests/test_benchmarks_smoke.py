@@ -25,6 +25,7 @@ CASES = {
     "bench_models": ("perturbd.models", []),
     "bench_colour": ("perturbd.models", []),
     "bench_guard": ("perturbd.guarded", []),
+    "bench_bpp": ("perturbd.triggers.bpp", []),
 }
 
 

@@ -78,7 +78,7 @@ def test_run_prints_summary(cli, tmp_path, tiny_overrides) -> None:
     assert (run_dir / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("kind", ["blended", "sig", "sig_ramp", "sig_ramp_wrap", "wanet"])
+@pytest.mark.parametrize("kind", ["blended", "sig", "sig_ramp", "sig_ramp_wrap", "wanet", "ftrojan", "bpp", "adap_blend"])
 def test_trigger_list_and_show_know_the_new_kinds(cli, tmp_path, kind: str) -> None:
     code, out, _ = cli("trigger", "list")
     assert code == 0 and kind in out.split()

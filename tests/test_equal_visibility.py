@@ -31,7 +31,8 @@ def test_the_sweep_is_kinds_by_levels_by_rates_by_seeds(ev) -> None:
 
     args = ev.options(["--data", "mnist", "--data-root", "/data", "--seeds", "0", "1", "--rates", "0.01", "0.001"])
     sweep = expand(ev.rate_sweep(args))
-    assert len(sweep.runs) == 7 * 2 * 2 * 2  # grid, chessboard, adaptive, blended, sig, wanet and the random control
+    assert len(sweep.runs) == len(ev.KINDS) * 2 * 2 * 2  # the kinds (the random control among them) × levels × rates × seeds
+    assert {"ftrojan", "bpp", "adap_blend", "lf", "narcissus", "random"} <= set(ev.KINDS)
     kinds = {(c.trigger.kind, c.trigger.psnr) for c in sweep.runs}
     assert kinds == {(k, p) for k in ev.KINDS for p in (34.5, 38.9)}
     assert {c.poison.rate for c in sweep.runs} == {0.001, 0.01} and {c.data.name for c in sweep.runs} == {"mnist"}

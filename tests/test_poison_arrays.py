@@ -108,7 +108,17 @@ def test_mistakes_are_one_line_errors(args, kwargs, message) -> None:
         perturbd.poison(*args, kwargs.pop("trigger"), **kwargs)
 
 
-@pytest.mark.parametrize("kind,params", [("blended", {"alpha": 0.2}), ("sig", {"sig_amplitude": 20}), ("wanet", {"grid_k": 4})])
+@pytest.mark.parametrize(
+    "kind,params",
+    [
+        ("blended", {"alpha": 0.2}),
+        ("sig", {"sig_amplitude": 20}),
+        ("wanet", {"grid_k": 4}),
+        ("ftrojan", {"magnitude": 30}),
+        ("bpp", {"squeeze_num": 8}),
+        ("adap_blend", {"alpha": 0.15}),
+    ],
+)
 def test_new_kinds_by_name(grey, kind, params) -> None:
     x, y = grey
     out = perturbd.poison(x, y, kind, rate=0.1, **params)

@@ -9,7 +9,10 @@ class instead and keeps every label: the rate is still a fraction of the whole s
 chosen among the target class's, and the attack succeeds when the network ties the trigger to the
 class. A trigger's family may add its own extras through its hook
 (:meth:`~perturbd.triggers.Trigger.poison_extras`): ``wanet``'s noise mode warps a further
-``noise_ratio × n`` images, not poisoned and kept at their own labels (:attr:`PoisonedSet.noise_indices`).
+``noise_ratio × n`` images, not poisoned and kept at their own labels (:attr:`PoisonedSet.noise_indices`);
+``adap_blend`` triggers ``cover_rate × N`` cover images kept at their labels. A family may also
+inject another form of itself than it applies at test time (:meth:`~perturbd.triggers.Trigger.poison_copies`:
+Adap-Blend's random patches at its training α).
 
 :func:`poison` does the same to the numpy arrays or torch tensors of another framework, in their
 own layout; it is the package's ``perturbd.poison(...)`` (this module is callable).
@@ -43,7 +46,7 @@ class PoisonedSet:
         poisoned_images: the images at ``indices`` as injected.
         original_labels: the labels the poisoned images had before relabelling.
         noise_indices: sorted positions of the images the trigger's ``poison_extras`` changed,
-            labels kept (wanet's noise mode; empty for other triggers).
+            labels kept (wanet's noise mode, adap_blend's cover images; empty for other triggers).
     """
 
     dataset: ImageDataset
@@ -130,7 +133,7 @@ def poison_dataset(data: ImageDataset, trigger: Trigger, cfg: PoisonConfig, seed
         indices = choose_indices(data.labels, cfg, seed)
     clean = data.images[indices]
     images = data.images.clone() if trigger.quantize else to_float01(data.images)
-    poisoned = trigger.apply_train(images[indices])
+    poisoned = trigger.poison_copies(images[indices], seed)
     images[indices] = poisoned
     labels = data.labels.clone()
     original = labels[indices].clone()

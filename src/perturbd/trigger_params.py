@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from perturbd.registry import Registry
 
@@ -29,12 +29,15 @@ class TriggerParams(BaseModel):
     """Base of each trigger kind's ``Params``.
 
     Class variables: ``strength_key`` (the field that sets how strong the trigger is), ``symbol``
-    (its symbol in labels), ``needs_model`` (the kind is computed from the adversary's model)."""
+    (its symbol in labels), ``needs_model`` (the kind is computed from the adversary's model),
+    ``lighter_when_larger`` (a larger strength value makes a *less* visible trigger, as more colour
+    levels do for ``bpp``; the visibility search's first step then goes the other way)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     strength_key: ClassVar[str] = "amplitude"
     symbol: ClassVar[str] = "c"
     needs_model: ClassVar[bool] = False
+    lighter_when_larger: ClassVar[bool] = False
 
     @property
     def strength(self) -> float:
@@ -229,18 +232,16 @@ class NarcissusParams(BudgetParams):
 # --------------------------------------------------------------------------- blended, sig, wanet
 
 
+def _alpha(default: float, description: str) -> Any:
+    return Field(default, gt=0, lt=1, description=description, json_schema_extra={"search": [1e-4, 0.999]})
+
+
 @register_params("blended", "Chen et al. 2017: the image blended with a noise or image pattern, x' = (1 − α)·x + α·p")
 class BlendedParams(TriggerParams):
     strength_key: ClassVar[str] = "alpha"
     symbol: ClassVar[str] = "α"
 
-    alpha: float = Field(
-        0.2,
-        gt=0,
-        lt=1,
-        description="weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)",
-        json_schema_extra={"search": [1e-4, 0.999]},
-    )
+    alpha: float = _alpha(0.2, "weight α of the pattern p in x' = (1 − α)·x + α·p, a fraction (Chen et al. 2017 train with 0.2)")
     path: Path | None = Field(None, description="blend image (resized to the images); default: seeded uniform noise")
 
     def _before(self) -> str:
@@ -295,3 +296,79 @@ class WanetParams(TriggerParams):
 
     def _before(self) -> str:
         return f"k={self.grid_k} "
+
+
+# --------------------------------------------------------------------------- ftrojan, bpp, adap_blend
+
+
+@register_params("ftrojan", "Wang et al. 2022: a fixed magnitude on mid and high DCT frequencies of the UV (colour) channels")
+class FtrojanParams(TriggerParams):
+    strength_key: ClassVar[str] = "magnitude"
+    symbol: ClassVar[str] = "m"
+
+    magnitude: float = Field(
+        20.0,
+        gt=0,
+        le=10000,
+        description="added to each chosen DCT coefficient of each block (orthonormal DCT, pixel units 0–255; "
+        "the authors' CIFAR-10 code: 20)",
+        json_schema_extra={"search": [1e-2, 10000.0]},
+    )
+    window: int = Field(32, ge=2, description="side of the DCT blocks in pixels (paper: 32); images smaller than it are one block")
+
+
+@register_params("bpp", "Wang, Zhai & Ma 2022 (BppAttack): colour depth squeezed to k levels with Floyd–Steinberg dithering")
+class BppParams(TriggerParams):
+    strength_key: ClassVar[str] = "squeeze_num"
+    symbol: ClassVar[str] = "k"
+    lighter_when_larger: ClassVar[bool] = True
+
+    squeeze_num: float = Field(
+        8.0,
+        ge=2,
+        le=256,
+        description="colour levels k per channel, 255/(k − 1) apart (the authors' default: 8, i.e. 3 bits; their CIFAR-10 command: "
+        "32; fewer: more visible); "
+        "non-integral: a seeded mix of floor(k) and ceil(k) per pixel",
+        json_schema_extra={"search": [2.0, 128.0]},
+    )
+    dithering: bool = Field(True, description="Floyd–Steinberg error diffusion (the paper's); false: plain rounding to the levels")
+
+    def _after(self) -> str:
+        return "" if self.dithering else " undithered"
+
+
+@register_params("adap_blend", "Qi et al. 2023 (Adap-Blend): random halves of a blend pattern's patches, and cover images at their labels")
+class AdapBlendParams(BlendedParams):
+    """Blended's ``alpha`` (here the training weight) and ``path``, and Adap-Blend's own settings."""
+
+    alpha: float = _alpha(0.15, "blend weight α of the poisoned and cover training images, a fraction (Qi et al. 2023: 0.15)")
+    test_alpha: float | None = Field(
+        None, gt=0, le=1, description="blend weight at test time, whole pattern; default α·4/3 (the paper's 0.2 at α = 0.15), at most 1"
+    )
+    pieces: int = Field(16, ge=1, le=1024, description="patches the pattern is cut into, a square number (paper: 16, a 4×4 grid)")
+    mask_rate: float = Field(0.5, ge=0, lt=1, description="share of the patches left out of each training image (paper: 0.5)")
+    cover_rate: float = Field(
+        0.003, ge=0, lt=1, description="cover images per training image: triggered, labels kept (the paper's CIFAR-10 runs: 0.003)"
+    )
+
+    @field_validator("pieces")
+    @classmethod
+    def _square(cls, value: int) -> int:
+        side = round(value**0.5)
+        if side * side != value:
+            raise ValueError("pieces must be a square number (4, 9, 16, …)")
+        return value
+
+    @property
+    def test_weight(self) -> float:
+        """The test-time blend weight: ``test_alpha``, or ``min(1, α·4/3)``."""
+        return self.test_alpha if self.test_alpha is not None else min(1.0, self.alpha * 4 / 3)
+
+    def family(self, kind: str) -> str:
+        """``adap_blend test α=4/3·α``, or with the ``test_alpha`` set: in every label, so that a
+        report says at which weight the ASR was measured."""
+        return f"{kind} test α={'4/3·α' if self.test_alpha is None else f'{self.test_alpha:g}'}"
+
+    def label(self, kind: str) -> str:
+        return f"{kind} {self._before()}α={self.alpha:g} test α={self.test_weight:g}"

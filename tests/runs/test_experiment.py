@@ -147,6 +147,9 @@ def test_evaluation_follows_train_precision(synthetic_overrides, tmp_path, monke
         ["trigger.kind=blended", "poison.rate=0.05"],
         ["trigger.kind=sig", "trigger.frequency=3", "poison.mode=clean_label", "poison.rate=0.05"],
         ["trigger.kind=wanet", "trigger.psnr=30", "poison.rate=0.05", "defenses=[strip]", "trigger.grid_k=3"],
+        ["trigger.kind=ftrojan", "poison.rate=0.05"],
+        ["trigger.kind=bpp", "poison.rate=0.05"],
+        ["trigger.kind=adap_blend", "trigger.cover_rate=0.05", "poison.rate=0.05"],
     ],
 )
 def test_every_new_kind_runs_end_to_end_and_its_trigger_file_loads_back(sets: list[str], synthetic_overrides, tmp_path) -> None:
@@ -162,7 +165,8 @@ def test_every_new_kind_runs_end_to_end_and_its_trigger_file_loads_back(sets: li
     saved = json.loads((folder / "poison_indices.json").read_text())
     if cfg.poison.mode == "clean_label":
         assert set(saved["original_labels"]) == {cfg.poison.target}
-    assert len(saved.get("noise_indices", [])) == (2 * len(saved["indices"]) if cfg.trigger.kind == "wanet" else 0)
+    extras = {"wanet": 2 * len(saved["indices"]), "adap_blend": len(saved["indices"])}  # cover_rate = poison.rate
+    assert len(saved.get("noise_indices", [])) == extras.get(cfg.trigger.kind, 0)
     if cfg.trigger.psnr is not None:
         record = json.loads((folder / "adversary.json").read_text())["trigger"]
         assert abs(record["psnr_on_adversary_images"] - 30) <= 0.2 and "warp_strength" in record

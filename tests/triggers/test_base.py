@@ -155,9 +155,12 @@ def test_loading_what_is_not_a_trigger_is_a_checkpoint_error(tmp_path) -> None:
 
 def test_the_registry_names_every_kind_and_which_need_a_model() -> None:
     assert list_triggers() == [
+        "adap_blend",
         "adaptive",
         "blended",
+        "bpp",
         "chessboard",
+        "ftrojan",
         "grid",
         "image",
         "lf",

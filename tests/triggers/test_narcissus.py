@@ -69,7 +69,7 @@ def test_test_time_magnification_strengthens_only_the_tested_trigger(ctx, tmp_pa
     trig = build_trigger(TriggerConfig(kind="narcissus", lr=0.1, test_magnification=3, **TINY), ctx)
     assert isinstance(trig, Magnified) and trig.magnification == 3 and torch.equal(trig.delta, plain.delta)
     images = torch.full((4, *SHAPE), 100, dtype=torch.uint8)
-    assert torch.equal(trig.apply_train(images), plain.apply(images)), "poisoned images carry δ"
+    assert torch.equal(trig.poison_copies(images, 0), plain.apply(images)), "poisoned images carry δ"
     assert torch.equal(trig.apply(images).to(torch.int16) - 100, (3 * plain.delta).round().to(torch.int16).expand(4, *SHAPE))
     trig.save(tmp_path / "n.safetensors")
     back = Trigger.load(tmp_path / "n.safetensors")

@@ -18,7 +18,8 @@ from perturbd.triggers.static import grid_pattern
 STATIC = [
     k
     for k in list_triggers()
-    if not needs_model(k) and k not in ("image", "blended", "sig", "sig_ramp", "sig_wrap", "sig_ramp_wrap", "wanet")
+    if not needs_model(k)
+    and k not in ("image", "blended", "sig", "sig_ramp", "sig_wrap", "sig_ramp_wrap", "wanet", "ftrojan", "bpp", "adap_blend")
 ]  # the masks of amplitude c
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 

@@ -37,15 +37,16 @@ TOLERANCE = 0.05  # dB (for SSIM: of −10 log10(1 − SSIM))
 MAX_TRIES = 8
 
 
-def mean_psnr(trigger: Trigger, images: torch.Tensor) -> float:
+def mean_psnr(trigger: Trigger, images: torch.Tensor, seed: int = 0) -> float:
     """Mean PSNR (dB) of ``images`` poisoned by ``trigger`` against themselves (as
-    :func:`~perturbd.metrics.stealth` reports it, without its SSIM)."""
-    return mean_finite(psnr_each(images, trigger.apply_train(images)))
+    :func:`~perturbd.metrics.stealth` reports it, without its SSIM): the copies a poisoned training
+    set holds (:meth:`~perturbd.triggers.Trigger.poison_copies`, drawn with ``seed``)."""
+    return mean_finite(psnr_each(images, trigger.poison_copies(images, seed)))
 
 
-def mean_ssim(trigger: Trigger, images: torch.Tensor) -> float:
-    """Mean SSIM of ``images`` poisoned by ``trigger`` against themselves."""
-    return stealth(images, trigger.apply_train(images))["ssim_mean"]
+def mean_ssim(trigger: Trigger, images: torch.Tensor, seed: int = 0) -> float:
+    """Mean SSIM of ``images`` poisoned by ``trigger`` (its training copies) against themselves."""
+    return stealth(images, trigger.poison_copies(images, seed))["ssim_mean"]
 
 
 def _ssim_db(ssim: float) -> float:
@@ -69,7 +70,7 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
     tried: list[tuple[float, float, float, Trigger]] = []  # (log strength, dB − goal, value reached, trigger)
 
     def miss(trig: Trigger) -> tuple[float, float]:
-        reached = mean_psnr(trig, images) if name == "psnr" else mean_ssim(trig, images)
+        reached = mean_psnr(trig, images, seed) if name == "psnr" else mean_ssim(trig, images, seed)
         return (reached if name == "psnr" else _ssim_db(reached)) - goal, reached
 
     def attempt(strength: float) -> None:
@@ -78,7 +79,8 @@ def at_psnr(cfg: TriggerConfig, build: Callable[[TriggerConfig], Trigger], image
         tried.append((math.log(strength), *miss(trig), trig))
 
     attempt(cfg.params.strength)
-    attempt(math.exp(tried[0][0]) * 10 ** (tried[0][1] / 20))  # PSNR ∝ −20 log10(strength)
+    slope = -20 if cfg.params.lighter_when_larger else 20
+    attempt(math.exp(tried[0][0]) * 10 ** (tried[0][1] / slope))  # PSNR ∝ −20 log10(strength) (+20: lighter_when_larger)
     while len(tried) < MAX_TRIES and min(abs(t[1]) for t in tried) > TOLERANCE:
         (x0, f0, _, _), (x1, f1, _, _) = tried[-2], tried[-1]
         if f1 == f0 or x1 == x0:  # a flat step of the rounding: nothing more to learn from these two

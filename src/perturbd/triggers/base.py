@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from perturbd.data.dataset import to_float01, to_pixels
 from perturbd.errors import CheckpointError, ConfigError
+from perturbd.seeding import complement, derived_generator
 from perturbd.tensorfile import save_tensors
 from perturbd.trigger_params import KINDS, Kind, TriggerParams, register_params
 
@@ -90,6 +91,8 @@ class Trigger:
     blend      the key pattern p, same shape and units: ``x' = (1 − α)·x + α·p`` (:class:`~perturbd.triggers.blended.Blend`)
     wrap       δ as for additive, added modulo 256 (:class:`~perturbd.triggers.sig.Wrapped`)
     warp       the sampling grid, ``(2, H, W)`` (x then y, grid units [−1, 1]) (:class:`~perturbd.triggers.wanet.Warp`)
+    squeeze    the colour levels of each pixel, ``(1, H, W)`` (:class:`~perturbd.triggers.bpp.Squeeze`)
+    adapblend  the key pattern p, as blend (:class:`~perturbd.triggers.adap_blend.AdaptiveBlend`)
     ========== ================================================================================
 
     Attributes:
@@ -125,12 +128,21 @@ class Trigger:
         """The family's scalar settings beside ``delta`` (saved in the metadata; none for additive)."""
         return {}
 
+    def poison_copies(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """The triggered copies of ``images`` that a poisoned training set holds: :meth:`apply` by
+        default; a family whose training form differs from its test form overrides it (Adap-Blend's
+        random patches; Narcissus's :class:`~perturbd.triggers.narcissus.Magnified`, stronger at
+        test time only). What poisoning writes and the ``trigger.psnr`` / ``trigger.ssim`` search
+        measures. Same seed ⇒ same copies."""
+        return self.apply(images)
+
     def poison_extras(self, images: torch.Tensor, poisoned: torch.Tensor, seed: int) -> torch.Tensor:
         """The family's own extras to a training set once its ``poisoned`` positions (sorted)
         hold their triggered copies: change more of ``images`` (the whole set, modified in place,
         uint8 or float as poisoned) and return their sorted positions, whose labels stay as they
         are. None by default; WaNet's noise mode warps other images
-        (:meth:`~perturbd.triggers.wanet.Warp.poison_extras`). Same seed ⇒ same images."""
+        (:meth:`~perturbd.triggers.wanet.Warp.poison_extras`), Adap-Blend triggers cover images
+        (:meth:`~perturbd.triggers.adap_blend.AdaptiveBlend.poison_extras`). Same seed ⇒ same images."""
         return torch.zeros(0, dtype=torch.long)
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
@@ -156,18 +168,16 @@ class Trigger:
             images = to_float01(images)
         if self.additive:
             return add_delta(images, self.delta)
+        self.check_fits(images)
+        return transform_images(images, self.transform)
+
+    def check_fits(self, images: torch.Tensor) -> None:
+        """A one-line :class:`ConfigError` unless ``images`` have the height and width it was built for."""
         if images.shape[-2:] != self.delta.shape[-2:]:
             raise ConfigError(
                 f"trigger '{self.kind}' was built for {tuple(self.delta.shape[-2:])} images, got {tuple(images.shape[-2:])}; "
                 "build it for this data set"
             )
-        return transform_images(images, self.transform)
-
-    def apply_train(self, images: torch.Tensor) -> torch.Tensor:
-        """The poisoned copies of training images: what poisoning writes and the ``trigger.psnr`` /
-        ``trigger.ssim`` search measures. :meth:`apply` (the test-time trigger) but for a family
-        that strengthens its trigger at test time (:class:`~perturbd.triggers.narcissus.Magnified`)."""
-        return self.apply(images)
 
     def preview(self, images: torch.Tensor | None = None) -> torch.Tensor:
         """What ``trigger.png`` shows, ``(C, H, W)`` pixel units: δ of an additive trigger; for
@@ -239,6 +249,18 @@ class Trigger:
             raise CheckpointError(
                 f"{path}: its '{family}' trigger metadata does not read back ({err}); write it again with this perturbd"
             ) from None
+
+
+def unpoisoned_sample(size: int, poisoned: torch.Tensor, count: int, seed: int, part: str) -> torch.Tensor:
+    """``count`` positions of a set of ``size`` that are not in ``poisoned`` (any class), drawn
+    from ``seed`` and ``part``, sorted; as many as there are when fewer are left (for
+    :meth:`Trigger.poison_extras`)."""
+    count = min(count, size - len(poisoned))
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    rest = complement(size, poisoned)
+    pick = torch.randperm(len(rest), generator=derived_generator(seed, part, "poison"))[:count]
+    return rest[pick].sort().values
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ L∞ 48/255 at test for a 16/255 trigger in training). Here ``test_magnification
 perturbd compares triggers at equal visibility, and a trigger three times stronger at test than the
 one whose PSNR was matched would not be compared at equal visibility; with it off, the ASR is
 measured with the trigger the poisoned images carry. With it on, the trigger is a
-:class:`Magnified` one: :meth:`~perturbd.triggers.base.Trigger.apply_train` (poisoning, the
+:class:`Magnified` one: :meth:`~perturbd.triggers.base.Trigger.poison_copies` (poisoning, the
 ``trigger.psnr`` search, stealth) adds δ, :meth:`~perturbd.triggers.base.Trigger.apply` (every ASR,
 every defence's triggered inputs) adds ``m·δ``.
 
@@ -80,7 +80,7 @@ from perturbd.triggers.base import Trigger, TriggerContext, register_trigger
 @dataclass
 class Magnified(Trigger):
     """An additive trigger made stronger at test time: poisoned images get ``clip(x + δ)``
-    (:meth:`apply_train`), tested ones ``clip(x + m·δ)`` (:meth:`apply`), ``m = magnification``;
+    (:meth:`poison_copies`), tested ones ``clip(x + m·δ)`` (:meth:`apply`), ``m = magnification``;
     ``delta`` holds δ as for an additive trigger (pixel units 0–255)."""
 
     magnification: float = 1.0
@@ -92,7 +92,7 @@ class Magnified(Trigger):
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         return images + self.magnification * self.delta.to(images.device, images.dtype) / 255.0
 
-    def apply_train(self, images: torch.Tensor) -> torch.Tensor:
+    def poison_copies(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         return Trigger(self.delta, self.kind, quantize=self.quantize).apply(images)
 
 

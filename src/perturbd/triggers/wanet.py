@@ -26,13 +26,14 @@ import torch.nn.functional as F
 
 from perturbd.data.dataset import to_float01
 from perturbd.errors import ConfigError
-from perturbd.seeding import complement, derived_generator
+from perturbd.seeding import derived_generator
 from perturbd.trigger_params import WanetParams
 from perturbd.triggers.base import (
     Trigger,
     TriggerContext,
     register_trigger,
     transform_images,
+    unpoisoned_sample,
 )
 
 
@@ -107,12 +108,7 @@ class Warp(Trigger):
 def noise_indices(size: int, indices: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
     """The noise mode's images: ``round(ratio × len(indices))`` of the images not poisoned (any
     class), seeded, sorted; as many as there are when fewer are left."""
-    count = min(round(ratio * len(indices)), size - len(indices))
-    if count <= 0:
-        return torch.zeros(0, dtype=torch.long)
-    rest = complement(size, indices)
-    pick = torch.randperm(len(rest), generator=derived_generator(seed, "noise-images", "poison"))[:count]
-    return rest[pick].sort().values
+    return unpoisoned_sample(size, indices, round(ratio * len(indices)), seed, "noise-images")
 
 
 @register_trigger("wanet", family=Warp)
