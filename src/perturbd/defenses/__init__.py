@@ -1,7 +1,8 @@
 """Defences against backdoors: one file per defence, one protocol per kind, one registry.
 
-- dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`
-- input screening (:class:`InputScreen`): :mod:`strip`
+- dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`,
+  :mod:`spectre`
+- input screening (:class:`InputScreen`): :mod:`strip`, :mod:`ibd_psc`
 - model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
   :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`, :mod:`anp`, :mod:`clp`, :mod:`ibau`
@@ -28,9 +29,11 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
     fine_tuning,
     ft_sam,
     ibau,
+    ibd_psc,
     nad,
     neural_cleanse,
     spectral_signature,
+    spectre,
     strip,
     update_audit,
 )
