@@ -57,14 +57,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn as nn
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
-from perturbd.defenses.base import Defense, DefenseParams, penultimate, register_defense, require_features
+from perturbd.defenses.base import Defense, ShareBoundParams, penultimate, register_defense, require_features
 from perturbd.models import model_device
 from perturbd.progress import stage
 
@@ -249,13 +248,7 @@ class Spectre(Defense):
     name = "spectre"
     kind = "dataset"
 
-    class Params(DefenseParams):
-        epsilon: float = Field(0.1, gt=0, lt=1, description="upper bound on the poisoned fraction of a class")
-        epsilon_source: Literal["given", "oracle"] = Field(
-            "given",
-            description="given: epsilon as set; oracle: the run's true poisoned share of the target class, "
-            "set by the evaluation from the ground truth (an upper-bound experiment)",
-        )
+    class Params(ShareBoundParams):
         multiplier: float = Field(1.5, gt=0, le=10, description="remove multiplier × expected poisons per class (the authors: 1.5)")
         filter_limit: float = Field(
             2.0, gt=0, le=10, description="the robust covariance filter removes at most this × expected poisons (the authors: 2)"
