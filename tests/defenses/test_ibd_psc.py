@@ -2,15 +2,17 @@
 chosen from clean images, PSC the mean probability of the original label; it separates triggered
 inputs on a backdoored network with several BatchNorm layers, on any architecture and wrapped model.
 
-The planted 2-conv net (two BatchNorm layers) gives IBD-PSC nothing to work with: amplifying both
-by 1.5 (or by 10) leaves its clean error near 0, it only sharpens the softmax, and the PSC of
-clean and triggered inputs alike is near 1 (AUROC 0.49–0.57 measured for ω = 1.5 … 10). The
-separation test trains a six-BatchNorm net on the same poisoned set instead, where it works.
+The planted 2-conv net (two BatchNorm layers) gives IBD-PSC little to work with: amplifying both
+by 1.5 (or by 10) leaves its clean error near 0, it mostly sharpens the softmax, and clean and
+triggered inputs alike keep a PSC near 1 (measured: AUROC 0.687, FPR 1.00 at T = 0.9). The
+separation test trains a six-BatchNorm net on the same poisoned set instead, where it works
+(AUROC 0.935; 0.432 on its clean twin trained on the defender's clean images).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -67,7 +69,7 @@ def test_defaults_are_the_papers() -> None:
 def test_separates_triggered_inputs_on_a_deep_batchnorm_net(deep: Planted) -> None:
     r = evaluate_defense(build_defense("ibd_psc", n_clean=200), deep.inputs(clean_model=None), eval_limit=200)
     m = r.metrics
-    # measured: AUROC 0.893, TPR 0.94 / FPR 0.69 at T = 0.9; every depth stays under ξ (start 6 of 6)
+    # measured: AUROC 0.935, TPR 0.94 / FPR 0.69 at T = 0.9; every depth stays under ξ (start 6 of 6)
     assert m["auroc"] > 0.85, r.cell["text"]
     assert m["tpr"] > 0.9 and m["layer_type"] == "BatchNorm" and m["amplifiable_layers"] == 6
     assert m["threshold"] == 0.9 and m["calibration_images"] == 200
@@ -141,7 +143,10 @@ def test_a_wrapped_user_model_and_a_torchscript_one() -> None:
     data = ImageDataset(torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8), torch.arange(6), tuple("0123456789"))
     wrapped = build_defense("ibd_psc", n_clean=6).fit(perturbd.wrap(net, (1, 28, 28)), data)
     assert wrapped.layers_ == ["net.1"] and wrapped.facts_["layer_type"] == "BatchNorm"
-    scripted = build_defense("ibd_psc", n_clean=6).fit(perturbd.wrap(torch.jit.script(net), (1, 28, 28)), data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
+        compiled = torch.jit.script(net)
+    scripted = build_defense("ibd_psc", n_clean=6).fit(perturbd.wrap(compiled, (1, 28, 28)), data)
     assert scripted.layers_ == ["net.1"] and torch.allclose(scripted.scores_, wrapped.scores_)
 
 

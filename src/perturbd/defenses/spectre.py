@@ -23,7 +23,7 @@ As the authors' code (SewoongLab/spectre-defense @ 15da18b7: ``quantum_filters.j
   highest (``limit2 = 1.5``);
 - ``k`` chosen automatically (``rcov_auto_quantum_filter``): for each ``k`` of
   ``round(linspace(1, √100, 10)²)`` = 1, 4, 9, …, 100, whiten the 100-dimensional PCA by the
-  covariance of what ``k``'s filter kept and keep the ``k`` whose whitened covariance has the
+  covariance of the samples ``k``'s QUE step kept, and keep the ``k`` whose whitened covariance has the
   largest ``tr(Σ̃ M) / tr M``.
 
 Where perturbd departs from it:
