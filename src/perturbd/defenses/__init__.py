@@ -1,8 +1,9 @@
 """Defences against backdoors: one file per defence, one protocol per kind, one registry.
 
-- dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`
+- dataset screening (:class:`DatasetScreen`): :mod:`activation_clustering`, :mod:`spectral_signature`,
+  :mod:`spectre`
 - input screening (:class:`InputScreen`): :mod:`strip`, :mod:`scale_up`, :mod:`teco` (its corruptions:
-  :mod:`corruptions`)
+  :mod:`corruptions`), :mod:`ibd_psc`
 - model inspection (:class:`ModelInspector`): :mod:`neural_cleanse`, :mod:`mm_bd`
 - mitigation (:class:`Mitigator`): :mod:`fine_tuning`, :mod:`fine_pruning`, :mod:`distillation`,
   :mod:`adversarial_training`, :mod:`nad`, :mod:`ft_sam`, :mod:`anp`, :mod:`clp`, :mod:`ibau`
@@ -31,11 +32,13 @@ from perturbd.defenses import (  # noqa: F401  (each module registers its defenc
     fine_tuning,
     ft_sam,
     ibau,
+    ibd_psc,
     mm_bd,
     nad,
     neural_cleanse,
     scale_up,
     spectral_signature,
+    spectre,
     strip,
     teco,
     update_audit,

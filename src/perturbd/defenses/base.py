@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast, get_ar
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from perturbd.config import TrainConfig
 from perturbd.data.dataset import ImageDataset, to_float01
@@ -303,6 +303,18 @@ def seed_from_run(defense: Defense, run_seed: int) -> None:
     if "seed" in defense.Params.model_fields and getattr(defense, "seed", None) is None:
         # setattr, as __init__ sets parameters: the TYPE_CHECKING __getattr__ covers reads only
         setattr(defense, "seed", derived_seed(run_seed, f"defense:{defense.name}"))  # noqa: B010
+
+
+class ShareBoundParams(DefenseParams):
+    """The parameters a per-class dataset screen shares (spectral signatures, SPECTRE): ``epsilon``,
+    the bound on the poisoned share of a class, and where it comes from (:func:`epsilon_from_truth`)."""
+
+    epsilon: float = Field(0.1, gt=0, lt=1, description="upper bound on the poisoned fraction of a class")
+    epsilon_source: Literal["given", "oracle"] = Field(
+        "given",
+        description="given: epsilon as set; oracle: the run's true poisoned share of the target class, "
+        "set by the evaluation from the ground truth (an upper-bound experiment)",
+    )
 
 
 def epsilon_from_truth(defense: Defense, share: float | None) -> None:

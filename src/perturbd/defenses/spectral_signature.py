@@ -44,7 +44,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from perturbd.data.dataset import ImageDataset
-from perturbd.defenses.base import Defense, DefenseParams, penultimate, register_defense, require_features
+from perturbd.defenses.base import Defense, ShareBoundParams, penultimate, register_defense, require_features
 from perturbd.progress import stage
 
 
@@ -53,13 +53,7 @@ class SpectralSignature(Defense):
     name = "spectral_signature"
     kind = "dataset"
 
-    class Params(DefenseParams):
-        epsilon: float = Field(0.1, gt=0, lt=1, description="upper bound on the poisoned fraction of a class")
-        epsilon_source: Literal["given", "oracle"] = Field(
-            "given",
-            description="given: epsilon as set; oracle: the run's true poisoned share of the target class, "
-            "set by the evaluation from the ground truth (an upper-bound experiment)",
-        )
+    class Params(ShareBoundParams):
         components: int = Field(1, ge=1, le=64, description="top singular vectors the score projects on (the paper: 1)")
         scoring: Literal["centred", "authors"] = Field(
             "centred",
