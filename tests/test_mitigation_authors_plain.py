@@ -52,6 +52,12 @@ def test_the_tiny_case_writes_both_sides_of_every_method(plain, tiny) -> None:
         assert (row["clean_used"] > 0) == (method != "clp"), "CLP is data-free; the others read clean images"
     clp = [row["compare"] for row in result["methods"].values() if row["method"] == "clp"]
     assert all(c["same_pruned"] is True for c in clp) and any(any(c["pruned_plain"].values()) for c in clp), "equal, and not only empty"
+    matched = result["methods"]["anp, plain with perturbd's draws"]["compare"]
+    assert matched["mask_max_difference"] < 1e-5 and matched["pruned_plain"] == matched["pruned_perturbd"], (
+        "on the same draws the authors' NoisyBatchNorm2d loop gives perturbd's masks"
+    )
+    for label in ("nad, plain on perturbd's schedule", "ibau, plain with perturbd's choices", "ft_sam, plain on perturbd's schedule"):
+        assert result["methods"][label]["compare"]["max_weight_difference"] < 1e-4, f"{label}: the same training, up to rounding"
     assert result["methods"]["nad"]["compare"]["layers_plain"] == result["methods"]["nad"]["compare"]["layers_perturbd"]
 
 
