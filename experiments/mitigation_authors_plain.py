@@ -805,11 +805,48 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the case's and both implementations' seed")
     p.add_argument("--tiny", action="store_true", help="the test's case: 1,000 training images, 4 epochs, short defences")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--anp-drift", type=int, nargs="+", default=None, metavar="STEPS",
+        help="only ANP: perturbd's masks against the authors' loop on perturbd's draws after each number of steps (anp_drift.json)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT, help=f"folder of {NAME}.json and .md (default: {OUT})")
     args = p.parse_args(argv)
-    if args.seed < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--seed must be at least 0 and --threads at least 1")
+    if args.seed < 0 or (args.threads is not None and args.threads < 1) or min(args.anp_drift or [1]) < 1:
+        p.error("--seed must be at least 0, --threads and --anp-drift steps at least 1")
     return args
+
+
+def header(argv: list[str] | None) -> dict[str, Any]:
+    """The command, the code and the machine that made a result."""
+    env = environment("cpu")
+    machine = {k: env.get(k) for k in ("cpu", "torch", "python", "platform")} | {
+        "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+    return {
+        "command": shlex.join(["python", "experiments/mitigation_authors_plain.py", *(sys.argv[1:] if argv is None else argv)]),
+        "code": {k: env.get(k) for k in ("perturbd", "git_commit", "code_digest")},
+        "machine": machine,
+    }
+
+
+def anp_drift(case: Case, steps: list[int], seed: int) -> list[dict[str, Any]]:
+    """perturbd's ANP masks against the authors' loop on perturbd's draws, after each number of
+    ``steps``: how far apart the two drift as the mask optimisation runs longer."""
+    out = []
+    for n in steps:
+        s = SETTINGS["anp"] | {"steps": n, "same_draws": True}
+        clean = case.first(s["n_clean"])
+        defence = build_defense("anp", **perturbd_params("anp", s, len(clean), seed)).fit(case.model, clean)
+        _, detail = plain_anp(case.model, to_float01(clean.images), clean.labels, s, seed)
+        gap = (torch.cat([defence.masks_[k] - detail["masks"][k] for k in defence.layers_])).abs()
+        out.append({"steps": n, "max_mask_difference": float(gap.max()), "masks_apart_1e-4": int((gap > 1e-4).sum()), "neurons": len(gap)})
+        print(
+            f"anp after {n} steps: largest mask difference {float(gap.max()):.2g}, {int((gap > 1e-4).sum())} masks apart by > 1e-4",
+            flush=True,
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -825,6 +862,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"backdoored: accuracy {pct(b['accuracy'])}, ASR {pct(b['asr'])}, R-Acc {pct(b['robust_accuracy'])} ({case.train_seconds:.0f} s)",
         flush=True,
     )
+    if args.anp_drift:
+        drift = header(argv) | {"case": spec, "seed": args.seed, "drift": anp_drift(case, args.anp_drift, args.seed)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "anp_drift.json", drift)
+        print(f"wrote {args.out / 'anp_drift.json'}")
+        return drift
     methods: dict[str, Any] = {}
     fitted: dict[str, Any] = {}
     for label, (method, changes) in rows(args.method).items():
@@ -837,15 +880,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({row['plain']['seconds']:.0f} s)",
             flush=True,
         )
-    env = environment("cpu")
-    machine = {k: env.get(k) for k in ("cpu", "threads", "torch", "python", "platform")} | {
-        "threads": torch.get_num_threads(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
-    result = {
-        "command": shlex.join(["python", "experiments/mitigation_authors_plain.py", *(sys.argv[1:] if argv is None else argv)]),
-        "code": {k: env.get(k) for k in ("perturbd", "git_commit", "code_digest")}, "machine": machine,
+    result = header(argv) | {
         "case": spec, "seed": args.seed, "tiny": args.tiny, "train_images": case.train_images, "poisoned": case.poisoned,
         "test_images": len(case.test), "defender_clean_images": len(case.clean), "victim_seconds": round(case.train_seconds, 2),
         "before": b, "methods": methods,
