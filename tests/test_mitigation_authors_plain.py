@@ -103,3 +103,10 @@ def test_an_output_folder_that_is_a_file_is_one_line_and_exit_2(plain, tmp_path,
     assert plain.cli(["--tiny", "--method", "clp", "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give a folder" in err
+
+
+def test_anp_drift_writes_the_mask_gap_per_number_of_steps(plain, tmp_path) -> None:
+    result = plain.main(["--tiny", "--threads", "1", "--anp-drift", "2", "5", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "anp_drift.json").read_text()) == json.loads(json.dumps(result))
+    assert [d["steps"] for d in result["drift"]] == [2, 5] and not (tmp_path / "mitigation_authors_plain.json").exists()
+    assert all(d["max_mask_difference"] < 1e-5 and d["masks_apart_1e-4"] == 0 for d in result["drift"]), "a few steps: the same masks"
