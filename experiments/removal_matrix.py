@@ -134,7 +134,7 @@ def records(runs: list[tuple[Any, Path]], out: Path) -> list[dict[str, Any]]:
         dest = RunDir(out / folder.name)
         if not dest.defenses_path.is_file():
             continue
-        timing = read_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
+        timing = RunDir(folder).timing()
         for rep in dest.defenses()["defenses"]:
             if rep.get("kind") not in REMOVAL_KINDS:
                 continue

@@ -17,6 +17,7 @@ SCREENS = {
     "scale_up": {"scales": [2, 5]},
     "scale_up data_limited": {"scales": [2, 5], "mode": "data_limited", "per_class": 1},
     "teco": {"corruptions": ["glass_blur", "jpeg_compression"], "seed": 0},
+    "ibd_psc": {"n": 2, "n_clean": 6},
 }
 
 
