@@ -430,7 +430,7 @@ def masks_csv(records: list[RunRecord]) -> str | None:
     """One row per model-computed mask the runs used (runs of several rates share a mask: it is
     listed once), sorted by knowledge, model, method, norm, budget and seed; None when no run
     computed one."""
-    rows = {}
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         row = _mask_row(record)
         if row is not None:
