@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from perturbd.config import DefenseSpec, apply_overrides
@@ -150,10 +150,6 @@ def records(runs: list[tuple[Any, Path]], out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values)
-
-
 def table(recs: list[dict[str, Any]], specs: list[DefenseSpec]) -> str:
     """The markdown table: a row per trigger, a column per mitigation."""
     names = [s.report_name for s in specs]
@@ -171,9 +167,9 @@ def table(recs: list[dict[str, Any]], specs: list[DefenseSpec]) -> str:
                 continue
             removed = sum(r["asr_after"] < REMOVED for r in cell)
             survived += removed < len(cell) / 2
-            asr, racc = _mean([r["asr_after"] for r in cell]), _mean([r["robust_accuracy_after"] for r in cell])
-            change, der = _mean([r["accuracy_after"] - r["accuracy_before"] for r in cell]), _mean([r["der"] for r in cell])
-            seconds = _mean([r["defence_seconds"] for r in cell])
+            asr, racc = fmean([r["asr_after"] for r in cell]), fmean([r["robust_accuracy_after"] for r in cell])
+            change, der = fmean([r["accuracy_after"] - r["accuracy_before"] for r in cell]), fmean([r["der"] for r in cell])
+            seconds = fmean([r["defence_seconds"] for r in cell])
             cells.append(
                 f"ASR {100 * asr:.1f} %, R-Acc {100 * racc:.1f} %, Δacc {100 * change:+.2f} pt, DER {der:.3f}; "
                 f"{removed}/{len(cell)} < 10 %; {seconds:.0f} s"
@@ -181,7 +177,7 @@ def table(recs: list[dict[str, Any]], specs: list[DefenseSpec]) -> str:
         first = mine[0]
         level = "" if first["psnr"] is None else f", {first['psnr']:g} dB"
         label = f"{trig} ({100 * first['rate']:g} %{level}; seeds {', '.join(map(str, seeds))})"
-        before = 100 * _mean([r["asr_before"] for r in mine])
+        before = 100 * fmean([r["asr_before"] for r in mine])
         if before < 100 * GOAL:
             label += f"; not learned (ASR under {100 * GOAL:g} %): its cells say nothing of removal"
         lines.append(f"| {label} | {before:.1f} % | " + " | ".join(cells) + f" | {survived} of {sum(c != '–' for c in cells)} |")
@@ -189,7 +185,7 @@ def table(recs: list[dict[str, Any]], specs: list[DefenseSpec]) -> str:
     foot = (
         f"\n\nSeeds {', '.join(map(str, sorted({r['seed'] for r in recs})))}. Each cell: means over the seeds of the ASR and "
         "R-Acc after the mitigation, its clean-accuracy change and BackdoorBench's DER; in how many seeds the ASR falls under "
-        f"10 %; its mean wall time (the victim trains in {_mean(victim):.0f} s on the same machine). "
+        f"10 %; its mean wall time (the victim trains in {fmean(victim):.0f} s on the same machine). "
         if victim
         else "\n\n"
     )

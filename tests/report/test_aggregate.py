@@ -17,7 +17,6 @@ from perturbd.report.aggregate import (
     aggregate,
     cell,
     collect_runs,
-    masks_csv,
     mean_ci,
     pivot_markdown,
     runs_csv,
@@ -26,6 +25,7 @@ from perturbd.report.aggregate import (
     to_markdown,
     varying_keys,
 )
+from perturbd.report.masks import masks_csv
 from perturbd.runs.folder import trigger_section
 from perturbd.runs.results import METRICS
 

@@ -274,12 +274,12 @@ def aggregate(records: list[RunRecord]) -> tuple[list[str], list[Group]]:
         for m in METRICS:
             g.stats[m] = mean_ci([r.metric(m) for r in g.runs])
     out.sort(
-        key=lambda g: [(g.trigger.family, g.trigger.strength, g.trigger.label) if c == "trigger" else _sortable(g.keys[c]) for c in columns]
+        key=lambda g: [(g.trigger.family, g.trigger.strength, g.trigger.label) if c == "trigger" else sortable(g.keys[c]) for c in columns]
     )
     return columns, out
 
 
-def _sortable(v: Any) -> tuple[int, Any]:
+def sortable(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
 
 
@@ -334,7 +334,7 @@ def pivot_markdown(columns: list[str], groups: list[Group], axis: str) -> str:
         varying = ", ".join(columns) or "nothing (one config)"
         raise ConfigError(f"--pivot {axis}: not a key that varies between these runs; they vary in: {varying}")
     rest = [c for c in columns if c != axis]
-    values = sorted({g.keys[axis] for g in groups}, key=_sortable)
+    values = sorted({g.keys[axis] for g in groups}, key=sortable)
     rows: dict[tuple[Any, ...], dict[Any, Group]] = {}
     for g in groups:
         rows.setdefault(tuple(g.keys[c] for c in rest), {})[g.keys[axis]] = g
@@ -395,51 +395,4 @@ def runs_csv(records: list[RunRecord]) -> str:
         flat = r.flat_config
         vals = [r.metric(m) for m in METRICS]
         w.writerow([r.path.name, *(flat.get(k) for k in vary), flat.get("seed"), *("" if v is None else f"{v:.6g}" for v in vals)])
-    return buf.getvalue()
-
-
-MASK_COLUMNS = (
-    "seed", "knowledge", "model", "surrogate", "model_holdout_accuracy", "method", "norm", "budget", "samples",
-    "passes_used", "seconds", "fooling_rate_samples", "fooling_rate_holdout", "holdout_size", "l2", "linf",
-)  # fmt: skip
-
-
-def _mask_row(record: RunRecord) -> dict[str, Any] | None:
-    """The computed mask a run used (``adversary.json``: the knowledge, the model it was computed
-    on, the trigger's record), or None for a trigger computed from no model."""
-    adversary = record.run.adversary() or {}
-    model, trigger = adversary.get("model") or {}, adversary.get("trigger") or {}
-    if not model or "method" not in trigger:
-        return None
-
-    def rounded(value: Any, digits: int) -> Any:
-        return round(value, digits) if isinstance(value, float) else value
-
-    return {
-        "seed": record.flat_config.get("seed"), "knowledge": adversary.get("knowledge"), "model": model.get("arch"),
-        "surrogate": model.get("surrogate"), "model_holdout_accuracy": rounded(model.get("holdout_accuracy"), 4),
-        "method": trigger["method"], "norm": trigger.get("norm"), "budget": trigger.get("budget"),
-        "samples": trigger.get("samples"), "passes_used": trigger.get("passes_used"), "seconds": rounded(trigger.get("seconds"), 3),
-        "fooling_rate_samples": rounded(trigger.get("fooling_rate_samples"), 5),
-        "fooling_rate_holdout": rounded(trigger.get("fooling_rate_holdout"), 5), "holdout_size": trigger.get("holdout_size"),
-        "l2": rounded(trigger.get("l2"), 2), "linf": rounded(trigger.get("linf"), 2),
-    }  # fmt: skip
-
-
-def masks_csv(records: list[RunRecord]) -> str | None:
-    """One row per model-computed mask the runs used (runs of several rates share a mask: it is
-    listed once), sorted by knowledge, model, method, norm, budget and seed; None when no run
-    computed one."""
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for record in records:
-        row = _mask_row(record)
-        if row is not None:
-            rows.setdefault(tuple(row.values()), row)
-    if not rows:
-        return None
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(MASK_COLUMNS))
-    w.writeheader()
-    order = ("knowledge", "model", "method", "norm", "budget", "seed")
-    w.writerows(sorted(rows.values(), key=lambda r: tuple(_sortable(r[k]) for k in order)))
     return buf.getvalue()

@@ -21,7 +21,6 @@ from perturbd.report.aggregate import (
     RunRecord,
     aggregate,
     collect_runs,
-    masks_csv,
     pivot_markdown,
     provenance,
     report_root,
@@ -30,6 +29,7 @@ from perturbd.report.aggregate import (
     to_markdown,
 )
 from perturbd.report.html import run_html, sweep_html
+from perturbd.report.masks import masks_csv
 from perturbd.report.plots import write_figures
 from perturbd.runs.folder import RunDir
 from perturbd.runs.rundir import read_failures, read_json
